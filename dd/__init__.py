@@ -1,0 +1,1 @@
+"""Distilled Decoding: the method (flow matching, student, losses, sampling, CLI)."""

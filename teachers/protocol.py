@@ -1,0 +1,219 @@
+"""The Teacher protocol: what Distilled Decoding needs from any AR image model.
+
+DD (paper Sec. 3) touches a teacher in four ways:
+
+1. its token geometry: ``n`` tokens visited in AR steps that are contiguous token ranges
+   (LlamaGen: ``n`` steps of one token; VAR: one step per scale);
+2. its codebook ``V x C``: AR flow matching (Eq. 3) moves a Gaussian noise token onto it;
+3. an incremental, KV-cached sampling session that hands out guided next-step probabilities
+   and accepts the tokens chosen for that step: one loop serves plain teacher sampling,
+   pair generation (Alg. 1) and teacher-interleaved sampling (Alg. 4);
+4. a decoder from tokens or continuous embeddings to images (the LPIPS loss flows through
+   the embedding path).
+
+Families implement it by translation, never by forking: official parameter names are kept
+so that checkpoints load with ``load_state_dict(strict=True)``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+
+CfgSchedule = Literal["constant", "linear"]
+
+
+@dataclass(frozen=True)
+class TokenGeometry:
+    """Where the tokens are and in which AR steps they are produced.
+
+    ``step_grids[k] = (h, w)``: step ``k`` produces ``h * w`` tokens in raster order.
+    LlamaGen: ``n`` steps of grid ``(1, 1)`` plus ``image_grid = (16, 16)``.
+    VAR: one step per scale, grids ``(1, 1), (2, 2), ..., (16, 16)``.
+    """
+
+    step_grids: tuple[tuple[int, int], ...]
+    image_grid: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if not self.step_grids:
+            raise ValueError("TokenGeometry needs at least one AR step")
+        for h, w in self.step_grids:
+            if h <= 0 or w <= 0:
+                raise ValueError(f"step grid sizes must be positive, got {(h, w)}")
+
+    @property
+    def num_steps(self) -> int:
+        return len(self.step_grids)
+
+    @property
+    def tokens_per_step(self) -> tuple[int, ...]:
+        return tuple(h * w for h, w in self.step_grids)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.tokens_per_step)
+
+    @property
+    def step_ranges(self) -> tuple[tuple[int, int], ...]:
+        """``[start, end)`` token range of each AR step."""
+        ranges, start = [], 0
+        for count in self.tokens_per_step:
+            ranges.append((start, start + count))
+            start += count
+        return tuple(ranges)
+
+    @classmethod
+    def raster(cls, height_tokens: int, width_tokens: int) -> TokenGeometry:
+        """One token per AR step in raster order (LlamaGen)."""
+        return cls(((1, 1),) * (height_tokens * width_tokens), (height_tokens, width_tokens))
+
+    @classmethod
+    def multiscale(cls, patch_nums: tuple[int, ...]) -> TokenGeometry:
+        """One AR step per square scale (VAR's ``patch_nums``)."""
+        return cls(tuple((p, p) for p in patch_nums), (patch_nums[-1], patch_nums[-1]))
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How the teacher turns logits into the next-step distribution.
+
+    One dataclass for both families; each family documents the fields it honours and rejects
+    settings it cannot honour with a ``ValueError``.
+
+    - ``cfg_scale``: classifier-free guidance scale. With ``cfg_schedule="constant"``
+      (LlamaGen) logits are ``uncond + (cond - uncond) * cfg_scale``; with ``"linear"`` (VAR)
+      the scale ramps with the step index ``k``: ``t = cfg_scale * k / (K - 1)``,
+      ``logits = (1 + t) * cond - t * uncond``. ``cfg_scale == 1`` (constant) disables CFG.
+    - ``cfg_interval``: LlamaGen's ``cfg_interval`` (fraction of the steps guided; -1 = all).
+    - ``temperature``, ``top_k`` (0 = off), ``top_p`` (1.0 = off).
+    """
+
+    cfg_scale: float = 1.0
+    cfg_schedule: CfgSchedule = "constant"
+    cfg_interval: float = -1.0
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.cfg_schedule not in ("constant", "linear"):
+            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if self.top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if not 0.0 < self.top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        return not (self.cfg_schedule == "constant" and self.cfg_scale == 1.0)
+
+
+@runtime_checkable
+class TeacherSession(Protocol):
+    """One incremental, KV-cached AR pass over a batch.
+
+    Use as a context manager so the KV cache is always torn down::
+
+        with teacher.start(labels, sampling) as session:
+            for step in range(teacher.geometry.num_steps):
+                log_probs = session.next_log_probs()      # [B, L_step, V]
+                session.accept(choose(log_probs))         # [B, L_step]
+    """
+
+    @property
+    def step(self) -> int:
+        """Index of the AR step whose distribution ``next_log_probs`` returns."""
+        ...
+
+    def next_log_probs(self) -> torch.Tensor:
+        """Guided log-probabilities ``[B, L_step, V]`` of the current step, float32.
+
+        After CFG, temperature, top-k and top-p: filtered codes are exactly ``-inf``.
+        Calling it twice without ``accept`` returns the same tensor (no recompute).
+        """
+        ...
+
+    def accept(self, tokens: torch.Tensor) -> None:
+        """Feed the tokens ``[B, L_step]`` chosen for the current step; advance one step."""
+        ...
+
+    def close(self) -> None:
+        """Release the KV cache. Idempotent."""
+        ...
+
+    def __enter__(self) -> TeacherSession: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class Teacher(Protocol):
+    """A pretrained AR image model as DD sees it.
+
+    Labels are class indices in ``[0, num_classes)``; ``null_class == num_classes`` is the
+    unconditional label used by CFG. Tokens are ``LongTensor [B, n]`` in the order of
+    ``geometry`` (steps concatenated, raster order inside a step).
+    """
+
+    family: str
+    geometry: TokenGeometry
+    num_classes: int
+
+    @property
+    def null_class(self) -> int: ...
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """``[V, C]`` token embeddings in the space AR flow matching works in.
+
+        LlamaGen: the L2-normalised codebook (what its quantiser looks up);
+        VAR: the raw codebook (its quantiser uses plain L2 nearest codes).
+        """
+        ...
+
+    def default_sampling(self) -> SamplingConfig:
+        """The family's sampling defaults (FACTS.md sections 2 and 3)."""
+        ...
+
+    def fingerprint(self) -> str:
+        """A short stable hash of the weights and architecture: names the teacher in shards."""
+        ...
+
+    def start(self, labels: torch.Tensor, sampling: SamplingConfig) -> TeacherSession:
+        """Open an incremental session for ``labels [B]``; raises ``ValueError`` on bad labels."""
+        ...
+
+    def logits_teacher_forcing(self, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Unguided logits ``[B, n, V]`` of every token given the label and earlier steps."""
+        ...
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in ``[0, 1]`` from tokens ``[B, n]``."""
+        ...
+
+    def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Images in ``[0, 1]`` from continuous per-token embeddings ``[B, n, C]``.
+
+        Differentiable in ``embeddings``. The embeddings live in the same space as
+        ``codebook`` (so ``decode_embeddings(codebook[tokens]) == decode_tokens(tokens)``).
+        """
+        ...
+
+
+def check_labels(labels: torch.Tensor, num_classes: int, *, allow_null: bool = False) -> None:
+    """Raise a ``ValueError`` unless ``labels`` is a 1-D integer tensor of valid class indices."""
+    if not isinstance(labels, torch.Tensor) or labels.dim() != 1:
+        raise ValueError(f"labels must be a 1-D tensor of class indices, got {labels!r:.80}")
+    if labels.dtype.is_floating_point or labels.dtype == torch.bool:
+        raise ValueError(f"labels must be integers, got dtype {labels.dtype}")
+    upper = num_classes + 1 if allow_null else num_classes
+    if labels.numel() and (labels.min() < 0 or labels.max() >= upper):
+        bad = labels[(labels < 0) | (labels >= upper)].tolist()
+        raise ValueError(
+            f"class labels must be in [0, {upper}) (num_classes={num_classes}); got {bad[:8]}"
+        )

@@ -1,0 +1,67 @@
+"""Family-independent pieces of teacher sampling: logit filtering and the plain AR loop.
+
+The loop is a pure function of (teacher, labels, settings, generator): randomness is
+injected, never hidden in the model (STYLE.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from teachers.protocol import SamplingConfig, Teacher
+
+
+def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k, then top-p (nucleus) filtering over the last dim; removed entries become -inf.
+
+    Top-p keeps the smallest set of most likely codes whose probability reaches ``top_p``
+    (a code is dropped when the mass of strictly more likely codes already exceeds
+    ``top_p``), and always keeps the most likely code. This is LlamaGen's (HF-style) rule;
+    VAR's official rule differs only when that mass equals ``top_p`` exactly.
+    """
+    vocab_size = logits.shape[-1]
+    if top_k > 0 and top_k < vocab_size:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, sorted_idx = torch.sort(logits, dim=-1, descending=True)
+        cum_probs = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+        mass_before = cum_probs - sorted_logits.softmax(dim=-1)
+        remove_sorted = mass_before > top_p
+        remove_sorted[..., 0] = False
+        remove = remove_sorted.scatter(-1, sorted_idx, remove_sorted)
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def sample_from_log_probs(log_probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """One multinomial draw per row of ``log_probs [..., V]`` -> indices ``[...]``."""
+    probs = log_probs.float().exp().reshape(-1, log_probs.shape[-1])
+    picked = torch.multinomial(probs, 1, generator=generator)
+    return picked.reshape(log_probs.shape[:-1])
+
+
+def greedy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
+    """The most likely code of every row (the official top_k=1 sampling)."""
+    return log_probs.argmax(dim=-1)
+
+
+@torch.no_grad()
+def sample_tokens(
+    teacher: Teacher,
+    labels: torch.Tensor,
+    sampling: SamplingConfig | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+) -> torch.Tensor:
+    """Plain AR sampling through the teacher's incremental session -> tokens ``[B, n]``."""
+    sampling = sampling or teacher.default_sampling()
+    chosen = []
+    with teacher.start(labels, sampling) as session:
+        for _ in range(teacher.geometry.num_steps):
+            log_probs = session.next_log_probs()
+            tokens = greedy_from_log_probs(log_probs) if greedy else sample_from_log_probs(log_probs, generator)
+            session.accept(tokens)
+            chosen.append(tokens)
+    return torch.cat(chosen, dim=1)

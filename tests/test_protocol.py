@@ -1,0 +1,59 @@
+"""The Teacher protocol's own pieces: geometry, sampling settings, logit filtering."""
+
+import pytest
+import torch
+
+from teachers.protocol import SamplingConfig, TokenGeometry, check_labels
+from teachers.sampling import filter_logits
+
+
+def test_var_geometry_matches_paper_token_count():
+    geometry = TokenGeometry.multiscale((1, 2, 3, 4, 5, 6, 8, 10, 13, 16))
+    assert geometry.num_tokens == 680 and geometry.num_steps == 10
+    assert geometry.step_ranges[:3] == ((0, 1), (1, 5), (5, 14))
+    assert geometry.step_ranges[-1] == (424, 680)
+
+
+def test_llamagen_geometry_is_one_token_per_step():
+    geometry = TokenGeometry.raster(16, 16)
+    assert geometry.num_tokens == geometry.num_steps == 256
+    assert geometry.step_ranges[5] == (5, 6)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": 0.0}, "temperature"),
+        ({"top_k": -1}, "top_k"),
+        ({"top_p": 0.0}, "top_p"),
+        ({"cfg_schedule": "cosine"}, "cfg_schedule"),
+    ],
+)
+def test_sampling_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        SamplingConfig(**kwargs)
+
+
+def test_check_labels_names_bad_labels():
+    check_labels(torch.tensor([0, 9]), 10)
+    with pytest.raises(ValueError, match=r"\[10\]"):
+        check_labels(torch.tensor([3, 10]), 10)
+    check_labels(torch.tensor([10]), 10, allow_null=True)
+    with pytest.raises(ValueError, match="integers"):
+        check_labels(torch.tensor([1.0]), 10)
+
+
+def test_top_k_keeps_exactly_k_codes():
+    logits = torch.randn(4, 50, generator=torch.Generator().manual_seed(0))
+    kept = torch.isfinite(filter_logits(logits, top_k=7)).sum(-1)
+    assert kept.tolist() == [7] * 4
+
+
+def test_top_p_keeps_smallest_set_reaching_p():
+    probs = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    kept = torch.isfinite(filter_logits(probs.log(), top_p=0.7))
+    assert kept.tolist() == [[True, True, False, False]]
+    kept_all = torch.isfinite(filter_logits(probs.log(), top_p=0.96))
+    assert kept_all.tolist() == [[True, True, True, True]]
+    # The most likely code always survives.
+    assert torch.isfinite(filter_logits(probs.log(), top_p=0.01)).tolist() == [[True, False, False, False]]

@@ -1,0 +1,93 @@
+"""Reading official checkpoint files safely and loading them strictly.
+
+Never unpickles code: ``.safetensors`` through safetensors, anything else through
+``torch.load(weights_only=True)``. Wrappers (``["model"]``, ``["module"]``,
+``["state_dict"]``, ``["trainer"]["var_wo_ddp"]``) are unwrapped by the caller-supplied key
+paths, so each family states which wrappers it accepts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded into the requested model."""
+
+
+def read_state_dict(path: str | Path) -> dict[str, object]:
+    """The raw mapping stored in ``path`` (safetensors or a weights-only torch file)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return dict(load_file(str(path), device="cpu"))
+    try:
+        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {error}") from error
+    if not isinstance(loaded, Mapping):
+        raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict")
+    return dict(loaded)
+
+
+def unwrap(raw: Mapping[str, object], wrapper_paths: Iterable[tuple[str, ...]]) -> dict[str, torch.Tensor]:
+    """Follow the first wrapper path present in ``raw``; a bare state dict passes through."""
+    for key_path in wrapper_paths:
+        node: object = raw
+        for key in key_path:
+            if not isinstance(node, Mapping) or key not in node:
+                break
+            node = node[key]
+        else:
+            if isinstance(node, Mapping):
+                return {k: v for k, v in node.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+
+
+def load_strict(
+    module: nn.Module,
+    state_dict: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    diagnose: Callable[[set[str], set[str]], str] | None = None,
+) -> None:
+    """``load_state_dict(strict=True)`` with an error that lists the differences and a likely cause.
+
+    Keys and shapes are checked before anything is copied, so a failed load leaves the
+    module untouched (nothing half-loaded).
+    """
+    expected = module.state_dict()
+    missing = set(expected) - set(state_dict)
+    unexpected = set(state_dict) - set(expected)
+    mismatched = sorted(
+        f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(expected) & set(state_dict)
+        if tuple(state_dict[k].shape) != tuple(expected[k].shape)
+    )
+    if missing or unexpected or mismatched:
+        lines = [f"checkpoint {source} does not match {type(module).__name__}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_preview(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
+        if mismatched:
+            lines.append(f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:6])}")
+        if diagnose is not None:
+            cause = diagnose(missing, unexpected | {m.split(':')[0] for m in mismatched})
+            if cause:
+                lines.append(f"  likely cause: {cause}")
+        raise CheckpointError("\n".join(lines))
+    module.load_state_dict(dict(state_dict), strict=True)
+
+
+def _preview(keys: set[str], limit: int = 8) -> str:
+    shown = sorted(keys)[:limit]
+    more = f", ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
+    return ", ".join(shown) + more

@@ -1,0 +1,52 @@
+"""Locating the official-parity fixtures (shared by the teacher parity tests).
+
+``DD_PARITY_DIR`` (default ``../shared/fixtures/official_parity`` relative to the repository
+root) and ``DD_PARITY_TAG`` (default ``tiny``) select a fixture set laid out as in its
+README: ``README_<tag>.json`` with the official constructor arguments, and
+``<model>_<tag>.safetensors`` / ``<model>_<tag>_io.safetensors`` files. Tests are skipped,
+with the path named, when the directory is absent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PARITY_DIR = Path("..") / "shared" / "fixtures" / "official_parity"
+DEFAULT_PARITY_TAG = "tiny"
+
+
+def parity_dir() -> Path:
+    """The fixture directory; a relative ``DD_PARITY_DIR`` is taken relative to the repo root."""
+    path = Path(os.environ.get("DD_PARITY_DIR", str(DEFAULT_PARITY_DIR)))
+    return path if path.is_absolute() else (REPO_ROOT / path).resolve()
+
+
+def parity_tag() -> str:
+    return os.environ.get("DD_PARITY_TAG", DEFAULT_PARITY_TAG)
+
+
+def fixture_path(name: str) -> Path:
+    """``name`` may contain ``{tag}``, e.g. ``"llamagen_gpt_{tag}.safetensors"``."""
+    path = parity_dir() / name.format(tag=parity_tag())
+    if not path.is_file():
+        pytest.skip(f"parity fixture not found: {path} (set DD_PARITY_DIR / DD_PARITY_TAG)")
+    return path
+
+
+def load_parity_json() -> dict:
+    """The official constructor arguments of every fixture model (``README_<tag>.json``)."""
+    with open(fixture_path("README_{tag}.json")) as handle:
+        return json.load(handle)
+
+
+def load_fixture(name: str) -> dict[str, torch.Tensor]:
+    """All tensors of a fixture safetensors file (``{tag}`` in ``name`` is filled in)."""
+    from safetensors.torch import load_file
+
+    return load_file(str(fixture_path(name)), device="cpu")

@@ -1,0 +1,129 @@
+"""Loading LlamaGen checkpoints: every official wrapper round-trips; bad files fail clearly."""
+
+import pytest
+import torch
+from parity import fixture_path
+from safetensors.torch import save_file
+
+from teachers.checkpoint import CheckpointError
+from teachers.llamagen import (
+    GPT,
+    GPTConfig,
+    VQConfig,
+    VQModel,
+    load_gpt,
+    load_llamagen_teacher,
+    load_vq,
+)
+
+TINY_GPT = GPTConfig.preset("debug", image_tokens_per_side=4)
+TINY_VQ = VQConfig(codebook_size=256, codebook_embed_dim=8, ch=32, ch_mult=(1, 2), z_channels=32)
+
+
+def _state_dicts_equal(left: dict, right: dict) -> bool:
+    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
+
+
+@pytest.mark.parametrize("wrapper", ["model", "module", "state_dict", None])
+def test_gpt_round_trips_through_every_official_wrapper(tmp_path, wrapper):
+    torch.manual_seed(0)
+    gpt = GPT(TINY_GPT)
+    state = gpt.state_dict()
+    state_with_rope = {**state, "freqs_cis": gpt.freqs_cis.clone()}  # some files carry it: dropped
+    path = tmp_path / "c2i_tiny.pt"
+    torch.save(state_with_rope if wrapper is None else {wrapper: state_with_rope, "steps": 7}, path)
+    loaded = load_gpt(path, TINY_GPT)
+    assert _state_dicts_equal(loaded.state_dict(), state)
+    assert torch.equal(loaded.freqs_cis, gpt.freqs_cis)
+    assert not loaded.training
+
+
+def test_vq_round_trips_through_model_wrapper_and_safetensors(tmp_path):
+    torch.manual_seed(0)
+    vq = VQModel(TINY_VQ)
+    state = vq.state_dict()
+    torch.save({"model": state}, tmp_path / "vq.pt")
+    save_file(state, str(tmp_path / "vq.safetensors"))
+    for name in ("vq.pt", "vq.safetensors"):
+        assert _state_dicts_equal(load_vq(tmp_path / name, TINY_VQ).state_dict(), state)
+
+
+def test_teacher_loads_from_preset_names(tmp_path):
+    config = GPTConfig.preset("debug", 4)
+    torch.save({"model": GPT(config).state_dict()}, tmp_path / "gpt.pt")
+    torch.save({"model": VQModel(TINY_VQ).state_dict()}, tmp_path / "vq.pt")
+    teacher = load_llamagen_teacher(
+        tmp_path / "gpt.pt", tmp_path / "vq.pt", gpt_config=config, vq_config=TINY_VQ
+    )
+    assert teacher.geometry.num_tokens == 16 and teacher.image_size == 8
+
+
+def test_var_checkpoint_given_to_gpt_loader_is_named():
+    with pytest.raises(CheckpointError, match="VAR checkpoint") as error:
+        load_gpt(fixture_path("var_{tag}.safetensors"), TINY_GPT)
+    assert "missing keys" in str(error.value) and "unexpected keys" in str(error.value)
+
+
+def test_wrong_size_preset_is_named(tmp_path):
+    bigger = GPTConfig.preset("debug", 4, n_layer=3, dim=128)
+    torch.save({"model": GPT(bigger).state_dict()}, tmp_path / "gpt.pt")
+    with pytest.raises(CheckpointError, match=r"wrong size preset.*n_layer=3, dim=128"):
+        load_gpt(tmp_path / "gpt.pt", TINY_GPT)
+
+
+def test_wrong_grid_size_is_named_from_freqs_cis(tmp_path):
+    gpt = GPT(GPTConfig.preset("debug", 6))
+    torch.save({"model": {**gpt.state_dict(), "freqs_cis": gpt.freqs_cis}}, tmp_path / "gpt.pt")
+    with pytest.raises(CheckpointError, match="wrong grid size"):
+        load_gpt(tmp_path / "gpt.pt", TINY_GPT)
+
+
+def test_official_file_name_contradicting_the_config_is_refused(tmp_path):
+    path = tmp_path / "c2i_B_384.pt"
+    path.write_bytes(b"never read")
+    with pytest.raises(CheckpointError, match="wrong grid size"):
+        load_gpt(path, GPTConfig.preset("B", 16))
+    with pytest.raises(CheckpointError, match="wrong size preset"):
+        load_gpt(path, "L-384")
+    assert GPTConfig.for_checkpoint(path) == GPTConfig.preset("B", 24)
+
+
+def test_vq_file_given_to_gpt_loader_and_gpt_file_to_vq_loader():
+    with pytest.raises(CheckpointError, match="VQ tokenizer file"):
+        load_gpt(fixture_path("llamagen_vq_{tag}.safetensors"), TINY_GPT)
+    with pytest.raises(CheckpointError, match="not a VQ tokenizer"):
+        load_vq(fixture_path("llamagen_gpt_{tag}.safetensors"), TINY_VQ)
+    with pytest.raises(CheckpointError, match="VAR's multi-scale VQVAE"):
+        load_vq(fixture_path("var_vqvae_{tag}.safetensors"), TINY_VQ)
+
+
+def test_vq_level_count_mismatch_is_named(tmp_path):
+    save_file(VQModel(TINY_VQ).state_dict(), str(tmp_path / "vq.safetensors"))
+    deeper = VQConfig(
+        codebook_size=256, codebook_embed_dim=8, ch=32, ch_mult=(1, 2, 2), z_channels=32
+    )
+    with pytest.raises(CheckpointError, match="2 resolution levels, the config 3"):
+        load_vq(tmp_path / "vq.safetensors", deeper)
+
+
+def test_missing_file_is_a_file_not_found_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere.pt"):
+        load_gpt(tmp_path / "nowhere.pt", TINY_GPT)
+    with pytest.raises(FileNotFoundError, match="nowhere_vq.pt"):
+        load_llamagen_teacher(
+            fixture_path("llamagen_gpt_{tag}.safetensors"),
+            tmp_path / "nowhere_vq.pt",
+            gpt_config=TINY_GPT,
+            vq_config=TINY_VQ,
+        )
+
+
+def test_pickled_code_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    torch.save({"model": GPT(TINY_GPT).state_dict(), "args": _NotAWeight()}, path)
+    with pytest.raises(CheckpointError, match="weights-only"):
+        load_gpt(path, TINY_GPT)
+
+
+class _NotAWeight:
+    pass

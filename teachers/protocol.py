@@ -87,7 +87,8 @@ class SamplingConfig:
       (LlamaGen) logits are ``uncond + (cond - uncond) * cfg_scale``; with ``"linear"`` (VAR)
       the scale ramps with the step index ``k``: ``t = cfg_scale * k / (K - 1)``,
       ``logits = (1 + t) * cond - t * uncond``. ``cfg_scale == 1`` (constant) disables CFG.
-    - ``cfg_interval``: LlamaGen's ``cfg_interval`` (fraction of the steps guided; -1 = all).
+    - ``cfg_interval``: LlamaGen's ``cfg_interval``, a step index, not a fraction: token 0 is
+      always guided, token ``t >= 1`` only while ``t - 1 <= cfg_interval``; -1 = all guided.
     - ``temperature``, ``top_k`` (0 = off), ``top_p`` (1.0 = off).
     """
 

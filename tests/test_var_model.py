@@ -1,0 +1,236 @@
+"""VAR pieces on random tiny models: configs, masks, KV cache vs teacher forcing, decoding."""
+
+import pytest
+import torch
+
+from teachers.protocol import SamplingConfig
+from teachers.var import (
+    README_FID_SAMPLING,
+    VAR,
+    VAR_PRESETS,
+    VQVAE,
+    VQVAE_PRESETS,
+    VARConfig,
+    VARTeacher,
+    VQVAEConfig,
+    block_causal_bias,
+    sample_images,
+)
+from teachers.var.quant import phi_index
+
+# Parameter counts of the release models (VAR paper, Table 1): 310M, 600M, 1.0B, 2.0B.
+RELEASE_PARAMS_M = {"d16": 310, "d20": 601, "d24": 1033, "d30": 2010}
+UNGUIDED = SamplingConfig(cfg_scale=1.0, cfg_schedule="constant")
+
+
+def tiny_teacher(seed: int = 0, **var_overrides) -> VARTeacher:
+    torch.manual_seed(seed)
+    var_config = VARConfig(**{**VAR_PRESETS["debug"].to_dict(), **var_overrides})
+    vae = VQVAE(
+        VQVAEConfig(vocab_size=256, z_channels=8, ch=32, ch_mult=(1, 2), patch_nums=(1, 2, 3, 4))
+    )
+    return VARTeacher(VAR(var_config).eval(), vae.eval())
+
+
+def random_tokens(teacher: VARTeacher, batch: int, seed: int = 1) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(
+        0, teacher.vae.config.vocab_size, (batch, teacher.geometry.num_tokens), generator=g
+    )
+
+
+@pytest.mark.parametrize("name", sorted(VAR_PRESETS))
+def test_every_var_preset_builds(name):
+    config = VARConfig.preset(name)
+    with torch.device("meta"):
+        model = VAR(config)
+    if name in RELEASE_PARAMS_M:
+        depth = int(name[1:])
+        assert (config.embed_dim, config.num_heads, config.num_tokens) == (64 * depth, depth, 680)
+        assert round(sum(p.numel() for p in model.parameters()) / 1e6) == RELEASE_PARAMS_M[name]
+    assert model.class_emb.weight.shape[0] == config.num_classes + 1  # + null class
+
+
+@pytest.mark.parametrize("name", sorted(VQVAE_PRESETS))
+def test_every_vqvae_preset_builds(name):
+    config = VQVAEConfig.preset(name)
+    with torch.device("meta"):
+        vae = VQVAE(config)
+    assert vae.codebook.shape == (config.vocab_size, config.z_channels)
+
+
+def test_official_args_parse():
+    assert VARConfig.from_official_args({"depth": 20, "shared_aln": False}) == VARConfig.preset(
+        "d20"
+    )
+    assert VQVAEConfig.from_official_args(
+        {"V": 4096, "Cvae": 32, "ch": 160, "share_quant_resi": 4}
+    ) == VQVAEConfig.preset("vae_ch160v4096z32")
+    with pytest.raises(ValueError, match="unknown official arguments"):
+        VARConfig.from_official_args({"depth": 16, "dept": 3})
+    with pytest.raises(ValueError, match="unknown VAR preset"):
+        VARConfig.preset("d17")
+
+
+def test_phi_assignment_of_the_release_schedule():
+    """Golden values: the official numpy rule over 10 scales and 4 phis (scale 2 is a tie)."""
+    assert [phi_index(k, 10, 4) for k in range(10)] == [0, 0, 1, 1, 1, 2, 2, 3, 3, 3]
+
+
+def test_block_causal_mask_sees_own_and_earlier_scales():
+    bias = block_causal_bias((1, 2, 3))[0, 0]
+    visible = torch.isfinite(bias)
+    assert visible[0].tolist() == [True] + [False] * 13
+    assert visible[1].tolist() == [True] * 5 + [False] * 9
+    assert visible[13].all()
+
+
+def test_session_logits_equal_teacher_forcing():
+    """KV-cached scale-by-scale run == one block-causal pass (unguided, unfiltered)."""
+    teacher = tiny_teacher()
+    labels, tokens = torch.tensor([3, 7]), random_tokens(teacher, 2)
+    with torch.no_grad():
+        expected = teacher.logits_teacher_forcing(labels, tokens).log_softmax(-1)
+    with teacher.start(labels, UNGUIDED) as session:
+        for k, (begin, end) in enumerate(teacher.geometry.step_ranges):
+            assert session.step == k
+            log_probs = session.next_log_probs()
+            assert session.next_log_probs() is log_probs  # no recompute
+            torch.testing.assert_close(log_probs, expected[:, begin:end], atol=1e-5, rtol=1e-5)
+            session.accept(tokens[:, begin:end])
+        assert session.cache is None  # freed after the last scale
+        final = teacher.decode_tokens(tokens)
+        torch.testing.assert_close(session.image(), final, atol=1e-5, rtol=1e-5)
+
+
+def test_session_tears_down_cache_on_error():
+    teacher = tiny_teacher()
+    with pytest.raises(ValueError, match="scale 0 expects"):
+        with teacher.start(torch.tensor([1]), UNGUIDED) as session:
+            session.accept(torch.zeros(1, 5, dtype=torch.long))
+    assert session.cache is None
+    session.close()  # idempotent
+    with pytest.raises(RuntimeError, match="closed"):
+        session.next_log_probs()
+
+
+def test_bad_inputs_raise():
+    teacher = tiny_teacher()
+    with pytest.raises(ValueError, match=r"\[0, 10\)"):
+        teacher.start(torch.tensor([0, 10]), UNGUIDED)
+    with pytest.raises(ValueError, match="cfg_interval"):
+        teacher.start(torch.tensor([0]), SamplingConfig(cfg_interval=0.5))
+    with teacher.start(torch.tensor([0]), UNGUIDED) as session:
+        with pytest.raises(ValueError, match=r"\[0, 256\)"):
+            session.accept(torch.tensor([[256]]))
+    with pytest.raises(ValueError, match="tokens must be"):
+        teacher.decode_tokens(torch.zeros(1, 7, dtype=torch.long))
+    with pytest.raises(ValueError, match="embeddings must be"):
+        teacher.decode_embeddings(torch.zeros(1, 30, 3))
+    with pytest.raises(ValueError, match="does not match the VQVAE"):
+        VARTeacher(
+            teacher.var,
+            VQVAE(
+                VQVAEConfig(
+                    vocab_size=128, z_channels=8, ch=32, ch_mult=(1, 2), patch_nums=(1, 2, 3, 4)
+                )
+            ),
+        )
+
+
+def test_top_k_top_p_and_cfg_ramp():
+    teacher = tiny_teacher()
+    labels = torch.tensor([2, 5])
+    sampling = SamplingConfig(cfg_scale=3.0, cfg_schedule="linear", top_k=7, top_p=0.99)
+    with teacher.start(labels, sampling) as session:
+        log_probs = session.next_log_probs()
+        assert (torch.isfinite(log_probs).sum(-1) <= 7).all()
+        torch.testing.assert_close(log_probs.exp().sum(-1), torch.ones(2, 1))
+    # Scale 0 has t = 0: guided == conditional.
+    with (
+        teacher.start(labels, SamplingConfig(cfg_scale=3.0, cfg_schedule="linear")) as guided,
+        teacher.start(labels, UNGUIDED) as plain,
+    ):
+        torch.testing.assert_close(guided.next_log_probs(), plain.next_log_probs())
+
+
+def test_seeded_sampling_is_reproducible():
+    teacher = tiny_teacher()
+    labels = torch.tensor([1, 4, 9])
+    first = sample_images(
+        teacher, labels, README_FID_SAMPLING, generator=torch.Generator().manual_seed(7)
+    )
+    again = sample_images(
+        teacher, labels, README_FID_SAMPLING, generator=torch.Generator().manual_seed(7)
+    )
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert first[1].shape == (3, 3, 8, 8) and 0 <= first[1].min() and first[1].max() <= 1
+
+
+def test_temperature_divides_logits():
+    teacher = tiny_teacher()
+    labels = torch.tensor([0])
+    with (
+        teacher.start(labels, UNGUIDED) as plain,
+        teacher.start(labels, SamplingConfig(temperature=2.0)) as hot,
+    ):
+        torch.testing.assert_close(
+            hot.next_log_probs(), (plain.next_log_probs() / 2).log_softmax(-1)
+        )
+
+
+def test_decode_embeddings_matches_tokens_and_is_differentiable():
+    teacher = tiny_teacher()
+    tokens = random_tokens(teacher, 2)
+    embeddings = teacher.codebook.detach()[tokens].clone().requires_grad_(True)
+    images = teacher.decode_embeddings(embeddings)
+    torch.testing.assert_close(images, teacher.decode_tokens(tokens), atol=1e-6, rtol=1e-6)
+    images.mean().backward()
+    # Every scale's embeddings receive gradient through the f_hat accumulation.
+    for begin, end in teacher.geometry.step_ranges:
+        assert embeddings.grad[:, begin:end].abs().sum() > 0
+
+
+def test_encode_decode_round_trip_and_training_pass_of_a_short_schedule():
+    """A tiny tokenizer: two levels, a 6-scale schedule, 8 norm groups."""
+    torch.manual_seed(0)
+    config = VQVAEConfig(
+        vocab_size=64,
+        z_channels=4,
+        ch=16,
+        ch_mult=(1, 2),
+        norm_groups=8,
+        patch_nums=(1, 2, 3, 4, 6, 8),
+    )
+    vae = VQVAE(config)
+    images = torch.rand(2, 3, config.image_size, config.image_size) * 2 - 1
+    tokens, f_hat = vae.encode(images)
+    assert tokens.shape == (2, 1 + 4 + 9 + 16 + 36 + 64)
+    torch.testing.assert_close(vae.indices_to_fhat(tokens), f_hat, atol=1e-5, rtol=1e-5)
+    reconstruction, vq_loss = vae(images)
+    assert reconstruction.shape == images.shape
+    (reconstruction.square().mean() + vq_loss).backward()
+    assert vae.encoder.conv_in.weight.grad is not None and vae.codebook.grad is not None
+
+
+@pytest.mark.parametrize("overrides", [{"shared_aln": True}, {"attn_l2_norm": False}])
+def test_variants_agree_between_cache_and_teacher_forcing(overrides):
+    teacher = tiny_teacher(**overrides)
+    labels, tokens = torch.tensor([4]), random_tokens(teacher, 1)
+    with torch.no_grad():
+        expected = teacher.logits_teacher_forcing(labels, tokens).log_softmax(-1)
+    with teacher.start(labels, UNGUIDED) as session:
+        for begin, end in teacher.geometry.step_ranges:
+            torch.testing.assert_close(
+                session.next_log_probs(), expected[:, begin:end], atol=1e-5, rtol=1e-5
+            )
+            session.accept(tokens[:, begin:end])
+
+
+def test_fingerprint_is_stable_and_tracks_weights():
+    teacher, twin = tiny_teacher(seed=0), tiny_teacher(seed=0)
+    assert teacher.fingerprint() == twin.fingerprint() and len(teacher.fingerprint()) == 16
+    with torch.no_grad():
+        twin.var.head.bias[0] += 1
+    twin._fingerprint = None
+    assert teacher.fingerprint() != twin.fingerprint()

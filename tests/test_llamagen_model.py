@@ -14,7 +14,7 @@ from teachers.llamagen import (
 )
 from teachers.llamagen.rope import apply_rope
 from teachers.llamagen.session import cfg_active
-from teachers.protocol import SamplingConfig, Teacher, TokenGeometry
+from teachers.protocol import SamplingConfig, Teacher, TeacherSession, TokenGeometry
 from teachers.sampling import sample_tokens
 
 # Official parameter counts (LlamaGen README / gpt.py comments), at 256 px.
@@ -209,6 +209,8 @@ def test_teacher_protocol_surface(teacher):
     assert codebook.shape == (256, 8)
     torch.testing.assert_close(codebook.norm(dim=-1), torch.ones(256))
     assert not any(p.requires_grad for p in teacher.parameters())
+    with teacher.start(torch.tensor([0]), teacher.default_sampling()) as session:
+        assert isinstance(session, TeacherSession) and session.step == 0
 
 
 def test_fingerprint_is_stable_and_tracks_weights():

@@ -11,12 +11,13 @@ import importlib
 import sys
 
 # name -> (module, one-line help). Each stage module declares its own arguments.
-COMMANDS: dict[str, tuple[str, str]] = {
-}
+COMMANDS: dict[str, tuple[str, str]] = {}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="dd", description="Distilled Decoding for AR image models")
+    parser = argparse.ArgumentParser(
+        prog="dd", description="Distilled Decoding for AR image models"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         command_parser = sub.add_parser(name, help=help_text, description=help_text)

@@ -31,13 +31,17 @@ def read_state_dict(path: str | Path) -> dict[str, object]:
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
-        raise CheckpointError(f"cannot read {path} as a weights-only torch checkpoint: {error}") from error
+        raise CheckpointError(
+            f"cannot read {path} as a weights-only torch checkpoint: {error}"
+        ) from error
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict")
     return dict(loaded)
 
 
-def unwrap(raw: Mapping[str, object], wrapper_paths: Iterable[tuple[str, ...]]) -> dict[str, torch.Tensor]:
+def unwrap(
+    raw: Mapping[str, object], wrapper_paths: Iterable[tuple[str, ...]]
+) -> dict[str, torch.Tensor]:
     """Follow the first wrapper path present in ``raw``; a bare state dict passes through."""
     for key_path in wrapper_paths:
         node: object = raw
@@ -80,7 +84,7 @@ def load_strict(
         if mismatched:
             lines.append(f"  shape mismatches ({len(mismatched)}): {'; '.join(mismatched[:6])}")
         if diagnose is not None:
-            cause = diagnose(missing, unexpected | {m.split(':')[0] for m in mismatched})
+            cause = diagnose(missing, unexpected | {m.split(":")[0] for m in mismatched})
             if cause:
                 lines.append(f"  likely cause: {cause}")
         raise CheckpointError("\n".join(lines))

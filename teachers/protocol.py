@@ -101,7 +101,9 @@ class SamplingConfig:
 
     def __post_init__(self) -> None:
         if self.cfg_schedule not in ("constant", "linear"):
-            raise ValueError(f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}")
+            raise ValueError(
+                f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}"
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if self.top_k < 0:

@@ -34,7 +34,9 @@ def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -
     return logits
 
 
-def sample_from_log_probs(log_probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def sample_from_log_probs(
+    log_probs: torch.Tensor, generator: torch.Generator | None
+) -> torch.Tensor:
     """One multinomial draw per row of ``log_probs [..., V]`` -> indices ``[...]``."""
     probs = log_probs.float().exp().reshape(-1, log_probs.shape[-1])
     picked = torch.multinomial(probs, 1, generator=generator)
@@ -61,7 +63,11 @@ def sample_tokens(
     with teacher.start(labels, sampling) as session:
         for _ in range(teacher.geometry.num_steps):
             log_probs = session.next_log_probs()
-            tokens = greedy_from_log_probs(log_probs) if greedy else sample_from_log_probs(log_probs, generator)
+            tokens = (
+                greedy_from_log_probs(log_probs)
+                if greedy
+                else sample_from_log_probs(log_probs, generator)
+            )
             session.accept(tokens)
             chosen.append(tokens)
     return torch.cat(chosen, dim=1)

@@ -56,4 +56,6 @@ def test_top_p_keeps_smallest_set_reaching_p():
     kept_all = torch.isfinite(filter_logits(probs.log(), top_p=0.96))
     assert kept_all.tolist() == [[True, True, True, True]]
     # The most likely code always survives.
-    assert torch.isfinite(filter_logits(probs.log(), top_p=0.01)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(filter_logits(probs.log(), top_p=0.01)).tolist() == [
+        [True, False, False, False]
+    ]

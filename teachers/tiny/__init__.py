@@ -1,0 +1,18 @@
+"""Tiny teachers on bundled data: the embedded default every later stage runs on.
+
+``load_tiny_teacher("llamagen-digits")`` / ``load_tiny_teacher("var-digits")`` return teachers
+satisfying ``teachers.protocol.Teacher``, built by the families' own loaders from the shipped
+``teachers/weights/*.safetensors``; ``dd train-teacher`` reproduces them (docs/embedded_default.md).
+"""
+
+from teachers.tiny.presets import TrainSettings, llamagen_tiny_configs, var_tiny_configs
+from teachers.tiny.registry import TINY_TEACHERS, load_tiny_teacher, read_metadata
+
+__all__ = [
+    "TINY_TEACHERS",
+    "TrainSettings",
+    "llamagen_tiny_configs",
+    "load_tiny_teacher",
+    "read_metadata",
+    "var_tiny_configs",
+]

@@ -1,0 +1,184 @@
+"""``dd train-teacher``: train a tiny teacher (or the digits evaluator) on the bundled digits.
+
+    dd train-teacher --family llamagen --out teachers/weights --seed 0
+    dd train-teacher --family var --out teachers/weights --seed 0
+    dd train-teacher --family classifier --out teachers/weights --seed 0
+
+Writes the weights as safetensors into ``--out`` and records configs, the command, the seed,
+the losses, the wall time and the peak RSS in ``<out>/tiny.json`` (the entry
+``load_tiny_teacher`` reads). ``--data-dir`` trains on a class-folder data set instead
+(``root/<class>/<image>``; written under ``<family>-<folder name>``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from teachers.data import ImageSet, load_digits_split, load_image_folder
+from teachers.evaluator import CLASSIFIER_FILE, CLASSIFIER_NAME, class_accuracy
+from teachers.tiny.common import peak_rss_mb, save_weights
+from teachers.tiny.presets import TrainSettings, llamagen_tiny_configs, var_tiny_configs
+from teachers.tiny.registry import write_metadata_entry
+
+log = logging.getLogger(__name__)
+
+FAMILIES = ("llamagen", "var", "classifier")
+LOSS_TAIL = 50  # steps averaged for the reported final loss
+_DEFAULTS = TrainSettings()
+VAR_AR_BATCH_SIZE = 32  # 130 tokens per image: half LlamaGen's 64 images, about the same tokens
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--family", required=True, choices=FAMILIES)
+    parser.add_argument("--out", required=True, type=Path, help="folder for weights + tiny.json")
+    parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    parser.add_argument("--tokenizer-steps", type=int, default=_DEFAULTS.tokenizer_steps)
+    parser.add_argument("--ar-steps", type=int, default=_DEFAULTS.ar_steps)
+    parser.add_argument(
+        "--ar-batch-size", type=int, default=None, help="default: per family (see presets.py)"
+    )
+    parser.add_argument("--classifier-steps", type=int, default=None)
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+    )
+    parser.add_argument("--data-dir", type=Path, default=None, help="class-folder data set")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved configs and settings, exit"
+    )
+
+
+def _settings(args: argparse.Namespace) -> TrainSettings:
+    overrides = {
+        "seed": args.seed,
+        "tokenizer_steps": args.tokenizer_steps,
+        "ar_steps": args.ar_steps,
+    }
+    if args.ar_batch_size is not None:
+        overrides["ar_batch_size"] = args.ar_batch_size
+    elif args.family == "var":
+        overrides["ar_batch_size"] = VAR_AR_BATCH_SIZE
+    return dataclasses.replace(_DEFAULTS, **overrides)
+
+
+def command_line(args: argparse.Namespace) -> str:
+    """The command that reproduces this run (non-default options included)."""
+    parts = ["dd train-teacher", f"--family {args.family}", f"--out {args.out}"]
+    parts.append(f"--seed {args.seed}")
+    for flag, value, default in (
+        ("--tokenizer-steps", args.tokenizer_steps, _DEFAULTS.tokenizer_steps),
+        ("--ar-steps", args.ar_steps, _DEFAULTS.ar_steps),
+        ("--ar-batch-size", args.ar_batch_size, None),
+        ("--classifier-steps", args.classifier_steps, None),
+        ("--threads", args.threads, None),
+        ("--data-dir", args.data_dir, None),
+    ):
+        if value != default:
+            parts.append(f"{flag} {value}")
+    return " ".join(parts)
+
+
+def _load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]:
+    if args.data_dir is None:
+        return load_digits_split("train"), load_digits_split("heldout"), "digits"
+    return load_image_folder(args.data_dir), None, args.data_dir.name
+
+
+def _tail(losses: list[float]) -> float:
+    tail = losses[-LOSS_TAIL:]
+    return sum(tail) / max(1, len(tail))
+
+
+def _environment(args: argparse.Namespace) -> dict:
+    return {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "processor": platform.processor() or platform.machine(),
+    }
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    settings = _settings(args)
+    progress = not args.no_progress
+    if args.dry_run:
+        configs = {
+            "llamagen": llamagen_tiny_configs,
+            "var": var_tiny_configs,
+            "classifier": lambda: (),
+        }[args.family]()
+        print(json.dumps({"command": command_line(args), "settings": settings.to_dict()}, indent=2))
+        for config in configs:
+            print(config)
+        return 0
+    train, heldout, data_name = _load_data(args)
+    out: Path = args.out
+    start = time.perf_counter()
+    entry: dict = {
+        "family": args.family,
+        "command": command_line(args),
+        "seed": args.seed,
+        "data": data_name,
+        "environment": _environment(args),
+    }
+    if args.family == "classifier":
+        from teachers.tiny.train_classifier import CLASSIFIER_STEPS, train_classifier
+
+        steps = args.classifier_steps or CLASSIFIER_STEPS
+        model, losses = train_classifier(train, steps=steps, seed=args.seed, progress=progress)
+        name = CLASSIFIER_NAME if data_name == "digits" else f"classifier-{data_name}"
+        file_name = CLASSIFIER_FILE if data_name == "digits" else f"{name}.safetensors"
+        entry["files"] = {"classifier": file_name}
+        entry["configs"] = {"classifier": model.config.to_dict()}
+        entry["record"] = {"steps": steps, "final_loss": _tail(losses)}
+        if heldout is not None:
+            entry["record"]["heldout_accuracy"] = class_accuracy(
+                heldout.images_01(), heldout.labels, model
+            )
+        save_weights(model, out / file_name)
+    else:
+        name = f"{args.family}-{data_name}"
+        stem = name.replace("-", "_")
+        if args.family == "llamagen":
+            from teachers.tiny.train_llamagen import train_llamagen
+
+            gpt_config, vq_config = llamagen_tiny_configs(train.num_classes)
+            ar, tokenizer, record = train_llamagen(
+                train, gpt_config, vq_config, settings, heldout=heldout, progress=progress
+            )
+            files = {"gpt": f"{stem}_gpt.safetensors", "vq": f"{stem}_vq.safetensors"}
+            configs = {"gpt": dataclasses.asdict(gpt_config), "vq": dataclasses.asdict(vq_config)}
+            modules = {"gpt": ar, "vq": tokenizer}
+        else:
+            from teachers.tiny.train_var import train_var
+
+            var_config, vae_config = var_tiny_configs(train.num_classes)
+            ar, tokenizer, record = train_var(
+                train, var_config, vae_config, settings, heldout=heldout, progress=progress
+            )
+            files = {"var": f"{stem}_var.safetensors", "vae": f"{stem}_vae.safetensors"}
+            configs = {"var": var_config.to_dict(), "vae": vae_config.to_dict()}
+            modules = {"var": ar, "vae": tokenizer}
+        for key, module in modules.items():
+            save_weights(module, out / files[key])
+        entry["files"], entry["configs"] = files, configs
+        entry["settings"] = settings.to_dict()
+        entry["record"] = {
+            part: {"final_loss": _tail(rec.pop("losses")), **rec} for part, rec in record.items()
+        }
+    entry["record"]["wall_seconds"] = round(time.perf_counter() - start, 1)
+    entry["record"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    path = write_metadata_entry(name, entry, out)
+    log.info("%s: wrote %s (%s)", name, path, json.dumps(entry["record"]))
+    return 0

@@ -1,0 +1,90 @@
+"""Tiny presets of both families for the digits data (16x16 images, 10 classes).
+
+The models are the families' own classes (``teachers.llamagen``, ``teachers.var``) with small
+sizes; only the numbers live here. Token counts are large enough that the AR order matters:
+LlamaGen 8x8 = 64 raster tokens, VAR 1+4+9+16+36+64 = 130 tokens in 6 scales.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from teachers.data import DIGITS_NUM_CLASSES
+from teachers.llamagen.config import GPTConfig, VQConfig
+from teachers.var.config import VARConfig, VQVAEConfig
+
+TINY_VOCAB_SIZE = 64
+TINY_CODE_DIM = 8
+TINY_GRID = 8  # tokens per side of the last grid; 16 px images / 2x down-sampling
+TINY_PATCH_NUMS = (1, 2, 3, 4, 6, 8)
+CLASS_DROPOUT = 0.1  # label -> null class during training, so CFG has an unconditional model
+
+
+def llamagen_tiny_configs(num_classes: int = DIGITS_NUM_CLASSES) -> tuple[GPTConfig, VQConfig]:
+    gpt = GPTConfig(
+        dim=96,
+        n_layer=4,
+        n_head=4,
+        multiple_of=32,
+        vocab_size=TINY_VOCAB_SIZE,
+        num_classes=num_classes,
+        class_dropout_prob=CLASS_DROPOUT,
+        block_size=TINY_GRID * TINY_GRID,
+    )
+    vq = VQConfig(
+        codebook_size=TINY_VOCAB_SIZE,
+        codebook_embed_dim=TINY_CODE_DIM,
+        codebook_l2_norm=True,
+        codebook_show_usage=False,  # the official 65536-entry usage buffer is training-only
+        ch=16,
+        ch_mult=(1, 2),
+        z_channels=32,
+        num_res_blocks=1,
+        norm_groups=8,
+    )
+    return gpt, vq
+
+
+def var_tiny_configs(num_classes: int = DIGITS_NUM_CLASSES) -> tuple[VARConfig, VQVAEConfig]:
+    var = VARConfig(
+        depth=4,
+        embed_dim=96,
+        num_heads=4,
+        num_classes=num_classes,
+        vocab_size=TINY_VOCAB_SIZE,
+        cvae=TINY_CODE_DIM,
+        patch_nums=TINY_PATCH_NUMS,
+        cond_drop_rate=CLASS_DROPOUT,
+    )
+    vae = VQVAEConfig(
+        vocab_size=TINY_VOCAB_SIZE,
+        z_channels=TINY_CODE_DIM,
+        ch=16,
+        ch_mult=(1, 2),
+        num_res_blocks=1,
+        norm_groups=8,
+        patch_nums=TINY_PATCH_NUMS,
+    )
+    return var, vae
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Steps and optimiser settings of one tiny-teacher run (tokenizer, then AR model)."""
+
+    seed: int = 0
+    tokenizer_steps: int = 600
+    tokenizer_batch_size: int = 64
+    tokenizer_lr: float = 2e-3
+    commitment_beta: float = 0.25
+    dead_code_every: int = 50  # steps between restarts of codes unused in that window
+    ar_steps: int = 1000
+    ar_batch_size: int = 64
+    ar_lr: float = 1e-3
+    ar_weight_decay: float = 0.05
+    warmup_steps: int = 100
+    max_shift: int = 1  # augmentation: random translation by up to this many pixels
+    token_copies: int = 8  # augmented copies of every training image tokenised for the AR model
+
+    def to_dict(self) -> dict:
+        return asdict(self)

@@ -1,0 +1,80 @@
+"""Shipped tiny teachers, loaded by name with the families' own loaders.
+
+``teachers/weights/tiny.json`` holds one entry per shipped model: its family, files, configs,
+the command and seed that reproduce it, and its training record. ``load_tiny_teacher`` builds
+the configs from that entry and calls ``load_llamagen_teacher`` / ``load_var_teacher``, so a
+tiny teacher is loaded exactly like an official one (strictly, from safetensors).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from teachers.protocol import Teacher
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
+METADATA_FILE = "tiny.json"
+TINY_TEACHERS = ("llamagen-digits", "var-digits")
+
+
+def read_metadata(weights_dir: str | Path | None = None) -> dict:
+    path = Path(weights_dir or WEIGHTS_DIR) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def write_metadata_entry(name: str, entry: dict, weights_dir: str | Path) -> Path:
+    """Set ``name``'s entry of ``<weights_dir>/tiny.json`` (atomic replace, other entries kept)."""
+    weights_dir = Path(weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    metadata = read_metadata(weights_dir)
+    metadata[name] = entry
+    path = weights_dir / METADATA_FILE
+    fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".tiny.", suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(dict(sorted(metadata.items())), handle, indent=2)
+        handle.write("\n")
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the file is shipped package data
+    os.replace(tmp, path)
+    return path
+
+
+def load_tiny_teacher(
+    name: str, *, weights_dir: str | Path | None = None, device: torch.device | str = "cpu"
+) -> Teacher:
+    """A shipped tiny teacher (``"llamagen-digits"`` or ``"var-digits"``), frozen, eval mode."""
+    weights_dir = Path(weights_dir or WEIGHTS_DIR)
+    metadata = read_metadata(weights_dir)
+    known = sorted(k for k, v in metadata.items() if v.get("family") in ("llamagen", "var"))
+    if name not in metadata or name not in known:
+        raise ValueError(
+            f"unknown tiny teacher {name!r}; known: {known or list(TINY_TEACHERS)}"
+            + ("" if known else f" (none trained yet in {weights_dir})")
+        )
+    entry = metadata[name]
+    files, configs = entry["files"], entry["configs"]
+    if entry["family"] == "llamagen":
+        from teachers.llamagen import GPTConfig, VQConfig, load_llamagen_teacher
+
+        return load_llamagen_teacher(
+            weights_dir / files["gpt"],
+            weights_dir / files["vq"],
+            gpt_config=GPTConfig(**configs["gpt"]),
+            vq_config=VQConfig(**configs["vq"]),
+            device=device,
+        )
+    from teachers.var import VARConfig, VQVAEConfig, load_var_teacher
+
+    return load_var_teacher(
+        weights_dir / files["var"],
+        weights_dir / files["vae"],
+        var_config=VARConfig(**configs["var"]),
+        vae_config=VQVAEConfig(**configs["vae"]),
+        device=device,
+    )

@@ -1,0 +1,193 @@
+"""Training a tiny LlamaGen teacher: the VQ tokenizer, then the class-conditional GPT.
+
+Both are the family's own modules (``teachers.llamagen.VQModel`` / ``GPT``). The official
+training losses, kept small:
+
+- VQ: reconstruction (MSE + L1) + codebook loss ``|sg(z) - q|^2`` + commitment
+  ``beta |z - sg(q)|^2`` on the L2-normalised latents, straight-through gradient to the
+  encoder; codes are initialised from encoder outputs and codes unused for
+  ``dead_code_every`` steps are restarted on random latents of the current batch.
+- GPT: next-token cross-entropy with teacher forcing over ``[class, x_1..x_{n-1}]``; the
+  label is replaced by the null class with ``class_dropout_prob`` (CFG at sampling time).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from teachers.data import ImageSet
+from teachers.llamagen import GPT, GPTConfig, VQConfig, VQModel
+from teachers.tiny.common import (
+    augmented_copies,
+    code_usage,
+    perplexity,
+    restart_codes,
+    sample_batch,
+    warmup_cosine,
+)
+from teachers.tiny.presets import TrainSettings
+
+ENCODE_BATCH = 512
+
+
+def _latents(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
+    """L2-normalised pre-quantisation latents ``[B, C, h, w]`` (what the quantiser compares)."""
+    return F.normalize(vq.quant_conv(vq.encoder(images)), dim=1)
+
+
+def vq_loss(
+    vq: VQModel, images: torch.Tensor, beta: float
+) -> tuple[torch.Tensor, dict[str, float], torch.Tensor, torch.Tensor]:
+    """(loss, parts, code indices ``[B, h, w]``, latents ``[B, C, h, w]``) of one batch."""
+    z_BChw = _latents(vq, images)
+    with torch.no_grad():
+        _, indices_Bhw = vq.quantize(z_BChw)
+    q_BChw = vq.codebook()[indices_Bhw].permute(0, 3, 1, 2)
+    codebook = F.mse_loss(q_BChw, z_BChw.detach())
+    commitment = F.mse_loss(z_BChw, q_BChw.detach())
+    quant_st = z_BChw + (q_BChw - z_BChw).detach()  # straight-through estimator
+    recon = vq.decode(quant_st)
+    reconstruction = F.mse_loss(recon, images) + F.l1_loss(recon, images)
+    loss = reconstruction + codebook + beta * commitment
+    parts = {"rec": reconstruction.item(), "cb": codebook.item(), "commit": commitment.item()}
+    return loss, parts, indices_Bhw, z_BChw.detach()
+
+
+def train_vq(
+    train: ImageSet, config: VQConfig, settings: TrainSettings, *, progress: bool = True
+) -> tuple[VQModel, dict]:
+    generator = torch.Generator().manual_seed(settings.seed)
+    torch.manual_seed(settings.seed)
+    vq = VQModel(config).train()
+    optimizer = torch.optim.AdamW(vq.parameters(), lr=settings.tokenizer_lr, betas=(0.9, 0.99))
+    steps = settings.tokenizer_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, steps, settings.warmup_steps)
+    )
+    codebook = vq.quantize.embedding.weight
+    with torch.no_grad():  # data-driven init: every code starts on an encoder latent
+        images, _ = sample_batch(train, settings.tokenizer_batch_size, 0, generator)
+        pool = _latents(vq, images).permute(0, 2, 3, 1).reshape(-1, config.codebook_embed_dim)
+        restart_codes(codebook.data, torch.ones(len(codebook), dtype=torch.bool), pool, generator)
+    window_counts = torch.zeros(config.codebook_size, dtype=torch.long)
+    losses, restarts = [], 0
+    bar = tqdm(range(steps), desc="llamagen vq", disable=not progress)
+    for step in bar:
+        images, _ = sample_batch(
+            train, settings.tokenizer_batch_size, settings.max_shift, generator
+        )
+        loss, parts, indices, latents = vq_loss(vq, images, settings.commitment_beta)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        window_counts += code_usage(indices, config.codebook_size)
+        last_quarter = step >= steps * 3 // 4  # let the codebook settle before the end
+        if (step + 1) % settings.dead_code_every == 0:
+            if not last_quarter:
+                pool = latents.permute(0, 2, 3, 1).reshape(-1, config.codebook_embed_dim)
+                restarts += restart_codes(codebook.data, window_counts == 0, pool, generator)
+            bar.set_postfix(rec=f"{parts['rec']:.4f}", ppl=f"{perplexity(window_counts):.0f}")
+            window_counts.zero_()
+    vq.eval().requires_grad_(False)
+    return vq, {"losses": losses, "code_restarts": restarts}
+
+
+@torch.no_grad()
+def encode_tokens(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
+    """Raster tokens ``[N, h * w]`` of images in ``[-1, 1]``."""
+    return torch.cat([vq.encode(b)[1] for b in images.split(ENCODE_BATCH)])
+
+
+def gpt_loss(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Teacher-forced next-token cross-entropy (mean over tokens)."""
+    logits_BnV = gpt(labels, tokens[:, :-1])
+    return F.cross_entropy(logits_BnV.reshape(-1, logits_BnV.shape[-1]), tokens.reshape(-1))
+
+
+def drop_labels(
+    labels: torch.Tensor, null_class: int, prob: float, generator: torch.Generator
+) -> torch.Tensor:
+    drop = torch.rand(labels.shape, generator=generator) < prob
+    return torch.where(drop, torch.full_like(labels, null_class), labels)
+
+
+def train_gpt(
+    tokens: torch.Tensor,
+    labels: torch.Tensor,
+    config: GPTConfig,
+    settings: TrainSettings,
+    *,
+    heldout: tuple[torch.Tensor, torch.Tensor] | None = None,
+    progress: bool = True,
+) -> tuple[GPT, dict]:
+    """The c2i GPT trained on ``tokens [N, n]`` with ``labels [N]``; record has losses."""
+    generator = torch.Generator().manual_seed(settings.seed + 1)
+    torch.manual_seed(settings.seed + 1)
+    gpt = GPT(config).train()
+    decay = [p for n, p in gpt.named_parameters() if p.dim() >= 2]
+    no_decay = [p for n, p in gpt.named_parameters() if p.dim() < 2]
+    optimizer = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": settings.ar_weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=settings.ar_lr,
+        betas=(0.9, 0.95),
+    )
+    steps = settings.ar_steps
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: warmup_cosine(s, steps, settings.warmup_steps)
+    )
+    losses = []
+    bar = tqdm(range(steps), desc="llamagen gpt", disable=not progress)
+    for _ in bar:
+        idx = torch.randint(0, tokens.shape[0], (settings.ar_batch_size,), generator=generator)
+        batch_labels = drop_labels(
+            labels[idx], config.num_classes, config.class_dropout_prob, generator
+        )
+        loss = gpt_loss(gpt, batch_labels, tokens[idx])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        losses.append(loss.item())
+        if len(losses) % 50 == 0:
+            bar.set_postfix(ce=f"{sum(losses[-50:]) / 50:.3f}")
+    gpt.eval().requires_grad_(False)
+    record: dict = {"losses": losses}
+    if heldout is not None:
+        with torch.no_grad():
+            record["heldout_ce"] = gpt_loss(gpt, heldout[1], heldout[0]).item()
+    return gpt, record
+
+
+def train_llamagen(
+    train: ImageSet,
+    gpt_config: GPTConfig,
+    vq_config: VQConfig,
+    settings: TrainSettings,
+    *,
+    heldout: ImageSet | None = None,
+    progress: bool = True,
+) -> tuple[GPT, VQModel, dict]:
+    """Tokenizer, then GPT on the tokens of ``token_copies`` shifted copies of the train set."""
+    vq, vq_record = train_vq(train, vq_config, settings, progress=progress)
+    generator = torch.Generator().manual_seed(settings.seed + 2)
+    images, labels = augmented_copies(train, settings.token_copies, settings.max_shift, generator)
+    tokens = encode_tokens(vq, images)
+    with torch.no_grad():
+        recon = vq.decode_code(tokens[: len(train)], (gpt_config.grid_size,) * 2)
+        vq_record["train_recon_mse"] = F.mse_loss(recon, train.images).item()
+    vq_record["train_code_perplexity"] = perplexity(code_usage(tokens, vq_config.codebook_size))
+    held = None
+    if heldout is not None:
+        held = (encode_tokens(vq, heldout.images), heldout.labels)
+    gpt, gpt_record = train_gpt(
+        tokens, labels, gpt_config, settings, heldout=held, progress=progress
+    )
+    return gpt, vq, {"tokenizer": vq_record, "ar": gpt_record}

@@ -1,0 +1,66 @@
+"""The digits classifier as evaluator: shipped weights, determinism, FID, feature distance."""
+
+import pytest
+import torch
+
+from teachers.data import load_digits_split
+from teachers.evaluator import (
+    FIDFeatureExtractor,
+    class_accuracy,
+    default_classifier,
+    feature_distance,
+    frechet_distance,
+    load_classifier,
+)
+
+
+@pytest.fixture(scope="module")
+def heldout():
+    return load_digits_split("heldout")
+
+
+def test_shipped_classifier_recognises_heldout_digits(heldout):
+    assert class_accuracy(heldout.images_01(), heldout.labels) >= 0.97
+
+
+def test_evaluator_is_deterministic(heldout):
+    images = heldout.images_01()[:64]
+    first = default_classifier().features(images)
+    second = load_classifier().features(images)  # a fresh load gives the same numbers
+    assert torch.equal(first, second)
+    assert not default_classifier().training
+    fid_a = frechet_distance(images, heldout.images_01()[64:200])
+    fid_b = frechet_distance(images, heldout.images_01()[64:200])
+    assert fid_a == fid_b
+
+
+def test_fid_separates_real_from_noise(heldout):
+    train = load_digits_split("train")
+    floor = frechet_distance(heldout.images_01(), train.images_01())
+    noise = frechet_distance(torch.rand(360, 3, 16, 16), train.images_01())
+    assert floor < 10 and noise > 20 * floor
+
+
+def test_fid_extractor_takes_uint8_and_float(heldout):
+    extractor = FIDFeatureExtractor(default_classifier())
+    images = heldout.images_01()[:8]
+    as_uint8 = (images * 255).round().to(torch.uint8)
+    assert extractor.num_features == 64
+    assert torch.allclose(extractor(images), extractor(as_uint8), atol=0.05)  # 8-bit rounding
+
+
+def test_feature_distance_is_a_differentiable_distance(heldout):
+    a = heldout.images_01()[:6].clone().requires_grad_(True)
+    b = heldout.images_01()[6:12]
+    distance = feature_distance(a, b)
+    assert distance.shape == (6,) and (distance > 0).all()
+    distance.sum().backward()
+    assert a.grad is not None and a.grad.abs().sum() > 0
+    assert torch.allclose(feature_distance(b, b), torch.zeros(6))
+    with pytest.raises(ValueError, match="shapes differ"):
+        feature_distance(a, b[:3])
+
+
+def test_wrong_image_size_is_rejected():
+    with pytest.raises(ValueError, match="16, 16"):
+        default_classifier().features(torch.rand(2, 3, 32, 32))

@@ -1,0 +1,236 @@
+"""AR flow matching: the deterministic map from a noise token to a codebook token (DD Sec. 3.2).
+
+At one AR step the teacher gives a categorical p over the codebook rows c_1..c_V. DD treats p
+as a mixture of Diracs in R^C and transports N(0, I) onto it along `x_t = (1-t) x_0 + t c`
+(FACTS.md section 1, equation 3 of the paper):
+
+    w_j(x, t) = softmax_j( log p_j - ||x - t c_j||^2 / (2 (1-t)^2) )    posterior weights
+    m(x, t)   = sum_j w_j c_j                                           posterior mean
+    V(x, t)   = (m - x) / (1 - t)                                       velocity
+    eps(x, t) = x - t V = (x - t m) / (1 - t)                           noise prediction
+
+Solving dx = V dt from x_0 = noise ends at a codebook entry; pushed through this map, N(0, I)
+becomes exactly p. `flow_match_tokens` solves it with the multistep DPM-Solver++ of
+`dd/solver.py`. Defaults were chosen by measurement: docs/flow_matching.md.
+
+All arithmetic is float64: near t = 1 the likelihood term is divided by (1-t)^2 ~ 1e-6 after
+a cancellation between -2t x.c and t^2 ||c||^2, which float32 cannot resolve.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+
+from dd.solver import MAX_SOLVER_ORDER, SPACINGS, Spacing, dpm_solver_pp, time_schedule
+
+TokenRule = Literal["argmax", "nearest"]
+TOKEN_RULES: tuple[str, ...] = ("argmax", "nearest")
+
+COMPUTE_DTYPE = torch.float64
+DEFAULT_NUM_STEPS = 16  # NFE; chosen in docs/flow_matching.md ("Choosing the defaults")
+DEFAULT_T_START = 0.05  # lambda -2.9; reached from t = 0 by one Euler step, exact m(x, 0)
+DEFAULT_T_END = 0.99  # lambda 4.6; the posterior argmax decides the rest
+# Peak memory: a few float64 [tokens, V] buffers per chunk; 2^22 elements = 32 MiB each.
+DEFAULT_MAX_ELEMENTS_PER_CHUNK = 2**22
+
+
+def posterior_logits(
+    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float,
+    code_sq_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Unnormalised log w_j(x, t), shape [..., V], for x [..., C], log_probs [..., V].
+
+    ||x - t c||^2 = ||x||^2 - 2t x.c + t^2 ||c||^2; the ||x||^2 term is the same for every j
+    and cancels in the softmax, so it is dropped:
+        log p_j + (t x.c_j - t^2 ||c_j||^2 / 2) / (1-t)^2.
+    A code with log p_j = -inf keeps -inf (the likelihood term is finite for t < 1), so it gets
+    weight exactly 0 without any NaN as long as the row has one finite entry.
+    `code_sq_norms` ([V], ||c_j||^2) may be passed to avoid recomputing it at every step.
+    """
+    if code_sq_norms is None:
+        code_sq_norms = codebook.square().sum(-1)
+    inv_var = 1.0 / (1.0 - t) ** 2
+    code_term_V = (-0.5 * t * t * inv_var) * code_sq_norms
+    bias = log_probs + code_term_V
+    if x.dim() == 2:  # fused add + matmul: one pass over the [N, V] buffer
+        return torch.addmm(bias, x, codebook.T, alpha=t * inv_var)
+    return bias + (t * inv_var) * (x @ codebook.T)
+
+
+def posterior_weights(
+    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float,
+    code_sq_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """w_j(x, t) of equation (3), shape [..., V]; softmax subtracts the row max (stable)."""
+    return torch.softmax(posterior_logits(x, log_probs, codebook, t, code_sq_norms), dim=-1)
+
+
+def posterior_mean(
+    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float,
+    code_sq_norms: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """m(x, t) = sum_j w_j c_j, the data prediction, shape [..., C]."""
+    return posterior_weights(x, log_probs, codebook, t, code_sq_norms) @ codebook
+
+
+def velocity(
+    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float
+) -> torch.Tensor:
+    """V(x, t) = (m - x) / (1 - t), the flow-matching velocity (FACTS.md section 1)."""
+    return (posterior_mean(x, log_probs, codebook, t) - x) / (1.0 - t)
+
+
+def noise_prediction(
+    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float
+) -> torch.Tensor:
+    """eps(x, t) = x - t V(x, t) = (x - t m) / (1 - t): the form the paper hands its solver."""
+    return (x - t * posterior_mean(x, log_probs, codebook, t)) / (1.0 - t)
+
+
+def code_from_state(
+    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float,
+    rule: TokenRule,
+) -> torch.Tensor:
+    """The token of an end state x at time t: posterior argmax, or the nearest allowed code."""
+    if rule == "argmax":
+        return posterior_logits(x, log_probs, codebook, t).argmax(-1)
+    # argmin_j ||x - c_j||^2 = argmax_j (x.c_j - ||c_j||^2 / 2), codes with p_j = 0 excluded.
+    score = x @ codebook.T - 0.5 * codebook.square().sum(-1)
+    return score.masked_fill(log_probs == float("-inf"), float("-inf")).argmax(-1)
+
+
+def flow_match_tokens(
+    noise: torch.Tensor,
+    log_probs: torch.Tensor,
+    codebook: torch.Tensor,
+    *,
+    num_steps: int = DEFAULT_NUM_STEPS,
+    order: int = 3,
+    spacing: Spacing = "logsnr",
+    token_rule: TokenRule = "argmax",
+    t_start: float = DEFAULT_T_START,
+    t_end: float = DEFAULT_T_END,
+    max_elements_per_chunk: int = DEFAULT_MAX_ELEMENTS_PER_CHUNK,
+) -> torch.Tensor:
+    """Map noise tokens [..., C] and log-probabilities [..., V] to codebook indices [...].
+
+    `log_probs` may be unnormalised (logits; they are normalised here) and may hold -inf for
+    codes removed by top-k/top-p: those are never returned. `codebook` is [V, C]. Each token
+    is solved independently, `max_elements_per_chunk // V` tokens at a time, so peak memory is
+    a few float64 [chunk, V] buffers whatever the number of tokens. The result depends only on
+    the token's own noise and p, up to float64 round-off (see docs/flow_matching.md).
+    """
+    _check_inputs(noise, log_probs, codebook)
+    if order not in range(1, MAX_SOLVER_ORDER + 1):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    if token_rule not in TOKEN_RULES:
+        raise ValueError(f"token_rule must be one of {TOKEN_RULES}, got {token_rule!r}")
+    if spacing not in SPACINGS:
+        raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
+    if max_elements_per_chunk < 1:
+        raise ValueError(f"max_elements_per_chunk must be >= 1, got {max_elements_per_chunk}")
+    times = time_schedule(num_steps, spacing=spacing, t_start=t_start, t_end=t_end)
+
+    vocab_size, code_dim = codebook.shape
+    leading_shape = noise.shape[:-1]
+    noise_NC = noise.reshape(-1, code_dim)
+    log_probs_NV = log_probs.reshape(-1, vocab_size)
+    codebook_VC = codebook.to(COMPUTE_DTYPE)
+    chunk_tokens = max(1, max_elements_per_chunk // vocab_size)
+    tokens_N = torch.empty(noise_NC.shape[0], dtype=torch.long, device=noise.device)
+    for begin in range(0, noise_NC.shape[0], chunk_tokens):
+        end = begin + chunk_tokens
+        chunk_log_probs = torch.log_softmax(log_probs_NV[begin:end].to(COMPUTE_DTYPE), dim=-1)
+        x_end = solve_flow_ode(
+            noise_NC[begin:end].to(COMPUTE_DTYPE), chunk_log_probs, codebook_VC, times,
+            order=order,
+        )
+        tokens_N[begin:end] = code_from_state(
+            x_end, chunk_log_probs, codebook_VC, times[-1], token_rule
+        )
+    return tokens_N.reshape(leading_shape)
+
+
+def solve_flow_ode(
+    noise_NC: torch.Tensor, log_probs_NV: torch.Tensor, codebook_VC: torch.Tensor,
+    times: list[float], *, order: int = 3,
+) -> torch.Tensor:
+    """End state x at times[-1] of the flow ODE from noise at t = 0 (no checks, no chunking).
+
+    `log_probs_NV` must be normalised (log_softmax); all inputs in one float dtype.
+    """
+    t_start = times[0]
+    # Exact first-order step from t = 0, where the posterior is the prior: m(x, 0) = E_p[c]
+    # whatever x, so x_{t_start} = (1 - t_start) noise + t_start E_p[c] (one [N,V]x[V,C]
+    # product and no softmax of the likelihood; not counted as an NFE).
+    prior_mean_NC = log_probs_NV.exp() @ codebook_VC
+    x_NC = (1.0 - t_start) * noise_NC + t_start * prior_mean_NC
+
+    code_sq_norms_V = codebook_VC.square().sum(-1)
+
+    def data_prediction(x: torch.Tensor, t: float) -> torch.Tensor:
+        return posterior_mean(x, log_probs_NV, codebook_VC, t, code_sq_norms_V)
+
+    return dpm_solver_pp(data_prediction, x_NC, times, order=order)
+
+
+def _check_inputs(noise: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor) -> None:
+    """Raise ValueError naming the first problem found; silent on good input."""
+    for name, tensor in (("noise", noise), ("log_probs", log_probs), ("codebook", codebook)):
+        if not torch.is_floating_point(tensor):
+            raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+    if noise.dim() < 1 or log_probs.dim() < 1:
+        raise ValueError("noise must be [..., C] and log_probs [..., V] (at least 1-D)")
+    if noise.shape[:-1] != log_probs.shape[:-1]:
+        raise ValueError(
+            f"leading dims differ: noise {tuple(noise.shape)} is [..., C], log_probs "
+            f"{tuple(log_probs.shape)} is [..., V]; the '...' must be equal"
+        )
+    vocab_size, code_dim = log_probs.shape[-1], noise.shape[-1]
+    if codebook.dim() != 2 or codebook.shape[0] != vocab_size:
+        raise ValueError(
+            f"codebook must be [V, C] = [{vocab_size}, {code_dim}] (V from log_probs), "
+            f"got {tuple(codebook.shape)}"
+        )
+    if codebook.shape[1] != code_dim:
+        raise ValueError(
+            f"codebook width {codebook.shape[1]} does not match the noise width C = {code_dim}"
+        )
+    if not torch.isfinite(noise).all():
+        raise ValueError("noise contains NaN or inf")
+    if not torch.isfinite(codebook).all():
+        raise ValueError("codebook contains NaN or inf")
+    if torch.isnan(log_probs).any():
+        raise ValueError("log_probs contains NaN")
+    if (log_probs == float("inf")).any():
+        raise ValueError("log_probs contains +inf")
+    all_masked = (log_probs == float("-inf")).all(-1)
+    if all_masked.any():
+        first = tuple(all_masked.nonzero()[0].tolist())
+        raise ValueError(f"log_probs row {first} is all -inf: no code has positive probability")
+
+
+# --- Measurement helpers: how close is the map's token histogram to p? ---------------------
+
+
+def total_variation(tokens: torch.Tensor, probs_V: torch.Tensor) -> float:
+    """TV distance 0.5 * sum_j |freq_j - p_j| between the empirical token frequencies and p."""
+    counts_V = torch.bincount(tokens.reshape(-1), minlength=probs_V.numel()).to(torch.float64)
+    return 0.5 * (counts_V / counts_V.sum() - probs_V.to(torch.float64)).abs().sum().item()
+
+
+def expected_sampling_tv(probs_V: torch.Tensor, num_draws: int) -> float:
+    """E[TV] of the empirical frequencies of `num_draws` exact samples from p: the floor.
+
+    Exact, from the mean absolute deviation of each Binomial(n, p_j) (De Moivre):
+    E|X - n p| = 2 k C(n, k) p^k (1-p)^(n-k+1) with k = floor(n p) + 1.
+    """
+    p = probs_V.to(torch.float64).reshape(-1)
+    p = p[(p > 0) & (p < 1)]
+    n = float(num_draws)
+    k = torch.floor(n * p) + 1
+    log_binom = torch.lgamma(torch.tensor(n + 1.0)) - torch.lgamma(k + 1) - torch.lgamma(n - k + 1)
+    log_mad = torch.log(2 * k) + log_binom + k * torch.log(p) + (n - k + 1) * torch.log1p(-p)
+    return 0.5 * (log_mad.exp().sum() / n).item()

@@ -1,0 +1,341 @@
+"""Pair generation on Lightning: a predict loop over global indices and a shard-writing callback.
+
+- ``PairDataModule``: rank 0 prepares the folder (verifies finished shards, lists the missing
+  ones) and broadcasts the list; rank r takes pending shards ``r, r + W, ...`` and yields
+  batches of consecutive global indices that never cross a shard boundary. Each index becomes
+  (index, label, noise) through ``data_gen.pairs.draw_sample``: no rank, batch or restart
+  changes a sample.
+- ``PairGenerator``: the LightningModule; ``predict_step`` is ``map_noise`` (paper Alg. 1).
+- ``ShardWriter``: a ``BasePredictionWriter`` that streams each rank's records into its open
+  shard and publishes it when the shard's last record arrives.
+- ``run_generation``: recipe -> Trainer.predict -> complete manifest.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter, Callback
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from data_gen.config import FlowSettings, GenerateRecipe, PairSettings
+from data_gen.pairs import NOISE_DTYPES, draw_sample, map_noise, token_dtype
+from data_gen.shards import (
+    FORMAT_VERSION,
+    OpenShard,
+    RunIdentity,
+    ShardError,
+    ShardRange,
+    check_folder,
+    encode_record,
+    finalize_if_complete,
+    manifest_base,
+    plan_shards,
+    prepare_folder,
+)
+from dd.recipe import to_dict
+from teachers.protocol import SamplingConfig, Teacher
+from teachers.registry import load_teacher
+
+log = logging.getLogger(__name__)
+
+
+def run_identity(teacher: Teacher, recipe: GenerateRecipe) -> RunIdentity:
+    """The teacher fingerprint and every setting a record depends on."""
+    sampling = recipe.sampling.resolve(teacher.default_sampling())
+    vocab_size, code_dim = teacher.codebook.shape
+    settings = {
+        "record_format": FORMAT_VERSION,
+        "sampling": dataclasses.asdict(sampling),
+        "flow": dataclasses.asdict(recipe.flow),
+        "pairs": dataclasses.asdict(recipe.pairs),
+        "shard_size": recipe.output.shard_size,
+        "num_tokens": teacher.geometry.num_tokens,
+        "code_dim": int(code_dim),
+        "vocab_size": int(vocab_size),
+        "num_classes": teacher.num_classes,
+        "tokens_dtype": str(token_dtype(int(vocab_size))).removeprefix("torch."),
+    }
+    return RunIdentity(teacher.fingerprint(), teacher.family, settings)
+
+
+# --- Data ------------------------------------------------------------------------------------
+
+
+class SampleDataset(Dataset):
+    """Global index -> (index, label, noise); a pure function of (seed, index)."""
+
+    def __init__(self, pairs: PairSettings, num_tokens: int, code_dim: int, num_classes: int):
+        self.pairs = pairs
+        self.shape = dict(num_tokens=num_tokens, code_dim=code_dim, num_classes=num_classes)
+        self.noise_dtype = NOISE_DTYPES[pairs.noise_dtype]
+
+    def __len__(self) -> int:
+        return self.pairs.num_pairs
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        label, noise = draw_sample(
+            self.pairs.seed,
+            index,
+            labels=self.pairs.labels,
+            noise_dtype=self.noise_dtype,
+            **self.shape,
+        )
+        return {"index": index, "label": label, "noise": noise}
+
+
+class ShardBatchSampler(Sampler[list[int]]):
+    """Batches of consecutive indices of the given shards, never crossing a shard boundary."""
+
+    def __init__(self, shards: Sequence[ShardRange], batch_size: int):
+        self.shards, self.batch_size = list(shards), batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for shard in self.shards:
+            for start in range(shard.start, shard.stop, self.batch_size):
+                yield list(range(start, min(start + self.batch_size, shard.stop)))
+
+    def __len__(self) -> int:
+        return sum(-(-s.num_records // self.batch_size) for s in self.shards)
+
+
+class PairDataModule(L.LightningDataModule):
+    def __init__(
+        self,
+        recipe: GenerateRecipe,
+        identity: RunIdentity,
+        dataset: SampleDataset,
+        manifest: dict[str, Any],
+    ):
+        super().__init__()
+        self.recipe, self.identity, self.dataset, self.manifest = (
+            recipe,
+            identity,
+            dataset,
+            manifest,
+        )
+        self.folder = Path(recipe.output.folder)
+        self.shards = plan_shards(recipe.pairs.num_pairs, recipe.output.shard_size)
+        self.rank_shards: list[ShardRange] = []
+
+    def setup(self, stage: str) -> None:
+        strategy = self.trainer.strategy
+        result: dict[str, Any] = {}
+        if self.trainer.is_global_zero:
+            try:
+                result["pending"] = prepare_folder(
+                    self.folder, self.identity, self.shards, self.manifest
+                )
+            except ShardError as error:
+                result["error"] = str(error)
+        result = strategy.broadcast(result, src=0)  # every rank gets the same plan (or error)
+        if "error" in result:
+            raise ShardError(result["error"])
+        pending = result["pending"]
+        world, rank = self.trainer.world_size, self.trainer.global_rank
+        self.rank_shards = [self.shards[k] for k in pending[rank::world]]
+        done = len(self.shards) - len(pending)
+        if self.trainer.is_global_zero:
+            log.info(
+                "%d of %d shards already complete; %d to produce on %d ranks",
+                done,
+                len(self.shards),
+                len(pending),
+                world,
+            )
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(
+            self.dataset,
+            batch_sampler=ShardBatchSampler(self.rank_shards, self.recipe.run.batch_size),
+            num_workers=0,  # drawing noise is cheap next to the teacher
+        )
+
+
+# --- Model -----------------------------------------------------------------------------------
+
+
+class PairGenerator(L.LightningModule):
+    """Maps each batch's noise to tokens with the teacher (paper Alg. 1)."""
+
+    def __init__(self, teacher: Teacher, sampling: SamplingConfig, flow: FlowSettings):
+        super().__init__()
+        self.teacher, self.sampling, self.flow = teacher, sampling, flow
+        # Register the teacher's modules so Lightning moves them to this rank's device
+        # (LlamaGenTeacher is a Module; VARTeacher holds its Modules as attributes).
+        if isinstance(teacher, nn.Module):
+            self.teacher_modules = nn.ModuleList([teacher])
+        else:
+            self.teacher_modules = nn.ModuleList(
+                [m for m in vars(teacher).values() if isinstance(m, nn.Module)]
+            )
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
+        tokens = map_noise(self.teacher, batch["label"], batch["noise"], self.sampling, self.flow)
+        vocab_size = self.teacher.codebook.shape[0]
+        return {
+            "index": batch["index"].cpu(),
+            "label": batch["label"].cpu(),
+            "noise": batch["noise"].cpu(),
+            "tokens": tokens.to(token_dtype(vocab_size)).cpu(),
+        }
+
+
+# --- Callbacks -------------------------------------------------------------------------------
+
+
+class ShardWriter(BasePredictionWriter):
+    """Streams a rank's records into its current shard; publishes each shard when complete."""
+
+    def __init__(
+        self, folder: Path, identity: RunIdentity, shards: Sequence[ShardRange], shard_size: int
+    ):
+        super().__init__(write_interval="batch")
+        self.folder, self.identity = folder, identity
+        self.shards = {s.shard: s for s in shards}
+        self.shard_size = shard_size
+        self.open: OpenShard | None = None
+        self.published: list[int] = []
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx
+    ) -> None:
+        fingerprint = self.identity.teacher_fingerprint
+        for i, index in enumerate(prediction["index"].tolist()):
+            if self.open is None:
+                self.open = OpenShard(
+                    self.folder, self.shards[index // self.shard_size], self.identity
+                )
+            self.open.write(
+                encode_record(
+                    index,
+                    int(prediction["label"][i]),
+                    prediction["noise"][i],
+                    prediction["tokens"][i],
+                    fingerprint,
+                )
+            )
+            if self.open.complete:
+                self.open.close()
+                self.published.append(self.open.shard.shard)
+                self.open = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self.open is not None:  # leave nothing half-written under a final name
+            self.open.abort()
+            self.open = None
+
+
+class PairProgress(Callback):
+    """A tqdm bar on rank 0: pairs, pairs/s of the whole run (rank 0's rate x ranks), ETA."""
+
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
+        self.bar = None
+
+    def on_predict_start(self, trainer, pl_module) -> None:
+        if not (self.enabled and trainer.is_global_zero):
+            return
+        datamodule = trainer.datamodule
+        total = sum(s.num_records for s in datamodule.rank_shards)
+        self.world = trainer.world_size
+        self.start = time.perf_counter()
+        self.done = 0
+        self.bar = tqdm(
+            total=total,
+            unit="pair",
+            dynamic_ncols=True,
+            desc=f"pairs (rank 0 of {self.world})" if self.world > 1 else "pairs",
+        )
+
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if self.bar is None:
+            return
+        count = len(batch["index"])
+        self.done += count
+        self.bar.update(count)
+        if self.world > 1:
+            rate = self.done * self.world / max(time.perf_counter() - self.start, 1e-9)
+            self.bar.set_postfix_str(f"all ranks ~{rate:.2f} pairs/s")
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+# --- Run -------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    folder: Path
+    complete: bool
+    identity: RunIdentity
+    num_shards: int
+    seconds: float
+
+
+def run_generation(
+    recipe: GenerateRecipe,
+    *,
+    teacher: Teacher | None = None,
+    callbacks: Sequence[Callback] = (),
+) -> GenerationResult:
+    """Generate (or resume) the pair data set a recipe describes."""
+    if teacher is None:
+        teacher = load_teacher(recipe.teacher, device="cpu")
+    identity = run_identity(teacher, recipe)
+    folder = Path(recipe.output.folder)
+    shards = plan_shards(recipe.pairs.num_pairs, recipe.output.shard_size)
+    check_folder(folder, identity, shards)  # refuse early, before any process is launched
+    sampling = recipe.sampling.resolve(teacher.default_sampling())
+    vocab_size, code_dim = teacher.codebook.shape
+    dataset = SampleDataset(
+        recipe.pairs, teacher.geometry.num_tokens, int(code_dim), teacher.num_classes
+    )
+    manifest = manifest_base(
+        identity,
+        teacher_spec=to_dict(recipe.teacher),
+        num_pairs=recipe.pairs.num_pairs,
+        shard_size=recipe.output.shard_size,
+        recipe=to_dict(recipe),
+    )
+    writer = ShardWriter(folder, identity, shards, recipe.output.shard_size)
+    run = recipe.run
+    trainer = L.Trainer(
+        accelerator=run.accelerator,
+        devices=run.devices,
+        num_nodes=run.num_nodes,
+        strategy=run.strategy,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        use_distributed_sampler=False,  # ranks take whole shards (PairDataModule)
+        callbacks=[writer, PairProgress(run.progress_bar), *callbacks],
+    )
+    start = time.perf_counter()
+    with warnings.catch_warnings():
+        # Both are expected here: ShardBatchSampler returns every index of its shards, and a
+        # rank (or a resumed run) may have no shard left to produce.
+        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+        warnings.filterwarnings("ignore", message=".*Total length of `DataLoader` across ranks.*")
+        trainer.predict(
+            PairGenerator(teacher, sampling, recipe.flow),
+            datamodule=PairDataModule(recipe, identity, dataset, manifest),
+            return_predictions=False,
+        )
+    seconds = time.perf_counter() - start
+    complete = finalize_if_complete(folder, shards)
+    return GenerationResult(folder, complete, identity, len(shards), seconds)

@@ -1,0 +1,398 @@
+"""Pair shards on disk: record encoding, atomic shard files, receipts, the manifest, resume.
+
+Layout of an output folder (docs/pairs.md)::
+
+    manifest.json            settings, teacher fingerprint, counts, per-shard sha256
+    shard-000000.tar         webdataset shard: global indices [0, S)
+    shard-000000.json        its receipt: range, record count, sha256, settings key
+    ...
+
+A shard is written as ``.shard-K.tar.partial``, its receipt is written (atomically), then the
+shard is renamed to ``shard-K.tar``: a ``shard-K.tar`` therefore always has a receipt, and a
+crash leaves at most a ``.partial`` file, which the next run deletes and regenerates.
+Tar members carry fixed metadata (mtime 0), so a shard's bytes depend only on its records:
+an interrupted-and-resumed run produces byte-identical shards to an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import webdataset as wds
+
+FORMAT_NAME = "dd-pairs"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+SHARD_PATTERN = "shard-{:06d}.tar"
+RECEIPT_PATTERN = "shard-{:06d}.json"
+PARTIAL_SUFFIX = ".partial"
+KEY_DIGITS = 10  # record keys are zero-padded global indices: lexicographic = numeric order
+SETTINGS_KEY_CHARS = 16
+HASH_CHUNK_BYTES = 1 << 20
+TAR_MTIME = 0  # fixed metadata: bytes depend only on the records; an int, as a float
+# mtime makes tarfile add a 1 kB PAX header to every member
+# Three tar members a record (each costs a 512-byte header plus padding to 512 bytes):
+# ``<key>.json`` {"index", "label", "teacher"}, ``<key>.noise.npy`` [n, C],
+# ``<key>.tokens.npy`` [n].
+FIELDS = ("json", "noise.npy", "tokens.npy")
+
+
+class ShardError(RuntimeError):
+    """A pair folder that cannot be used as is (mismatch, corruption, missing shards)."""
+
+
+@dataclass(frozen=True)
+class ShardRange:
+    """Shard ``shard`` holds global indices ``[start, stop)``."""
+
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def num_records(self) -> int:
+        return self.stop - self.start
+
+    @property
+    def name(self) -> str:
+        return SHARD_PATTERN.format(self.shard)
+
+    @property
+    def receipt_name(self) -> str:
+        return RECEIPT_PATTERN.format(self.shard)
+
+
+def plan_shards(num_pairs: int, shard_size: int) -> list[ShardRange]:
+    """Shards by global index range: the same set whatever the device count."""
+    return [
+        ShardRange(k, start, min(start + shard_size, num_pairs))
+        for k, start in enumerate(range(0, num_pairs, shard_size))
+    ]
+
+
+# --- Records ---------------------------------------------------------------------------------
+
+
+def _npy_bytes(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def encode_record(
+    index: int, label: int, noise: torch.Tensor, tokens: torch.Tensor, teacher: str
+) -> dict[str, Any]:
+    """One webdataset sample; ``noise``/``tokens`` keep their dtypes (stored as .npy)."""
+    meta = {"index": int(index), "label": int(label), "teacher": teacher}
+    return {
+        "__key__": f"{index:0{KEY_DIGITS}d}",
+        "json": json.dumps(meta, separators=(",", ":")).encode(),
+        "noise.npy": _npy_bytes(noise.detach().cpu().numpy()),
+        "tokens.npy": _npy_bytes(tokens.detach().cpu().numpy()),
+    }
+
+
+def decode_record(sample: dict[str, Any]) -> dict[str, Any]:
+    """A raw webdataset sample (bytes per field) -> index, label, noise, tokens, teacher."""
+    missing = [name for name in FIELDS if name not in sample]
+    if missing:
+        raise ShardError(f"record {sample.get('__key__')!r} lacks fields {missing}")
+    meta = json.loads(bytes(sample["json"]))
+    if sample.get("__key__") not in (None, f"{meta['index']:0{KEY_DIGITS}d}"):
+        raise ShardError(f"record key {sample['__key__']!r} does not match index {meta['index']}")
+    return {
+        "index": int(meta["index"]),
+        "label": int(meta["label"]),
+        "noise": torch.from_numpy(np.load(io.BytesIO(sample["noise.npy"]), allow_pickle=False)),
+        "tokens": torch.from_numpy(np.load(io.BytesIO(sample["tokens.npy"]), allow_pickle=False)),
+        "teacher": meta["teacher"],
+    }
+
+
+def read_shard(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The records of one shard, in order, read with webdataset (any read error is raised)."""
+    dataset = wds.WebDataset(
+        str(path), shardshuffle=False, handler=wds.reraise_exception, empty_check=False
+    )
+    for sample in dataset:
+        yield decode_record(sample)
+
+
+# --- Files -----------------------------------------------------------------------------------
+
+
+def sha256_file(path: str | Path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(HASH_CHUNK_BYTES):
+            hasher.update(chunk)
+    return hasher.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
+    with open(partial, "w") as handle:
+        json.dump(data, handle, indent=2, sort_keys=False)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(partial, path)
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise ShardError(f"{path}: unreadable ({error})") from error
+
+
+class OpenShard:
+    """One shard being written: records go to a ``.partial`` file, ``close`` publishes it."""
+
+    def __init__(self, folder: Path, shard: ShardRange, identity: RunIdentity):
+        self.folder, self.shard, self.identity = folder, shard, identity
+        self.partial_path = folder / f".{shard.name}{PARTIAL_SUFFIX}"
+        self._handle = open(self.partial_path, "wb")
+        self._writer = wds.TarWriter(self._handle, encoder=False, mtime=TAR_MTIME)
+        self.next_index = shard.start
+
+    @property
+    def complete(self) -> bool:
+        return self.next_index == self.shard.stop
+
+    def write(self, record: dict[str, Any]) -> None:
+        index = int(record["__key__"])
+        if index != self.next_index:
+            raise ShardError(
+                f"{self.shard.name}: expected record {self.next_index}, got {index} "
+                "(records of a shard must arrive in index order)"
+            )
+        self._writer.write(record)
+        self.next_index += 1
+
+    def close(self) -> dict[str, Any]:
+        """Finish the tar, write the receipt, publish the shard; returns the receipt."""
+        if not self.complete:
+            raise ShardError(
+                f"{self.shard.name}: closing after {self.next_index - self.shard.start} of "
+                f"{self.shard.num_records} records"
+            )
+        self._writer.close()  # ends the tar stream; the handle stays ours
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        receipt = {
+            "shard": self.shard.shard,
+            "file": self.shard.name,
+            "first_index": self.shard.start,
+            "num_records": self.shard.num_records,
+            "bytes": self.partial_path.stat().st_size,
+            "sha256": sha256_file(self.partial_path),
+            "teacher": self.identity.teacher_fingerprint,
+            "settings_key": self.identity.settings_key,
+        }
+        write_json_atomic(self.folder / self.shard.receipt_name, receipt)
+        os.replace(self.partial_path, self.folder / self.shard.name)
+        return receipt
+
+    def abort(self) -> None:
+        try:
+            self._handle.close()
+        finally:
+            self.partial_path.unlink(missing_ok=True)
+
+
+# --- Identity, manifest, resume --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunIdentity:
+    """Everything a record's content depends on; two runs may share a folder iff equal."""
+
+    teacher_fingerprint: str
+    teacher_family: str
+    settings: dict[str, Any]  # sampling, flow, pairs, shard_size, shapes, record format
+
+    @property
+    def settings_key(self) -> str:
+        text = json.dumps(self.settings, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:SETTINGS_KEY_CHARS]
+
+
+def describe_difference(ours: dict[str, Any], theirs: dict[str, Any], prefix: str = "") -> list:
+    """Dotted keys whose values differ between two nested settings mappings."""
+    out = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += describe_difference(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: this run {a!r}, folder {b!r}")
+    return out
+
+
+def _refuse(folder: Path, what: str, theirs_teacher: str, theirs_key: str, identity, extra=()):
+    lines = [
+        f"{folder} holds {what} of another teacher or other settings; refusing to mix them.",
+        f"  teacher fingerprint: this run {identity.teacher_fingerprint}, folder {theirs_teacher}",
+        f"  settings key:        this run {identity.settings_key}, folder {theirs_key}",
+        *[f"  {line}" for line in extra],
+        "Use another output.folder, or delete the folder to regenerate it.",
+    ]
+    raise ShardError("\n".join(lines))
+
+
+def check_folder(folder: Path, identity: RunIdentity, shards: list[ShardRange]) -> None:
+    """Read-only: refuse a folder whose manifest or receipts name another teacher/settings,
+    and shard files this plan does not produce. Cheap (no hashing)."""
+    if not folder.exists():
+        return
+    manifest_path = folder / MANIFEST_NAME
+    if manifest_path.exists():
+        manifest = read_json(manifest_path)
+        theirs_fp = manifest.get("teacher", {}).get("fingerprint")
+        theirs_key = manifest.get("settings_key")
+        if (theirs_fp, theirs_key) != (identity.teacher_fingerprint, identity.settings_key):
+            diff = describe_difference(identity.settings, manifest.get("settings", {}))
+            _refuse(folder, "pairs (manifest.json)", theirs_fp, theirs_key, identity, diff)
+    planned = {s.name for s in shards} | {s.receipt_name for s in shards}
+    for path in sorted(folder.glob("shard-*")):
+        if path.name not in planned:
+            raise ShardError(
+                f"{path} is not a shard of this run's plan ({len(shards)} shards): "
+                "the folder holds another data set; use another output.folder"
+            )
+        if path.suffix == ".json":
+            receipt = read_json(path)
+            if (receipt.get("teacher"), receipt.get("settings_key")) != (
+                identity.teacher_fingerprint,
+                identity.settings_key,
+            ):
+                _refuse(
+                    folder,
+                    f"a shard ({path.name})",
+                    receipt.get("teacher"),
+                    receipt.get("settings_key"),
+                    identity,
+                )
+
+
+def verify_shard_file(folder: Path, shard: ShardRange, receipt: dict[str, Any]) -> None:
+    """Raise ``ShardError`` naming the shard unless its file matches its receipt exactly."""
+    path = folder / shard.name
+    if (receipt.get("first_index"), receipt.get("num_records")) != (
+        shard.start,
+        shard.num_records,
+    ):
+        raise ShardError(
+            f"{path}: receipt covers indices from {receipt.get('first_index')} "
+            f"({receipt.get('num_records')} records), the plan [{shard.start}, {shard.stop})"
+        )
+    size = path.stat().st_size
+    if size != receipt["bytes"]:
+        raise ShardError(
+            f"{path} is truncated or altered: {size} bytes, its receipt says {receipt['bytes']}; "
+            "delete it (and its .json receipt) to regenerate it"
+        )
+    digest = sha256_file(path)
+    if digest != receipt["sha256"]:
+        raise ShardError(
+            f"{path} is corrupt: sha256 {digest[:16]}.., its receipt says "
+            f"{receipt['sha256'][:16]}..; delete it (and its .json receipt) to regenerate it"
+        )
+
+
+def prepare_folder(
+    folder: Path, identity: RunIdentity, shards: list[ShardRange], manifest_base: dict[str, Any]
+) -> list[int]:
+    """Make ``folder`` ready for this run (rank 0 only); returns the shards still to produce.
+
+    Finished shards are verified against their receipts (a mismatch is an error naming the
+    shard, never silently regenerated); leftovers of a crash (``.partial`` files, receipts
+    without a shard) are removed; an ``in_progress`` manifest is written if none exists.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    check_folder(folder, identity, shards)
+    for leftover in folder.glob(f".*{PARTIAL_SUFFIX}"):
+        leftover.unlink()
+    pending = []
+    for shard in shards:
+        tar_path, receipt_path = folder / shard.name, folder / shard.receipt_name
+        if tar_path.exists():
+            if not receipt_path.exists():
+                raise ShardError(
+                    f"{tar_path} has no receipt ({receipt_path.name}): it was not published "
+                    "by a generation run; delete it to regenerate it"
+                )
+            verify_shard_file(folder, shard, read_json(receipt_path))
+        else:
+            receipt_path.unlink(missing_ok=True)  # receipt written, crash before the rename
+            pending.append(shard.shard)
+    manifest_path = folder / MANIFEST_NAME
+    if not manifest_path.exists() or read_json(manifest_path).get("status") != "complete":
+        write_json_atomic(manifest_path, {**manifest_base, "status": "in_progress", "shards": []})
+    return pending
+
+
+def manifest_base(
+    identity: RunIdentity,
+    *,
+    teacher_spec: dict[str, Any],
+    num_pairs: int,
+    shard_size: int,
+    recipe: dict[str, Any],
+) -> dict[str, Any]:
+    num_shards = -(-num_pairs // shard_size)
+    return {
+        "format": FORMAT_NAME,
+        "version": FORMAT_VERSION,
+        "teacher": {
+            "fingerprint": identity.teacher_fingerprint,
+            "family": identity.teacher_family,
+            "spec": teacher_spec,
+        },
+        "settings_key": identity.settings_key,
+        "settings": identity.settings,
+        "counts": {"num_pairs": num_pairs, "num_shards": num_shards, "shard_size": shard_size},
+        "recipe": recipe,
+        "fields": list(FIELDS),
+    }
+
+
+def finalize_if_complete(folder: Path, shards: list[ShardRange]) -> bool:
+    """Write the complete manifest once every shard is published (any rank may call it; the
+    content is the same whoever writes it). Returns whether the data set is complete."""
+    receipts = []
+    for shard in shards:
+        receipt_path = folder / shard.receipt_name
+        if not (folder / shard.name).exists() or not receipt_path.exists():
+            return False
+        receipts.append(read_json(receipt_path))
+    manifest = read_json(folder / MANIFEST_NAME)
+    manifest["status"] = "complete"
+    manifest["shards"] = [
+        {k: r[k] for k in ("file", "first_index", "num_records", "bytes", "sha256")}
+        for r in receipts
+    ]
+    manifest["counts"]["total_bytes"] = sum(r["bytes"] for r in receipts)
+    write_json_atomic(folder / MANIFEST_NAME, manifest)
+    return True
+
+
+def shards_from_manifest(manifest: dict[str, Any]) -> list[ShardRange]:
+    counts = manifest["counts"]
+    return plan_shards(counts["num_pairs"], counts["shard_size"])
+
+
+def as_plain(obj: Any) -> Any:
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj

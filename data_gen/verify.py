@@ -1,0 +1,181 @@
+"""``dd verify-shards``: is a pair folder complete, intact, and what the teacher's map gives?
+
+1. the manifest is complete and every shard's size and sha256 match it (a bad shard is named);
+2. a sample of records is read back: index, label and noise must equal what (seed, index)
+   draw (``data_gen.pairs.draw_sample``), and the teacher fingerprint must be the manifest's;
+3. those records are re-mapped with the teacher: the stored tokens are teacher-forced into the
+   session, each step's guided log-probs and the stored noise go through
+   ``flow_match_tokens``, and the mapped tokens must equal the stored ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from data_gen.config import FlowSettings, PairSettings
+from data_gen.pairs import NOISE_DTYPES, draw_sample, map_noise
+from data_gen.shards import (
+    MANIFEST_NAME,
+    ShardError,
+    read_json,
+    read_shard,
+    shards_from_manifest,
+    verify_shard_file,
+)
+from dd.recipe import from_dict
+from teachers.protocol import SamplingConfig, Teacher
+from teachers.registry import TeacherSpec, load_teacher
+
+
+@dataclass
+class VerifyReport:
+    folder: Path
+    num_shards: int = 0
+    shards_checked: int = 0
+    records_checked: int = 0
+    tokens_checked: int = 0
+    token_mismatches: int = 0
+    records_with_mismatch: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems and not self.token_mismatches
+
+    def summary(self) -> str:
+        lines = [
+            f"{self.folder}: {self.shards_checked}/{self.num_shards} shards match their sha256; "
+            f"{self.records_checked} records re-mapped with the teacher, "
+            f"{self.token_mismatches} of {self.tokens_checked} tokens differ",
+            *[f"  problem: {p}" for p in self.problems],
+        ]
+        if self.records_with_mismatch:
+            lines.append(f"  records whose tokens differ: {self.records_with_mismatch[:20]}")
+        lines.append("OK" if self.ok else "FAILED")
+        return "\n".join(lines)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    path = folder / MANIFEST_NAME
+    if not path.exists():
+        raise ShardError(f"{folder} has no {MANIFEST_NAME}: not a pair folder")
+    return read_json(path)
+
+
+def verify_folder(
+    folder: str | Path,
+    *,
+    teacher: Teacher | None = None,
+    teacher_spec: TeacherSpec | None = None,
+    num_records: int = 64,
+    sample_seed: int = 0,
+    batch_size: int = 16,
+    device: str = "cpu",
+) -> VerifyReport:
+    """Check a pair folder (see the module docstring); problems are collected, not raised."""
+    folder = Path(folder)
+    manifest = read_manifest(folder)
+    shards = shards_from_manifest(manifest)
+    report = VerifyReport(folder, num_shards=len(shards))
+    entries = {entry["file"]: entry for entry in manifest.get("shards", [])}
+    if manifest.get("status") != "complete":
+        report.problems.append(
+            f"manifest status is {manifest.get('status')!r}: the run has not finished "
+            "(rerun the same `dd generate` command to resume)"
+        )
+    good_shards = []
+    for shard in shards:
+        entry = entries.get(shard.name)
+        if entry is None:
+            if manifest.get("status") == "complete":
+                report.problems.append(f"{shard.name}: missing from the manifest")
+            continue
+        if not (folder / shard.name).exists():
+            report.problems.append(f"{folder / shard.name}: file missing")
+            continue
+        try:
+            verify_shard_file(folder, shard, entry)
+        except ShardError as error:
+            report.problems.append(str(error))
+            continue
+        good_shards.append(shard)
+    report.shards_checked = len(good_shards)
+    if not good_shards or num_records <= 0:
+        return report
+
+    # A deterministic sample of records from the intact shards.
+    candidates = torch.tensor([i for s in good_shards for i in range(s.start, s.stop)])
+    generator = torch.Generator().manual_seed(sample_seed)
+    chosen = candidates[torch.randperm(len(candidates), generator=generator)[:num_records]]
+    wanted = set(chosen.tolist())
+    records = []
+    for shard in good_shards:
+        if not any(shard.start <= i < shard.stop for i in wanted):
+            continue
+        for record in read_shard(folder / shard.name):
+            if record["index"] in wanted:
+                records.append(record)
+    found = {r["index"] for r in records}
+    if found != wanted:
+        report.problems.append(f"records not found in their shards: {sorted(wanted - found)[:20]}")
+
+    settings = manifest["settings"]
+    pairs = from_dict(PairSettings, settings["pairs"])
+    fingerprint = manifest["teacher"]["fingerprint"]
+    for record in records:
+        label, noise = draw_sample(
+            pairs.seed,
+            record["index"],
+            num_tokens=settings["num_tokens"],
+            code_dim=settings["code_dim"],
+            num_classes=settings["num_classes"],
+            labels=pairs.labels,
+            noise_dtype=NOISE_DTYPES[pairs.noise_dtype],
+        )
+        if record["teacher"] != fingerprint:
+            report.problems.append(
+                f"record {record['index']}: teacher {record['teacher']}, manifest {fingerprint}"
+            )
+        if record["label"] != label or not torch.equal(record["noise"], noise):
+            report.problems.append(
+                f"record {record['index']}: label/noise differ from what (seed {pairs.seed}, "
+                "index) draws"
+            )
+
+    if teacher is None:
+        spec = teacher_spec or from_dict(TeacherSpec, manifest["teacher"]["spec"])
+        teacher = load_teacher(spec, device=device)
+    if teacher.fingerprint() != fingerprint:
+        report.problems.append(
+            f"the teacher given has fingerprint {teacher.fingerprint()}, the shards were made "
+            f"by {fingerprint}: cannot re-map"
+        )
+        return report
+    sampling = SamplingConfig(**settings["sampling"])
+    flow = from_dict(FlowSettings, settings["flow"])
+    for begin in range(0, len(records), batch_size):
+        batch = records[begin : begin + batch_size]
+        labels = torch.tensor([r["label"] for r in batch])
+        noise = torch.stack([r["noise"] for r in batch])
+        stored = torch.stack([r["tokens"] for r in batch]).long()
+        mapped = map_noise(teacher, labels, noise, sampling, flow, forced_tokens=stored).cpu()
+        differ = mapped != stored
+        report.tokens_checked += stored.numel()
+        report.token_mismatches += int(differ.sum())
+        report.records_with_mismatch += [
+            r["index"] for r, d in zip(batch, differ, strict=True) if d.any()
+        ]
+    report.records_checked = len(records)
+    return report
+
+
+def as_dict(report: VerifyReport) -> dict[str, Any]:
+    out = dataclasses.asdict(report)
+    out["folder"] = str(report.folder)
+    out["ok"] = report.ok
+    return out

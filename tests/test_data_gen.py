@@ -1,0 +1,283 @@
+"""Pair generation (data_gen) with the official-parity LlamaGen fixture as the teacher.
+
+The reference data set is 40 pairs in shards of 16 (the last one partial), made by one process
+at batch 16. Two gloo DDP processes at batch 8, and a run interrupted after one shard then
+resumed at batch 8, must reproduce it byte for byte; every stored pair must be what the map
+gives; bad folders must be refused with the offending shard or both fingerprints named.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback
+from parity import REPO_ROOT, fixture_path, load_parity_json
+
+from data_gen.config import GenerateRecipe, OutputSettings, PairSettings, RunSettings
+from data_gen.engine import ShardWriter, run_generation
+from data_gen.pairs import draw_sample, map_noise, sample_seed
+from data_gen.shards import MANIFEST_NAME, ShardError, plan_shards, read_shard, sha256_file
+from data_gen.verify import verify_folder
+from dd.recipe import dump_yaml
+from teachers.registry import TeacherSpec, load_teacher
+
+NUM_PAIRS, SHARD_SIZE, SEED = 40, 16, 7
+DDP_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module")
+def spec() -> TeacherSpec:
+    official = load_parity_json()
+    gpt, vq = official["llamagen_gpt"], official["llamagen_vq"]
+    return TeacherSpec(
+        family="llamagen",
+        checkpoint=str(fixture_path("llamagen_gpt_{tag}.safetensors")),
+        tokenizer_checkpoint=str(fixture_path("llamagen_vq_{tag}.safetensors")),
+        official_args={
+            "model": {**gpt["official_args"], "cls_token_num": gpt["cls_token_num"]},
+            "tokenizer": vq["official_args"],
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def teacher(spec):
+    return load_teacher(spec)
+
+
+def make_recipe(spec, folder, *, batch_size=16, **pairs) -> GenerateRecipe:
+    return GenerateRecipe(
+        teacher=spec,
+        pairs=PairSettings(num_pairs=NUM_PAIRS, seed=SEED, **pairs),
+        output=OutputSettings(folder=str(folder), shard_size=SHARD_SIZE),
+        run=RunSettings(batch_size=batch_size, accelerator="cpu", devices=1, progress_bar=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(spec, teacher, tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("pairs") / "reference"
+    result = run_generation(make_recipe(spec, folder), teacher=teacher)
+    assert result.complete
+    return folder
+
+
+def records(folder: Path) -> list[dict]:
+    out = []
+    for shard in plan_shards(NUM_PAIRS, SHARD_SIZE):
+        out += list(read_shard(folder / shard.name))
+    return out
+
+
+def assert_same_data_set(folder: Path, reference: Path) -> None:
+    ours, theirs = records(folder), records(reference)
+    assert [r["index"] for r in ours] == list(range(NUM_PAIRS))
+    for a, b in zip(ours, theirs, strict=True):
+        assert a["index"] == b["index"] and a["label"] == b["label"]
+        assert a["noise"].dtype == b["noise"].dtype
+        assert a["noise"].numpy().tobytes() == b["noise"].numpy().tobytes()
+        assert torch.equal(a["tokens"], b["tokens"])
+    for shard in plan_shards(NUM_PAIRS, SHARD_SIZE):  # tar bytes are deterministic too
+        assert sha256_file(folder / shard.name) == sha256_file(reference / shard.name)
+    manifest, expected = (json.loads((f / MANIFEST_NAME).read_text()) for f in (folder, reference))
+    assert manifest["status"] == "complete"
+    assert manifest["shards"] == expected["shards"]
+
+
+# --- Samples depend on (seed, index) only ----------------------------------------------------
+
+
+def test_sample_depends_only_on_seed_and_index():
+    shape = dict(num_tokens=16, code_dim=8, num_classes=10)
+    label, noise = draw_sample(3, 10, **shape)
+    again = draw_sample(3, 10, **shape)
+    assert label == again[0] and torch.equal(noise, again[1])
+    assert not torch.equal(noise, draw_sample(3, 11, **shape)[1])
+    assert not torch.equal(noise, draw_sample(4, 10, **shape)[1])
+    assert sample_seed(3, 10) != sample_seed(10, 3)
+    # balanced labels cycle through the classes; the noise stream does not change with the mode
+    balanced = [draw_sample(3, i, labels="balanced", **shape) for i in range(20)]
+    assert [b[0] for b in balanced] == [i % 10 for i in range(20)]
+    assert torch.equal(balanced[10][1], noise)
+    half = draw_sample(3, 10, noise_dtype=torch.float16, **shape)[1]
+    assert half.dtype == torch.float16 and torch.equal(half, noise.half())
+
+
+def test_shards_are_global_index_ranges():
+    shards = plan_shards(40, 16)
+    assert [(s.start, s.stop) for s in shards] == [(0, 16), (16, 32), (32, 40)]
+    assert [s.name for s in shards] == [f"shard-00000{k}.tar" for k in range(3)]
+
+
+# --- The reference run -----------------------------------------------------------------------
+
+
+def test_records_hold_the_drawn_noise_and_the_mapped_tokens(reference, teacher, spec):
+    manifest = json.loads((reference / MANIFEST_NAME).read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["teacher"]["fingerprint"] == teacher.fingerprint()
+    assert manifest["counts"] == {
+        "num_pairs": NUM_PAIRS,
+        "num_shards": 3,
+        "shard_size": SHARD_SIZE,
+        "total_bytes": sum(s["bytes"] for s in manifest["shards"]),
+    }
+    for entry in manifest["shards"]:
+        assert sha256_file(reference / entry["file"]) == entry["sha256"]
+    stored = records(reference)
+    for record in stored:
+        label, noise = draw_sample(SEED, record["index"], num_tokens=16, code_dim=8, num_classes=10)
+        assert record["label"] == label and torch.equal(record["noise"], noise)
+        assert record["noise"].dtype == torch.float32 and record["noise"].shape == (16, 8)
+        assert record["tokens"].dtype == torch.int16 and record["tokens"].shape == (16,)
+        assert record["teacher"] == teacher.fingerprint()
+    # A fresh, free-running map of the stored noise gives the stored tokens.
+    labels = torch.tensor([r["label"] for r in stored])
+    noise = torch.stack([r["noise"] for r in stored])
+    sampling = make_recipe(spec, reference).sampling.resolve(teacher.default_sampling())
+    fresh = map_noise(teacher, labels, noise, sampling, make_recipe(spec, reference).flow)
+    assert torch.equal(fresh, torch.stack([r["tokens"] for r in stored]).long())
+
+
+def test_verify_shards_remaps_every_record(reference, teacher):
+    report = verify_folder(reference, teacher=teacher, num_records=NUM_PAIRS)
+    assert report.ok, report.summary()
+    assert report.records_checked == NUM_PAIRS and report.tokens_checked == NUM_PAIRS * 16
+
+
+def test_verify_shards_command_loads_the_teacher_from_the_manifest(reference):
+    import argparse
+
+    from data_gen.verify_command import add_arguments, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    assert run(parser.parse_args([str(reference), "--num-records", "8"])) == 0
+
+
+# --- Device count and restarts do not change the data set -------------------------------------
+
+
+def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, reference, tmp_path):
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(dump_yaml(make_recipe(spec, tmp_path / "ddp", batch_size=8)))
+    command = [
+        sys.executable,
+        "-m",
+        "data_gen.generate_command",
+        "--recipe",
+        str(recipe_path),
+        "--set",
+        "run.devices=2",
+        "--set",
+        "run.strategy=ddp",
+    ]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Starting with 2 processes" in done.stderr + done.stdout
+    assert_same_data_set(tmp_path / "ddp", reference)
+
+
+class CrashAfterShards(Callback):
+    """Simulates a crash: raises once the writer has published ``count`` shards."""
+
+    def __init__(self, count: int):
+        self.count = count
+
+    def on_predict_batch_end(self, trainer, *args, **kwargs) -> None:
+        writer = next(c for c in trainer.callbacks if isinstance(c, ShardWriter))
+        if len(writer.published) >= self.count:
+            raise RuntimeError("simulated crash")
+
+
+def test_interrupted_run_resumes_to_the_same_data_set(spec, teacher, reference, tmp_path):
+    folder = tmp_path / "resumed"
+    recipe = make_recipe(spec, folder, batch_size=8)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_generation(recipe, teacher=teacher, callbacks=[CrashAfterShards(1)])
+    assert sorted(p.name for p in folder.glob("shard-*.tar")) == ["shard-000000.tar"]
+    assert not list(folder.glob(".*.partial"))  # the open shard was discarded
+    assert json.loads((folder / MANIFEST_NAME).read_text())["status"] == "in_progress"
+    # A hard kill leaves a partial file, or a receipt whose shard was never renamed.
+    (folder / ".shard-000001.tar.partial").write_bytes(b"half a shard")
+    shutil.copy(reference / "shard-000002.json", folder / "shard-000002.json")
+    result = run_generation(recipe, teacher=teacher)
+    assert result.complete
+    assert_same_data_set(folder, reference)
+
+
+# --- Bad input is refused --------------------------------------------------------------------
+
+
+def test_folder_of_other_settings_is_refused_with_both_keys(spec, teacher, reference):
+    recipe = make_recipe(spec, reference, labels="balanced")
+    with pytest.raises(ShardError) as error:
+        run_generation(recipe, teacher=teacher)
+    message = str(error.value)
+    assert "refusing to mix" in message and "pairs.labels: this run 'balanced'" in message
+    assert message.count(teacher.fingerprint()) == 2
+
+
+def test_folder_of_another_teacher_is_refused_with_both_fingerprints(
+    spec, teacher, reference, tmp_path
+):
+    folder = tmp_path / "other"
+    shutil.copytree(reference, folder)
+    other = "0123456789abcdef"
+    for path in [folder / MANIFEST_NAME, *folder.glob("shard-*.json")]:
+        path.write_text(path.read_text().replace(teacher.fingerprint(), other))
+    with pytest.raises(ShardError) as error:
+        run_generation(make_recipe(spec, folder), teacher=teacher)
+    assert f"this run {teacher.fingerprint()}, folder {other}" in str(error.value)
+    report = verify_folder(folder, teacher=teacher, num_records=4)
+    assert not report.ok
+
+
+def test_truncated_shard_is_named(spec, teacher, reference, tmp_path):
+    folder = tmp_path / "truncated"
+    shutil.copytree(reference, folder)
+    path = folder / "shard-000001.tar"
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ShardError, match=r"shard-000001\.tar is truncated"):
+        run_generation(make_recipe(spec, folder), teacher=teacher)
+    report = verify_folder(folder, teacher=teacher, num_records=NUM_PAIRS)
+    assert not report.ok
+    assert any("shard-000001.tar is truncated" in p for p in report.problems)
+    assert report.shards_checked == 2  # the intact shards are still checked
+
+
+def test_shard_without_receipt_or_outside_the_plan_is_refused(spec, teacher, reference, tmp_path):
+    folder = tmp_path / "noreceipt"
+    shutil.copytree(reference, folder)
+    (folder / "shard-000001.json").unlink()
+    with pytest.raises(ShardError, match=r"shard-000001\.tar has no receipt"):
+        run_generation(make_recipe(spec, folder), teacher=teacher)
+    (folder / "shard-000001.tar").unlink()
+    shutil.copy(folder / "shard-000000.tar", folder / "shard-000007.tar")
+    with pytest.raises(ShardError, match=r"shard-000007\.tar is not a shard of this run's plan"):
+        run_generation(make_recipe(spec, folder), teacher=teacher)
+
+
+def test_unknown_teachers_list_the_known_ones(tmp_path):
+    with pytest.raises(ValueError, match="unknown tiny teacher 'nope'"):
+        load_teacher(TeacherSpec(tiny="nope"))
+    with pytest.raises(ValueError, match=r"known families: \['llamagen', 'var'\]"):
+        TeacherSpec(family="mar", checkpoint="a", tokenizer_checkpoint="b")
+    with pytest.raises(FileNotFoundError, match="teacher.checkpoint"):
+        load_teacher(
+            TeacherSpec(
+                family="llamagen",
+                checkpoint=str(tmp_path / "x.pt"),
+                tokenizer_checkpoint=str(tmp_path / "y.pt"),
+            )
+        )

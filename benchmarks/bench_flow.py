@@ -1,0 +1,110 @@
+"""Cost per token of the AR flow-matching map vs a LlamaGen-L-shaped teacher forward.
+
+Side by side in one run: `flow_match_tokens` at its defaults on LlamaGen (V=16384, C=8) and
+VAR (V=4096, C=32) shapes, and one forward of a minimal LlamaGen-L-shaped layer stack (24
+layers, dim 1024, 16 heads, SwiGLU hidden 2816, causal attention; random weights: speed does
+not depend on the values) over the same number of tokens. A full forward of L tokens costs
+per token about the FLOPs of one KV-cached decoding step (the weight multiplies are the same;
+the attention over the prefix is the same total), so forward time / tokens is the teacher's
+per-token compute. Results go to docs/benchmarks.md ("AR flow-matching map").
+
+    python3 benchmarks/bench_flow.py --batch-size 2 --seq-len 256
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from dd.flow import DEFAULT_NUM_STEPS, flow_match_tokens
+
+
+class Block(nn.Module):
+    """Pre-norm block: RMSNorm, causal attention (no RoPE: cost-neutral), RMSNorm, SwiGLU."""
+
+    def __init__(self, dim: int, num_heads: int, ffn_hidden: int):
+        super().__init__()
+        self.num_heads = num_heads
+        self.attention_norm = nn.RMSNorm(dim, eps=1e-5)
+        self.wqkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.wo = nn.Linear(dim, dim, bias=False)
+        self.ffn_norm = nn.RMSNorm(dim, eps=1e-5)
+        self.w1 = nn.Linear(dim, ffn_hidden, bias=False)
+        self.w3 = nn.Linear(dim, ffn_hidden, bias=False)
+        self.w2 = nn.Linear(ffn_hidden, dim, bias=False)
+
+    def forward(self, x_BLD: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x_BLD.shape
+        qkv = self.wqkv(self.attention_norm(x_BLD))
+        q, k, v = qkv.view(batch, length, 3, self.num_heads, -1).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x_BLD = x_BLD + self.wo(attn.transpose(1, 2).reshape(batch, length, dim))
+        h = self.ffn_norm(x_BLD)
+        return x_BLD + self.w2(F.silu(self.w1(h)) * self.w3(h))
+
+
+def _median_seconds(run, repeats: int) -> float:
+    run()  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--num-steps", type=int, default=DEFAULT_NUM_STEPS, help="map NFE")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+
+    num_layers, dim, num_heads, ffn_hidden = 24, 1024, 16, 2816  # LlamaGen-L (FACTS.md s. 2)
+    stack = nn.Sequential(*[Block(dim, num_heads, ffn_hidden) for _ in range(num_layers)]).eval()
+    num_tokens = args.batch_size * args.seq_len
+    x_BLD = torch.randn(args.batch_size, args.seq_len, dim)
+
+    def teacher_forward():
+        with torch.no_grad():
+            return stack(x_BLD)
+
+    teacher_s = _median_seconds(teacher_forward, args.repeats)
+    linear_flops = 2 * num_layers * (4 * dim * dim + 3 * dim * ffn_hidden)
+    attention_flops = 2 * num_layers * 2 * dim * (args.seq_len + 1) / 2  # QK and AV, causal
+    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}; {num_tokens} tokens (batch {args.batch_size} x "
+          f"{args.seq_len}); map: {args.num_steps} NFE, float64\n")
+    print("| what | s per call | us per token | GFLOP per token | map / teacher |")
+    print("|---|---|---|---|---|")
+    teacher_us = 1e6 * teacher_s / num_tokens
+    print(f"| LlamaGen-L-shaped stack, 24 x 1024, one forward | {teacher_s:.3f} | "
+          f"{teacher_us:.1f} | {(linear_flops + attention_flops) / 1e9:.3f} | 1 |")
+    for name, vocab_size, code_dim in (("LlamaGen", 16384, 8), ("VAR", 4096, 32)):
+        codebook = torch.randn(vocab_size, code_dim)
+        noise = torch.randn(num_tokens, code_dim)
+        logits = 3.0 * torch.randn(num_tokens, vocab_size)
+
+        def run_map(codebook=codebook, noise=noise, logits=logits):
+            return flow_match_tokens(noise, logits, codebook, num_steps=args.num_steps)
+
+        map_s = _median_seconds(run_map, args.repeats)
+        # per NFE x.c and w @ c, 2VC each, + the prior mean and final argmax; exp not counted
+        map_flops = (args.num_steps + 1) * 4 * vocab_size * code_dim
+        map_us = 1e6 * map_s / num_tokens
+        print(f"| map, {name} shape V={vocab_size} C={code_dim} | {map_s:.3f} | {map_us:.1f} | "
+              f"{map_flops / 1e9:.4f} | {map_us / teacher_us:.3f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -6,13 +6,21 @@ satisfying ``teachers.protocol.Teacher``, built by the families' own loaders fro
 """
 
 from teachers.tiny.presets import TrainSettings, llamagen_tiny_configs, var_tiny_configs
-from teachers.tiny.registry import TINY_TEACHERS, load_tiny_teacher, read_metadata
+from teachers.tiny.registry import (
+    TINY_SAMPLING,
+    TINY_TEACHERS,
+    load_tiny_teacher,
+    read_metadata,
+    tiny_sampling,
+)
 
 __all__ = [
+    "TINY_SAMPLING",
     "TINY_TEACHERS",
     "TrainSettings",
     "llamagen_tiny_configs",
     "load_tiny_teacher",
     "read_metadata",
+    "tiny_sampling",
     "var_tiny_configs",
 ]

@@ -78,7 +78,7 @@ class TrainSettings:
     tokenizer_lr: float = 2e-3
     commitment_beta: float = 0.25
     dead_code_every: int = 50  # steps between restarts of codes unused in that window
-    ar_steps: int = 1000
+    ar_steps: int = 1500
     ar_batch_size: int = 64
     ar_lr: float = 1e-3
     ar_weight_decay: float = 0.05

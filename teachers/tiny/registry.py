@@ -15,11 +15,21 @@ from pathlib import Path
 
 import torch
 
-from teachers.protocol import Teacher
+from teachers.protocol import SamplingConfig, Teacher
 
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
 METADATA_FILE = "tiny.json"
 TINY_TEACHERS = ("llamagen-digits", "var-digits")
+
+# Sampling settings for the shipped tiny teachers, chosen by FID on the digits evaluator
+# (benchmarks/eval_tiny.py, table in docs/embedded_default.md). LlamaGen: its family default,
+# the paper's constant CFG 2.0 (1.0 / 1.5 / 2.5 / 3.0 measured worse). VAR: the family's
+# linear ramp and top-k / top-p, but CFG 0.5 (the paper's 2.0 collapses diversity on digits:
+# FID 8.9 vs 4.2).
+TINY_SAMPLING: dict[str, SamplingConfig] = {
+    "llamagen-digits": SamplingConfig(cfg_scale=2.0, cfg_schedule="constant"),
+    "var-digits": SamplingConfig(cfg_scale=0.5, cfg_schedule="linear", top_k=900, top_p=0.96),
+}
 
 
 def read_metadata(weights_dir: str | Path | None = None) -> dict:
@@ -43,6 +53,13 @@ def write_metadata_entry(name: str, entry: dict, weights_dir: str | Path) -> Pat
     os.chmod(tmp, 0o644)  # mkstemp creates 0600; the file is shipped package data
     os.replace(tmp, path)
     return path
+
+
+def tiny_sampling(name: str) -> SamplingConfig:
+    """The sampling settings to use with a shipped tiny teacher (``TINY_SAMPLING``)."""
+    if name not in TINY_SAMPLING:
+        raise ValueError(f"unknown tiny teacher {name!r}; known: {sorted(TINY_SAMPLING)}")
+    return TINY_SAMPLING[name]
 
 
 def load_tiny_teacher(

@@ -1,0 +1,175 @@
+"""Evaluate the shipped tiny teachers on the digits domain and print the table.
+
+    python benchmarks/eval_tiny.py                          # both teachers, as in the docs
+    python benchmarks/eval_tiny.py --teachers llamagen-digits --cfg 1.5 --grid docs/images
+
+Rows, all judged by the digits classifier (teachers/evaluator.py): class accuracy and FID in
+its 64-dim penultimate feature space against the train split (1,437 images):
+
+- held-out real images (360): the floor FID of a perfect generator at this sample size;
+- tokenizer reconstructions of the held-out images: the best the teacher's tokens allow;
+- the teacher, sampled with its own AR sampler (``teachers.sampling.sample_tokens`` over its
+  session) with ``teachers.tiny.tiny_sampling(name)`` (``--sampling family``: the family's
+  default, the DD paper's setting; ``--cfg`` overrides the scale);
+- ``onestep*``: every token drawn independently from the per-class, per-position frequencies
+  of the teacher's own samples (the DD paper's reference for a model without dependencies).
+
+FID uses the same number of images for every row (``--fid-per-class`` x 10 = 360, the size of
+the held-out split), since FID's bias depends on it; accuracy uses every generated sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from pathlib import Path
+
+import torch
+
+from teachers.data import load_digits_split
+from teachers.evaluator import class_accuracy, frechet_distance
+from teachers.protocol import SamplingConfig
+from teachers.tiny import load_tiny_teacher, tiny_sampling
+from teachers.tiny.evaluate import (
+    balanced_labels,
+    image_grid,
+    independent_token_sampler,
+    sample_teacher,
+    token_frequencies,
+)
+
+GRID_PER_CLASS = 12
+
+
+def first_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    """Indices of the first ``per_class`` items of every class."""
+    keep = []
+    for label in labels.unique().tolist():
+        keep.append((labels == label).nonzero().flatten()[:per_class])
+    return torch.cat(keep)
+
+
+def reconstruct(teacher, images_m11: torch.Tensor) -> torch.Tensor:
+    """Tokenizer round trip of images in ``[-1, 1]`` -> images in ``[0, 1]``."""
+    with torch.no_grad():
+        if teacher.family == "llamagen":
+            tokens = teacher.vq.encode(images_m11)[1]
+        else:
+            tokens = teacher.vae.encode_indices(images_m11)
+        return teacher.decode_tokens(tokens)
+
+
+def evaluate(name: str, args: argparse.Namespace, train, heldout) -> list[tuple]:
+    teacher = load_tiny_teacher(name, weights_dir=args.weights_dir)
+    sampling = tiny_sampling(name) if args.sampling == "tiny" else teacher.default_sampling()
+    if args.cfg is not None:
+        sampling = dataclasses.replace(sampling, cfg_scale=args.cfg)
+    reference = train.images_01()
+    rows = []
+
+    start = time.perf_counter()
+    labels = balanced_labels(teacher.num_classes, args.per_class)
+    tokens, images = sample_teacher(teacher, labels, sampling, seed=args.seed, progress=True)
+    sample_seconds = time.perf_counter() - start
+    fid_idx = first_per_class(labels, args.fid_per_class)
+
+    recon = reconstruct(teacher, heldout.images)
+    rows.append(
+        (
+            name,
+            "tokenizer reconstruction of held-out",
+            class_accuracy(recon, heldout.labels),
+            frechet_distance(recon, reference),
+            len(heldout),
+        )
+    )
+    rows.append(
+        (
+            name,
+            f"teacher, {describe(sampling)}",
+            class_accuracy(images, labels),
+            frechet_distance(images[fid_idx], reference),
+            len(labels),
+        )
+    )
+    vocab_size = teacher.codebook.shape[0]
+    frequencies = token_frequencies(tokens, labels, teacher.num_classes, vocab_size)
+    independent = independent_token_sampler(frequencies, labels, seed=args.seed + 1)
+    with torch.no_grad():
+        independent_images = teacher.decode_tokens(independent)
+    rows.append(
+        (
+            name,
+            "onestep* (independent tokens, teacher's frequencies)",
+            class_accuracy(independent_images, labels),
+            frechet_distance(independent_images[fid_idx], reference),
+            len(labels),
+        )
+    )
+    print(
+        f"{name}: sampled {len(labels)} images in {sample_seconds:.1f} s "
+        f"({teacher.geometry.num_steps} AR steps, {teacher.geometry.num_tokens} tokens)"
+    )
+    if args.grid is not None:
+        grid_idx = first_per_class(labels, GRID_PER_CLASS)
+        for tag, imgs in (("samples", images), ("onestep", independent_images)):
+            path = Path(args.grid) / f"{name.replace('-', '_')}_{tag}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            image_grid(imgs[grid_idx], rows=teacher.num_classes).save(path)
+            print(f"wrote {path}")
+    return rows
+
+
+def describe(sampling: SamplingConfig) -> str:
+    parts = [f"cfg {sampling.cfg_scale:g} {sampling.cfg_schedule}"]
+    if sampling.top_k:
+        parts.append(f"top-k {sampling.top_k}")
+    if sampling.top_p < 1:
+        parts.append(f"top-p {sampling.top_p:g}")
+    if sampling.temperature != 1:
+        parts.append(f"temperature {sampling.temperature:g}")
+    return ", ".join(parts)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teachers", nargs="+", default=["llamagen-digits", "var-digits"])
+    parser.add_argument("--per-class", type=int, default=100, help="teacher samples per class")
+    parser.add_argument("--fid-per-class", type=int, default=36, help="images per class in FID")
+    parser.add_argument(
+        "--sampling",
+        choices=("tiny", "family"),
+        default="tiny",
+        help="tiny: teachers.tiny.TINY_SAMPLING; family: teacher.default_sampling() (paper)",
+    )
+    parser.add_argument("--cfg", type=float, default=None, help="override the CFG scale")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--grid", default=None, help="folder for sample grid PNGs")
+    parser.add_argument("--weights-dir", default=None, help="default: the shipped weights")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    train, heldout = load_digits_split("train"), load_digits_split("heldout")
+    floor_idx = first_per_class(heldout.labels, args.fid_per_class)
+    rows = [
+        (
+            "-",
+            "held-out real images (floor)",
+            class_accuracy(heldout.images_01(), heldout.labels),
+            frechet_distance(heldout.images_01()[floor_idx], train.images_01()),
+            len(heldout),
+        )
+    ]
+    for name in args.teachers:
+        rows.extend(evaluate(name, args, train, heldout))
+    print()
+    print("| teacher | images | class accuracy | FID (digits features) | n |")
+    print("|---|---|---|---|---|")
+    for name, what, accuracy, fid, count in rows:
+        print(f"| {name} | {what} | {100 * accuracy:.1f}% | {fid:.2f} | {count} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Tiny teachers: shipped files load by name, trainers learn, the CLI round trip works."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from dd.cli import main as dd_main
+from teachers.data import load_digits_split
+from teachers.protocol import Teacher
+from teachers.sampling import sample_tokens
+from teachers.tiny import (
+    TINY_TEACHERS,
+    TrainSettings,
+    load_tiny_teacher,
+    read_metadata,
+    tiny_sampling,
+)
+from teachers.tiny.evaluate import independent_token_sampler, token_frequencies
+from teachers.tiny.presets import llamagen_tiny_configs, var_tiny_configs
+
+# Few steps, small batches, no warm-up: each trainer must already lower its loss.
+QUICK = TrainSettings(
+    tokenizer_steps=12,
+    tokenizer_batch_size=16,
+    ar_steps=12,
+    ar_batch_size=16,
+    warmup_steps=1,
+    dead_code_every=5,
+    token_copies=1,
+)
+
+
+@pytest.fixture(scope="module")
+def digits_subset():
+    train = load_digits_split("train")
+    return dataclasses.replace(train, images=train.images[:200], labels=train.labels[:200])
+
+
+def _falls(losses, window=3):
+    return sum(losses[-window:]) / window < sum(losses[:window]) / window
+
+
+@pytest.mark.parametrize("name", TINY_TEACHERS)
+def test_shipped_teacher_loads_and_samples(name):
+    teacher = load_tiny_teacher(name)
+    assert isinstance(teacher, Teacher)
+    assert teacher.num_classes == 10 and teacher.null_class == 10
+    entry = read_metadata()[name]
+    assert entry["command"].startswith("dd train-teacher") and "seed" in entry
+    labels = torch.tensor([3, 7])
+    generator = torch.Generator().manual_seed(0)
+    tokens = sample_tokens(teacher, labels, tiny_sampling(name), generator=generator)
+    assert tokens.shape == (2, teacher.geometry.num_tokens)
+    images = teacher.decode_tokens(tokens)
+    assert images.shape == (2, 3, 16, 16) and 0 <= images.min() and images.max() <= 1
+    embedded = teacher.decode_embeddings(teacher.codebook[tokens])
+    assert torch.allclose(embedded, images, atol=1e-5)
+
+
+def test_unknown_tiny_teacher_lists_known_names():
+    with pytest.raises(ValueError, match="llamagen-digits.*var-digits"):
+        load_tiny_teacher("gpt-cats")
+
+
+def test_llamagen_trainers_lower_their_losses(digits_subset):
+    from teachers.tiny.train_llamagen import encode_tokens, train_gpt, train_vq
+
+    gpt_config, vq_config = llamagen_tiny_configs()
+    vq, vq_record = train_vq(digits_subset, vq_config, QUICK, progress=False)
+    assert _falls(vq_record["losses"])
+    tokens = encode_tokens(vq, digits_subset.images[:64])
+    _, gpt_record = train_gpt(tokens, digits_subset.labels[:64], gpt_config, QUICK, progress=False)
+    assert _falls(gpt_record["losses"])
+
+
+def test_var_trainers_lower_their_losses(digits_subset):
+    from teachers.tiny.train_var import (
+        encode_tokens,
+        teacher_forcing_inputs,
+        train_var_model,
+        train_vqvae,
+    )
+
+    var_config, vae_config = var_tiny_configs()
+    vae, vae_record = train_vqvae(digits_subset, vae_config, QUICK, progress=False)
+    assert _falls(vae_record["losses"])
+    tokens = encode_tokens(vae, digits_subset.images[:32])
+    inputs = teacher_forcing_inputs(vae, tokens)
+    _, var_record = train_var_model(
+        tokens, inputs, digits_subset.labels[:32], var_config, QUICK, progress=False
+    )
+    assert _falls(var_record["losses"])
+
+
+def test_cli_trains_a_folder_teacher_that_loads_by_name(tmp_path):
+    from PIL import Image
+
+    data = tmp_path / "shapes"
+    for name, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (data / name).mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (16, 16), tuple(c // (i + 1) for c in colour)).save(
+                data / name / f"{i}.png"
+            )
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir", str(data)]
+    argv += ["--tokenizer-steps", "2", "--ar-steps", "2", "--ar-batch-size", "4", "--no-progress"]
+    assert dd_main(argv) == 0
+    entry = json.loads((out / "tiny.json").read_text())["llamagen-shapes"]
+    assert "--data-dir" in entry["command"] and entry["record"]["wall_seconds"] > 0
+    teacher = load_tiny_teacher("llamagen-shapes", weights_dir=out)
+    assert teacher.num_classes == 2 and isinstance(teacher, Teacher)
+
+
+def test_independent_token_sampler_follows_frequencies():
+    tokens = torch.tensor([[0, 1], [0, 2], [3, 3]])
+    labels = torch.tensor([0, 0, 1])
+    freq = token_frequencies(tokens, labels, num_classes=2, vocab_size=4)
+    assert freq[0, 0].tolist() == [1, 0, 0, 0] and freq[0, 1].tolist() == [0, 0.5, 0.5, 0]
+    drawn = independent_token_sampler(freq, torch.tensor([0] * 200 + [1]), seed=0)
+    assert (drawn[:200, 0] == 0).all() and set(drawn[:200, 1].tolist()) == {1, 2}
+    assert drawn[200].tolist() == [3, 3]

@@ -94,10 +94,15 @@ class RunSettings:
     num_nodes: int = 1
     strategy: str = "auto"  # "ddp" for several devices, "ddp_spawn" from notebooks
     progress_bar: bool = True
+    # Intra-op CPU threads per process (null: torch's default). 1 is fastest on a shared or
+    # oversubscribed CPU; Lightning's CPU DDP already divides the cores between ranks.
+    num_threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"run.batch_size must be >= 1, got {self.batch_size}")
+        if self.num_threads is not None and self.num_threads < 1:
+            raise ValueError(f"run.num_threads must be >= 1 or null, got {self.num_threads}")
 
 
 @dataclass(frozen=True)

@@ -293,6 +293,8 @@ def run_generation(
     callbacks: Sequence[Callback] = (),
 ) -> GenerationResult:
     """Generate (or resume) the pair data set a recipe describes."""
+    if recipe.run.num_threads is not None:
+        torch.set_num_threads(recipe.run.num_threads)
     if teacher is None:
         teacher = load_teacher(recipe.teacher, device="cpu")
     identity = run_identity(teacher, recipe)

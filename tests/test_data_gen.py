@@ -20,7 +20,13 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from parity import REPO_ROOT, fixture_path, load_parity_json
 
-from data_gen.config import GenerateRecipe, OutputSettings, PairSettings, RunSettings
+from data_gen.config import (
+    GenerateRecipe,
+    OutputSettings,
+    PairSettings,
+    RunSettings,
+    SamplingOverrides,
+)
 from data_gen.engine import ShardWriter, run_generation
 from data_gen.pairs import draw_sample, map_noise, sample_seed
 from data_gen.shards import MANIFEST_NAME, ShardError, plan_shards, read_shard, sha256_file
@@ -30,6 +36,16 @@ from teachers.registry import TeacherSpec, load_teacher
 
 NUM_PAIRS, SHARD_SIZE, SEED = 40, 16, 7
 DDP_TIMEOUT_S = 600
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny models run small float64 products, which on a shared
+    2-core machine are many times slower with 2 threads (threads wait for a busy core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -160,6 +176,22 @@ def test_verify_shards_command_loads_the_teacher_from_the_manifest(reference):
     parser = argparse.ArgumentParser()
     add_arguments(parser)
     assert run(parser.parse_args([str(reference), "--num-records", "8"])) == 0
+
+
+def test_shipped_tiny_var_pairs_verify(tmp_path):
+    """VAR: AR steps of several tokens (whole scales); the teacher named by its tiny name."""
+    folder = tmp_path / "var"
+    recipe = GenerateRecipe(
+        teacher=TeacherSpec(tiny="var-digits"),
+        sampling=SamplingOverrides(cfg_scale=0.5, cfg_schedule="linear", top_k=900, top_p=0.96),
+        pairs=PairSettings(num_pairs=24, seed=1, noise_dtype="float16"),
+        output=OutputSettings(folder=str(folder), shard_size=16),
+        run=RunSettings(batch_size=8, accelerator="cpu", progress_bar=False),
+    )
+    assert run_generation(recipe).complete
+    report = verify_folder(folder, num_records=24)  # teacher loaded from the manifest's spec
+    assert report.ok and report.records_checked == 24, report.summary()
+    assert next(read_shard(folder / "shard-000000.tar"))["noise"].dtype == torch.float16
 
 
 # --- Device count and restarts do not change the data set -------------------------------------

@@ -24,10 +24,20 @@ from data_gen.pairs import draw_sample, map_noise
 from teachers.registry import TeacherSpec, load_teacher
 from teachers.sampling import sample_tokens
 
-NUM_SAMPLES = 1000
+NUM_SAMPLES = 3000
 NUM_PERMUTATIONS = 200
 ALPHA = 0.01
 BATCH = 1000
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """One intra-op thread: these tiny models run small float64 products, which on a shared
+    2-core machine are many times slower with 2 threads (threads wait for a busy core)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

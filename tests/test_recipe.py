@@ -113,3 +113,14 @@ def test_generation_recipe_rejects_unknown_teacher_and_keys(tmp_path):
     path.write_text("teacher: {tiny: x, family: llamagen}\n")
     with pytest.raises(RecipeError, match="exactly one of 'tiny'"):
         load_recipe(GenerateRecipe, path)
+
+
+def test_generate_dry_run_prints_the_resolved_recipe(capsys):
+    from data_gen.generate_command import main
+
+    path = str(RECIPES[0])
+    assert main(["--recipe", path, "--dry-run", "--set", "pairs.seed=9"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 9" in out and "# plan:" in out
+    assert main(["--recipe", path, "--dry-run", "--set", "pairs.sed=9"]) == 2
+    assert "unknown key 'pairs.sed'" in capsys.readouterr().err

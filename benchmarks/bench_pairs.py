@@ -1,0 +1,225 @@
+"""Pair generation speed against the teacher's plain sampler, and bytes per stored pair.
+
+For each teacher, on the same labels and batches, interleaved so that load from other
+processes hits both alike:
+- plain sampler: ``teachers.sampling.sample_tokens`` (multinomial draw per step);
+- map core: ``data_gen.pairs.map_noise`` (the same session, AR flow matching per step);
+- engine: ``dd generate``'s ``run_generation`` (1 process, Lightning predict loop, shard
+  writing, checksums), timed from the first to the last batch (Trainer start-up excluded,
+  reported separately).
+Bytes per pair: one real record of the VAR-d16 and LlamaGen-L shapes written through the
+shard writer (marginal cost of a record in a shard, tar headers included).
+Results go to docs/benchmarks.md ("Pair generation").
+
+    python3 benchmarks/bench_pairs.py --teacher fixture --batch-size 16 --num-batches 4
+    python3 benchmarks/bench_pairs.py --teacher llamagen-B --batch-size 4 --num-batches 1
+    python3 benchmarks/bench_pairs.py --bytes-only
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from lightning.pytorch.callbacks import Callback
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+
+from data_gen.config import (  # noqa: E402
+    FlowSettings,
+    GenerateRecipe,
+    OutputSettings,
+    PairSettings,
+    RunSettings,
+    SamplingOverrides,
+)
+from data_gen.engine import run_generation  # noqa: E402
+from data_gen.pairs import draw_sample, map_noise, token_dtype  # noqa: E402
+from data_gen.shards import OpenShard, RunIdentity, ShardRange, encode_record  # noqa: E402
+from teachers.registry import TeacherSpec, load_teacher  # noqa: E402
+from teachers.sampling import sample_tokens  # noqa: E402
+
+# (name, tokens, code_dim, vocab) of the release teachers (FACTS.md sections 2 and 3).
+RECORD_SHAPES = (("VAR-d16", 680, 32, 4096), ("LlamaGen-L", 256, 8, 16384))
+
+
+def fixture_spec() -> TeacherSpec:
+    from parity import fixture_path, load_parity_json
+
+    official = load_parity_json()
+    gpt, vq = official["llamagen_gpt"], official["llamagen_vq"]
+    return TeacherSpec(
+        family="llamagen",
+        checkpoint=str(fixture_path("llamagen_gpt_{tag}.safetensors")),
+        tokenizer_checkpoint=str(fixture_path("llamagen_vq_{tag}.safetensors")),
+        official_args={
+            "model": {**gpt["official_args"], "cls_token_num": gpt["cls_token_num"]},
+            "tokenizer": vq["official_args"],
+        },
+    )
+
+
+def random_llamagen_b(folder: Path) -> TeacherSpec:
+    """LlamaGen-B GPT (random weights) + a VQ with the VQ-16 codebook shape (16384 x 8) but
+    narrow conv widths (only the codebook matters for pairs), saved and loaded via the registry."""
+    from safetensors.torch import save_file
+
+    from teachers.llamagen import GPT, GPTConfig, VQConfig, VQModel
+
+    torch.manual_seed(0)
+    gpt_config = GPTConfig.preset("B", 16)
+    vq_args = dict(ch=32, z_channels=32, codebook_show_usage=False)
+    gpt, vq = GPT(gpt_config), VQModel(VQConfig.preset("VQ-16", **vq_args))
+    gpt_path, vq_path = folder / "gpt_b_random.safetensors", folder / "vq16_narrow.safetensors"
+    save_file({k: v.contiguous() for k, v in gpt.state_dict().items()}, str(gpt_path))
+    save_file({k: v.contiguous() for k, v in vq.state_dict().items()}, str(vq_path))
+    return TeacherSpec(
+        family="llamagen",
+        checkpoint=str(gpt_path),
+        tokenizer_checkpoint=str(vq_path),
+        official_args={
+            "model": {"dim": 768, "n_layer": 12, "n_head": 12, "block_size": 256},
+            "tokenizer": {"ch_mult": [1, 1, 2, 2, 4], **vq_args},
+        },
+    )
+
+
+class LoopTimer(Callback):
+    def on_predict_start(self, trainer, pl_module) -> None:
+        self.start = time.perf_counter()
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+def bench_speed(spec: TeacherSpec, label: str, batch_size: int, num_batches: int) -> None:
+    teacher = load_teacher(spec)
+    if spec.tiny is not None:  # the settings recommended for a shipped tiny teacher
+        from teachers.tiny.registry import tiny_sampling
+
+        sampling = tiny_sampling(spec.tiny)
+    else:
+        sampling = teacher.default_sampling()
+    flow = FlowSettings()
+    vocab, code_dim = teacher.codebook.shape
+    n = teacher.geometry.num_tokens
+    drawn = [
+        draw_sample(0, i, num_tokens=n, code_dim=int(code_dim), num_classes=teacher.num_classes)
+        for i in range(batch_size * num_batches)
+    ]
+    labels = torch.tensor([d[0] for d in drawn])
+    noise = torch.stack([d[1] for d in drawn])
+    sample_times, map_times = [], []
+    generator = torch.Generator().manual_seed(0)
+    for b in range(num_batches):
+        rows = slice(b * batch_size, (b + 1) * batch_size)
+        start = time.perf_counter()
+        sample_tokens(teacher, labels[rows], sampling, generator=generator)
+        sample_times.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        map_noise(teacher, labels[rows], noise[rows], sampling, flow)
+        map_times.append(time.perf_counter() - start)
+
+    timer = LoopTimer()
+    with tempfile.TemporaryDirectory() as folder:
+        recipe = GenerateRecipe(
+            teacher=spec,
+            sampling=SamplingOverrides(**dataclasses.asdict(sampling)),
+            flow=flow,
+            pairs=PairSettings(num_pairs=batch_size * num_batches, seed=0),
+            output=OutputSettings(folder=folder, shard_size=batch_size * num_batches),
+            run=RunSettings(batch_size=batch_size, accelerator="cpu", progress_bar=False),
+        )
+        wall = time.perf_counter()
+        run_generation(recipe, teacher=teacher, callbacks=[timer])
+        wall = time.perf_counter() - wall
+
+    sample_s, map_s = statistics.median(sample_times), statistics.median(map_times)
+    engine_s = timer.seconds / num_batches
+    print(
+        f"\n{label}: {n} tokens, V={int(vocab)}, C={int(code_dim)}, sampling {sampling}, "
+        f"flow {flow}; batch {batch_size} x {num_batches} batches (median per batch)"
+    )
+    print("| measurement | s / batch | images/s | vs plain sampler |")
+    print("|---|---|---|---|")
+    for name, seconds in (
+        ("plain sampler (`sample_tokens`)", sample_s),
+        ("map core (`map_noise`)", map_s),
+        ("engine (`run_generation`, 1 process, shards written)", engine_s),
+    ):
+        print(
+            f"| {name} | {seconds:.3f} | {batch_size / seconds:.2f} | {sample_s / seconds:.2f}x |"
+        )
+    print(f"engine wall time incl. Trainer start-up: {wall:.1f} s for {batch_size * num_batches}")
+
+
+def bench_bytes() -> None:
+    """Bytes of one record inside a shard: from the first member of record 0 to that of record 1
+    (tar headers and padding included; the shard's end-of-archive padding excluded)."""
+    print("\n| shape | noise dtype | bytes per pair (in a shard) | payload (noise + tokens) |")
+    print("|---|---|---|---|")
+    for name, n, code_dim, vocab in RECORD_SHAPES:
+        for noise_dtype in (torch.float32, torch.float16):
+            with tempfile.TemporaryDirectory() as folder:
+                identity = RunIdentity("0" * 16, "bench", {})
+                shard = OpenShard(Path(folder), ShardRange(0, 0, 2), identity)
+                for index in range(2):
+                    _, noise = draw_sample(
+                        0,
+                        index,
+                        num_tokens=n,
+                        code_dim=code_dim,
+                        num_classes=1000,
+                        noise_dtype=noise_dtype,
+                    )
+                    tokens = torch.randint(vocab, (n,)).to(token_dtype(vocab))
+                    shard.write(encode_record(index, 7, noise, tokens, "0" * 16))
+                shard.close()
+                with tarfile.open(Path(folder) / shard.shard.name) as tar:
+                    members = tar.getmembers()
+            per_pair = members[len(members) // 2].offset - members[0].offset
+            payload = n * code_dim * noise_dtype.itemsize + n * token_dtype(vocab).itemsize
+            print(
+                f"| {name} ({n} tokens, C={code_dim}, V={vocab}) | "
+                f"{str(noise_dtype).removeprefix('torch.')} | {per_pair:,} | {payload:,} |"
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="fixture", help="fixture | llamagen-B | <tiny name>")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--num-batches", type=int, default=4)
+    parser.add_argument("--bytes-only", action="store_true")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
+        f"torch {torch.__version__}, float32, CPU"
+    )
+    if not args.bytes_only:
+        with tempfile.TemporaryDirectory() as folder:
+            if args.teacher == "fixture":
+                spec, label = fixture_spec(), "parity-fixture LlamaGen (random weights)"
+            elif args.teacher == "llamagen-B":
+                spec, label = random_llamagen_b(Path(folder)), "LlamaGen-B shape, random weights"
+            else:
+                spec, label = TeacherSpec(tiny=args.teacher), f"tiny teacher {args.teacher}"
+            bench_speed(spec, label, args.batch_size, args.num_batches)
+    bench_bytes()
+    print(json.dumps({"argv": sys.argv[1:]}))
+
+
+if __name__ == "__main__":
+    main()

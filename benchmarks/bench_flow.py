@@ -14,6 +14,7 @@ per-token compute. Results go to docs/benchmarks.md ("AR flow-matching map").
 from __future__ import annotations
 
 import argparse
+import itertools
 import platform
 import statistics
 import time
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from dd.flow import DEFAULT_NUM_STEPS, flow_match_tokens
+from dd.flow import DEFAULT_COMPUTE_DTYPE, DEFAULT_NUM_STEPS, flow_match_tokens
 
 
 class Block(nn.Module):
@@ -66,6 +67,8 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=DEFAULT_NUM_STEPS, help="map NFE")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--dtypes", default="float32,float64",
+                        help="map compute dtypes to time, side by side (first = default)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -84,26 +87,32 @@ def main() -> None:
     attention_flops = 2 * num_layers * 2 * dim * (args.seq_len + 1) / 2  # QK and AV, causal
     print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}; {num_tokens} tokens (batch {args.batch_size} x "
-          f"{args.seq_len}); map: {args.num_steps} NFE, float64\n")
+          f"{args.seq_len}); map: {args.num_steps} NFE, compute dtypes {args.dtypes} "
+          f"(default {str(DEFAULT_COMPUTE_DTYPE).removeprefix('torch.')})\n")
     print("| what | s per call | us per token | GFLOP per token | map / teacher |")
     print("|---|---|---|---|---|")
     teacher_us = 1e6 * teacher_s / num_tokens
     print(f"| LlamaGen-L-shaped stack, 24 x 1024, one forward | {teacher_s:.3f} | "
           f"{teacher_us:.1f} | {(linear_flops + attention_flops) / 1e9:.3f} | 1 |")
-    for name, vocab_size, code_dim in (("LlamaGen", 16384, 8), ("VAR", 4096, 32)):
+    shapes = (("LlamaGen", 16384, 8), ("VAR", 4096, 32))
+    for (name, vocab_size, code_dim), dtype_name in itertools.product(
+        shapes, args.dtypes.split(",")
+    ):
         codebook = torch.randn(vocab_size, code_dim)
         noise = torch.randn(num_tokens, code_dim)
         logits = 3.0 * torch.randn(num_tokens, vocab_size)
+        dtype = getattr(torch, dtype_name)
 
-        def run_map(codebook=codebook, noise=noise, logits=logits):
-            return flow_match_tokens(noise, logits, codebook, num_steps=args.num_steps)
+        def run_map(codebook=codebook, noise=noise, logits=logits, dtype=dtype):
+            return flow_match_tokens(noise, logits, codebook, num_steps=args.num_steps,
+                                     compute_dtype=dtype)
 
         map_s = _median_seconds(run_map, args.repeats)
         # per NFE x.c and w @ c, 2VC each, + the prior mean and final argmax; exp not counted
         map_flops = (args.num_steps + 1) * 4 * vocab_size * code_dim
         map_us = 1e6 * map_s / num_tokens
-        print(f"| map, {name} shape V={vocab_size} C={code_dim} | {map_s:.3f} | {map_us:.1f} | "
-              f"{map_flops / 1e9:.4f} | {map_us / teacher_us:.3f} |")
+        print(f"| map, {name} shape V={vocab_size} C={code_dim}, {dtype_name} | {map_s:.3f} | "
+              f"{map_us:.1f} | {map_flops / 1e9:.4f} | {map_us / teacher_us:.3f} |")
 
 
 if __name__ == "__main__":

@@ -13,8 +13,11 @@ Solving dx = V dt from x_0 = noise ends at a codebook entry; pushed through this
 becomes exactly p. `flow_match_tokens` solves it with the multistep DPM-Solver++ of
 `dd/solver.py`. Defaults were chosen by measurement: docs/flow_matching.md.
 
-All arithmetic is float64: near t = 1 the likelihood term is divided by (1-t)^2 ~ 1e-6 after
-a cancellation between -2t x.c and t^2 ||c||^2, which float32 cannot resolve.
+Arithmetic is float32 by default (`compute_dtype`; float64 available). Near t = 1 the
+likelihood term is divided by (1-t)^2 after a cancellation between -2t x.c and t^2 ||c||^2:
+at the default t_end = 0.99 ((1-t)^-2 = 1e4) float32 leaves logit errors of ~1e-3-1e-2 and
+gave tokens identical to float64 in every measurement (docs/flow_matching.md, "Numerics"); for
+t_end much closer to 1 (e.g. the 1 - 1e-5 of the reference solves) use float64.
 """
 
 from __future__ import annotations
@@ -28,11 +31,13 @@ from dd.solver import MAX_SOLVER_ORDER, SPACINGS, Spacing, dpm_solver_pp, time_s
 TokenRule = Literal["argmax", "nearest"]
 TOKEN_RULES: tuple[str, ...] = ("argmax", "nearest")
 
-COMPUTE_DTYPE = torch.float64
+DEFAULT_COMPUTE_DTYPE = torch.float32  # measured: docs/flow_matching.md ("Numerics")
+REFERENCE_DTYPE = torch.float64  # high-accuracy reference solves (t_end = 1 - 1e-5)
+COMPUTE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
 DEFAULT_NUM_STEPS = 16  # NFE; chosen in docs/flow_matching.md ("Choosing the defaults")
 DEFAULT_T_START = 0.05  # lambda -2.9; reached from t = 0 by one Euler step, exact m(x, 0)
 DEFAULT_T_END = 0.99  # lambda 4.6; the posterior argmax decides the rest
-# Peak memory: a few float64 [tokens, V] buffers per chunk; 2^22 elements = 32 MiB each.
+# Peak memory: a few [tokens, V] buffers per chunk; 2^22 elements = 16 MiB each in float32.
 DEFAULT_MAX_ELEMENTS_PER_CHUNK = 2**22
 
 
@@ -113,14 +118,16 @@ def flow_match_tokens(
     t_start: float = DEFAULT_T_START,
     t_end: float = DEFAULT_T_END,
     max_elements_per_chunk: int = DEFAULT_MAX_ELEMENTS_PER_CHUNK,
+    compute_dtype: torch.dtype = DEFAULT_COMPUTE_DTYPE,
 ) -> torch.Tensor:
     """Map noise tokens [..., C] and log-probabilities [..., V] to codebook indices [...].
 
     `log_probs` may be unnormalised (logits; they are normalised here) and may hold -inf for
     codes removed by top-k/top-p: those are never returned. `codebook` is [V, C]. Each token
     is solved independently, `max_elements_per_chunk // V` tokens at a time, so peak memory is
-    a few float64 [chunk, V] buffers whatever the number of tokens. The result depends only on
-    the token's own noise and p, up to float64 round-off (see docs/flow_matching.md).
+    a few [chunk, V] buffers whatever the number of tokens. Inputs are cast to `compute_dtype`
+    (float32 or float64). The result depends only on the token's own noise and p, up to
+    round-off in `compute_dtype` (see docs/flow_matching.md, "Numerics").
     """
     _check_inputs(noise, log_probs, codebook)
     if order not in range(1, MAX_SOLVER_ORDER + 1):
@@ -131,20 +138,22 @@ def flow_match_tokens(
         raise ValueError(f"spacing must be one of {SPACINGS}, got {spacing!r}")
     if max_elements_per_chunk < 1:
         raise ValueError(f"max_elements_per_chunk must be >= 1, got {max_elements_per_chunk}")
+    if compute_dtype not in COMPUTE_DTYPES:
+        raise ValueError(f"compute_dtype must be float32 or float64, got {compute_dtype}")
     times = time_schedule(num_steps, spacing=spacing, t_start=t_start, t_end=t_end)
 
     vocab_size, code_dim = codebook.shape
     leading_shape = noise.shape[:-1]
     noise_NC = noise.reshape(-1, code_dim)
     log_probs_NV = log_probs.reshape(-1, vocab_size)
-    codebook_VC = codebook.to(COMPUTE_DTYPE)
+    codebook_VC = codebook.to(compute_dtype)
     chunk_tokens = max(1, max_elements_per_chunk // vocab_size)
     tokens_N = torch.empty(noise_NC.shape[0], dtype=torch.long, device=noise.device)
     for begin in range(0, noise_NC.shape[0], chunk_tokens):
         end = begin + chunk_tokens
-        chunk_log_probs = torch.log_softmax(log_probs_NV[begin:end].to(COMPUTE_DTYPE), dim=-1)
+        chunk_log_probs = torch.log_softmax(log_probs_NV[begin:end].to(compute_dtype), dim=-1)
         x_end = solve_flow_ode(
-            noise_NC[begin:end].to(COMPUTE_DTYPE), chunk_log_probs, codebook_VC, times,
+            noise_NC[begin:end].to(compute_dtype), chunk_log_probs, codebook_VC, times,
             order=order,
         )
         tokens_N[begin:end] = code_from_state(
@@ -169,9 +178,19 @@ def solve_flow_ode(
     x_NC = (1.0 - t_start) * noise_NC + t_start * prior_mean_NC
 
     code_sq_norms_V = codebook_VC.square().sum(-1)
+    # posterior_mean's arithmetic, written into two [N, V] buffers reused by every evaluation
+    # instead of three fresh ones (bias, logits, weights) per evaluation: 2.9x faster at
+    # V = 16384 in float64, same tokens (docs/benchmarks.md, "AR flow-matching map").
+    logits_NV = torch.empty(log_probs_NV.shape, dtype=log_probs_NV.dtype,
+                            device=log_probs_NV.device)
+    weights_NV = torch.empty_like(logits_NV)
 
     def data_prediction(x: torch.Tensor, t: float) -> torch.Tensor:
-        return posterior_mean(x, log_probs_NV, codebook_VC, t, code_sq_norms_V)
+        inv_var = 1.0 / (1.0 - t) ** 2
+        torch.add(log_probs_NV, code_sq_norms_V, alpha=-0.5 * t * t * inv_var, out=logits_NV)
+        logits_NV.addmm_(x, codebook_VC.T, alpha=t * inv_var)
+        torch.softmax(logits_NV, dim=-1, out=weights_NV)
+        return weights_NV @ codebook_VC
 
     return dpm_solver_pp(data_prediction, x_NC, times, order=order)
 

@@ -184,9 +184,9 @@ def _draw_tokens(codebook, log_probs_V, seed, num_draws=NUM_DRAWS):
     [
         pytest.param("llamagen", 32.0, id="llamagen-peaked"),
         pytest.param("llamagen", 128.0, id="llamagen-flat"),
-        # ~55 s each on 2 CPU cores (20,000 x V=4096 in float64): marked slow, still run in CI
-        pytest.param("var", 32.0, id="var-peaked", marks=pytest.mark.slow),
-        pytest.param("var", 1024.0, id="var-flat", marks=pytest.mark.slow),
+        # V=4096 is the costly shape (20,000 x 4096): one p, peaked; the flatter p (perplexity
+        # 1024) gave TV/floor 0.998 in float32 and float64 (docs/flow_matching.md).
+        pytest.param("var", 32.0, id="var-peaked"),
     ],
 )
 def test_token_frequencies_match_p_within_the_sampling_floor(shape, perplexity):
@@ -215,7 +215,7 @@ def test_agrees_with_a_high_accuracy_reference_solve(shape):
     noise = torch.randn(REFERENCE_TOKENS, codebook.shape[1], generator=_generator(9),
                         dtype=torch.float64)
     reference = flow_match_tokens(noise, log_probs, codebook, num_steps=REFERENCE_STEPS,
-                                  t_start=1e-5, t_end=1 - 1e-5)
+                                  t_start=1e-5, t_end=1 - 1e-5, compute_dtype=torch.float64)
     tokens = flow_match_tokens(noise, log_probs, codebook)
     assert (tokens == reference).double().mean() >= REFERENCE_AGREEMENT_MIN
 
@@ -287,14 +287,19 @@ def test_chunks_bound_the_working_set(monkeypatch):
     assert max(seen_rows) == 64 and sum(seen_rows) == 1000
 
 
-def test_inputs_in_lower_precision_are_computed_in_float64():
+def test_inputs_of_any_float_dtype_are_computed_in_the_compute_dtype():
     codebook = llamagen_like_codebook().float()
     noise = torch.randn(500, 8, generator=_generator(16))
     log_probs = torch.randn(500, 256, generator=_generator(17))
-    assert torch.equal(flow_match_tokens(noise, log_probs, codebook),
-                       flow_match_tokens(noise.double(), log_probs.double(), codebook.double()))
+    float32 = flow_match_tokens(noise, log_probs, codebook)  # default compute dtype: float32
+    assert torch.equal(float32, flow_match_tokens(noise.double(), log_probs.double(),
+                                                  codebook.double()))
     half = flow_match_tokens(noise.half(), log_probs.half(), codebook.half())
     assert half.dtype == torch.long and half.shape == (500,)
+    # float64 compute: the same tokens on this problem (measured on 80,000 draws of the
+    # fidelity problems and the reference problems: identical, docs/flow_matching.md)
+    assert torch.equal(float32, flow_match_tokens(noise, log_probs, codebook,
+                                                  compute_dtype=torch.float64))
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -348,7 +353,7 @@ def test_bad_input_raises_a_value_error_naming_the_problem(inputs, message):
     "kwargs, message",
     [({"order": 0}, "order"), ({"num_steps": 0}, "num_steps"), ({"token_rule": "mode"},
      "token_rule"), ({"spacing": "cosine"}, "spacing"), ({"max_elements_per_chunk": 0},
-     "max_elements")],
+     "max_elements"), ({"compute_dtype": torch.float16}, "compute_dtype")],
 )
 def test_bad_settings_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):

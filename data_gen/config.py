@@ -12,11 +12,15 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
+from dd import flow as flow_defaults
 from teachers.protocol import CfgSchedule, SamplingConfig
 from teachers.registry import TeacherSpec
 
 LabelDistribution = Literal["uniform", "balanced"]
 NoiseDtype = Literal["float32", "float16", "float64"]
+ComputeDtype = Literal["float32", "float64"]
 
 
 @dataclass(frozen=True)
@@ -41,18 +45,42 @@ class SamplingOverrides:
 
 @dataclass(frozen=True)
 class FlowSettings:
-    """AR flow matching (DD Sec. 3.2): arguments of ``dd.flow.flow_match_tokens``."""
+    """AR flow matching (DD Sec. 3.2): arguments of ``dd.flow.flow_match_tokens``.
 
-    num_steps: int = 16
+    Defaults are ``dd.flow``'s own (one source of truth). Every argument that can change a
+    mapped token is here, so the manifest and the settings key record it.
+    """
+
+    num_steps: int = flow_defaults.DEFAULT_NUM_STEPS
     order: int = 3
     spacing: Literal["logsnr", "time"] = "logsnr"
     token_rule: Literal["argmax", "nearest"] = "argmax"
+    t_start: float = flow_defaults.DEFAULT_T_START
+    t_end: float = flow_defaults.DEFAULT_T_END
+    compute_dtype: ComputeDtype = str(flow_defaults.DEFAULT_COMPUTE_DTYPE).removeprefix("torch.")
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
             raise ValueError(f"flow.num_steps must be >= 1, got {self.num_steps}")
         if self.order not in (1, 2, 3):
             raise ValueError(f"flow.order must be 1, 2 or 3, got {self.order}")
+        if not 0.0 < self.t_start < self.t_end < 1.0:
+            raise ValueError(
+                "flow needs 0 < t_start < t_end < 1, "
+                f"got t_start={self.t_start}, t_end={self.t_end}"
+            )
+
+    def map_kwargs(self) -> dict:
+        """Keyword arguments of ``dd.flow.flow_match_tokens``."""
+        return {
+            "num_steps": self.num_steps,
+            "order": self.order,
+            "spacing": self.spacing,
+            "token_rule": self.token_rule,
+            "t_start": self.t_start,
+            "t_end": self.t_end,
+            "compute_dtype": getattr(torch, self.compute_dtype),
+        }
 
 
 @dataclass(frozen=True)

@@ -98,10 +98,7 @@ def map_noise(
                 noise_BNC[:, start:end],
                 log_probs_BLV,
                 codebook_VC,
-                num_steps=flow.num_steps,
-                order=flow.order,
-                spacing=flow.spacing,
-                token_rule=flow.token_rule,
+                **flow.map_kwargs(),
             )
             mapped.append(tokens_BL)
             fed = tokens_BL if forced_tokens is None else forced_tokens[:, start:end]

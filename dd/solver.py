@@ -45,8 +45,9 @@ def time_schedule(
     if not 0.0 < t_start < t_end < 1.0:
         raise ValueError(f"need 0 < t_start < t_end < 1, got t_start={t_start}, t_end={t_end}")
     if spacing == "logsnr":
-        lambdas = torch.linspace(log_snr(t_start), log_snr(t_end), num_steps + 1,
-                                 dtype=torch.float64)
+        lambdas = torch.linspace(
+            log_snr(t_start), log_snr(t_end), num_steps + 1, dtype=torch.float64
+        )
         times = torch.sigmoid(lambdas)  # t = alpha = sigmoid(lambda)
     elif spacing == "time":
         times = torch.linspace(t_start, t_end, num_steps + 1, dtype=torch.float64)
@@ -76,30 +77,54 @@ def dpm_solver_pp(
         del history[order:]
         step_order = min(order, step + 1)
         h = lambdas[step + 1] - lambdas[step]
-        phi1 = math.expm1(-h)
-        sigma_ratio = (1.0 - t_next) / (1.0 - t_cur)
-        alpha_next = t_next
-        m0 = history[0]
-        # Order 1 (DDIM in data-prediction form): x' = (sigma'/sigma) x - alpha' phi1 m0.
-        x_next = sigma_ratio * x - (alpha_next * phi1) * m0
-        if step_order == 2:
-            r0 = (lambdas[step] - lambdas[step - 1]) / h
-            d1 = (m0 - history[1]) / r0
-            x_next = x_next - (0.5 * alpha_next * phi1) * d1
-        elif step_order == 3:
-            r0 = (lambdas[step] - lambdas[step - 1]) / h
-            r1 = (lambdas[step - 1] - lambdas[step - 2]) / h
-            d1_0 = (m0 - history[1]) / r0
-            d1_1 = (history[1] - history[2]) / r1
-            d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            phi2 = phi1 / h + 1.0
-            phi3 = phi2 / h - 0.5
-            # d1 ~ h m' and d2 ~ h^2 m''/2 (Taylor in lambda about the current point). The exact
-            # integral of the m'' u^2/2 term is alpha' m'' int_0^h e^{-(h-u)} u^2/2 du
-            # = -alpha' phi3 h^2 m'' = -2 alpha' phi3 d2. FACTS.md section 5 writes
-            # -alpha' phi3 D2, half of that: tests/test_flow.py measures global order 2 for it
-            # and order 3 for this form (error / 8 per halving of h).
-            x_next = x_next + (alpha_next * phi2) * d1 - (2.0 * alpha_next * phi3) * d2
+        earlier_h = [lambdas[step - i] - lambdas[step - i - 1] for i in range(step_order - 1)]
+        coefficients = multistep_coefficients(h, earlier_h, alpha_next=t_next)
+        # x' = (sigma'/sigma) x + sum_i k_i m_i: the update is linear in the history, so it
+        # is applied as one scaled copy and one fused add per prediction (few small ops per
+        # step: the map runs once per AR step, where per-op overhead dominates at small V).
+        x_next = torch.mul(x, (1.0 - t_next) / (1.0 - t_cur))
+        for coefficient, prediction in zip(coefficients, history, strict=True):
+            x_next.add_(prediction, alpha=coefficient)
         x = x_next
     return x
+
+
+def multistep_coefficients(h: float, earlier_h: list[float], *, alpha_next: float) -> list[float]:
+    """Weights k_i of the data predictions m_0 (newest), m_1, m_2 in one DPM-Solver++ step.
+
+    `h` is this step's lambda increment, `earlier_h` the increments of the previous steps
+    (newest first); their count + 1 is the step's order. Expanding FACTS.md section 5:
+    - order 1: x' = (sigma'/sigma) x - alpha' phi1 m0
+    - order 2: ... - 0.5 alpha' phi1 D1, D1 = (m0 - m1) / r0, r0 = h0 / h
+    - order 3: ... + alpha' phi2 D1 - 2 alpha' phi3 D2 with D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1),
+      D2 = (D1_0 - D1_1) / (r0 + r1), D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1.
+    D1 ~ h m' and D2 ~ h^2 m''/2 (Taylor in lambda about the current point). The exact
+    integral of the m'' u^2/2 term is alpha' m'' int_0^h e^{-(h-u)} u^2/2 du
+    = -alpha' phi3 h^2 m'' = -2 alpha' phi3 D2. FACTS.md section 5 writes -alpha' phi3 D2,
+    half of that: tests/test_flow.py measures global order 2 for it and order 3 for this form
+    (error / 8 per halving of h).
+    """
+    phi1 = math.expm1(-h)
+    if not earlier_h:
+        return [-alpha_next * phi1]
+    r0 = earlier_h[0] / h
+    d1_0 = [1.0 / r0, -1.0 / r0, 0.0]  # D1_0 as weights of (m0, m1, m2)
+    if len(earlier_h) == 1:
+        return [
+            -0.5 * alpha_next * phi1 * w - (alpha_next * phi1 if i == 0 else 0.0)
+            for i, w in enumerate(d1_0[:2])
+        ]
+    if len(earlier_h) != 2:
+        raise ValueError(f"order must be 1, 2 or 3, got {len(earlier_h) + 1}")
+    r1 = earlier_h[1] / h
+    d1_1 = [0.0, 1.0 / r1, -1.0 / r1]
+    ratio = r0 / (r0 + r1)
+    d1 = [a + ratio * (a - b) for a, b in zip(d1_0, d1_1, strict=True)]
+    d2 = [(a - b) / (r0 + r1) for a, b in zip(d1_0, d1_1, strict=True)]
+    phi2 = phi1 / h + 1.0
+    phi3 = phi2 / h - 0.5
+    weights = [
+        alpha_next * phi2 * a - 2.0 * alpha_next * phi3 * b for a, b in zip(d1, d2, strict=True)
+    ]
+    weights[0] -= alpha_next * phi1
+    return weights

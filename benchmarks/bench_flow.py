@@ -67,8 +67,11 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, default=DEFAULT_NUM_STEPS, help="map NFE")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--dtypes", default="float32,float64",
-                        help="map compute dtypes to time, side by side (first = default)")
+    parser.add_argument(
+        "--dtypes",
+        default="float32,float64",
+        help="map compute dtypes to time, side by side (first = default)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -85,15 +88,19 @@ def main() -> None:
     teacher_s = _median_seconds(teacher_forward, args.repeats)
     linear_flops = 2 * num_layers * (4 * dim * dim + 3 * dim * ffn_hidden)
     attention_flops = 2 * num_layers * 2 * dim * (args.seq_len + 1) / 2  # QK and AV, causal
-    print(f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}; {num_tokens} tokens (batch {args.batch_size} x "
-          f"{args.seq_len}); map: {args.num_steps} NFE, compute dtypes {args.dtypes} "
-          f"(default {str(DEFAULT_COMPUTE_DTYPE).removeprefix('torch.')})\n")
+    print(
+        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}; {num_tokens} tokens (batch {args.batch_size} x "
+        f"{args.seq_len}); map: {args.num_steps} NFE, compute dtypes {args.dtypes} "
+        f"(default {str(DEFAULT_COMPUTE_DTYPE).removeprefix('torch.')})\n"
+    )
     print("| what | s per call | us per token | GFLOP per token | map / teacher |")
     print("|---|---|---|---|---|")
     teacher_us = 1e6 * teacher_s / num_tokens
-    print(f"| LlamaGen-L-shaped stack, 24 x 1024, one forward | {teacher_s:.3f} | "
-          f"{teacher_us:.1f} | {(linear_flops + attention_flops) / 1e9:.3f} | 1 |")
+    print(
+        f"| LlamaGen-L-shaped stack, 24 x 1024, one forward | {teacher_s:.3f} | "
+        f"{teacher_us:.1f} | {(linear_flops + attention_flops) / 1e9:.3f} | 1 |"
+    )
     shapes = (("LlamaGen", 16384, 8), ("VAR", 4096, 32))
     for (name, vocab_size, code_dim), dtype_name in itertools.product(
         shapes, args.dtypes.split(",")
@@ -104,15 +111,18 @@ def main() -> None:
         dtype = getattr(torch, dtype_name)
 
         def run_map(codebook=codebook, noise=noise, logits=logits, dtype=dtype):
-            return flow_match_tokens(noise, logits, codebook, num_steps=args.num_steps,
-                                     compute_dtype=dtype)
+            return flow_match_tokens(
+                noise, logits, codebook, num_steps=args.num_steps, compute_dtype=dtype
+            )
 
         map_s = _median_seconds(run_map, args.repeats)
         # per NFE x.c and w @ c, 2VC each, + the prior mean and final argmax; exp not counted
         map_flops = (args.num_steps + 1) * 4 * vocab_size * code_dim
         map_us = 1e6 * map_s / num_tokens
-        print(f"| map, {name} shape V={vocab_size} C={code_dim}, {dtype_name} | {map_s:.3f} | "
-              f"{map_us:.1f} | {map_flops / 1e9:.4f} | {map_us / teacher_us:.3f} |")
+        print(
+            f"| map, {name} shape V={vocab_size} C={code_dim}, {dtype_name} | {map_s:.3f} | "
+            f"{map_us:.1f} | {map_flops / 1e9:.4f} | {map_us / teacher_us:.3f} |"
+        )
 
 
 if __name__ == "__main__":

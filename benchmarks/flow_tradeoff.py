@@ -82,11 +82,13 @@ def make_log_probs(kind: str, codebook_VC: torch.Tensor, generator: torch.Genera
     similar codes; the hardest case for the ODE, whose decisions are then made late)."""
     vocab_size = codebook_VC.shape[0]
     if kind == "peaked":
-        return _with_perplexity(torch.randn(vocab_size, generator=generator,
-                                            dtype=REFERENCE_DTYPE), PEAKED_PERPLEXITY)
+        return _with_perplexity(
+            torch.randn(vocab_size, generator=generator, dtype=REFERENCE_DTYPE), PEAKED_PERPLEXITY
+        )
     if kind == "flat":
-        return _with_perplexity(torch.randn(vocab_size, generator=generator,
-                                            dtype=REFERENCE_DTYPE), vocab_size / 4)
+        return _with_perplexity(
+            torch.randn(vocab_size, generator=generator, dtype=REFERENCE_DTYPE), vocab_size / 4
+        )
     if kind == "local":
         anchor = codebook_VC[torch.randint(vocab_size, (1,), generator=generator)]
         score = -(codebook_VC - anchor).square().sum(-1)
@@ -101,7 +103,7 @@ def solve_ends(problem: Problem, noise_NC, times, order, dtype=REFERENCE_DTYPE):
     codebook_VC, log_probs_V = problem.codebook_VC.to(dtype), problem.log_probs_V.to(dtype)
     ends = []
     for begin in range(0, noise_NC.shape[0], chunk):
-        rows = noise_NC[begin:begin + chunk].to(dtype)
+        rows = noise_NC[begin : begin + chunk].to(dtype)
         log_probs_NV = log_probs_V.expand(rows.shape[0], vocab_size)
         ends.append(solve_flow_ode(rows, log_probs_NV, codebook_VC, times, order=order))
     return torch.cat(ends)
@@ -122,8 +124,11 @@ def main() -> None:
     parser.add_argument("--nfe", default="8,12,16,24")
     parser.add_argument("--shapes", default="llamagen,var")
     parser.add_argument("--kinds", default="peaked,local")
-    parser.add_argument("--settings", default="logsnr:1,logsnr:2,logsnr:3,time:1,time:2,time:3",
-                        help="spacing:order pairs")
+    parser.add_argument(
+        "--settings",
+        default="logsnr:1,logsnr:2,logsnr:3,time:1,time:2,time:3",
+        help="spacing:order pairs",
+    )
     parser.add_argument("--t-start", type=float, default=DEFAULT_T_START)
     parser.add_argument("--t-end", type=float, default=DEFAULT_T_END)
     parser.add_argument("--dtypes", default="float64", help="compute dtypes of the solves")
@@ -137,33 +142,45 @@ def main() -> None:
     dtypes = args.dtypes.split(",")
     dtype_column = len(dtypes) > 1
     started = time.perf_counter()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; draws {args.draws} x "
-          f"{args.seeds} seeds; reference: order 3, {args.ref_steps} logSNR steps on "
-          f"{args.ref_tokens} tokens; t in [{args.t_start}, {args.t_end}]\n")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; draws {args.draws} x "
+        f"{args.seeds} seeds; reference: order 3, {args.ref_steps} logSNR steps on "
+        f"{args.ref_tokens} tokens; t in [{args.t_start}, {args.t_end}]\n"
+    )
     for shape, kind in itertools.product(args.shapes.split(","), args.kinds.split(",")):
         generator = torch.Generator().manual_seed(1234)
         codebook = make_codebook(shape, generator)
         problem = Problem(f"{shape}/{kind}", codebook, make_log_probs(kind, codebook, generator))
         code_dim = codebook.shape[1]
         floor = expected_sampling_tv(problem.log_probs_V.exp(), args.draws)
-        noises = [torch.randn(args.draws, code_dim, generator=torch.Generator().manual_seed(s),
-                              dtype=REFERENCE_DTYPE) for s in range(args.seeds)]
+        noises = [
+            torch.randn(
+                args.draws,
+                code_dim,
+                generator=torch.Generator().manual_seed(s),
+                dtype=REFERENCE_DTYPE,
+            )
+            for s in range(args.seeds)
+        ]
         ref_noise = noises[0][: args.ref_tokens]
-        ref_times = time_schedule(args.ref_steps, t_start=REFERENCE_T_START,
-                                  t_end=REFERENCE_T_END)
-        ref_tokens = tokens_of(problem, solve_ends(problem, ref_noise, ref_times, 3),
-                               REFERENCE_T_END, "argmax")
+        ref_times = time_schedule(args.ref_steps, t_start=REFERENCE_T_START, t_end=REFERENCE_T_END)
+        ref_tokens = tokens_of(
+            problem, solve_ends(problem, ref_noise, ref_times, 3), REFERENCE_T_END, "argmax"
+        )
         ref_tv = total_variation(ref_tokens, problem.log_probs_V.exp())
         ref_floor = expected_sampling_tv(problem.log_probs_V.exp(), args.ref_tokens)
-        print(f"### {problem.name}: V={codebook.shape[0]}, C={code_dim}, perplexity "
-              f"{problem.perplexity:.1f}, floor TV {floor:.4f} at {args.draws} draws "
-              f"(reference: TV/floor {ref_tv / ref_floor:.2f} on its {args.ref_tokens} tokens)\n")
-        print("| dtype " * dtype_column + "| spacing | order | NFE | TV/floor argmax "
-              "| TV/floor nearest | agree argmax | agree nearest |")
+        print(
+            f"### {problem.name}: V={codebook.shape[0]}, C={code_dim}, perplexity "
+            f"{problem.perplexity:.1f}, floor TV {floor:.4f} at {args.draws} draws "
+            f"(reference: TV/floor {ref_tv / ref_floor:.2f} on its {args.ref_tokens} tokens)\n"
+        )
+        print(
+            "| dtype " * dtype_column + "| spacing | order | NFE | TV/floor argmax "
+            "| TV/floor nearest | agree argmax | agree nearest |"
+        )
         print("|---" * dtype_column + "|---|---|---|---|---|---|---|")
         for dtype_name, (spacing, order), nfe in itertools.product(dtypes, settings, nfes):
-            times = time_schedule(nfe, spacing=spacing, t_start=args.t_start,
-                                  t_end=args.t_end)
+            times = time_schedule(nfe, spacing=spacing, t_start=args.t_start, t_end=args.t_end)
             ratios = {"argmax": 0.0, "nearest": 0.0}
             agree = {}
             for seed, noise in enumerate(noises):
@@ -174,10 +191,13 @@ def main() -> None:
                     ratios[rule] += tv / floor / len(noises)
                     if seed == 0:
                         agree[rule] = (tokens[: args.ref_tokens] == ref_tokens).double().mean()
-            print(f"| {dtype_name} " * dtype_column
-                  + f"| {spacing} | {order} | {nfe} | {ratios['argmax']:.2f} | "
-                  f"{ratios['nearest']:.2f} | {agree['argmax']:.4f} | {agree['nearest']:.4f} |",
-                  flush=True)
+            print(
+                f"| {dtype_name} "
+                * dtype_column
+                + f"| {spacing} | {order} | {nfe} | {ratios['argmax']:.2f} | "
+                f"{ratios['nearest']:.2f} | {agree['argmax']:.4f} | {agree['nearest']:.4f} |",
+                flush=True,
+            )
         print()
     print(f"total {time.perf_counter() - started:.0f} s")
 

@@ -42,7 +42,10 @@ DEFAULT_MAX_ELEMENTS_PER_CHUNK = 2**22
 
 
 def posterior_logits(
-    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float,
+    x: torch.Tensor,
+    log_probs: torch.Tensor,
+    codebook: torch.Tensor,
+    t: float,
     code_sq_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Unnormalised log w_j(x, t), shape [..., V], for x [..., C], log_probs [..., V].
@@ -65,7 +68,10 @@ def posterior_logits(
 
 
 def posterior_weights(
-    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float,
+    x: torch.Tensor,
+    log_probs: torch.Tensor,
+    codebook: torch.Tensor,
+    t: float,
     code_sq_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """w_j(x, t) of equation (3), shape [..., V]; softmax subtracts the row max (stable)."""
@@ -73,7 +79,10 @@ def posterior_weights(
 
 
 def posterior_mean(
-    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float,
+    x: torch.Tensor,
+    log_probs: torch.Tensor,
+    codebook: torch.Tensor,
+    t: float,
     code_sq_norms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """m(x, t) = sum_j w_j c_j, the data prediction, shape [..., C]."""
@@ -95,7 +104,10 @@ def noise_prediction(
 
 
 def code_from_state(
-    x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float,
+    x: torch.Tensor,
+    log_probs: torch.Tensor,
+    codebook: torch.Tensor,
+    t: float,
     rule: TokenRule,
 ) -> torch.Tensor:
     """The token of an end state x at time t: posterior argmax, or the nearest allowed code."""
@@ -153,7 +165,10 @@ def flow_match_tokens(
         end = begin + chunk_tokens
         chunk_log_probs = torch.log_softmax(log_probs_NV[begin:end].to(compute_dtype), dim=-1)
         x_end = solve_flow_ode(
-            noise_NC[begin:end].to(compute_dtype), chunk_log_probs, codebook_VC, times,
+            noise_NC[begin:end].to(compute_dtype),
+            chunk_log_probs,
+            codebook_VC,
+            times,
             order=order,
         )
         tokens_N[begin:end] = code_from_state(
@@ -163,8 +178,12 @@ def flow_match_tokens(
 
 
 def solve_flow_ode(
-    noise_NC: torch.Tensor, log_probs_NV: torch.Tensor, codebook_VC: torch.Tensor,
-    times: list[float], *, order: int = 3,
+    noise_NC: torch.Tensor,
+    log_probs_NV: torch.Tensor,
+    codebook_VC: torch.Tensor,
+    times: list[float],
+    *,
+    order: int = 3,
 ) -> torch.Tensor:
     """End state x at times[-1] of the flow ODE from noise at t = 0 (no checks, no chunking).
 
@@ -181,8 +200,9 @@ def solve_flow_ode(
     # posterior_mean's arithmetic, written into two [N, V] buffers reused by every evaluation
     # instead of three fresh ones (bias, logits, weights) per evaluation: 2.9x faster at
     # V = 16384 in float64, same tokens (docs/benchmarks.md, "AR flow-matching map").
-    logits_NV = torch.empty(log_probs_NV.shape, dtype=log_probs_NV.dtype,
-                            device=log_probs_NV.device)
+    logits_NV = torch.empty(
+        log_probs_NV.shape, dtype=log_probs_NV.dtype, device=log_probs_NV.device
+    )
     weights_NV = torch.empty_like(logits_NV)
 
     def data_prediction(x: torch.Tensor, t: float) -> torch.Tensor:

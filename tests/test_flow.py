@@ -123,8 +123,14 @@ def test_solver_converges_at_its_order(order):
     x_start = torch.zeros(1, dtype=torch.float64)
     reference = dpm_solver_pp(data_prediction, x_start, _schedule_with_negligible_warm_up(20000))
     errors = [
-        (dpm_solver_pp(data_prediction, x_start, _schedule_with_negligible_warm_up(n),
-                       order=order) - reference).abs().item()
+        (
+            dpm_solver_pp(
+                data_prediction, x_start, _schedule_with_negligible_warm_up(n), order=order
+            )
+            - reference
+        )
+        .abs()
+        .item()
         for n in (80, 160)
     ]
     assert errors[0] / errors[1] == pytest.approx(2.0**order, rel=0.15), errors
@@ -201,8 +207,9 @@ def test_token_frequencies_match_p_within_the_sampling_floor(shape, perplexity):
 def test_expected_sampling_tv_matches_simulation():
     probs = log_probs_with_perplexity(256, 32.0, seed=7).exp()
     simulated = [
-        total_variation(torch.multinomial(probs, 2000, replacement=True,
-                                          generator=_generator(s)), probs)
+        total_variation(
+            torch.multinomial(probs, 2000, replacement=True, generator=_generator(s)), probs
+        )
         for s in range(200)
     ]
     assert expected_sampling_tv(probs, 2000) == pytest.approx(sum(simulated) / 200, rel=0.03)
@@ -212,10 +219,18 @@ def test_expected_sampling_tv_matches_simulation():
 def test_agrees_with_a_high_accuracy_reference_solve(shape):
     codebook = llamagen_like_codebook() if shape == "llamagen" else var_like_codebook()
     log_probs = local_log_probs(codebook, 32.0, seed=8).expand(REFERENCE_TOKENS, -1)
-    noise = torch.randn(REFERENCE_TOKENS, codebook.shape[1], generator=_generator(9),
-                        dtype=torch.float64)
-    reference = flow_match_tokens(noise, log_probs, codebook, num_steps=REFERENCE_STEPS,
-                                  t_start=1e-5, t_end=1 - 1e-5, compute_dtype=torch.float64)
+    noise = torch.randn(
+        REFERENCE_TOKENS, codebook.shape[1], generator=_generator(9), dtype=torch.float64
+    )
+    reference = flow_match_tokens(
+        noise,
+        log_probs,
+        codebook,
+        num_steps=REFERENCE_STEPS,
+        t_start=1e-5,
+        t_end=1 - 1e-5,
+        compute_dtype=torch.float64,
+    )
     tokens = flow_match_tokens(noise, log_probs, codebook)
     assert (tokens == reference).double().mean() >= REFERENCE_AGREEMENT_MIN
 
@@ -245,8 +260,9 @@ def test_masked_codes_are_never_returned(token_rule):
     top_p_mask = torch.zeros_like(top_k_mask).scatter(-1, order, outside_sorted)
     mask = torch.where(torch.arange(2000)[:, None] % 2 == 0, top_k_mask, top_p_mask)
     noise = torch.randn(2000, 8, generator=_generator(12), dtype=torch.float64)
-    tokens = flow_match_tokens(noise, logits.masked_fill(mask, float("-inf")), codebook,
-                               token_rule=token_rule)
+    tokens = flow_match_tokens(
+        noise, logits.masked_fill(mask, float("-inf")), codebook, token_rule=token_rule
+    )
     assert not mask.gather(-1, tokens[:, None]).any()
 
 
@@ -259,16 +275,19 @@ def test_same_noise_and_p_give_the_same_token_whatever_the_batch():
     shuffled = flow_match_tokens(noise[permutation], log_probs[permutation], codebook)
     assert torch.equal(shuffled, full[permutation])
     for begin, end in ((0, 1), (7, 8), (5, 9), (100, 231)):
-        assert torch.equal(flow_match_tokens(noise[begin:end], log_probs[begin:end], codebook),
-                           full[begin:end])
+        assert torch.equal(
+            flow_match_tokens(noise[begin:end], log_probs[begin:end], codebook), full[begin:end]
+        )
     for max_elements in (4096, 3 * 4096, 1000 * 4096):  # chunks of 1, 3 and all tokens
         assert torch.equal(
             flow_match_tokens(noise, log_probs, codebook, max_elements_per_chunk=max_elements),
             full,
         )
     # Leading dims are only a view: [3, 100] gives the same tokens as [300].
-    assert torch.equal(flow_match_tokens(noise.view(3, 100, 32), log_probs.view(3, 100, -1),
-                                         codebook), full.view(3, 100))
+    assert torch.equal(
+        flow_match_tokens(noise.view(3, 100, 32), log_probs.view(3, 100, -1), codebook),
+        full.view(3, 100),
+    )
 
 
 def test_chunks_bound_the_working_set(monkeypatch):
@@ -292,14 +311,16 @@ def test_inputs_of_any_float_dtype_are_computed_in_the_compute_dtype():
     noise = torch.randn(500, 8, generator=_generator(16))
     log_probs = torch.randn(500, 256, generator=_generator(17))
     float32 = flow_match_tokens(noise, log_probs, codebook)  # default compute dtype: float32
-    assert torch.equal(float32, flow_match_tokens(noise.double(), log_probs.double(),
-                                                  codebook.double()))
+    assert torch.equal(
+        float32, flow_match_tokens(noise.double(), log_probs.double(), codebook.double())
+    )
     half = flow_match_tokens(noise.half(), log_probs.half(), codebook.half())
     assert half.dtype == torch.long and half.shape == (500,)
     # float64 compute: the same tokens on this problem (measured on 80,000 draws of the
     # fidelity problems and the reference problems: identical, docs/flow_matching.md)
-    assert torch.equal(float32, flow_match_tokens(noise, log_probs, codebook,
-                                                  compute_dtype=torch.float64))
+    assert torch.equal(
+        float32, flow_match_tokens(noise, log_probs, codebook, compute_dtype=torch.float64)
+    )
 
 
 # --- bad input -------------------------------------------------------------------------------
@@ -323,6 +344,7 @@ def _set(row, column, value):
         tensor = tensor.clone()
         tensor[row, column] = value
         return tensor
+
     return edit
 
 
@@ -340,8 +362,18 @@ def _set(row, column, value):
         (_with(0, _set(0, 0, float("nan"))), "noise contains NaN"),
         (_with(0, lambda t: t.long()), "floating-point"),
     ],
-    ids=["lead-dims", "lead-dims-rank", "vocab", "codebook-rank", "width", "nan",
-         "all-masked", "plus-inf", "noise-nan", "int-noise"],
+    ids=[
+        "lead-dims",
+        "lead-dims-rank",
+        "vocab",
+        "codebook-rank",
+        "width",
+        "nan",
+        "all-masked",
+        "plus-inf",
+        "noise-nan",
+        "int-noise",
+    ],
 )
 def test_bad_input_raises_a_value_error_naming_the_problem(inputs, message):
     noise, log_probs, codebook = inputs
@@ -351,9 +383,14 @@ def test_bad_input_raises_a_value_error_naming_the_problem(inputs, message):
 
 @pytest.mark.parametrize(
     "kwargs, message",
-    [({"order": 0}, "order"), ({"num_steps": 0}, "num_steps"), ({"token_rule": "mode"},
-     "token_rule"), ({"spacing": "cosine"}, "spacing"), ({"max_elements_per_chunk": 0},
-     "max_elements"), ({"compute_dtype": torch.float16}, "compute_dtype")],
+    [
+        ({"order": 0}, "order"),
+        ({"num_steps": 0}, "num_steps"),
+        ({"token_rule": "mode"}, "token_rule"),
+        ({"spacing": "cosine"}, "spacing"),
+        ({"max_elements_per_chunk": 0}, "max_elements"),
+        ({"compute_dtype": torch.float16}, "compute_dtype"),
+    ],
 )
 def test_bad_settings_raise(kwargs, message):
     with pytest.raises(ValueError, match=message):

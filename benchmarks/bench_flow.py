@@ -15,12 +15,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import platform
-import statistics
-import time
 
 import torch
 import torch.nn.functional as F
+from common import machine_description, median_seconds
 from torch import nn
 
 from dd.flow import DEFAULT_COMPUTE_DTYPE, DEFAULT_NUM_STEPS, flow_match_tokens
@@ -50,16 +48,6 @@ class Block(nn.Module):
         return x_BLD + self.w2(F.silu(self.w1(h)) * self.w3(h))
 
 
-def _median_seconds(run, repeats: int) -> float:
-    run()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch-size", type=int, default=2)
@@ -85,13 +73,13 @@ def main() -> None:
         with torch.no_grad():
             return stack(x_BLD)
 
-    teacher_s = _median_seconds(teacher_forward, args.repeats)
+    teacher_s = median_seconds(teacher_forward, args.repeats, warmup=True)
     linear_flops = 2 * num_layers * (4 * dim * dim + 3 * dim * ffn_hidden)
     attention_flops = 2 * num_layers * 2 * dim * (args.seq_len + 1) / 2  # QK and AV, causal
     print(
-        f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}; {num_tokens} tokens (batch {args.batch_size} x "
-        f"{args.seq_len}); map: {args.num_steps} NFE, compute dtypes {args.dtypes} "
+        f"{machine_description(torch.get_num_threads())}; {num_tokens} tokens "
+        f"(batch {args.batch_size} x {args.seq_len}); "
+        f"map: {args.num_steps} NFE, compute dtypes {args.dtypes} "
         f"(default {str(DEFAULT_COMPUTE_DTYPE).removeprefix('torch.')})\n"
     )
     print("| what | s per call | us per token | GFLOP per token | map / teacher |")
@@ -115,7 +103,7 @@ def main() -> None:
                 noise, logits, codebook, num_steps=args.num_steps, compute_dtype=dtype
             )
 
-        map_s = _median_seconds(run_map, args.repeats)
+        map_s = median_seconds(run_map, args.repeats, warmup=True)
         # per NFE x.c and w @ c, 2VC each, + the prior mean and final argmax; exp not counted
         map_flops = (args.num_steps + 1) * 4 * vocab_size * code_dim
         map_us = 1e6 * map_s / num_tokens

@@ -10,22 +10,11 @@ depend on the values. Results go to docs/benchmarks.md ("LlamaGen teacher").
 from __future__ import annotations
 
 import argparse
-import platform
-import statistics
-import time
 
 import torch
+from common import machine_description, median_seconds
 
 from teachers.llamagen import DD_SAMPLING, GPT, GPTConfig, VQConfig, VQModel, generate
-
-
-def _median_seconds(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -55,13 +44,10 @@ def main() -> None:
             return gpt(labels, tokens[:, :-1])  # [class, x_1..x_{n-1}] -> n logits
 
     full_forward()  # warm-up
-    forward_s = _median_seconds(full_forward, args.forward_repeats)
-    sampling_s = _median_seconds(sample, args.sampling_repeats)
+    forward_s = median_seconds(full_forward, args.forward_repeats)
+    sampling_s = median_seconds(sample, args.sampling_repeats)
 
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
-        f"torch {torch.__version__}, float32, CPU"
-    )
+    print(f"machine: {machine_description(args.threads)}, float32, CPU")
     print(
         f"model: LlamaGen-{args.preset} c2i, {num_params / 1e6:.1f}M params, "
         f"{config.block_size} tokens, batch {args.batch_size}, random weights"
@@ -84,7 +70,7 @@ def main() -> None:
             with torch.no_grad():
                 return vq.decode_code(tokens, (config.grid_size, config.grid_size))
 
-        decode_s = _median_seconds(decode, 1)
+        decode_s = median_seconds(decode, 1)
         print(
             f"| VQ-16 decode to {config.grid_size * 16} px | {decode_s:.2f} | "
             f"{args.batch_size / decode_s:.2f} |"

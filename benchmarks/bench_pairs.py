@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import platform
 import statistics
 import sys
 import tarfile
@@ -30,6 +29,7 @@ import time
 from pathlib import Path
 
 import torch
+from common import machine_description
 from lightning.pytorch.callbacks import Callback
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -204,10 +204,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
-        f"torch {torch.__version__}, float32, CPU"
-    )
+    print(f"machine: {machine_description(args.threads)}, float32, CPU")
     if not args.bytes_only:
         with tempfile.TemporaryDirectory() as folder:
             if args.teacher == "fixture":

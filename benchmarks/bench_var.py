@@ -14,23 +14,14 @@ student built on this backbone is held to. Results go to docs/benchmarks.md ("VA
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
 import torch
+from common import machine_description, median_seconds
 
 from teachers.sampling import sample_from_log_probs
 from teachers.var import README_FID_SAMPLING, VAR, VQVAE, VARConfig, VARTeacher, VQVAEConfig
-
-
-def _median_seconds(run, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -72,16 +63,13 @@ def main() -> None:
             var(labels, x_BLCv)
 
     full_forward()  # warm-up
-    forward_s = _median_seconds(full_forward, args.forward_repeats)
-    sampling_s = _median_seconds(sample, args.sampling_repeats)
+    forward_s = median_seconds(full_forward, args.forward_repeats)
+    sampling_s = median_seconds(sample, args.sampling_repeats)
     scales_s, decode_s = statistics.median(timings["scales"]), statistics.median(timings["decode"])
 
     B = args.batch_size
     num_params = sum(p.numel() for p in var.parameters())
-    print(
-        f"machine: {platform.processor() or platform.machine()}, {args.threads} threads, "
-        f"torch {torch.__version__}"
-    )
+    print(f"machine: {machine_description(args.threads)}")
     print(
         f"VAR-{args.preset} ({num_params / 1e6:.0f}M params, {config.num_tokens} tokens, "
         f"{config.num_scales} scales), VQVAE {args.vae_preset} ({vae.config.image_size} px), "

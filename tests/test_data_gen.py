@@ -38,14 +38,7 @@ NUM_PAIRS, SHARD_SIZE, SEED = 40, 16, 7
 DDP_TIMEOUT_S = 600
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models run small float64 products, which on a shared
-    2-core machine are many times slower with 2 threads (threads wait for a busy core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,7 @@ ALPHA = 0.01
 BATCH = 1000
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One intra-op thread: these tiny models run small float64 products, which on a shared
-    2-core machine are many times slower with 2 threads (threads wait for a busy core)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from teachers.data import ImageSet
 from teachers.llamagen import GPT, GPTConfig, VQConfig, VQModel
@@ -25,7 +24,10 @@ from teachers.tiny.common import (
     perplexity,
     restart_codes,
     sample_batch,
-    warmup_cosine,
+    seeded_generator,
+    token_cross_entropy,
+    train_ar_model,
+    train_tokenizer,
 )
 from teachers.tiny.presets import TrainSettings
 
@@ -58,42 +60,30 @@ def vq_loss(
 def train_vq(
     train: ImageSet, config: VQConfig, settings: TrainSettings, *, progress: bool = True
 ) -> tuple[VQModel, dict]:
-    generator = torch.Generator().manual_seed(settings.seed)
-    torch.manual_seed(settings.seed)
+    generator = seeded_generator(settings.seed)
     vq = VQModel(config).train()
-    optimizer = torch.optim.AdamW(vq.parameters(), lr=settings.tokenizer_lr, betas=(0.9, 0.99))
-    steps = settings.tokenizer_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, steps, settings.warmup_steps)
-    )
     codebook = vq.quantize.embedding.weight
     with torch.no_grad():  # data-driven init: every code starts on an encoder latent
         images, _ = sample_batch(train, settings.tokenizer_batch_size, 0, generator)
         pool = _latents(vq, images).permute(0, 2, 3, 1).reshape(-1, config.codebook_embed_dim)
         restart_codes(codebook.data, torch.ones(len(codebook), dtype=torch.bool), pool, generator)
-    window_counts = torch.zeros(config.codebook_size, dtype=torch.long)
-    losses, restarts = [], 0
-    bar = tqdm(range(steps), desc="llamagen vq", disable=not progress)
-    for step in bar:
-        images, _ = sample_batch(
-            train, settings.tokenizer_batch_size, settings.max_shift, generator
-        )
-        loss, parts, indices, latents = vq_loss(vq, images, settings.commitment_beta)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        window_counts += code_usage(indices, config.codebook_size)
-        last_quarter = step >= steps * 3 // 4  # let the codebook settle before the end
-        if (step + 1) % settings.dead_code_every == 0:
-            if not last_quarter:
-                pool = latents.permute(0, 2, 3, 1).reshape(-1, config.codebook_embed_dim)
-                restarts += restart_codes(codebook.data, window_counts == 0, pool, generator)
-            bar.set_postfix(rec=f"{parts['rec']:.4f}", ppl=f"{perplexity(window_counts):.0f}")
-            window_counts.zero_()
-    vq.eval().requires_grad_(False)
-    return vq, {"losses": losses, "code_restarts": restarts}
+
+    def restart_dead(dead: torch.Tensor, latents: torch.Tensor) -> int:
+        pool = latents.permute(0, 2, 3, 1).reshape(-1, config.codebook_embed_dim)
+        return restart_codes(codebook.data, dead, pool, generator)
+
+    record = train_tokenizer(
+        vq,
+        train,
+        settings,
+        generator,
+        vocab_size=config.codebook_size,
+        batch_loss=lambda images: vq_loss(vq, images, settings.commitment_beta),
+        restart_dead=restart_dead,
+        desc="llamagen vq",
+        progress=progress,
+    )
+    return vq, record
 
 
 @torch.no_grad()
@@ -104,8 +94,7 @@ def encode_tokens(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
 
 def gpt_loss(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Teacher-forced next-token cross-entropy (mean over tokens)."""
-    logits_BnV = gpt(labels, tokens[:, :-1])
-    return F.cross_entropy(logits_BnV.reshape(-1, logits_BnV.shape[-1]), tokens.reshape(-1))
+    return token_cross_entropy(gpt(labels, tokens[:, :-1]), tokens)
 
 
 def drop_labels(
@@ -125,44 +114,25 @@ def train_gpt(
     progress: bool = True,
 ) -> tuple[GPT, dict]:
     """The c2i GPT trained on ``tokens [N, n]`` with ``labels [N]``; record has losses."""
-    generator = torch.Generator().manual_seed(settings.seed + 1)
-    torch.manual_seed(settings.seed + 1)
+    generator = seeded_generator(settings.seed + 1)
     gpt = GPT(config).train()
-    decay = [p for n, p in gpt.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in gpt.named_parameters() if p.dim() < 2]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": settings.ar_weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=settings.ar_lr,
-        betas=(0.9, 0.95),
-    )
-    steps = settings.ar_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, steps, settings.warmup_steps)
-    )
-    losses = []
-    bar = tqdm(range(steps), desc="llamagen gpt", disable=not progress)
-    for _ in bar:
-        idx = torch.randint(0, tokens.shape[0], (settings.ar_batch_size,), generator=generator)
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
         batch_labels = drop_labels(
             labels[idx], config.num_classes, config.class_dropout_prob, generator
         )
-        loss = gpt_loss(gpt, batch_labels, tokens[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(gpt.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if len(losses) % 50 == 0:
-            bar.set_postfix(ce=f"{sum(losses[-50:]) / 50:.3f}")
-    gpt.eval().requires_grad_(False)
-    record: dict = {"losses": losses}
-    if heldout is not None:
-        with torch.no_grad():
-            record["heldout_ce"] = gpt_loss(gpt, heldout[1], heldout[0]).item()
+        return gpt_loss(gpt, batch_labels, tokens[idx])
+
+    record = train_ar_model(
+        gpt,
+        tokens.shape[0],
+        settings,
+        generator,
+        batch_loss=batch_loss,
+        heldout_loss=None if heldout is None else lambda: gpt_loss(gpt, heldout[1], heldout[0]),
+        desc="llamagen gpt",
+        progress=progress,
+    )
     return gpt, record
 
 

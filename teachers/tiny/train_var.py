@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from teachers.data import ImageSet
 from teachers.tiny.common import (
@@ -25,7 +24,10 @@ from teachers.tiny.common import (
     perplexity,
     restart_codes,
     sample_batch,
-    warmup_cosine,
+    seeded_generator,
+    token_cross_entropy,
+    train_ar_model,
+    train_tokenizer,
 )
 from teachers.tiny.presets import TrainSettings
 from teachers.var import VAR, VQVAE, VARConfig, VQVAEConfig
@@ -63,14 +65,8 @@ def vqvae_loss(
 def train_vqvae(
     train: ImageSet, config: VQVAEConfig, settings: TrainSettings, *, progress: bool = True
 ) -> tuple[VQVAE, dict]:
-    generator = torch.Generator().manual_seed(settings.seed)
-    torch.manual_seed(settings.seed)
+    generator = seeded_generator(settings.seed)
     vae = VQVAE(config).train()
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=settings.tokenizer_lr, betas=(0.9, 0.99))
-    steps = settings.tokenizer_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, steps, settings.warmup_steps)
-    )
     codebook = vae.quantize.embedding.weight
     all_codes = torch.ones(config.vocab_size, dtype=torch.bool)
     with torch.no_grad():  # data-driven init: codes start on encoder outputs of a batch
@@ -80,31 +76,24 @@ def train_vqvae(
             codebook.data, all_codes, f.permute(0, 2, 3, 1).reshape(-1, f.shape[1]), generator
         )
         restart_codes(codebook.data, all_codes, scale_residuals(vae, f), generator)
-    window_counts = torch.zeros(config.vocab_size, dtype=torch.long)
-    losses, restarts = [], 0
-    bar = tqdm(range(steps), desc="var vqvae", disable=not progress)
-    for step in bar:
-        images, _ = sample_batch(
-            train, settings.tokenizer_batch_size, settings.max_shift, generator
-        )
-        loss, parts, tokens, f_BChw = vqvae_loss(vae, images)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        window_counts += code_usage(tokens, config.vocab_size)
-        if (step + 1) % settings.dead_code_every == 0:
-            if step < steps * 3 // 4:  # let the codebook settle before the end
-                dead = window_counts == 0
-                if dead.any():
-                    restarts += restart_codes(
-                        codebook.data, dead, scale_residuals(vae, f_BChw), generator
-                    )
-            bar.set_postfix(rec=f"{parts['rec']:.4f}", ppl=f"{perplexity(window_counts):.0f}")
-            window_counts.zero_()
-    vae.eval().requires_grad_(False)
-    return vae, {"losses": losses, "code_restarts": restarts}
+
+    def restart_dead(dead: torch.Tensor, f_BChw: torch.Tensor) -> int:
+        if not dead.any():
+            return 0
+        return restart_codes(codebook.data, dead, scale_residuals(vae, f_BChw), generator)
+
+    record = train_tokenizer(
+        vae,
+        train,
+        settings,
+        generator,
+        vocab_size=config.vocab_size,
+        batch_loss=lambda images: vqvae_loss(vae, images),
+        restart_dead=restart_dead,
+        desc="var vqvae",
+        progress=progress,
+    )
+    return vae, record
 
 
 @torch.no_grad()
@@ -120,8 +109,7 @@ def teacher_forcing_inputs(vae: VQVAE, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def var_loss(var: VAR, labels: torch.Tensor, inputs: torch.Tensor, tokens: torch.Tensor):
-    logits_BnV = var(labels, inputs)
-    return F.cross_entropy(logits_BnV.reshape(-1, logits_BnV.shape[-1]), tokens.reshape(-1))
+    return token_cross_entropy(var(labels, inputs), tokens)
 
 
 def train_var_model(
@@ -135,45 +123,25 @@ def train_var_model(
     progress: bool = True,
 ) -> tuple[VAR, dict]:
     """VAR trained on ``tokens [N, n]`` with their next-scale ``inputs`` and ``labels``."""
-    generator = torch.Generator().manual_seed(settings.seed + 1)
-    torch.manual_seed(settings.seed + 1)
+    generator = seeded_generator(settings.seed + 1)
     var = VAR(config)
     var.init_weights(seed=settings.seed + 1)
     with torch.no_grad():
         var.head.weight.mul_(HEAD_INIT_SCALE)
     var.train()
-    decay = [p for n, p in var.named_parameters() if p.dim() >= 2 and "pos_" not in n]
-    no_decay = [p for n, p in var.named_parameters() if p.dim() < 2 or "pos_" in n]
-    optimizer = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": settings.ar_weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=settings.ar_lr,
-        betas=(0.9, 0.95),
+    record = train_ar_model(
+        var,
+        tokens.shape[0],
+        settings,
+        generator,
+        batch_loss=lambda idx: var_loss(var, labels[idx], inputs[idx], tokens[idx]),
+        heldout_loss=(
+            None if heldout is None else lambda: var_loss(var, heldout[2], heldout[1], heldout[0])
+        ),
+        no_decay_names=("pos_",),
+        desc="var transformer",
+        progress=progress,
     )
-    steps = settings.ar_steps
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: warmup_cosine(s, steps, settings.warmup_steps)
-    )
-    losses = []
-    bar = tqdm(range(steps), desc="var transformer", disable=not progress)
-    for _ in bar:
-        idx = torch.randint(0, tokens.shape[0], (settings.ar_batch_size,), generator=generator)
-        loss = var_loss(var, labels[idx], inputs[idx], tokens[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(var.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if len(losses) % 50 == 0:
-            bar.set_postfix(ce=f"{sum(losses[-50:]) / 50:.3f}")
-    var.eval().requires_grad_(False)
-    record: dict = {"losses": losses}
-    if heldout is not None:
-        with torch.no_grad():
-            record["heldout_ce"] = var_loss(var, heldout[2], heldout[1], heldout[0]).item()
     return var, record
 
 

@@ -54,19 +54,9 @@ RECORD_SHAPES = (("VAR-d16", 680, 32, 4096), ("LlamaGen-L", 256, 8, 16384))
 
 
 def fixture_spec() -> TeacherSpec:
-    from parity import fixture_path, load_parity_json
+    from parity import llamagen_fixture_spec
 
-    official = load_parity_json()
-    gpt, vq = official["llamagen_gpt"], official["llamagen_vq"]
-    return TeacherSpec(
-        family="llamagen",
-        checkpoint=str(fixture_path("llamagen_gpt_{tag}.safetensors")),
-        tokenizer_checkpoint=str(fixture_path("llamagen_vq_{tag}.safetensors")),
-        official_args={
-            "model": {**gpt["official_args"], "cls_token_num": gpt["cls_token_num"]},
-            "tokenizer": vq["official_args"],
-        },
-    )
+    return llamagen_fixture_spec()
 
 
 def random_llamagen_b(folder: Path) -> TeacherSpec:

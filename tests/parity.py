@@ -50,3 +50,20 @@ def load_fixture(name: str) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(fixture_path(name)), device="cpu")
+
+
+def llamagen_fixture_spec():
+    """A registry spec of the fixture LlamaGen teacher (GPT + VQ), built from the official args."""
+    from teachers.registry import TeacherSpec
+
+    official = load_parity_json()
+    gpt, vq = official["llamagen_gpt"], official["llamagen_vq"]
+    return TeacherSpec(
+        family="llamagen",
+        checkpoint=str(fixture_path("llamagen_gpt_{tag}.safetensors")),
+        tokenizer_checkpoint=str(fixture_path("llamagen_vq_{tag}.safetensors")),
+        official_args={
+            "model": {**gpt["official_args"], "cls_token_num": gpt["cls_token_num"]},
+            "tokenizer": vq["official_args"],
+        },
+    )

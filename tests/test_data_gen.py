@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from parity import REPO_ROOT, fixture_path, load_parity_json
+from parity import REPO_ROOT, llamagen_fixture_spec
 
 from data_gen.config import (
     GenerateRecipe,
@@ -43,17 +43,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def spec() -> TeacherSpec:
-    official = load_parity_json()
-    gpt, vq = official["llamagen_gpt"], official["llamagen_vq"]
-    return TeacherSpec(
-        family="llamagen",
-        checkpoint=str(fixture_path("llamagen_gpt_{tag}.safetensors")),
-        tokenizer_checkpoint=str(fixture_path("llamagen_vq_{tag}.safetensors")),
-        official_args={
-            "model": {**gpt["official_args"], "cls_token_num": gpt["cls_token_num"]},
-            "tokenizer": vq["official_args"],
-        },
-    )
+    return llamagen_fixture_spec()
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,11 @@ import dataclasses
 
 import pytest
 import torch
-from parity import fixture_path, load_parity_json
+from parity import llamagen_fixture_spec
 
 from data_gen.config import FlowSettings
 from data_gen.pairs import draw_sample, map_noise
-from teachers.registry import TeacherSpec, load_teacher
+from teachers.registry import load_teacher
 from teachers.sampling import sample_tokens
 
 NUM_SAMPLES = 3000
@@ -35,19 +35,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def teacher():
-    official = load_parity_json()
-    gpt, vq = official["llamagen_gpt"], official["llamagen_vq"]
-    return load_teacher(
-        TeacherSpec(
-            family="llamagen",
-            checkpoint=str(fixture_path("llamagen_gpt_{tag}.safetensors")),
-            tokenizer_checkpoint=str(fixture_path("llamagen_vq_{tag}.safetensors")),
-            official_args={
-                "model": {**gpt["official_args"], "cls_token_num": gpt["cls_token_num"]},
-                "tokenizer": vq["official_args"],
-            },
-        )
-    )
+    return load_teacher(llamagen_fixture_spec())
 
 
 def mean_position_tv(a_NL: torch.Tensor, b_NL: torch.Tensor, vocab_size: int) -> float:

@@ -73,6 +73,21 @@ def _check_official_keys(args: Mapping[str, Any], owner: str) -> None:
         raise ValueError(f"{owner}.from_official_args: unknown official arguments {unknown}")
 
 
+def _shared_official_args(args: Mapping[str, Any], *, code_dim_field: str) -> dict[str, Any]:
+    """The arguments VAR(...) and VQVAE(...) share, under either official spelling."""
+    kw: dict[str, Any] = {}
+    aliases = (
+        (("vocab_size", "V"), "vocab_size", int),
+        (("z_channels", "Cvae"), code_dim_field, int),
+        (("patch_nums", "v_patch_nums"), "patch_nums", _tuple_ints),
+    )
+    for names, field_name, convert in aliases:
+        for name in names:
+            if name in args:
+                kw[field_name] = convert(args[name])
+    return kw
+
+
 def _tuple_ints(value: Any) -> tuple[int, ...]:
     return tuple(int(v) for v in value)
 
@@ -139,16 +154,7 @@ class VQVAEConfig:
     def from_official_args(cls, args: Mapping[str, Any]) -> VQVAEConfig:
         """From ``VQVAE(...)`` / ``build_vae_var(...)`` keyword arguments; VAR-only keys ignored."""
         _check_official_keys(args, cls.__name__)
-        kw: dict[str, Any] = {}
-        for name in ("vocab_size", "V"):
-            if name in args:
-                kw["vocab_size"] = int(args[name])
-        for name in ("z_channels", "Cvae"):
-            if name in args:
-                kw["z_channels"] = int(args[name])
-        for name in ("patch_nums", "v_patch_nums"):
-            if name in args:
-                kw["patch_nums"] = _tuple_ints(args[name])
+        kw = _shared_official_args(args, code_dim_field="z_channels")
         own = {f.name for f in fields(cls)}
         kw.update({k: v for k, v in args.items() if k in _VQVAE_ONLY_ARGS and k in own})
         return cls(**kw)
@@ -235,16 +241,7 @@ class VARConfig:
         is the release value ``True`` (``VAR(...)``'s own default is ``False``).
         """
         _check_official_keys(args, cls.__name__)
-        kw: dict[str, Any] = {}
-        for name in ("vocab_size", "V"):
-            if name in args:
-                kw["vocab_size"] = int(args[name])
-        for name in ("z_channels", "Cvae"):
-            if name in args:
-                kw["cvae"] = int(args[name])
-        for name in ("patch_nums", "v_patch_nums"):
-            if name in args:
-                kw["patch_nums"] = _tuple_ints(args[name])
+        kw = _shared_official_args(args, code_dim_field="cvae")
         kw.update({k: v for k, v in args.items() if k in _VAR_ONLY_ARGS})
         depth = int(kw.get("depth", cls.depth))
         kw.setdefault("embed_dim", WIDTH_PER_DEPTH * depth)

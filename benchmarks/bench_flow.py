@@ -6,7 +6,10 @@ layers, dim 1024, 16 heads, SwiGLU hidden 2816, causal attention; random weights
 not depend on the values) over the same number of tokens. A full forward of L tokens costs
 per token about the FLOPs of one KV-cached decoding step (the weight multiplies are the same;
 the attention over the prefix is the same total), so forward time / tokens is the teacher's
-per-token compute. Results go to docs/benchmarks.md ("AR flow-matching map").
+per-token compute for one forward. With classifier-free guidance on (the default of both
+teachers' sampling) the teacher forwards a conditional and an unconditional row per generated
+token: that forward (twice the batch) is timed too. Results go to docs/benchmarks.md ("AR
+flow-matching map").
 
     python3 benchmarks/bench_flow.py --batch-size 2 --seq-len 256
 """
@@ -53,7 +56,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--seq-len", type=int, default=256)
     parser.add_argument("--num-steps", type=int, default=DEFAULT_NUM_STEPS, help="map NFE")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument(
         "--dtypes",
@@ -67,27 +70,43 @@ def main() -> None:
     num_layers, dim, num_heads, ffn_hidden = 24, 1024, 16, 2816  # LlamaGen-L (FACTS.md s. 2)
     stack = nn.Sequential(*[Block(dim, num_heads, ffn_hidden) for _ in range(num_layers)]).eval()
     num_tokens = args.batch_size * args.seq_len
-    x_BLD = torch.randn(args.batch_size, args.seq_len, dim)
 
-    def teacher_forward():
-        with torch.no_grad():
-            return stack(x_BLD)
+    def forward_seconds(batch_size: int) -> float:
+        x_BLD = torch.randn(batch_size, args.seq_len, dim)
 
-    teacher_s = median_seconds(teacher_forward, args.repeats, warmup=True)
+        def teacher_forward():
+            with torch.no_grad():
+                return stack(x_BLD)
+
+        return median_seconds(teacher_forward, args.repeats, warmup=True)
+
+    teacher_s = forward_seconds(args.batch_size)
+    # Guided sampling (the teachers' default, CFG on) forwards the conditional and the
+    # unconditional half together: 2 x batch rows per generated token.
+    guided_s = forward_seconds(2 * args.batch_size)
     linear_flops = 2 * num_layers * (4 * dim * dim + 3 * dim * ffn_hidden)
     attention_flops = 2 * num_layers * 2 * dim * (args.seq_len + 1) / 2  # QK and AV, causal
+    teacher_gflop = (linear_flops + attention_flops) / 1e9
     print(
         f"{machine_description(torch.get_num_threads())}; {num_tokens} tokens "
         f"(batch {args.batch_size} x {args.seq_len}); "
         f"map: {args.num_steps} NFE, compute dtypes {args.dtypes} "
         f"(default {str(DEFAULT_COMPUTE_DTYPE).removeprefix('torch.')})\n"
     )
-    print("| what | s per call | us per token | GFLOP per token | map / teacher |")
-    print("|---|---|---|---|---|")
+    print(
+        "| what | s per call | us per token | GFLOP per token | map / one forward "
+        "| map / guided teacher |"
+    )
+    print("|---|---|---|---|---|---|")
     teacher_us = 1e6 * teacher_s / num_tokens
+    guided_us = 1e6 * guided_s / num_tokens
     print(
         f"| LlamaGen-L-shaped stack, 24 x 1024, one forward | {teacher_s:.3f} | "
-        f"{teacher_us:.1f} | {(linear_flops + attention_flops) / 1e9:.3f} | 1 |"
+        f"{teacher_us:.1f} | {teacher_gflop:.3f} | 1 | |"
+    )
+    print(
+        f"| same, guided: cond + uncond rows (batch {2 * args.batch_size}) per generated token | "
+        f"{guided_s:.3f} | {guided_us:.1f} | {2 * teacher_gflop:.3f} | | 1 |"
     )
     shapes = (("LlamaGen", 16384, 8), ("VAR", 4096, 32))
     for (name, vocab_size, code_dim), dtype_name in itertools.product(
@@ -109,7 +128,8 @@ def main() -> None:
         map_us = 1e6 * map_s / num_tokens
         print(
             f"| map, {name} shape V={vocab_size} C={code_dim}, {dtype_name} | {map_s:.3f} | "
-            f"{map_us:.1f} | {map_flops / 1e9:.4f} | {map_us / teacher_us:.3f} |"
+            f"{map_us:.1f} | {map_flops / 1e9:.4f} | {map_us / teacher_us:.3f} | "
+            f"{map_us / guided_us:.3f} |"
         )
 
 

@@ -22,9 +22,11 @@ t_end much closer to 1 (e.g. the 1 - 1e-5 of the reference solves) use float64.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from dd.solver import MAX_SOLVER_ORDER, SPACINGS, Spacing, dpm_solver_pp, time_schedule
 
@@ -52,19 +54,20 @@ def posterior_logits(
 
     ||x - t c||^2 = ||x||^2 - 2t x.c + t^2 ||c||^2; the ||x||^2 term is the same for every j
     and cancels in the softmax, so it is dropped:
-        log p_j + (t x.c_j - t^2 ||c_j||^2 / 2) / (1-t)^2.
+        log p_j + (t x.c_j - t^2 ||c_j||^2 / 2) / (1-t)^2 = log p_j + a (x.c_j - t ||c_j||^2 / 2)
+    with a = t / (1-t)^2. log_probs need not be normalised (softmax is shift-invariant).
     A code with log p_j = -inf keeps -inf (the likelihood term is finite for t < 1), so it gets
     weight exactly 0 without any NaN as long as the row has one finite entry.
     `code_sq_norms` ([V], ||c_j||^2) may be passed to avoid recomputing it at every step.
     """
     if code_sq_norms is None:
         code_sq_norms = codebook.square().sum(-1)
-    inv_var = 1.0 / (1.0 - t) ** 2
-    code_term_V = (-0.5 * t * t * inv_var) * code_sq_norms
-    bias = log_probs + code_term_V
-    if x.dim() == 2:  # fused add + matmul: one pass over the [N, V] buffer
-        return torch.addmm(bias, x, codebook.T, alpha=t * inv_var)
-    return bias + (t * inv_var) * (x @ codebook.T)
+    scale = t / (1.0 - t) ** 2
+    if x.dim() == 2:  # one fused pass over [N, V]: addmm of [x, -t/2] and [c, ||c||^2]
+        queries = torch.cat([x, x.new_full((x.shape[0], 1), -0.5 * t)], dim=-1)
+        keys = torch.cat([codebook, code_sq_norms[:, None]], dim=-1)
+        return torch.addmm(log_probs, queries, keys.T, alpha=scale)
+    return log_probs + scale * (x @ codebook.T - (0.5 * t) * code_sq_norms)
 
 
 def posterior_weights(
@@ -134,11 +137,13 @@ def flow_match_tokens(
 ) -> torch.Tensor:
     """Map noise tokens [..., C] and log-probabilities [..., V] to codebook indices [...].
 
-    `log_probs` may be unnormalised (logits; they are normalised here) and may hold -inf for
-    codes removed by top-k/top-p: those are never returned. `codebook` is [V, C]. Each token
-    is solved independently, `max_elements_per_chunk // V` tokens at a time, so peak memory is
-    a few [chunk, V] buffers whatever the number of tokens. Inputs are cast to `compute_dtype`
-    (float32 or float64). The result depends only on the token's own noise and p, up to
+    `log_probs` may be unnormalised (logits: only softmaxes and argmaxes over V see them) and
+    may hold -inf for codes removed by top-k/top-p: those are never returned. `codebook` is
+    [V, C]. Each token is solved independently, `max_elements_per_chunk // V` tokens at a
+    time; peak memory is one [chunk, V] buffer (the final argmax's logits, plus the cast of
+    log_probs if its dtype differs) whatever the number of tokens. Inputs are cast to
+    `compute_dtype` (float32 or float64). The result depends only on the token's own noise and
+    p, up to
     round-off in `compute_dtype` (see docs/flow_matching.md, "Numerics").
     """
     _check_inputs(noise, log_probs, codebook)
@@ -163,7 +168,8 @@ def flow_match_tokens(
     tokens_N = torch.empty(noise_NC.shape[0], dtype=torch.long, device=noise.device)
     for begin in range(0, noise_NC.shape[0], chunk_tokens):
         end = begin + chunk_tokens
-        chunk_log_probs = torch.log_softmax(log_probs_NV[begin:end].to(compute_dtype), dim=-1)
+        # Unnormalised log p is enough: every use is a softmax over j or an argmax over j.
+        chunk_log_probs = log_probs_NV[begin:end].to(compute_dtype)
         x_end = solve_flow_ode(
             noise_NC[begin:end].to(compute_dtype),
             chunk_log_probs,
@@ -187,32 +193,56 @@ def solve_flow_ode(
 ) -> torch.Tensor:
     """End state x at times[-1] of the flow ODE from noise at t = 0 (no checks, no chunking).
 
-    `log_probs_NV` must be normalised (log_softmax); all inputs in one float dtype.
+    `log_probs_NV` may be unnormalised; all inputs in one float dtype.
     """
-    t_start = times[0]
+    data_prediction = fused_posterior_mean(log_probs_NV, codebook_VC)
     # Exact first-order step from t = 0, where the posterior is the prior: m(x, 0) = E_p[c]
-    # whatever x, so x_{t_start} = (1 - t_start) noise + t_start E_p[c] (one [N,V]x[V,C]
-    # product and no softmax of the likelihood; not counted as an NFE).
-    prior_mean_NC = log_probs_NV.exp() @ codebook_VC
-    x_NC = (1.0 - t_start) * noise_NC + t_start * prior_mean_NC
-
-    code_sq_norms_V = codebook_VC.square().sum(-1)
-    # posterior_mean's arithmetic, written into two [N, V] buffers reused by every evaluation
-    # instead of three fresh ones (bias, logits, weights) per evaluation: 2.9x faster at
-    # V = 16384 in float64, same tokens (docs/benchmarks.md, "AR flow-matching map").
-    logits_NV = torch.empty(
-        log_probs_NV.shape, dtype=log_probs_NV.dtype, device=log_probs_NV.device
-    )
-    weights_NV = torch.empty_like(logits_NV)
-
-    def data_prediction(x: torch.Tensor, t: float) -> torch.Tensor:
-        inv_var = 1.0 / (1.0 - t) ** 2
-        torch.add(log_probs_NV, code_sq_norms_V, alpha=-0.5 * t * t * inv_var, out=logits_NV)
-        logits_NV.addmm_(x, codebook_VC.T, alpha=t * inv_var)
-        torch.softmax(logits_NV, dim=-1, out=weights_NV)
-        return weights_NV @ codebook_VC
-
+    # whatever x, so x_{t_start} = (1 - t_start) noise + t_start E_p[c] (one fused pass at
+    # scale 0, i.e. softmax(log p) @ c; not counted as an NFE).
+    x_NC = (1.0 - times[0]) * noise_NC + times[0] * data_prediction(noise_NC, 0.0)
     return dpm_solver_pp(data_prediction, x_NC, times, order=order)
+
+
+# q/k/v widths of the fused pass are C + 1 rounded up to this. Measured (docs/benchmarks.md,
+# "AR flow-matching map"): width 16 at C = 8 is 1.7x faster than width 9 and its rows do not
+# depend on the batch size bitwise, where width 9's (C + 1) did.
+FUSED_WIDTH_MULTIPLE = 16
+
+
+def fused_posterior_mean(
+    log_probs_NV: torch.Tensor, codebook_VC: torch.Tensor
+) -> Callable[[torch.Tensor, float], torch.Tensor]:
+    """m(x, t) of equation (3) for fixed p as one fused online-softmax pass per call.
+
+    The posterior logit is log p_j + a (x.c_j - t ||c_j||^2 / 2) with a = t / (1-t)^2
+    (`posterior_logits`), i.e. attention of the query q = [x, -t/2] over keys k_j = [c_j,
+    ||c_j||^2] with values c_j, scale a and additive mask log p. `scaled_dot_product_attention`
+    computes softmax(a q.k + log p) @ c without writing any [N, V] buffer (the CPU flash kernel
+    streams over codes), so an evaluation reads log p once: 6x faster than the buffered
+    bias-add, addmm, softmax and matmul at V = 16384, C = 8 (docs/benchmarks.md). log p = -inf
+    still gives weight exactly 0. Inputs: normalised `log_probs_NV`, all in one float dtype.
+    The returned function maps x [N, C] and t in (0, 1) to m [N, C].
+    """
+    vocab_size, code_dim = codebook_VC.shape
+    width = -(-(code_dim + 1) // FUSED_WIDTH_MULTIPLE) * FUSED_WIDTH_MULTIPLE
+    keys_VD = codebook_VC.new_zeros(vocab_size, width)
+    keys_VD[:, :code_dim] = codebook_VC
+    keys_VD[:, code_dim] = codebook_VC.square().sum(-1)
+    values_VD = codebook_VC.new_zeros(vocab_size, width)
+    values_VD[:, :code_dim] = codebook_VC
+    queries_ND = codebook_VC.new_zeros(log_probs_NV.shape[0], width)
+    # SDPA's [batch, heads, length, width] layout, as views: one batch, one head.
+    keys, values, mask = keys_VD[None, None], values_VD[None, None], log_probs_NV[None, None]
+
+    def data_prediction(x_NC: torch.Tensor, t: float) -> torch.Tensor:
+        queries_ND[:, :code_dim] = x_NC
+        queries_ND[:, code_dim] = -0.5 * t
+        mean = F.scaled_dot_product_attention(
+            queries_ND[None, None], keys, values, attn_mask=mask, scale=t / (1.0 - t) ** 2
+        )
+        return mean[0, 0, :, :code_dim]
+
+    return data_prediction
 
 
 def _check_inputs(noise: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor) -> None:
@@ -241,11 +271,14 @@ def _check_inputs(noise: torch.Tensor, log_probs: torch.Tensor, codebook: torch.
         raise ValueError("noise contains NaN or inf")
     if not torch.isfinite(codebook).all():
         raise ValueError("codebook contains NaN or inf")
-    if torch.isnan(log_probs).any():
+    # One pass over [..., V]: a row max is NaN if the row holds a NaN, +inf if it holds +inf
+    # and -inf only if every entry is -inf.
+    row_max = log_probs.amax(-1)
+    if torch.isnan(row_max).any():
         raise ValueError("log_probs contains NaN")
-    if (log_probs == float("inf")).any():
+    if (row_max == float("inf")).any():
         raise ValueError("log_probs contains +inf")
-    all_masked = (log_probs == float("-inf")).all(-1)
+    all_masked = row_max == float("-inf")
     if all_masked.any():
         first = tuple(all_masked.nonzero()[0].tolist())
         raise ValueError(f"log_probs row {first} is all -inf: no code has positive probability")

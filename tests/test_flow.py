@@ -177,6 +177,31 @@ def test_posterior_is_finite_near_t_one_and_exact_zero_on_masked_codes():
     assert torch.isfinite(posterior_logits(x, log_probs, codebook, 1 - 1e-7)[:, :100]).all()
 
 
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float64, 1e-10), (torch.float32, 1e-4)])
+def test_fused_posterior_mean_matches_the_buffered_formula(dtype, tolerance):
+    # The solver's fused pass (one scaled_dot_product_attention) against posterior_mean, with
+    # whole 512-code blocks masked out (the CPU kernel streams codes in blocks), a one-hot row
+    # and a top-k row. float32 tolerance: |m| ~ 1 and logits ~ 1e3 at t = 0.97 (measured
+    # max error 1e-5 at t = 0.7, V = 16384).
+    codebook = var_like_codebook()
+    log_probs = torch.randn(6, 4096, generator=_generator(20), dtype=torch.float64)
+    log_probs[0, :2048] = float("-inf")  # four whole blocks masked
+    log_probs[1, 3000:] = float("-inf")
+    log_probs[2] = float("-inf")
+    log_probs[2, 1234] = 0.0  # one-hot
+    top_7 = log_probs[3].topk(7).values[-1]
+    log_probs[3] = log_probs[3].masked_fill(log_probs[3] < top_7, float("-inf"))
+    log_probs = torch.log_softmax(log_probs, -1)
+    x = torch.randn(6, 32, generator=_generator(21), dtype=torch.float64)
+    fused = flow.fused_posterior_mean(log_probs.to(dtype), codebook.to(dtype))
+    for t in (0.05, 0.5, 0.97):
+        expected = posterior_mean(x, log_probs, codebook, t)
+        got = fused(x.to(dtype), t)
+        assert got.dtype == dtype and got.shape == (6, 32)
+        torch.testing.assert_close(got.double(), expected, rtol=0, atol=tolerance)
+        torch.testing.assert_close(got[2].double(), codebook[1234], rtol=0, atol=1e-6)
+
+
 # --- the map: distribution fidelity and accuracy ----------------------------------------
 
 

@@ -39,7 +39,7 @@ COMPUTE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
 DEFAULT_NUM_STEPS = 16  # NFE; chosen in docs/flow_matching.md ("Choosing the defaults")
 DEFAULT_T_START = 0.05  # lambda -2.9; reached from t = 0 by one Euler step, exact m(x, 0)
 DEFAULT_T_END = 0.99  # lambda 4.6; the posterior argmax decides the rest
-# Peak memory: a few [tokens, V] buffers per chunk; 2^22 elements = 16 MiB each in float32.
+# Peak memory: one [chunk, V] buffer (final argmax); 2^22 elements = 16 MiB in float32.
 DEFAULT_MAX_ELEMENTS_PER_CHUNK = 2**22
 
 

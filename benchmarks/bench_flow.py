@@ -24,7 +24,12 @@ import torch.nn.functional as F
 from common import machine_description, median_seconds
 from torch import nn
 
-from dd.flow import DEFAULT_COMPUTE_DTYPE, DEFAULT_NUM_STEPS, flow_match_tokens
+from dd.flow import (
+    DEFAULT_COMPUTE_DTYPE,
+    DEFAULT_NUM_STEPS,
+    flow_match_tokens,
+    fused_posterior_mean,
+)
 
 
 class Block(nn.Module):
@@ -109,6 +114,7 @@ def main() -> None:
         f"{guided_s:.3f} | {guided_us:.1f} | {2 * teacher_gflop:.3f} | | 1 |"
     )
     shapes = (("LlamaGen", 16384, 8), ("VAR", 4096, 32))
+    evaluations = []
     for (name, vocab_size, code_dim), dtype_name in itertools.product(
         shapes, args.dtypes.split(",")
     ):
@@ -130,6 +136,20 @@ def main() -> None:
             f"| map, {name} shape V={vocab_size} C={code_dim}, {dtype_name} | {map_s:.3f} | "
             f"{map_us:.1f} | {map_flops / 1e9:.4f} | {map_us / teacher_us:.3f} | "
             f"{map_us / guided_us:.3f} |"
+        )
+        evaluations.append((name, vocab_size, code_dim, dtype_name, codebook, noise, logits))
+    # One evaluation of the posterior mean (the fused pass the map runs NFE + 1 times per
+    # chunk), on all tokens at once, t = 0.7: the map's per-(token, code) floor.
+    print("\n| fused pass, one evaluation | ms per call | ns per (token, code) pair |")
+    print("|---|---|---|")
+    for name, vocab_size, code_dim, dtype_name, codebook, noise, logits in evaluations:
+        dtype = getattr(torch, dtype_name)
+        evaluate = fused_posterior_mean(logits.to(dtype), codebook.to(dtype))
+        x_NC = noise.to(dtype)
+        eval_s = median_seconds(lambda e=evaluate, x=x_NC: e(x, 0.7), args.repeats, warmup=True)
+        print(
+            f"| {name} shape V={vocab_size} C={code_dim}, {dtype_name}, {num_tokens} tokens | "
+            f"{1e3 * eval_s:.2f} | {1e9 * eval_s / (num_tokens * vocab_size):.3f} |"
         )
 
 

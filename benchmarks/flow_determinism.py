@@ -19,7 +19,7 @@ import itertools
 import time
 
 import torch
-from flow_tradeoff import PEAKED_PERPLEXITY, _with_perplexity, make_codebook
+from flow_tradeoff import PEAKED_PERPLEXITY, make_codebook, temperature_for_perplexity
 
 from dd.flow import flow_match_tokens
 
@@ -31,8 +31,7 @@ def local_log_probs(codebook_VC: torch.Tensor, num_tokens: int, generator) -> to
     temperature for all rows, set so that the first row has perplexity 32."""
     anchors = torch.randint(codebook_VC.shape[0], (num_tokens,), generator=generator)
     score_NV = -torch.cdist(codebook_VC[anchors], codebook_VC).square()
-    first = _with_perplexity(score_NV[0], PEAKED_PERPLEXITY)
-    temperature = (score_NV[0] / (first - first.max())).nanmedian()  # recovered exactly
+    temperature = temperature_for_perplexity(score_NV[0], PEAKED_PERPLEXITY)
     return torch.log_softmax(score_NV / temperature, -1)
 
 

@@ -65,15 +65,20 @@ def make_codebook(shape: str, generator: torch.Generator) -> torch.Tensor:
     raise ValueError(shape)
 
 
-def _with_perplexity(score_V: torch.Tensor, target: float) -> torch.Tensor:
-    """log_softmax(score / T) with T found by bisection so that exp(entropy) = target."""
+def temperature_for_perplexity(score_V: torch.Tensor, target: float) -> float:
+    """T found by bisection so that softmax(score / T) has exp(entropy) = target."""
     low, high = -8.0, 8.0  # log T
     for _ in range(60):
         mid = 0.5 * (low + high)
         log_p = torch.log_softmax(score_V / math.exp(mid), -1)
         perplexity = math.exp(-(log_p.exp() * log_p).sum().item())
         low, high = (mid, high) if perplexity < target else (low, mid)
-    return torch.log_softmax(score_V / math.exp(0.5 * (low + high)), -1)
+    return math.exp(0.5 * (low + high))
+
+
+def _with_perplexity(score_V: torch.Tensor, target: float) -> torch.Tensor:
+    """log_softmax(score / T) with exp(entropy) = target."""
+    return torch.log_softmax(score_V / temperature_for_perplexity(score_V, target), -1)
 
 
 def make_log_probs(kind: str, codebook_VC: torch.Tensor, generator: torch.Generator):

@@ -65,7 +65,7 @@ def posterior_logits(
     scale = t / (1.0 - t) ** 2
     if x.dim() == 2:  # one fused pass over [N, V]: addmm of [x, -t/2] and [c, ||c||^2]
         queries = torch.cat([x, x.new_full((x.shape[0], 1), -0.5 * t)], dim=-1)
-        keys = torch.cat([codebook, code_sq_norms[:, None]], dim=-1)
+        keys = _augmented_keys(codebook, code_sq_norms, width=codebook.shape[1] + 1)
         return torch.addmm(log_probs, queries, keys.T, alpha=scale)
     return log_probs + scale * (x @ codebook.T - (0.5 * t) * code_sq_norms)
 
@@ -143,8 +143,7 @@ def flow_match_tokens(
     time; peak memory is one [chunk, V] buffer (the final argmax's logits, plus the cast of
     log_probs if its dtype differs) whatever the number of tokens. Inputs are cast to
     `compute_dtype` (float32 or float64). The result depends only on the token's own noise and
-    p, up to
-    round-off in `compute_dtype` (see docs/flow_matching.md, "Numerics").
+    p, up to round-off in `compute_dtype` (see docs/flow_matching.md, "Numerics").
     """
     _check_inputs(noise, log_probs, codebook)
     if order not in range(1, MAX_SOLVER_ORDER + 1):
@@ -203,9 +202,9 @@ def solve_flow_ode(
     return dpm_solver_pp(data_prediction, x_NC, times, order=order)
 
 
-# q/k/v width of the fused pass: C + 1, but at least this. Measured (2-core EPYC, float32,
-# 512 tokens): width 16 at C = 8 is 2.4x faster than 9 (and faster than 24 or 32); at C = 32
-# the unpadded 33 is the fastest of 33/40/48/64.
+# q/k/v width of the fused pass: C + 1, but at least this. Measured with a scratch script, not
+# kept (2-core EPYC, float32, 512 tokens, one evaluation): width 16 at C = 8 is 2.4x faster
+# than 9 (and faster than 24 or 32); at C = 32 the unpadded 33 is the fastest of 33/40/48/64.
 FUSED_MIN_WIDTH = 16
 
 
@@ -218,16 +217,15 @@ def fused_posterior_mean(
     (`posterior_logits`), i.e. attention of the query q = [x, -t/2] over keys k_j = [c_j,
     ||c_j||^2] with values c_j, scale a and additive mask log p. `scaled_dot_product_attention`
     computes softmax(a q.k + log p) @ c without writing any [N, V] buffer (the CPU flash kernel
-    streams over codes), so an evaluation reads log p once: 6x faster than the buffered
-    bias-add, addmm, softmax and matmul at V = 16384, C = 8 (docs/benchmarks.md). log p = -inf
-    still gives weight exactly 0. Inputs: normalised `log_probs_NV`, all in one float dtype.
-    The returned function maps x [N, C] and t in (0, 1) to m [N, C].
+    streams over codes), so an evaluation reads log p once; the whole map is 1.9x faster than
+    with the buffered bias-add, addmm, softmax and matmul at V = 16384, C = 8
+    (docs/benchmarks.md). log p = -inf still gives weight exactly 0. Inputs: `log_probs_NV`
+    (normalised or not) and the codebook, in one float dtype. The returned function maps
+    x [N, C] and t in [0, 1) to m [N, C]; at t = 0 it is the prior mean E_p[c].
     """
     vocab_size, code_dim = codebook_VC.shape
     width = max(code_dim + 1, FUSED_MIN_WIDTH)
-    keys_VD = codebook_VC.new_zeros(vocab_size, width)
-    keys_VD[:, :code_dim] = codebook_VC
-    keys_VD[:, code_dim] = codebook_VC.square().sum(-1)
+    keys_VD = _augmented_keys(codebook_VC, codebook_VC.square().sum(-1), width=width)
     values_VD = codebook_VC.new_zeros(vocab_size, width)
     values_VD[:, :code_dim] = codebook_VC
     queries_ND = codebook_VC.new_zeros(log_probs_NV.shape[0], width)
@@ -243,6 +241,16 @@ def fused_posterior_mean(
         return mean[0, 0, :, :code_dim]
 
     return data_prediction
+
+
+def _augmented_keys(codebook_VC: torch.Tensor, code_sq_norms_V: torch.Tensor, width: int):
+    """Keys [c_j, ||c_j||^2, 0...] of width `width` (>= C + 1): their dot product with the
+    query [x, -t/2] is x.c_j - t ||c_j||^2 / 2, the posterior logit's bracket."""
+    vocab_size, code_dim = codebook_VC.shape
+    keys_VD = codebook_VC.new_zeros(vocab_size, width)
+    keys_VD[:, :code_dim] = codebook_VC
+    keys_VD[:, code_dim] = code_sq_norms_V
+    return keys_VD
 
 
 def _check_inputs(noise: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor) -> None:

@@ -52,9 +52,9 @@ class FlowSettings:
     """
 
     num_steps: int = flow_defaults.DEFAULT_NUM_STEPS
-    order: int = 3
-    spacing: Literal["logsnr", "time"] = "logsnr"
-    token_rule: Literal["argmax", "nearest"] = "argmax"
+    order: int = flow_defaults.DEFAULT_ORDER
+    spacing: Literal["logsnr", "time"] = flow_defaults.DEFAULT_SPACING
+    token_rule: Literal["argmax", "nearest"] = flow_defaults.DEFAULT_TOKEN_RULE
     t_start: float = flow_defaults.DEFAULT_T_START
     t_end: float = flow_defaults.DEFAULT_T_END
     compute_dtype: ComputeDtype = str(flow_defaults.DEFAULT_COMPUTE_DTYPE).removeprefix("torch.")

@@ -37,6 +37,9 @@ DEFAULT_COMPUTE_DTYPE = torch.float32  # measured: docs/flow_matching.md ("Numer
 REFERENCE_DTYPE = torch.float64  # high-accuracy reference solves (t_end = 1 - 1e-5)
 COMPUTE_DTYPES: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
 DEFAULT_NUM_STEPS = 16  # NFE; chosen in docs/flow_matching.md ("Choosing the defaults")
+DEFAULT_ORDER = 3  # best at every NFE with logSNR spacing (same section)
+DEFAULT_SPACING: Spacing = "logsnr"
+DEFAULT_TOKEN_RULE: TokenRule = "argmax"  # never returns a code with p = 0, by construction
 DEFAULT_T_START = 0.05  # lambda -2.9; reached from t = 0 by one Euler step, exact m(x, 0)
 DEFAULT_T_END = 0.99  # lambda 4.6; the posterior argmax decides the rest
 # Peak memory: one [chunk, V] buffer (final argmax); 2^22 elements = 16 MiB in float32.
@@ -127,9 +130,9 @@ def flow_match_tokens(
     codebook: torch.Tensor,
     *,
     num_steps: int = DEFAULT_NUM_STEPS,
-    order: int = 3,
-    spacing: Spacing = "logsnr",
-    token_rule: TokenRule = "argmax",
+    order: int = DEFAULT_ORDER,
+    spacing: Spacing = DEFAULT_SPACING,
+    token_rule: TokenRule = DEFAULT_TOKEN_RULE,
     t_start: float = DEFAULT_T_START,
     t_end: float = DEFAULT_T_END,
     max_elements_per_chunk: int = DEFAULT_MAX_ELEMENTS_PER_CHUNK,
@@ -188,7 +191,7 @@ def solve_flow_ode(
     codebook_VC: torch.Tensor,
     times: list[float],
     *,
-    order: int = 3,
+    order: int = DEFAULT_ORDER,
 ) -> torch.Tensor:
     """End state x at times[-1] of the flow ODE from noise at t = 0 (no checks, no chunking).
 

@@ -46,7 +46,7 @@ from data_gen.config import (  # noqa: E402
 from data_gen.engine import run_generation  # noqa: E402
 from data_gen.pairs import draw_sample, map_noise, token_dtype  # noqa: E402
 from data_gen.shards import OpenShard, RunIdentity, ShardRange, encode_record  # noqa: E402
-from teachers.registry import TeacherSpec, load_teacher  # noqa: E402
+from dd.teacher_spec import TeacherSpec, load_teacher  # noqa: E402
 from teachers.sampling import sample_tokens  # noqa: E402
 
 # (name, tokens, code_dim, vocab) of the release teachers (FACTS.md sections 2 and 3).

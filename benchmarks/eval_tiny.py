@@ -3,7 +3,7 @@
     python benchmarks/eval_tiny.py                          # both teachers, as in the docs
     python benchmarks/eval_tiny.py --teachers llamagen-digits --cfg 1.5 --grid docs/images
 
-Rows, all judged by the digits classifier (teachers/evaluator.py): class accuracy and FID in
+Rows, all judged by the digits classifier (dd/metrics/digits.py): class accuracy and FID in
 its 64-dim penultimate feature space against the train split (1,437 images):
 
 - held-out real images (360): the floor FID of a perfect generator at this sample size;
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import torch
 
+from dd.metrics.digits import class_accuracy, frechet_distance
 from teachers.data import load_digits_split
-from teachers.evaluator import class_accuracy, frechet_distance
 from teachers.protocol import SamplingConfig
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 from teachers.tiny.evaluate import (

@@ -1,6 +1,6 @@
 """The recipe of a pair-generation run (``dd generate --recipe recipes/generate_*.yaml``).
 
-Sections: ``teacher`` (teachers.registry.TeacherSpec), ``sampling`` (each field unset = the
+Sections: ``teacher`` (dd.teacher_spec.TeacherSpec), ``sampling`` (each field unset = the
 teacher's default), ``flow`` (passed to ``dd.flow.flow_match_tokens``), ``pairs`` (what the
 data set is), ``output`` (where and how it is stored) and ``run`` (how it is computed: never
 changes a record). Only ``run`` may differ between a run and its resumption.
@@ -15,8 +15,8 @@ from typing import Literal
 import torch
 
 from dd import flow as flow_defaults
+from dd.teacher_spec import TeacherSpec
 from teachers.protocol import CfgSchedule, SamplingConfig
-from teachers.registry import TeacherSpec
 
 LabelDistribution = Literal["uniform", "balanced"]
 NoiseDtype = Literal["float32", "float16", "float64"]

@@ -44,8 +44,8 @@ from data_gen.shards import (
     prepare_folder,
 )
 from dd.recipe import to_dict
+from dd.teacher_spec import load_teacher
 from teachers.protocol import SamplingConfig, Teacher
-from teachers.registry import load_teacher
 
 log = logging.getLogger(__name__)
 

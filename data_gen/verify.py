@@ -28,8 +28,8 @@ from data_gen.shards import (
     verify_shard_file,
 )
 from dd.recipe import from_dict
+from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.protocol import SamplingConfig, Teacher
-from teachers.registry import TeacherSpec, load_teacher
 
 
 @dataclass

@@ -1,19 +1,19 @@
-"""The one place that turns a recipe's teacher section into a :class:`teachers.protocol.Teacher`.
+"""Official-checkpoint teachers by family: a :class:`FamilySpec` -> a ``Teacher``.
 
-Three ways to name a teacher (exactly one per spec):
+Two ways to describe one (exactly one per spec):
 
-- a shipped tiny teacher by name: ``{tiny: llamagen-digits}`` -> ``load_tiny_teacher``;
-- a family with official checkpoint files and a size preset:
-  ``{family: llamagen, preset: L, checkpoint: c2i_L_256.pt, tokenizer_checkpoint:
-  vq_ds16_c2i.pt}`` -> ``load_llamagen_teacher`` / ``load_var_teacher``. LlamaGen presets
-  are the GPT sizes (``B``, ``L-384``, ...; omitted = read from an official file name), the
-  tokenizer preset ``VQ-16`` (default) or ``VQ-8``; VAR presets are ``d16`` .. ``d30`` (and
-  ``debug``), the VQVAE preset ``vae_ch160v4096z32`` (default);
-- a family with the official constructor arguments instead of a preset (the parity fixtures'
+- a size preset: ``FamilySpec(family="llamagen", preset="L", checkpoint="c2i_L_256.pt",
+  tokenizer_checkpoint="vq_ds16_c2i.pt")``. LlamaGen presets are the GPT sizes (``B``,
+  ``L-384``, ...; omitted = read from an official file name), the tokenizer preset ``VQ-16``
+  (default) or ``VQ-8``; VAR presets are ``d16`` .. ``d30`` (and ``debug``), the VQVAE preset
+  ``vae_ch160v4096z32`` (default);
+- the official constructor arguments instead of a preset (the parity fixtures'
   ``README_<tag>.json``): ``official_args: {model: {...}, tokenizer: {...}}``.
 
-Relative checkpoint paths are taken relative to the working directory. Anything unknown is a
-``ValueError`` that lists what is known.
+This module knows the families only. A recipe's ``teacher`` section, which may also name a
+shipped tiny teacher (``{tiny: llamagen-digits}``), is resolved one layer up, in
+``dd.teacher_spec``. Relative checkpoint paths are taken relative to the working directory.
+Anything unknown is a ``ValueError`` that lists what is known.
 """
 
 from __future__ import annotations
@@ -32,44 +32,20 @@ OFFICIAL_ARGS_SECTIONS = ("model", "tokenizer")
 
 
 @dataclass(frozen=True)
-class TeacherSpec:
-    """A recipe's ``teacher`` section (see the module docstring for the three forms)."""
+class FamilySpec:
+    """A family teacher: its checkpoint files and either presets or the official arguments."""
 
-    tiny: str | None = None
-    family: str | None = None
+    family: str
+    checkpoint: str
+    tokenizer_checkpoint: str
     preset: str | None = None
     tokenizer_preset: str | None = None
-    checkpoint: str | None = None
-    tokenizer_checkpoint: str | None = None
     official_args: dict[str, dict[str, Any]] | None = None
 
     def __post_init__(self) -> None:
-        if (self.tiny is None) == (self.family is None):
-            raise ValueError(
-                "teacher: give exactly one of 'tiny' (a shipped tiny teacher: "
-                f"{list(known_tiny_teachers())}) or 'family' ({list(FAMILIES)})"
-            )
-        if self.tiny is not None:
-            others = [
-                name
-                for name in ("preset", "tokenizer_preset", "checkpoint", "tokenizer_checkpoint")
-                if getattr(self, name) is not None
-            ]
-            if others or self.official_args is not None:
-                raise ValueError(
-                    "teacher: 'tiny' names a complete teacher; "
-                    f"remove {others or ['official_args']}"
-                )
-            return
         if self.family not in FAMILIES:
             raise ValueError(
-                f"teacher: unknown family {self.family!r}; known families: {list(FAMILIES)}, "
-                f"or a shipped tiny teacher via 'tiny': {list(known_tiny_teachers())}"
-            )
-        if self.checkpoint is None or self.tokenizer_checkpoint is None:
-            raise ValueError(
-                f"teacher: family {self.family!r} needs 'checkpoint' (the AR model file) and "
-                "'tokenizer_checkpoint' (the VQ file)"
+                f"teacher: unknown family {self.family!r}; known families: {list(FAMILIES)}"
             )
         if self.official_args is not None:
             if self.preset is not None or self.tokenizer_preset is not None:
@@ -84,25 +60,8 @@ class TeacherSpec:
                 )
 
 
-def known_tiny_teachers() -> tuple[str, ...]:
-    try:
-        from teachers.tiny.registry import TINY_TEACHERS
-    except ImportError:
-        return ()
-    return tuple(TINY_TEACHERS)
-
-
-def load_teacher(spec: TeacherSpec, *, device: torch.device | str = "cpu") -> Teacher:
-    """The frozen teacher a spec names, on ``device``."""
-    if spec.tiny is not None:
-        try:
-            from teachers.tiny.registry import load_tiny_teacher
-        except ImportError as error:
-            raise ValueError(
-                f"teacher: tiny teacher {spec.tiny!r} requested, but no tiny teachers are "
-                f"available in this installation ({error})"
-            ) from error
-        return load_tiny_teacher(spec.tiny, device=device)
+def load_family_teacher(spec: FamilySpec, *, device: torch.device | str = "cpu") -> Teacher:
+    """The frozen teacher a family spec names, on ``device``."""
     checkpoint, tokenizer = Path(spec.checkpoint), Path(spec.tokenizer_checkpoint)
     for role, path in (("checkpoint", checkpoint), ("tokenizer_checkpoint", tokenizer)):
         if not path.is_file():
@@ -112,7 +71,7 @@ def load_teacher(spec: TeacherSpec, *, device: torch.device | str = "cpu") -> Te
     return _load_var(spec, checkpoint, tokenizer, device)
 
 
-def _load_llamagen(spec: TeacherSpec, checkpoint: Path, tokenizer: Path, device) -> Teacher:
+def _load_llamagen(spec: FamilySpec, checkpoint: Path, tokenizer: Path, device) -> Teacher:
     from teachers.llamagen import GPTConfig, VQConfig, load_llamagen_teacher
 
     if spec.official_args is not None:
@@ -128,7 +87,7 @@ def _load_llamagen(spec: TeacherSpec, checkpoint: Path, tokenizer: Path, device)
     )
 
 
-def _load_var(spec: TeacherSpec, checkpoint: Path, tokenizer: Path, device) -> Teacher:
+def _load_var(spec: FamilySpec, checkpoint: Path, tokenizer: Path, device) -> Teacher:
     from teachers.var import VARConfig, VQVAEConfig, load_var_teacher
 
     if spec.official_args is not None:

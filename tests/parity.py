@@ -54,7 +54,7 @@ def load_fixture(name: str) -> dict[str, torch.Tensor]:
 
 def llamagen_fixture_spec():
     """A registry spec of the fixture LlamaGen teacher (GPT + VQ), built from the official args."""
-    from teachers.registry import TeacherSpec
+    from dd.teacher_spec import TeacherSpec
 
     official = load_parity_json()
     gpt, vq = official["llamagen_gpt"], official["llamagen_vq"]

@@ -32,7 +32,7 @@ from data_gen.pairs import draw_sample, map_noise, sample_seed
 from data_gen.shards import MANIFEST_NAME, ShardError, plan_shards, read_shard, sha256_file
 from data_gen.verify import verify_folder
 from dd.recipe import dump_yaml
-from teachers.registry import TeacherSpec, load_teacher
+from dd.teacher_spec import TeacherSpec, load_teacher
 
 NUM_PAIRS, SHARD_SIZE, SEED = 40, 16, 7
 DDP_TIMEOUT_S = 600

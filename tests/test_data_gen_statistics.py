@@ -21,7 +21,7 @@ from parity import llamagen_fixture_spec
 
 from data_gen.config import FlowSettings
 from data_gen.pairs import draw_sample, map_noise
-from teachers.registry import load_teacher
+from dd.teacher_spec import load_teacher
 from teachers.sampling import sample_tokens
 
 NUM_SAMPLES = 3000

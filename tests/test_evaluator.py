@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from teachers.data import load_digits_split
-from teachers.evaluator import (
+from dd.metrics.digits import (
     FIDFeatureExtractor,
     class_accuracy,
     default_classifier,
@@ -12,6 +11,7 @@ from teachers.evaluator import (
     frechet_distance,
     load_classifier,
 )
+from teachers.data import load_digits_split
 
 
 @pytest.fixture(scope="module")

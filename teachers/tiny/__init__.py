@@ -5,12 +5,12 @@ satisfying ``teachers.protocol.Teacher``, built by the families' own loaders fro
 ``teachers/weights/*.safetensors``; ``dd train-teacher`` reproduces them (docs/embedded_default.md).
 """
 
+from teachers.shipped import read_metadata
 from teachers.tiny.presets import TrainSettings, llamagen_tiny_configs, var_tiny_configs
 from teachers.tiny.registry import (
     TINY_SAMPLING,
     TINY_TEACHERS,
     load_tiny_teacher,
-    read_metadata,
     tiny_sampling,
 )
 

@@ -22,11 +22,11 @@ from pathlib import Path
 
 import torch
 
+from dd.metrics.digits import CLASSIFIER_FILE, CLASSIFIER_NAME, class_accuracy
 from teachers.data import ImageSet, load_digits_split, load_image_folder
-from teachers.evaluator import CLASSIFIER_FILE, CLASSIFIER_NAME, class_accuracy
+from teachers.shipped import write_metadata_entry
 from teachers.tiny.common import peak_rss_mb, save_weights
 from teachers.tiny.presets import TrainSettings, llamagen_tiny_configs, var_tiny_configs
-from teachers.tiny.registry import write_metadata_entry
 
 log = logging.getLogger(__name__)
 

@@ -1,24 +1,21 @@
 """Shipped tiny teachers, loaded by name with the families' own loaders.
 
-``teachers/weights/tiny.json`` holds one entry per shipped model: its family, files, configs,
-the command and seed that reproduce it, and its training record. ``load_tiny_teacher`` builds
+``teachers/weights/tiny.json`` (read through ``teachers.shipped``) holds one entry per shipped
+model: its family, files, configs, the command and seed that reproduce it, and its training
+record. ``load_tiny_teacher`` builds
 the configs from that entry and calls ``load_llamagen_teacher`` / ``load_var_teacher``, so a
 tiny teacher is loaded exactly like an official one (strictly, from safetensors).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 
 from teachers.protocol import SamplingConfig, Teacher
+from teachers.shipped import WEIGHTS_DIR, read_metadata
 
-WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights"
-METADATA_FILE = "tiny.json"
 TINY_TEACHERS = ("llamagen-digits", "var-digits")
 
 # Sampling settings for the shipped tiny teachers, chosen by FID on the digits evaluator
@@ -30,29 +27,6 @@ TINY_SAMPLING: dict[str, SamplingConfig] = {
     "llamagen-digits": SamplingConfig(cfg_scale=2.0, cfg_schedule="constant"),
     "var-digits": SamplingConfig(cfg_scale=0.5, cfg_schedule="linear", top_k=900, top_p=0.96),
 }
-
-
-def read_metadata(weights_dir: str | Path | None = None) -> dict:
-    path = Path(weights_dir or WEIGHTS_DIR) / METADATA_FILE
-    if not path.is_file():
-        return {}
-    return json.loads(path.read_text())
-
-
-def write_metadata_entry(name: str, entry: dict, weights_dir: str | Path) -> Path:
-    """Set ``name``'s entry of ``<weights_dir>/tiny.json`` (atomic replace, other entries kept)."""
-    weights_dir = Path(weights_dir)
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    metadata = read_metadata(weights_dir)
-    metadata[name] = entry
-    path = weights_dir / METADATA_FILE
-    fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".tiny.", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(dict(sorted(metadata.items())), handle, indent=2)
-        handle.write("\n")
-    os.chmod(tmp, 0o644)  # mkstemp creates 0600; the file is shipped package data
-    os.replace(tmp, path)
-    return path
 
 
 def tiny_sampling(name: str) -> SamplingConfig:

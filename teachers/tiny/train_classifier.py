@@ -1,4 +1,4 @@
-"""Training the digits classifier that serves as the domain evaluator (teachers/evaluator.py)."""
+"""Training the digits classifier that serves as the domain evaluator (dd/metrics/digits.py)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from dd.metrics.digits import ClassifierConfig, DigitsClassifier
 from teachers.data import ImageSet
-from teachers.evaluator import ClassifierConfig, DigitsClassifier
 from teachers.tiny.common import sample_batch, warmup_cosine
 
 log = logging.getLogger(__name__)

@@ -9,8 +9,10 @@ Inception and LPIPS weights cannot be downloaded here, so this classifier stands
   stage, squared differences, averaged), differentiable in its inputs, for tiny DD recipes.
 
 All functions take images ``[B, 3, 16, 16]`` in ``[0, 1]`` (what teachers decode to). The
-shipped weights are ``teachers/weights/digits_classifier.safetensors``; the command that
-reproduces them is in ``teachers/weights/tiny.json`` and docs/embedded_default.md.
+shipped weights are ``teachers/weights/digits_classifier.safetensors`` (beside the tiny
+teachers' weights, read through ``teachers.shipped``); the command that reproduces them is in
+``teachers/weights/tiny.json`` and docs/embedded_default.md. Its trainer
+(``teachers.tiny.train_classifier``) imports this module, never the reverse.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from teachers.checkpoint import load_strict, read_state_dict
+from teachers.shipped import METADATA_FILE, WEIGHTS_DIR, read_metadata
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 CLASSIFIER_FILE = "digits_classifier.safetensors"
 CLASSIFIER_NAME = "digits-classifier"
 NORM_GROUPS = 8
@@ -138,13 +140,11 @@ def classifier_path() -> Path:
 
 def load_classifier(path: str | Path | None = None) -> DigitsClassifier:
     """The shipped (or a given) classifier, frozen, in eval mode; its config from ``tiny.json``."""
-    from teachers.tiny.registry import read_metadata
-
     path = Path(path) if path is not None else classifier_path()
     entry = read_metadata().get(CLASSIFIER_NAME)
     if entry is None:
         raise FileNotFoundError(
-            f"no '{CLASSIFIER_NAME}' entry in {WEIGHTS_DIR / 'tiny.json'}: train it with "
+            f"no '{CLASSIFIER_NAME}' entry in {WEIGHTS_DIR / METADATA_FILE}: train it with "
             "`dd train-teacher --family classifier`"
         )
     model = DigitsClassifier(ClassifierConfig(**entry["configs"]["classifier"]))

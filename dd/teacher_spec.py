@@ -1,0 +1,87 @@
+"""A recipe's ``teacher`` section: a shipped tiny teacher by name, or a family teacher by files.
+
+Three ways to name a teacher (exactly one per spec):
+
+- a shipped tiny teacher: ``{tiny: llamagen-digits}`` -> ``teachers.tiny.load_tiny_teacher``;
+- a family with official checkpoint files and a size preset:
+  ``{family: llamagen, preset: L, checkpoint: c2i_L_256.pt, tokenizer_checkpoint:
+  vq_ds16_c2i.pt}`` -> ``teachers.registry.load_family_teacher`` (presets listed there);
+- a family with the official constructor arguments instead of a preset (the parity fixtures'
+  ``README_<tag>.json``): ``official_args: {model: {...}, tokenizer: {...}}``.
+
+This module sits above both ``teachers.registry`` (the families) and ``teachers.tiny`` (the
+shipped tiny teachers), so the teachers' core never imports the tiny package. Anything unknown
+is a ``ValueError`` that lists what is known.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from teachers.protocol import Teacher
+from teachers.registry import FAMILIES, FamilySpec, load_family_teacher
+from teachers.tiny.registry import TINY_TEACHERS, load_tiny_teacher
+
+FAMILY_FIELDS = ("preset", "tokenizer_preset", "checkpoint", "tokenizer_checkpoint")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """A recipe's ``teacher`` section (see the module docstring for the three forms)."""
+
+    tiny: str | None = None
+    family: str | None = None
+    preset: str | None = None
+    tokenizer_preset: str | None = None
+    checkpoint: str | None = None
+    tokenizer_checkpoint: str | None = None
+    official_args: dict[str, dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.tiny is None) == (self.family is None):
+            raise ValueError(
+                "teacher: give exactly one of 'tiny' (a shipped tiny teacher: "
+                f"{list(TINY_TEACHERS)}) or 'family' ({list(FAMILIES)})"
+            )
+        if self.tiny is not None:
+            others = [name for name in FAMILY_FIELDS if getattr(self, name) is not None]
+            if others or self.official_args is not None:
+                raise ValueError(
+                    "teacher: 'tiny' names a complete teacher; "
+                    f"remove {others or ['official_args']}"
+                )
+            return
+        if self.family not in FAMILIES:
+            raise ValueError(
+                f"teacher: unknown family {self.family!r}; known families: {list(FAMILIES)}, "
+                f"or a shipped tiny teacher via 'tiny': {list(TINY_TEACHERS)}"
+            )
+        if self.checkpoint is None or self.tokenizer_checkpoint is None:
+            raise ValueError(
+                f"teacher: family {self.family!r} needs 'checkpoint' (the AR model file) and "
+                "'tokenizer_checkpoint' (the VQ file)"
+            )
+        self.family_spec()  # the family's own checks (presets vs official_args)
+
+    def family_spec(self) -> FamilySpec:
+        """The family part of this spec (a ``ValueError`` for a tiny spec)."""
+        if self.family is None:
+            raise ValueError(f"teacher: {self.tiny!r} is a tiny teacher, not a family spec")
+        return FamilySpec(
+            family=self.family,
+            checkpoint=self.checkpoint,
+            tokenizer_checkpoint=self.tokenizer_checkpoint,
+            preset=self.preset,
+            tokenizer_preset=self.tokenizer_preset,
+            official_args=self.official_args,
+        )
+
+
+def load_teacher(spec: TeacherSpec, *, device: torch.device | str = "cpu") -> Teacher:
+    """The frozen teacher a spec names, on ``device``."""
+    if spec.tiny is not None:
+        return load_tiny_teacher(spec.tiny, device=device)
+    return load_family_teacher(spec.family_spec(), device=device)

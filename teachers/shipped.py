@@ -1,0 +1,42 @@
+"""The folder of shipped weights (``teachers/weights``) and its metadata file ``tiny.json``.
+
+One entry per shipped model (a tiny teacher or the digits classifier): its family, files,
+configs, the command and seed that reproduce it, and its training record. Readers of an entry
+(``teachers.tiny.registry``, ``dd.metrics.digits``) and its writer (``dd train-teacher``) share
+these two functions, so neither has to import the other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+METADATA_FILE = "tiny.json"
+SHIPPED_FILE_MODE = 0o644  # mkstemp creates 0600; the file is shipped package data
+
+
+def read_metadata(weights_dir: str | Path | None = None) -> dict:
+    """The entries of ``<weights_dir>/tiny.json`` (default: the shipped folder); ``{}`` if none."""
+    path = Path(weights_dir or WEIGHTS_DIR) / METADATA_FILE
+    if not path.is_file():
+        return {}
+    return json.loads(path.read_text())
+
+
+def write_metadata_entry(name: str, entry: dict, weights_dir: str | Path) -> Path:
+    """Set ``name``'s entry of ``<weights_dir>/tiny.json`` (atomic replace, other entries kept)."""
+    weights_dir = Path(weights_dir)
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    metadata = read_metadata(weights_dir)
+    metadata[name] = entry
+    path = weights_dir / METADATA_FILE
+    fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".tiny.", suffix=".json")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(dict(sorted(metadata.items())), handle, indent=2)
+        handle.write("\n")
+    os.chmod(tmp, SHIPPED_FILE_MODE)
+    os.replace(tmp, path)
+    return path

@@ -11,7 +11,7 @@ Bytes per pair: one real record of the VAR-d16 and LlamaGen-L shapes written thr
 shard writer (marginal cost of a record in a shard, tar headers included).
 Results go to docs/benchmarks.md ("Pair generation").
 
-    python3 benchmarks/bench_pairs.py --teacher fixture --batch-size 16 --num-batches 4
+    python3 benchmarks/bench_pairs.py --teacher llamagen-digits --batch-size 64 --num-batches 12
     python3 benchmarks/bench_pairs.py --teacher llamagen-B --batch-size 4 --num-batches 1
     python3 benchmarks/bench_pairs.py --bytes-only
 """
@@ -32,10 +32,7 @@ import torch
 from common import machine_description
 from lightning.pytorch.callbacks import Callback
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "tests"))
-
-from data_gen.config import (  # noqa: E402
+from data_gen.config import (
     FlowSettings,
     GenerateRecipe,
     OutputSettings,
@@ -43,20 +40,14 @@ from data_gen.config import (  # noqa: E402
     RunSettings,
     SamplingOverrides,
 )
-from data_gen.engine import run_generation  # noqa: E402
-from data_gen.pairs import draw_sample, map_noise, token_dtype  # noqa: E402
-from data_gen.shards import OpenShard, RunIdentity, ShardRange, encode_record  # noqa: E402
-from dd.teacher_spec import TeacherSpec, load_teacher  # noqa: E402
-from teachers.sampling import sample_tokens  # noqa: E402
+from data_gen.engine import run_generation
+from data_gen.pairs import draw_sample, map_noise, token_dtype
+from data_gen.shards import OpenShard, RunIdentity, ShardRange, encode_record
+from dd.teacher_spec import TeacherSpec, load_teacher
+from teachers.sampling import sample_tokens
 
 # (name, tokens, code_dim, vocab) of the release teachers (FACTS.md sections 2 and 3).
 RECORD_SHAPES = (("VAR-d16", 680, 32, 4096), ("LlamaGen-L", 256, 8, 16384))
-
-
-def fixture_spec() -> TeacherSpec:
-    from parity import llamagen_fixture_spec
-
-    return llamagen_fixture_spec()
 
 
 def random_llamagen_b(folder: Path) -> TeacherSpec:
@@ -187,7 +178,9 @@ def bench_bytes() -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="fixture", help="fixture | llamagen-B | <tiny name>")
+    parser.add_argument(
+        "--teacher", default="llamagen-digits", help="llamagen-B | a tiny teacher's name"
+    )
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--num-batches", type=int, default=4)
     parser.add_argument("--bytes-only", action="store_true")
@@ -197,9 +190,7 @@ def main() -> None:
     print(f"machine: {machine_description(args.threads)}, float32, CPU")
     if not args.bytes_only:
         with tempfile.TemporaryDirectory() as folder:
-            if args.teacher == "fixture":
-                spec, label = fixture_spec(), "parity-fixture LlamaGen (random weights)"
-            elif args.teacher == "llamagen-B":
+            if args.teacher == "llamagen-B":
                 spec, label = random_llamagen_b(Path(folder)), "LlamaGen-B shape, random weights"
             else:
                 spec, label = TeacherSpec(tiny=args.teacher), f"tiny teacher {args.teacher}"

@@ -1,4 +1,4 @@
-"""Pair generation (data_gen) with the official-parity LlamaGen fixture as the teacher.
+"""Pair generation (data_gen) with the shipped tiny LlamaGen (``{tiny: llamagen-digits}``).
 
 The reference data set is 40 pairs in shards of 16 (the last one partial), made by one process
 at batch 16. Two gloo DDP processes at batch 8, and a run interrupted after one shard then
@@ -8,6 +8,7 @@ gives; bad folders must be refused with the offending shard or both fingerprints
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -18,7 +19,6 @@ from pathlib import Path
 import pytest
 import torch
 from lightning.pytorch.callbacks import Callback
-from parity import REPO_ROOT, llamagen_fixture_spec
 
 from data_gen.config import (
     GenerateRecipe,
@@ -33,8 +33,12 @@ from data_gen.shards import MANIFEST_NAME, ShardError, plan_shards, read_shard, 
 from data_gen.verify import verify_folder
 from dd.recipe import dump_yaml
 from dd.teacher_spec import TeacherSpec, load_teacher
+from teachers.tiny.registry import tiny_sampling
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_PAIRS, SHARD_SIZE, SEED = 40, 16, 7
+TEACHER = "llamagen-digits"  # 8x8 = 64 tokens in 64 AR steps, V=64, C=8, 10 classes
+NUM_TOKENS, CODE_DIM, NUM_CLASSES = 64, 8, 10
 DDP_TIMEOUT_S = 600
 
 
@@ -43,17 +47,21 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 @pytest.fixture(scope="module")
 def spec() -> TeacherSpec:
-    return llamagen_fixture_spec()
+    return TeacherSpec(tiny=TEACHER)
 
 
 @pytest.fixture(scope="module")
 def teacher(spec):
-    return load_teacher(spec)
+    teacher = load_teacher(spec)
+    assert teacher.geometry.num_tokens == NUM_TOKENS
+    assert tuple(teacher.codebook.shape) == (64, CODE_DIM) and teacher.num_classes == NUM_CLASSES
+    return teacher
 
 
 def make_recipe(spec, folder, *, batch_size=16, **pairs) -> GenerateRecipe:
     return GenerateRecipe(
         teacher=spec,
+        sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling(TEACHER))),
         pairs=PairSettings(num_pairs=NUM_PAIRS, seed=SEED, **pairs),
         output=OutputSettings(folder=str(folder), shard_size=SHARD_SIZE),
         run=RunSettings(batch_size=batch_size, accelerator="cpu", devices=1, progress_bar=False),
@@ -132,10 +140,13 @@ def test_records_hold_the_drawn_noise_and_the_mapped_tokens(reference, teacher, 
         assert sha256_file(reference / entry["file"]) == entry["sha256"]
     stored = records(reference)
     for record in stored:
-        label, noise = draw_sample(SEED, record["index"], num_tokens=16, code_dim=8, num_classes=10)
+        label, noise = draw_sample(
+            SEED, record["index"], num_tokens=NUM_TOKENS, code_dim=CODE_DIM, num_classes=NUM_CLASSES
+        )
         assert record["label"] == label and torch.equal(record["noise"], noise)
-        assert record["noise"].dtype == torch.float32 and record["noise"].shape == (16, 8)
-        assert record["tokens"].dtype == torch.int16 and record["tokens"].shape == (16,)
+        assert record["noise"].dtype == torch.float32
+        assert record["noise"].shape == (NUM_TOKENS, CODE_DIM)
+        assert record["tokens"].dtype == torch.int16 and record["tokens"].shape == (NUM_TOKENS,)
         assert record["teacher"] == teacher.fingerprint()
     # A fresh, free-running map of the stored noise gives the stored tokens.
     labels = torch.tensor([r["label"] for r in stored])
@@ -148,7 +159,7 @@ def test_records_hold_the_drawn_noise_and_the_mapped_tokens(reference, teacher, 
 def test_verify_shards_remaps_every_record(reference, teacher):
     report = verify_folder(reference, teacher=teacher, num_records=NUM_PAIRS)
     assert report.ok, report.summary()
-    assert report.records_checked == NUM_PAIRS and report.tokens_checked == NUM_PAIRS * 16
+    assert report.records_checked == NUM_PAIRS and report.tokens_checked == NUM_PAIRS * NUM_TOKENS
 
 
 def test_verify_shards_command_loads_the_teacher_from_the_manifest(reference):
@@ -166,7 +177,7 @@ def test_shipped_tiny_var_pairs_verify(tmp_path):
     folder = tmp_path / "var"
     recipe = GenerateRecipe(
         teacher=TeacherSpec(tiny="var-digits"),
-        sampling=SamplingOverrides(cfg_scale=0.5, cfg_schedule="linear", top_k=900, top_p=0.96),
+        sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling("var-digits"))),
         pairs=PairSettings(num_pairs=24, seed=1, noise_dtype="float16"),
         output=OutputSettings(folder=str(folder), shard_size=16),
         run=RunSettings(batch_size=8, accelerator="cpu", progress_bar=False),

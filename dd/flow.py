@@ -205,14 +205,15 @@ def solve_flow_ode(
     return dpm_solver_pp(data_prediction, x_NC, times, order=order)
 
 
-# q/k/v width of the fused pass: C + 1, but at least this. Measured with a scratch script, not
-# kept (2-core EPYC, float32, 512 tokens, one evaluation): width 16 at C = 8 is 2.4x faster
-# than 9 (and faster than 24 or 32); at C = 32 the unpadded 33 is the fastest of 33/40/48/64.
+# q/k/v width of the fused pass: C + 1, but at least this. Timed, one evaluation of 512 float32
+# tokens, by `python3 benchmarks/flow_width.py` (table and figures in docs/flow_matching.md,
+# "Fused width"): at C = 8 padding to 16 is 1.65-1.71x faster than the unpadded 9 (and faster
+# than 24, 32 or 64); at C = 32 the unpadded 33 is the fastest of 33/40/48/64.
 FUSED_MIN_WIDTH = 16
 
 
 def fused_posterior_mean(
-    log_probs_NV: torch.Tensor, codebook_VC: torch.Tensor
+    log_probs_NV: torch.Tensor, codebook_VC: torch.Tensor, *, min_width: int = FUSED_MIN_WIDTH
 ) -> Callable[[torch.Tensor, float], torch.Tensor]:
     """m(x, t) of equation (3) for fixed p as one fused online-softmax pass per call.
 
@@ -224,10 +225,11 @@ def fused_posterior_mean(
     with the buffered bias-add, addmm, softmax and matmul at V = 16384, C = 8
     (docs/benchmarks.md). log p = -inf still gives weight exactly 0. Inputs: `log_probs_NV`
     (normalised or not) and the codebook, in one float dtype. The returned function maps
-    x [N, C] and t in [0, 1) to m [N, C]; at t = 0 it is the prior mean E_p[c].
+    x [N, C] and t in [0, 1) to m [N, C]; at t = 0 it is the prior mean E_p[c]. The q/k/v
+    width is max(C + 1, `min_width`) (zero padding; benchmarks/flow_width.py times it).
     """
     vocab_size, code_dim = codebook_VC.shape
-    width = max(code_dim + 1, FUSED_MIN_WIDTH)
+    width = max(code_dim + 1, min_width)
     keys_VD = _augmented_keys(codebook_VC, codebook_VC.square().sum(-1), width=width)
     values_VD = codebook_VC.new_zeros(vocab_size, width)
     values_VD[:, :code_dim] = codebook_VC

@@ -14,7 +14,8 @@ import argparse
 import torch
 from common import machine_description, median_seconds
 
-from teachers.llamagen import DD_SAMPLING, GPT, GPTConfig, VQConfig, VQModel, generate
+from teachers.llamagen import DD_PAPER_SAMPLING, GPT, GPTConfig, LlamaGenTeacher, VQConfig, VQModel
+from teachers.sampling import sample_tokens
 
 
 def main() -> None:
@@ -32,12 +33,15 @@ def main() -> None:
     torch.manual_seed(0)
     config = GPTConfig.preset(args.preset, args.image_tokens_per_side)
     gpt = GPT(config).eval()
+    vq = VQModel(VQConfig.preset("VQ-16", codebook_size=config.vocab_size)).eval()
+    teacher = LlamaGenTeacher(gpt, vq)  # sampling runs the GPT only; the VQ decodes below
     num_params = sum(p.numel() for p in gpt.parameters())
     labels = torch.randint(0, config.num_classes, (args.batch_size,))
     tokens = torch.randint(0, config.vocab_size, (args.batch_size, config.block_size))
 
     def sample() -> torch.Tensor:
-        return generate(gpt, labels, DD_SAMPLING, generator=torch.Generator().manual_seed(0))
+        generator = torch.Generator().manual_seed(0)
+        return sample_tokens(teacher, labels, DD_PAPER_SAMPLING, generator=generator)
 
     def full_forward() -> torch.Tensor:
         with torch.no_grad():
@@ -64,7 +68,6 @@ def main() -> None:
     )
     print(f"| ratio sampling / forward | {sampling_s / forward_s:.1f}x | |")
     if args.decode:
-        vq = VQModel(VQConfig.preset("VQ-16", codebook_size=config.vocab_size)).eval()
 
         def decode() -> torch.Tensor:
             with torch.no_grad():

@@ -171,6 +171,11 @@ class Teacher(Protocol):
     def null_class(self) -> int: ...
 
     @property
+    def device(self) -> torch.device:
+        """Where the weights are; every public method moves its tensor inputs here."""
+        ...
+
+    @property
     def codebook(self) -> torch.Tensor:
         """``[V, C]`` token embeddings in the space AR flow matching works in.
 
@@ -187,8 +192,11 @@ class Teacher(Protocol):
         """A short stable hash of the weights and architecture: names the teacher in shards."""
         ...
 
-    def start(self, labels: torch.Tensor, sampling: SamplingConfig) -> TeacherSession:
-        """Open an incremental session for ``labels [B]``; raises ``ValueError`` on bad labels."""
+    def start(self, labels: torch.Tensor, sampling: SamplingConfig | None = None) -> TeacherSession:
+        """Open an incremental session for ``labels [B]`` (``None`` = ``default_sampling()``).
+
+        Raises ``ValueError`` on bad labels or on settings the family cannot honour.
+        """
         ...
 
     def logits_teacher_forcing(self, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -219,4 +227,29 @@ def check_labels(labels: torch.Tensor, num_classes: int, *, allow_null: bool = F
         bad = labels[(labels < 0) | (labels >= upper)].tolist()
         raise ValueError(
             f"class labels must be in [0, {upper}) (num_classes={num_classes}); got {bad[:8]}"
+        )
+
+
+def check_tokens(
+    tokens: torch.Tensor, vocab_size: int, *, length: int, batch_size: int | None = None
+) -> None:
+    """Raise a ``ValueError`` unless ``tokens`` is an integer ``[B, length]`` tensor of codes in
+    ``[0, vocab_size)`` (and ``B == batch_size`` when given)."""
+    if not isinstance(tokens, torch.Tensor):
+        raise ValueError(f"tokens must be a tensor, got {type(tokens).__name__}")
+    batch = tokens.shape[0] if tokens.dim() == 2 and batch_size is None else batch_size
+    if (
+        tokens.dim() != 2
+        or tuple(tokens.shape) != (batch, length)
+        or tokens.dtype.is_floating_point
+        or tokens.dtype.is_complex
+        or tokens.dtype == torch.bool
+    ):
+        expected = f"[{'B' if batch_size is None else batch_size}, {length}]"
+        raise ValueError(
+            f"tokens must be integers {expected}, got {tuple(tokens.shape)} {tokens.dtype}"
+        )
+    if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
+        raise ValueError(
+            f"tokens must be in [0, {vocab_size}), got {tokens.min().item()}..{tokens.max().item()}"
         )

@@ -57,8 +57,14 @@ def sample_tokens(
     generator: torch.Generator | None = None,
     greedy: bool = False,
 ) -> torch.Tensor:
-    """Plain AR sampling through the teacher's incremental session -> tokens ``[B, n]``."""
-    sampling = sampling or teacher.default_sampling()
+    """Plain AR sampling through the teacher's incremental session -> tokens ``[B, n]``.
+
+    The one plain sampler of every family (images: ``teacher.decode_tokens(tokens)``).
+    ``sampling=None`` is the teacher's ``default_sampling()``. One multinomial draw per token
+    from ``generator``; ``greedy`` takes the most likely code instead (the official
+    ``top_k=1``, as the parity tests check against LlamaGen's ``generate`` and VAR's
+    ``autoregressive_infer_cfg``).
+    """
     chosen = []
     with teacher.start(labels, sampling) as session:
         for _ in range(teacher.geometry.num_steps):

@@ -67,3 +67,19 @@ def llamagen_fixture_spec():
             "tokenizer": vq["official_args"],
         },
     )
+
+
+def var_fixture_spec():
+    """A registry spec of the fixture VAR teacher (VAR + VQVAE), built from the official args.
+
+    The fixture records one argument dict for both models (``build_vae_var``'s); each config
+    takes its own keys from it."""
+    from dd.teacher_spec import TeacherSpec
+
+    args = load_parity_json()["var"]["official_args"]
+    return TeacherSpec(
+        family="var",
+        checkpoint=str(fixture_path("var_{tag}.safetensors")),
+        tokenizer_checkpoint=str(fixture_path("var_vqvae_{tag}.safetensors")),
+        official_args={"model": args, "tokenizer": args},
+    )

@@ -4,13 +4,12 @@ import pytest
 import torch
 
 from teachers.llamagen import (
-    DD_SAMPLING,
+    DD_PAPER_SAMPLING,
     GPT,
     GPTConfig,
     LlamaGenTeacher,
     VQConfig,
     VQModel,
-    generate,
 )
 from teachers.llamagen.rope import apply_rope
 from teachers.llamagen.session import cfg_active
@@ -113,8 +112,8 @@ def test_accepting_a_prefix_at_once_equals_one_by_one(teacher):
     with teacher.start(labels, sampling) as one_by_one, teacher.start(labels, sampling) as at_once:
         for step in range(prefix.shape[1]):
             one_by_one.next_log_probs()
-            one_by_one.accept(prefix[:, step])
-            at_once.accept(prefix[:, step])
+            one_by_one.accept(prefix[:, step : step + 1])
+            at_once.accept(prefix[:, step : step + 1])
         assert at_once.step == one_by_one.step == 9
         torch.testing.assert_close(
             at_once.next_log_probs(), one_by_one.next_log_probs(), atol=1e-5, rtol=1e-5
@@ -153,20 +152,22 @@ def test_cfg_interval_switches_to_conditional_logits(teacher):
     with teacher.start(labels, SamplingConfig(cfg_scale=3.0, cfg_interval=0)) as session:
         for step in range(3):
             log_probs = session.next_log_probs()[0, 0]
-            session.accept(tokens[:, step])
+            session.accept(tokens[:, step : step + 1])
     torch.testing.assert_close(log_probs, torch.log_softmax(cond[0, 2], -1), atol=1e-5, rtol=1e-5)
 
 
 def test_session_errors_and_teardown(teacher):
     with pytest.raises(ValueError, match=r"\[10\]"):
-        teacher.start(torch.tensor([0, 10]), DD_SAMPLING)
+        teacher.start(torch.tensor([0, 10]), DD_PAPER_SAMPLING)
     with pytest.raises(ValueError, match="constant"):
         teacher.start(torch.tensor([0]), SamplingConfig(cfg_scale=1.5, cfg_schedule="linear"))
-    session = teacher.start(torch.tensor([0, 1]), DD_SAMPLING)
+    session = teacher.start(torch.tensor([0, 1]), DD_PAPER_SAMPLING)
     with pytest.raises(ValueError, match="tokens must be in"):
         session.accept(torch.tensor([[0], [256]]))
-    with pytest.raises(ValueError, match="expected 2 integer tokens"):
+    with pytest.raises(ValueError, match=r"tokens must be integers \[2, 1\]"):
         session.accept(torch.zeros(3, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"tokens must be integers \[2, 1\]"):
+        session.accept(torch.zeros(2, dtype=torch.long))  # [B] is not [B, L_step]
     with pytest.raises(RuntimeError, match="interrupted"):
         with session:
             session.next_log_probs()
@@ -177,26 +178,40 @@ def test_session_errors_and_teardown(teacher):
 
 
 def test_session_refuses_steps_past_the_end(teacher):
-    with teacher.start(torch.tensor([0]), DD_SAMPLING) as session:
+    with teacher.start(torch.tensor([0]), DD_PAPER_SAMPLING) as session:
         for _ in range(teacher.geometry.num_steps):
             session.accept(torch.zeros(1, 1, dtype=torch.long))
         with pytest.raises(RuntimeError, match="all 16 tokens"):
             session.next_log_probs()
 
 
-def test_generate_is_seeded_and_agrees_with_the_protocol_loop(teacher):
+def test_sampler_is_seeded_and_top_k_1_is_greedy(teacher):
     labels = torch.tensor([0, 3, 9])
 
-    def draw(seed):
-        return generate(
-            teacher.gpt, labels, DD_SAMPLING, generator=torch.Generator().manual_seed(seed)
+    def draw(seed, sampling=None):
+        return sample_tokens(
+            teacher, labels, sampling, generator=torch.Generator().manual_seed(seed)
         )
 
     first, again, other = draw(0), draw(0), draw(1)
     assert first.shape == (3, 16) and first.dtype == torch.long
     assert torch.equal(first, again) and not torch.equal(first, other)
-    via_protocol = sample_tokens(teacher, labels, generator=torch.Generator().manual_seed(0))
-    assert torch.equal(first, via_protocol)
+    assert torch.equal(draw(0, DD_PAPER_SAMPLING), first)  # None = the default sampling
+    top_1 = SamplingConfig(cfg_scale=2.0, top_k=1)
+    assert torch.equal(draw(5, top_1), sample_tokens(teacher, labels, top_1, greedy=True))
+
+
+def test_gpt_in_train_mode_is_a_function_of_its_inputs():
+    """No hidden randomness: the class drop of CFG training is the trainer's (seeded) choice."""
+    gpt = tiny_teacher().gpt
+    trainable = GPT(gpt.config)
+    trainable.load_state_dict(gpt.state_dict())
+    trainable.train()
+    labels, tokens = torch.tensor([1, 10, 4]), torch.randint(0, 256, (3, 15))
+    first = trainable(labels, tokens)
+    torch.manual_seed(1234)
+    torch.rand(100)  # perturb the global RNG between the calls
+    torch.testing.assert_close(trainable(labels, tokens), first, atol=0, rtol=0)
 
 
 def test_teacher_protocol_surface(teacher):

@@ -13,7 +13,6 @@ from teachers.llamagen import (
     GPTConfig,
     LlamaGenTeacher,
     VQConfig,
-    generate,
     load_gpt,
     load_llamagen_teacher,
     load_vq,
@@ -89,10 +88,11 @@ def test_greedy_cfg_through_protocol_session_matches_official(teacher, gpt_io):
     assert torch.equal(tokens, gpt_io["greedy_cfg2_tokens"].long())
 
 
-def test_greedy_cfg_through_sampler_top_k_1_matches_official(teacher, gpt_io):
+def test_multinomial_sampler_with_top_k_1_matches_official(teacher, gpt_io):
+    """The official greedy run is ``generate(top_k=1)``: a multinomial draw after top-k."""
     sampling = SamplingConfig(cfg_scale=GREEDY_CFG_SCALE, top_k=1)
     generator = torch.Generator().manual_seed(0)
-    tokens = generate(teacher.gpt, gpt_io["labels"], sampling, generator=generator)
+    tokens = sample_tokens(teacher, gpt_io["labels"], sampling, generator=generator)
     assert torch.equal(tokens, gpt_io["greedy_cfg2_tokens"].long())
 
 

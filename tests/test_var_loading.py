@@ -1,5 +1,7 @@
 """Loading VAR files: accepted layouts, and clear errors for everything else."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -63,12 +65,12 @@ def test_old_checkpoint_without_l2_attention_is_diagnosed(tmp_path, var_config, 
     with pytest.raises(CheckpointError, match="old checkpoint without L2-normalised attention"):
         load_var(path, var_config)
     # The remedy the message names works.
-    model = load_var(path, VARConfig(**{**var_config.to_dict(), "attn_l2_norm": False}))
+    model = load_var(path, dataclasses.replace(var_config, attn_l2_norm=False))
     assert same_weights(model, old)
 
 
 def test_wrong_depth_is_diagnosed(var_config):
-    deeper = VARConfig(**{**var_config.to_dict(), "depth": var_config.depth + 1})
+    deeper = dataclasses.replace(var_config, depth=var_config.depth + 1)
     with pytest.raises(CheckpointError, match=f"depth {var_config.depth}"):
         load_var(fixture_path("var_{tag}.safetensors"), deeper)
 

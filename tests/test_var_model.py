@@ -1,9 +1,12 @@
 """VAR pieces on random tiny models: configs, masks, KV cache vs teacher forcing, decoding."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from teachers.protocol import SamplingConfig
+from teachers.sampling import sample_tokens
 from teachers.var import (
     README_FID_SAMPLING,
     VAR,
@@ -14,7 +17,6 @@ from teachers.var import (
     VARTeacher,
     VQVAEConfig,
     block_causal_bias,
-    sample_images,
 )
 from teachers.var.quant import phi_index
 
@@ -25,11 +27,11 @@ UNGUIDED = SamplingConfig(cfg_scale=1.0, cfg_schedule="constant")
 
 def tiny_teacher(seed: int = 0, **var_overrides) -> VARTeacher:
     torch.manual_seed(seed)
-    var_config = VARConfig(**{**VAR_PRESETS["debug"].to_dict(), **var_overrides})
+    var_config = dataclasses.replace(VAR_PRESETS["debug"], **var_overrides)
     vae = VQVAE(
         VQVAEConfig(vocab_size=256, z_channels=8, ch=32, ch_mult=(1, 2), patch_nums=(1, 2, 3, 4))
     )
-    return VARTeacher(VAR(var_config).eval(), vae.eval())
+    return VARTeacher(VAR(var_config), vae)
 
 
 def random_tokens(teacher: VARTeacher, batch: int, seed: int = 1) -> torch.Tensor:
@@ -105,7 +107,7 @@ def test_session_logits_equal_teacher_forcing():
 
 def test_session_tears_down_cache_on_error():
     teacher = tiny_teacher()
-    with pytest.raises(ValueError, match="scale 0 expects"):
+    with pytest.raises(ValueError, match=r"tokens must be integers \[1, 1\]"):
         with teacher.start(torch.tensor([1]), UNGUIDED) as session:
             session.accept(torch.zeros(1, 5, dtype=torch.long))
     assert session.cache is None
@@ -157,14 +159,30 @@ def test_top_k_top_p_and_cfg_ramp():
 def test_seeded_sampling_is_reproducible():
     teacher = tiny_teacher()
     labels = torch.tensor([1, 4, 9])
-    first = sample_images(
-        teacher, labels, README_FID_SAMPLING, generator=torch.Generator().manual_seed(7)
-    )
-    again = sample_images(
-        teacher, labels, README_FID_SAMPLING, generator=torch.Generator().manual_seed(7)
-    )
-    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
-    assert first[1].shape == (3, 3, 8, 8) and 0 <= first[1].min() and first[1].max() <= 1
+
+    def draw(seed: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(seed)
+        return sample_tokens(teacher, labels, README_FID_SAMPLING, generator=generator)
+
+    first, again, other = draw(7), draw(7), draw(8)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    images = teacher.decode_tokens(first)
+    assert images.shape == (3, 3, 8, 8) and 0 <= images.min() and images.max() <= 1
+
+
+def test_var_in_train_mode_is_a_function_of_its_inputs():
+    """No hidden randomness: the label drop (cond_drop_rate) is the trainer's seeded choice."""
+    teacher = tiny_teacher()
+    trainable = VAR(teacher.var.config)
+    trainable.load_state_dict(teacher.var.state_dict())
+    trainable.train()
+    assert trainable.config.cond_drop_rate > 0
+    labels, tokens = torch.tensor([1, 4, 9, 10]), random_tokens(teacher, 4)
+    inputs = teacher.vae.quantize.indices_to_var_input(tokens)
+    first = trainable(labels, inputs)
+    torch.manual_seed(1234)
+    torch.rand(100)  # perturb the global RNG between the calls
+    torch.testing.assert_close(trainable(labels, inputs), first, atol=0, rtol=0)
 
 
 def test_temperature_divides_logits():

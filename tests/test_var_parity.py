@@ -5,6 +5,8 @@ so any fixture set of the same layout (``DD_PARITY_DIR`` / ``DD_PARITY_TAG``) ch
 Tolerances are those the fixture README states for float32 on CPU.
 """
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -100,7 +102,13 @@ def test_greedy_cfg_sampling_matches_official(teacher, io):
     assert torch.equal(tokens, io["greedy_cfg1p5_tokens"])
     assert close(image, io["greedy_cfg1p5_image_0to1"])
     assert close(teacher.decode_tokens(tokens), io["greedy_cfg1p5_image_0to1"])
-    # The family-independent loop gives the same sequence.
+    # The family-independent loop gives the same sequence, greedy or as a multinomial draw
+    # after top-k 1 (the official top_k=1 run).
     assert torch.equal(
         sample_tokens(teacher, labels, sampling, greedy=True), io["greedy_cfg1p5_tokens"]
+    )
+    top_1 = dataclasses.replace(sampling, top_k=1)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(
+        sample_tokens(teacher, labels, top_1, generator=generator), io["greedy_cfg1p5_tokens"]
     )

@@ -13,17 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-# name -> (n_layer, n_head, dim); FACTS.md section 2, official ``GPT_models``.
-GPT_SIZES: dict[str, tuple[int, int, int]] = {
-    "B": (12, 12, 768),
-    "L": (24, 16, 1024),
-    "XL": (36, 20, 1280),
-    "XXL": (48, 24, 1536),
-    "3B": (24, 32, 3200),
-}
-# A tiny preset with the shapes of the parity fixture (dim 64, 2 layers, 4 heads).
-DEBUG_GPT_SIZE = (2, 4, 64)
-
 # Official c2i checkpoint file -> (size preset, image tokens per side). 384 px / 16 = 24.
 OFFICIAL_GPT_CHECKPOINTS: dict[str, tuple[str, int]] = {
     "c2i_B_256.pt": ("B", 16),
@@ -131,26 +120,13 @@ class GPTConfig:
     # Constructors.
     @classmethod
     def preset(cls, name: str, image_tokens_per_side: int = 16, **overrides: object) -> GPTConfig:
-        """``"B" | "L" | "XL" | "XXL" | "3B"`` (``"GPT-B"`` also accepted), or ``"debug"``."""
+        """A ``GPT_PRESETS`` entry (``"GPT-B"`` also accepted) at ``image_tokens_per_side``."""
         key = name.removeprefix("GPT-")
-        if key == "debug":
-            n_layer, n_head, dim = DEBUG_GPT_SIZE
-            base = cls(
-                dim=dim,
-                n_layer=n_layer,
-                n_head=n_head,
-                vocab_size=256,
-                num_classes=10,
-                block_size=image_tokens_per_side**2,
-            )
-        elif key in GPT_SIZES:
-            n_layer, n_head, dim = GPT_SIZES[key]
-            base = cls(dim=dim, n_layer=n_layer, n_head=n_head, block_size=image_tokens_per_side**2)
-        else:
-            raise ValueError(
-                f"unknown LlamaGen GPT preset {name!r}; choose from {sorted(GPT_SIZES)} or 'debug'"
-            )
-        return dataclasses.replace(base, **overrides) if overrides else base
+        if key not in GPT_PRESETS:
+            raise ValueError(f"unknown LlamaGen GPT preset {name!r}; known: {sorted(GPT_PRESETS)}")
+        return dataclasses.replace(
+            GPT_PRESETS[key], block_size=image_tokens_per_side**2, **overrides
+        )
 
     @classmethod
     def for_checkpoint(cls, path: str | Path) -> GPTConfig:
@@ -214,11 +190,10 @@ class VQConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides: object) -> VQConfig:
-        """``"VQ-16"`` (ch_mult 1,1,2,2,4) or ``"VQ-8"`` (ch_mult 1,2,2,4)."""
-        presets = {"VQ-16": (1, 1, 2, 2, 4), "VQ-8": (1, 2, 2, 4)}
-        if name not in presets:
-            raise ValueError(f"unknown LlamaGen VQ preset {name!r}; choose from {sorted(presets)}")
-        return cls(ch_mult=presets[name], **overrides)
+        """A ``VQ_PRESETS`` entry: ``"VQ-16"`` (ch_mult 1,1,2,2,4) or ``"VQ-8"`` (1,2,2,4)."""
+        if name not in VQ_PRESETS:
+            raise ValueError(f"unknown LlamaGen VQ preset {name!r}; known: {sorted(VQ_PRESETS)}")
+        return dataclasses.replace(VQ_PRESETS[name], **overrides)
 
     @classmethod
     def from_official_args(cls, args: Mapping[str, object]) -> VQConfig:
@@ -247,3 +222,20 @@ class VQConfig:
         if "ch_mult" in args:
             args["ch_mult"] = tuple(args["ch_mult"])
         return cls(**args)
+
+
+# Official ``GPT_models`` sizes at 256 px (FACTS.md section 2); ``GPTConfig.preset`` sets the
+# token grid. ``debug``: the shapes of the parity fixture (dim 64, 2 layers, 4 heads).
+GPT_PRESETS: dict[str, GPTConfig] = {
+    "B": GPTConfig(n_layer=12, n_head=12, dim=768),
+    "L": GPTConfig(n_layer=24, n_head=16, dim=1024),
+    "XL": GPTConfig(n_layer=36, n_head=20, dim=1280),
+    "XXL": GPTConfig(n_layer=48, n_head=24, dim=1536),
+    "3B": GPTConfig(n_layer=24, n_head=32, dim=3200),
+    "debug": GPTConfig(n_layer=2, n_head=4, dim=64, vocab_size=256, num_classes=10),
+}
+# Official ``VQ_models``: VQ-16 (16x downsampling) and VQ-8.
+VQ_PRESETS: dict[str, VQConfig] = {
+    "VQ-16": VQConfig(ch_mult=(1, 1, 2, 2, 4)),
+    "VQ-8": VQConfig(ch_mult=(1, 2, 2, 4)),
+}

@@ -19,7 +19,7 @@ import torch
 
 from teachers.checkpoint import CheckpointError, load_strict, read_state_dict, unwrap
 from teachers.llamagen.config import (
-    GPT_SIZES,
+    GPT_PRESETS,
     OFFICIAL_GPT_CHECKPOINTS,
     OFFICIAL_VQ_CHECKPOINTS,
     GPTConfig,
@@ -71,8 +71,8 @@ def resolve_vq_config(config: VQConfig | str | None) -> VQConfig:
 
 
 def _preset_name(n_layer: int, dim: int) -> str:
-    for name, (layers, _, width) in GPT_SIZES.items():
-        if (layers, width) == (n_layer, dim):
+    for name, preset in GPT_PRESETS.items():
+        if (preset.n_layer, preset.dim) == (n_layer, dim):
             return f"preset {name!r}"
     return "no official preset"
 
@@ -131,8 +131,8 @@ def _check_official_name(path: Path, config: GPTConfig) -> None:
     if path.name not in OFFICIAL_GPT_CHECKPOINTS:
         return
     size, side = OFFICIAL_GPT_CHECKPOINTS[path.name]
-    n_layer, _, dim = GPT_SIZES[size]
-    if (config.n_layer, config.dim) != (n_layer, dim):
+    preset = GPT_PRESETS[size]
+    if (config.n_layer, config.dim) != (preset.n_layer, preset.dim):
         raise CheckpointError(
             f"{path.name} is the official {size} model; the config is not (wrong size preset): "
             f"use GPTConfig.preset({size!r}, {side})"

@@ -23,7 +23,7 @@ import contextlib
 import torch
 
 from teachers.llamagen.gpt import GPT, KVCache
-from teachers.protocol import SamplingConfig, check_labels
+from teachers.protocol import SamplingConfig, check_tokens
 from teachers.sampling import filter_logits
 
 
@@ -64,16 +64,8 @@ class LlamaGenSession:
     """One AR pass over ``labels [B]``; use as a context manager so the KV cache is freed."""
 
     def __init__(self, gpt: GPT, labels: torch.Tensor, sampling: SamplingConfig):
+        """Made by ``LlamaGenTeacher.start``, which checks ``labels`` and ``sampling``."""
         config = gpt.config
-        if sampling.cfg_schedule != "constant":
-            raise ValueError(
-                f"LlamaGen guides with a constant scale; got cfg_schedule={sampling.cfg_schedule!r}"
-            )
-        check_labels(labels, config.num_classes)
-        if sampling.uses_cfg and not config.has_null_class:
-            raise ValueError(
-                "this GPT has no null-class embedding (class_dropout_prob=0): CFG is impossible"
-            )
         self._gpt, self._sampling = gpt, sampling
         self._device = gpt.tok_embeddings.weight.device
         labels = labels.to(self._device)
@@ -141,23 +133,12 @@ class LlamaGenSession:
         return self._log_probs
 
     def accept(self, tokens: torch.Tensor) -> None:
-        """Feed the tokens ``[B, 1]`` (or ``[B]``) chosen for the current step."""
+        """Feed the tokens ``[B, 1]`` chosen for the current step."""
         self._check_open()
         if self._step >= self._num_tokens:
             raise RuntimeError(f"all {self._num_tokens} tokens have been accepted")
-        tokens = torch.as_tensor(tokens)
-        if tokens.dtype.is_floating_point or tokens.numel() != self._batch_size:
-            raise ValueError(
-                f"expected {self._batch_size} integer tokens ([B, 1]), "
-                f"got {tuple(tokens.shape)} {tokens.dtype}"
-            )
-        vocab_size = self._gpt.config.vocab_size
-        if tokens.min() < 0 or tokens.max() >= vocab_size:
-            raise ValueError(
-                f"tokens must be in [0, {vocab_size}), "
-                f"got {tokens.min().item()}..{tokens.max().item()}"
-            )
-        tokens_B1 = tokens.to(self._device, torch.long).reshape(self._batch_size, 1)
+        check_tokens(tokens, self._gpt.config.vocab_size, length=1, batch_size=self._batch_size)
+        tokens_B1 = tokens.to(self._device, torch.long)
         if self._sampling.uses_cfg:
             tokens_B1 = torch.cat([tokens_B1, tokens_B1])  # both halves get the chosen token
         self._pending.append(tokens_B1)

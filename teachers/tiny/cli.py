@@ -168,7 +168,7 @@ def run(args: argparse.Namespace) -> int:
                 train, var_config, vae_config, settings, heldout=heldout, progress=progress
             )
             files = {"var": f"{stem}_var.safetensors", "vae": f"{stem}_vae.safetensors"}
-            configs = {"var": var_config.to_dict(), "vae": vae_config.to_dict()}
+            configs = {"var": dataclasses.asdict(var_config), "vae": dataclasses.asdict(vae_config)}
             modules = {"var": ar, "vae": tokenizer}
         for key, module in modules.items():
             save_weights(module, out / files[key])

@@ -107,6 +107,15 @@ def seeded_generator(seed: int) -> torch.Generator:
     return generator
 
 
+def drop_labels(
+    labels: torch.Tensor, null_class: int, prob: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Each label replaced by ``null_class`` with probability ``prob`` (CFG training), drawn
+    from ``generator``: the models hold no RNG, so a training step is a function of its seed."""
+    drop = torch.rand(labels.shape, generator=generator) < prob
+    return torch.where(drop, torch.full_like(labels, null_class), labels)
+
+
 def warmup_cosine_schedule(
     optimizer: torch.optim.Optimizer, settings: TrainSettings, steps: int
 ) -> torch.optim.lr_scheduler.LambdaLR:

@@ -8,7 +8,8 @@ training losses, kept small:
   encoder; codes are initialised from encoder outputs and codes unused for
   ``dead_code_every`` steps are restarted on random latents of the current batch.
 - GPT: next-token cross-entropy with teacher forcing over ``[class, x_1..x_{n-1}]``; the
-  label is replaced by the null class with ``class_dropout_prob`` (CFG at sampling time).
+  label is replaced by the null class with ``class_dropout_prob`` (CFG at sampling time),
+  drawn from the trainer's seeded generator (``drop_labels``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from teachers.llamagen import GPT, GPTConfig, VQConfig, VQModel
 from teachers.tiny.common import (
     augmented_copies,
     code_usage,
+    drop_labels,
     perplexity,
     restart_codes,
     sample_batch,
@@ -95,13 +97,6 @@ def encode_tokens(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
 def gpt_loss(gpt: GPT, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Teacher-forced next-token cross-entropy (mean over tokens)."""
     return token_cross_entropy(gpt(labels, tokens[:, :-1]), tokens)
-
-
-def drop_labels(
-    labels: torch.Tensor, null_class: int, prob: float, generator: torch.Generator
-) -> torch.Tensor:
-    drop = torch.rand(labels.shape, generator=generator) < prob
-    return torch.where(drop, torch.full_like(labels, null_class), labels)
 
 
 def train_gpt(

@@ -8,8 +8,8 @@ Both are the family's own modules (``teachers.var.VQVAE`` / ``VAR``):
   codes no scale used for ``dead_code_every`` steps restart on random residuals of every scale
   (residuals shrink from coarse to fine scales, so restarts draw from all of them).
 - VAR: cross-entropy of all tokens under the block-causal mask (teacher forcing on the
-  next-scale inputs of the tokenizer); ``VAR.forward`` replaces labels by the null class with
-  ``cond_drop_rate`` in training mode.
+  next-scale inputs of the tokenizer); labels are replaced by the null class with
+  ``cond_drop_rate`` (``drop_labels``, from a seeded generator: ``VAR.forward`` holds no RNG).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from teachers.data import ImageSet
 from teachers.tiny.common import (
     augmented_copies,
     code_usage,
+    drop_labels,
     perplexity,
     restart_codes,
     sample_batch,
@@ -125,16 +126,27 @@ def train_var_model(
     """VAR trained on ``tokens [N, n]`` with their next-scale ``inputs`` and ``labels``."""
     generator = seeded_generator(settings.seed + 1)
     var = VAR(config)
+    # The label-drop stream continues the global RNG (seeded above) where module init left
+    # it: the stream the drop was once drawn from inside VAR.forward, so the command recorded
+    # in tiny.json still reproduces the shipped weights.
+    drop_generator = torch.Generator().set_state(torch.get_rng_state())
     var.init_weights(seed=settings.seed + 1)
     with torch.no_grad():
         var.head.weight.mul_(HEAD_INIT_SCALE)
     var.train()
+
+    def batch_loss(idx: torch.Tensor) -> torch.Tensor:
+        batch_labels = drop_labels(
+            labels[idx], config.num_classes, config.cond_drop_rate, drop_generator
+        )
+        return var_loss(var, batch_labels, inputs[idx], tokens[idx])
+
     record = train_ar_model(
         var,
         tokens.shape[0],
         settings,
         generator,
-        batch_loss=lambda idx: var_loss(var, labels[idx], inputs[idx], tokens[idx]),
+        batch_loss=batch_loss,
         heldout_loss=(
             None if heldout is None else lambda: var_loss(var, heldout[2], heldout[1], heldout[0])
         ),

@@ -9,7 +9,7 @@ model built from a fixture's ``README_<tag>.json`` has the fixture's exact shape
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 # VAR at 256 px: 10 scales, 680 tokens.
@@ -159,16 +159,14 @@ class VQVAEConfig:
         kw.update({k: v for k, v in args.items() if k in _VQVAE_ONLY_ARGS and k in own})
         return cls(**kw)
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 @dataclass(frozen=True)
 class VARConfig:
     """The VAR transformer (``models/var.py``, ``models/basic_var.py``).
 
     Release checkpoints: depth d, width 64 d, d heads, MLP 4x, ``attn_l2_norm=True``.
-    ``cond_drop_rate`` is the training-time label drop (CFG); it is never applied in eval.
+    ``cond_drop_rate`` is the training-time label drop (CFG). The model never draws it: a
+    trainer replaces dropped labels by the null class before ``VAR.forward`` (no hidden RNG).
     """
 
     depth: int = 16
@@ -247,9 +245,6 @@ class VARConfig:
         kw.setdefault("embed_dim", WIDTH_PER_DEPTH * depth)
         kw.setdefault("num_heads", depth)
         return cls(**kw)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 VAR_PRESETS: dict[str, VARConfig] = {

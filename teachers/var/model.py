@@ -259,12 +259,11 @@ class VAR(nn.Module):
         """Teacher forcing -> logits ``[B, L, V]`` (official signature).
 
         ``x_BLCv_wo_first_l``: next-scale inputs of scales 1..K-1, ``[B, L - first_l, Cvae]``.
-        Labels are dropped to the null class with ``cond_drop_rate`` only in training mode
-        (the official forward drops them in eval too; this implementation does not).
+        A pure function of its inputs in both modes: the training-time label drop (CFG,
+        ``cond_drop_rate``) is the caller's, who passes ``null_class`` for dropped labels
+        from its own seeded generator (the official forward draws it from the global RNG,
+        in eval mode too).
         """
-        if self.training and self.config.cond_drop_rate > 0:
-            drop = torch.rand(label_B.shape, device=label_B.device) < self.config.cond_drop_rate
-            label_B = torch.where(drop, self.null_class, label_B)
         cond_BD = self.class_emb(label_B)
         first_l = self.config.first_l
         sos = cond_BD.unsqueeze(1) + self.pos_start  # B, first_l, C

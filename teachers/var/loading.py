@@ -17,6 +17,7 @@ import torch
 from teachers.checkpoint import load_strict, read_state_dict, unwrap
 from teachers.var.config import VARConfig, VQVAEConfig
 from teachers.var.model import VAR
+from teachers.var.teacher import VARTeacher
 from teachers.var.vqvae import VQVAE
 
 VAR_WRAPPERS = (("trainer", "var_wo_ddp"),)
@@ -138,10 +139,8 @@ def load_var_teacher(
     var_config: VARConfig | str,
     vae_config: VQVAEConfig | str,
     device: str | torch.device = "cpu",
-):
-    """A ready :class:`teachers.var.VARTeacher` from the two official files."""
-    from teachers.var.teacher import VARTeacher
-
+) -> VARTeacher:
+    """The frozen teacher from the two official files (see docs/teachers.md)."""
     var = load_var(var_checkpoint, var_config, device=device)
     vae = load_vqvae(vae_checkpoint, vae_config, device=device)
     return VARTeacher(var, vae)

@@ -1,0 +1,141 @@
+"""The incremental, KV-cached VAR sampling session (``teachers.protocol.TeacherSession``).
+
+One AR step is one scale. The session reproduces the official ``autoregressive_infer_cfg``:
+the batch runs as ``[cond; null]`` (CFG), the logits of scale ``k`` are guided with the linear
+ramp ``t = cfg * k / (K - 1)``, ``(1 + t) cond - t uncond``, then top-k, then top-p; the chosen
+tokens (the same for both halves) are embedded, added to ``f_hat`` with the VQVAE (bicubic
+up, phi) and the next scale's input is ``word_embed(area-downsampled f_hat)``.
+
+Sampling settings honoured (``SamplingConfig``): ``cfg_scale``; ``cfg_schedule`` ``"linear"``
+(official) or ``"constant"`` (``uncond + s (cond - uncond)`` at every scale); ``top_k``;
+``top_p``; ``temperature`` (an extension: the official code has none; logits are divided
+after CFG; 1.0 is the official behaviour). ``cfg_interval`` (LlamaGen only) is rejected by
+``VARTeacher.check_sampling``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+from teachers.protocol import SamplingConfig, check_tokens
+from teachers.sampling import filter_logits
+from teachers.var.model import KVCache
+
+if TYPE_CHECKING:
+    from teachers.var.teacher import VARTeacher
+
+
+def guide_logits(
+    cond_BlV: torch.Tensor,
+    uncond_BlV: torch.Tensor,
+    sampling: SamplingConfig,
+    scale_index: int,
+    num_scales: int,
+) -> torch.Tensor:
+    """Classifier-free guidance of scale ``k`` (linear ramp = official VAR)."""
+    if sampling.cfg_schedule == "linear":
+        t = sampling.cfg_scale * scale_index / (num_scales - 1)
+        return (1 + t) * cond_BlV - t * uncond_BlV
+    return uncond_BlV + (cond_BlV - uncond_BlV) * sampling.cfg_scale
+
+
+class VARSession:
+    """One KV-cached pass over a batch; use as a context manager (the cache is always freed).
+
+    Made by ``VARTeacher.start``, which checks ``labels`` and ``sampling``."""
+
+    def __init__(self, teacher: VARTeacher, labels: torch.Tensor, sampling: SamplingConfig) -> None:
+        var, vae = teacher.var, teacher.vae
+        self.teacher, self.sampling = teacher, sampling
+        device = teacher.device
+        self.batch_size = B = labels.shape[0]
+        self.guided = sampling.uses_cfg and not (
+            sampling.cfg_schedule == "linear" and sampling.cfg_scale == 0
+        )
+        labels = labels.to(device)
+        if self.guided:  # official batch layout: [cond; null]
+            labels = torch.cat((labels, torch.full_like(labels, var.null_class)))
+        self._step = 0
+        self._log_probs: torch.Tensor | None = None
+        with torch.no_grad():
+            self.cond_BD = var.class_emb(labels)
+            self._x_BlC = var.start_tokens(self.cond_BD)
+        last = vae.config.patch_nums[-1]
+        self.f_hat = torch.zeros(B, vae.config.z_channels, last, last, device=device)
+        self.cache: KVCache | None = KVCache(var.config.depth)
+
+    @property
+    def step(self) -> int:
+        return self._step
+
+    @property
+    def done(self) -> bool:
+        return self._step >= self.teacher.geometry.num_steps
+
+    def _check_open(self) -> None:
+        if self.cache is None:
+            raise RuntimeError("session is closed")
+        if self.done:
+            raise RuntimeError(f"all {self.teacher.geometry.num_steps} scales are already accepted")
+
+    @torch.no_grad()
+    def next_log_probs(self) -> torch.Tensor:
+        """Guided log-probabilities ``[B, p_k^2, V]`` of every token of scale ``k``, float32."""
+        self._check_open()
+        if self._log_probs is None:
+            var = self.teacher.var
+            h = var.run_blocks(self._x_BlC, self.cond_BD, None, self.cache)
+            logits = var.get_logits(h, self.cond_BD)
+            B, K = self.batch_size, self.teacher.geometry.num_steps
+            if self.guided:
+                logits = guide_logits(logits[:B], logits[B:], self.sampling, self._step, K)
+            if self.sampling.temperature != 1.0:
+                logits = logits / self.sampling.temperature
+            logits = filter_logits(logits, top_k=self.sampling.top_k, top_p=self.sampling.top_p)
+            self._log_probs = logits.float().log_softmax(dim=-1)
+        return self._log_probs
+
+    @torch.no_grad()
+    def accept(self, tokens: torch.Tensor) -> None:
+        """Feed scale ``k``'s tokens ``[B, p_k^2]``; computes ``f_hat`` and the next input."""
+        self._check_open()
+        pn = self.teacher.geometry.step_grids[self._step][0]
+        check_tokens(tokens, self.teacher.vocab_size, length=pn * pn, batch_size=self.batch_size)
+        if self._log_probs is None:  # the scale must have run once to fill the KV cache
+            self.next_log_probs()
+        var, quant = self.teacher.var, self.teacher.vae.quantize
+        tokens = tokens.to(self.f_hat.device).long()
+        h_BChw = quant.embedding(tokens).transpose(1, 2).reshape(self.batch_size, -1, pn, pn)
+        self.f_hat, next_BChw = quant.next_autoregressive_input(self._step, self.f_hat, h_BChw)
+        self._step += 1
+        self._log_probs = None
+        if next_BChw is not None:
+            next_BlCv = next_BChw.flatten(2).transpose(1, 2)
+            x = var.scale_tokens(self._step, next_BlCv)
+            self._x_BlC = torch.cat((x, x)) if self.guided else x
+        else:
+            self._x_BlC = None
+            self.close()
+
+    def image(self) -> torch.Tensor:
+        """Images in ``[0, 1]`` decoded from the accumulated ``f_hat`` (after the last scale);
+        equal to ``teacher.decode_tokens`` of the accepted tokens, without re-embedding them."""
+        if not self.done:
+            raise RuntimeError(
+                f"only {self._step} of {self.teacher.geometry.num_steps} scales accepted"
+            )
+        with torch.no_grad():
+            return self.teacher.vae.fhat_to_img(self.f_hat).add(1).mul(0.5)
+
+    def close(self) -> None:
+        if self.cache is not None:
+            self.cache.clear()
+            self.cache = None
+
+    def __enter__(self) -> VARSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from parity import fixture_path
+from tests.parity import fixture_path
 from safetensors.torch import save_file
 
 from teachers.checkpoint import CheckpointError

@@ -7,7 +7,7 @@ Golden values: the official FoundationVision code, CPU, float32 (fixtures README
 
 import pytest
 import torch
-from parity import fixture_path, load_fixture, load_parity_json
+from tests.parity import fixture_path, load_fixture, load_parity_json
 
 from teachers.llamagen import (
     GPTConfig,

@@ -13,7 +13,7 @@ import re
 
 import pytest
 import torch
-from parity import llamagen_fixture_spec, var_fixture_spec
+from tests.parity import llamagen_fixture_spec, var_fixture_spec
 from torch import nn
 
 from dd.teacher_spec import TeacherSpec, load_teacher

@@ -1,1 +1,1 @@
-"""The test suite (a package, so that test helpers import one way: ``from tests.parity import ...``)."""
+"""The test suite, a package: helpers import one way (``from tests.parity import ...``)."""

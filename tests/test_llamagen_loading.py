@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-from tests.parity import fixture_path
 from safetensors.torch import save_file
 
 from teachers.checkpoint import CheckpointError
@@ -15,6 +14,7 @@ from teachers.llamagen import (
     load_llamagen_teacher,
     load_vq,
 )
+from tests.parity import fixture_path
 
 TINY_GPT = GPTConfig.preset("debug", image_tokens_per_side=4)
 TINY_VQ = VQConfig(codebook_size=256, codebook_embed_dim=8, ch=32, ch_mult=(1, 2), z_channels=32)

@@ -7,7 +7,6 @@ Golden values: the official FoundationVision code, CPU, float32 (fixtures README
 
 import pytest
 import torch
-from tests.parity import fixture_path, load_fixture, load_parity_json
 
 from teachers.llamagen import (
     GPTConfig,
@@ -19,6 +18,7 @@ from teachers.llamagen import (
 )
 from teachers.protocol import SamplingConfig, Teacher
 from teachers.sampling import sample_tokens
+from tests.parity import fixture_path, load_fixture, load_parity_json
 
 ATOL = 1e-4
 GREEDY_CFG_SCALE = (

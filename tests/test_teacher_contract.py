@@ -13,12 +13,12 @@ import re
 
 import pytest
 import torch
-from tests.parity import llamagen_fixture_spec, var_fixture_spec
 from torch import nn
 
 from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.protocol import SamplingConfig, Teacher, TeacherSession
 from teachers.sampling import sample_tokens
+from tests.parity import llamagen_fixture_spec, var_fixture_spec
 
 BATCH_SIZE = 2
 NORMALISED_ATOL = 1e-5

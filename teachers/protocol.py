@@ -207,6 +207,17 @@ class Teacher(Protocol):
         """Images ``[B, 3, H, W]`` in ``[0, 1]`` from tokens ``[B, n]``."""
         ...
 
+    def student_backbone(self) -> torch.nn.Module:
+        """A trainable DD student backbone built from copies of the teacher's own modules.
+
+        ``backbone(labels [B], inputs [B, n, C], is_data [B, n] bool)`` ->
+        ``(logits [B, n+1, V], embeddings [B, n+1, C])``: position 0 is the family's extra
+        (class / start) position, position ``i + 1`` predicts token ``i`` and has seen input
+        ``i``. At initialisation position 0's logits are the teacher's unguided first-step
+        logits (the one place both compute the same function).
+        """
+        ...
+
     def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Images in ``[0, 1]`` from continuous per-token embeddings ``[B, n, C]``.
 

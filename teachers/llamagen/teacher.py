@@ -18,6 +18,7 @@ from teachers.frozen import FrozenTeacher
 from teachers.llamagen.gpt import GPT
 from teachers.llamagen.sampling import DD_PAPER_SAMPLING
 from teachers.llamagen.session import LlamaGenSession
+from teachers.llamagen.student import LlamaGenStudentBackbone
 from teachers.llamagen.vq import VQModel
 from teachers.protocol import SamplingConfig, TokenGeometry
 
@@ -83,6 +84,10 @@ class LlamaGenTeacher(FrozenTeacher):
     def fingerprint_parts(self) -> tuple[Mapping[str, object], Sequence[tuple[str, nn.Module]]]:
         configs = {"gpt": self.gpt.config, "vq": self.vq.config}
         return configs, (("gpt.", self.gpt), ("vq.", self.vq))
+
+    def student_backbone(self) -> nn.Module:
+        """A trainable DD student backbone built from copies of this teacher's modules."""
+        return LlamaGenStudentBackbone(self.gpt, self.code_dim).to(self.device)
 
     def logits_teacher_forcing(self, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Unguided logits ``[B, n, V]``; ``labels`` may also be the null class (unconditional)."""

@@ -20,6 +20,7 @@ from teachers.protocol import SamplingConfig, TokenGeometry
 from teachers.var.model import VAR
 from teachers.var.sampling import DD_PAPER_SAMPLING
 from teachers.var.session import VARSession
+from teachers.var.student import VARStudentBackbone
 from teachers.var.vqvae import VQVAE
 
 
@@ -72,6 +73,10 @@ class VARTeacher(FrozenTeacher):
     def fingerprint_parts(self) -> tuple[Mapping[str, object], Sequence[tuple[str, nn.Module]]]:
         configs = {"family": self.family, "var": self.var.config, "vae": self.vae.config}
         return configs, (("var.", self.var), ("vae.", self.vae))
+
+    def student_backbone(self) -> nn.Module:
+        """A trainable DD student backbone built from copies of this teacher's modules."""
+        return VARStudentBackbone(self.var).to(self.device)
 
     def logits_teacher_forcing(self, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Unguided logits ``[B, n, V]``; a scale sees the label and the earlier scales.

@@ -227,6 +227,13 @@ class Teacher(Protocol):
         ...
 
 
+def clamp_straight_through(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
+    """``x.clamp(low, high)`` in value, the identity in gradient: decoders clamp their images as
+    released, and DD's perceptual loss still gets a gradient at every pixel (no clamping on the
+    gradient path)."""
+    return x + (x.clamp(low, high) - x).detach()
+
+
 def check_labels(labels: torch.Tensor, num_classes: int, *, allow_null: bool = False) -> None:
     """Raise a ``ValueError`` unless ``labels`` is a 1-D integer tensor of valid class indices."""
     if not isinstance(labels, torch.Tensor) or labels.dim() != 1:

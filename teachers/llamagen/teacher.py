@@ -20,7 +20,7 @@ from teachers.llamagen.sampling import DD_PAPER_SAMPLING
 from teachers.llamagen.session import LlamaGenSession
 from teachers.llamagen.student import LlamaGenStudentBackbone
 from teachers.llamagen.vq import VQModel
-from teachers.protocol import SamplingConfig, TokenGeometry
+from teachers.protocol import SamplingConfig, TokenGeometry, clamp_straight_through
 
 
 def to_unit_range(images: torch.Tensor) -> torch.Tensor:
@@ -103,8 +103,9 @@ class LlamaGenTeacher(FrozenTeacher):
     def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Per-token embeddings ``[B, n, C]`` (codebook space) -> images in ``[0, 1]``.
 
-        Differentiable in ``embeddings``."""
+        Differentiable in ``embeddings``, with a straight-through clamp to ``[0, 1]``."""
         embeddings = self.prepare_embeddings(embeddings)
         height, width = self.geometry.image_grid
         maps_BChw = embeddings.reshape(-1, height, width, self.code_dim).permute(0, 3, 1, 2)
-        return to_unit_range(self.vq.decode(maps_BChw))
+        # Clamped in value, not in gradient (the perceptual loss flows through here).
+        return clamp_straight_through((self.vq.decode(maps_BChw) + 1) / 2, 0.0, 1.0)

@@ -16,7 +16,7 @@ from torch import nn
 
 from teachers.fingerprint import ENTRY_NAME_SHAPE_DTYPE
 from teachers.frozen import FrozenTeacher
-from teachers.protocol import SamplingConfig, TokenGeometry
+from teachers.protocol import SamplingConfig, TokenGeometry, clamp_straight_through
 from teachers.var.model import VAR
 from teachers.var.sampling import DD_PAPER_SAMPLING
 from teachers.var.session import VARSession
@@ -93,7 +93,10 @@ class VARTeacher(FrozenTeacher):
     def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Images in ``[0, 1]`` from per-token embeddings ``[B, n, Cvae]``, differentiable.
 
-        ``f_hat = sum_k phi_k(bicubic_up(emb_k))``, then ``post_quant_conv`` and the decoder.
+        ``f_hat = sum_k phi_k(bicubic_up(emb_k))``, then ``post_quant_conv`` and the decoder;
+        a straight-through clamp to ``[0, 1]``.
         """
         embeddings = self.prepare_embeddings(embeddings)
-        return self.vae.fhat_to_img(self.vae.embeddings_to_fhat(embeddings)).add(1).mul(0.5)
+        images_m11 = self.vae.fhat_to_unclamped_img(self.vae.embeddings_to_fhat(embeddings))
+        # Clamped in value, not in gradient (the perceptual loss flows through here).
+        return clamp_straight_through(images_m11.add(1).mul(0.5), 0.0, 1.0)

@@ -56,7 +56,11 @@ class VQVAE(nn.Module):
 
     def fhat_to_img(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
         """Images in ``[-1, 1]`` (clamped, as released) from ``f_hat``."""
-        return self.decoder(self.post_quant_conv(f_hat_BChw)).clamp(-1, 1)
+        return self.fhat_to_unclamped_img(f_hat_BChw).clamp(-1, 1)
+
+    def fhat_to_unclamped_img(self, f_hat_BChw: torch.Tensor) -> torch.Tensor:
+        """The decoder's output before the release's clamp (for gradient paths)."""
+        return self.decoder(self.post_quant_conv(f_hat_BChw))
 
     def indices_to_fhat(self, indices_Bn: torch.Tensor) -> torch.Tensor:
         return self.quantize.embed_to_fhat(self.quantize.indices_to_maps(indices_Bn))

@@ -1,0 +1,108 @@
+"""DD's training losses as plain functions (paper Eq. 7, App. C): testable without a Trainer.
+
+``dd_loss = ce_weight * CE(logits, target tokens) + perceptual_weight * d(decode(emb), decode(q))``
+on the positions the student predicts; the paper's weights are 0.1 and 1.0 and the perceptual
+distance is LPIPS-VGG. The image of the predicted embeddings goes through the frozen teacher
+decoder (``Teacher.decode_embeddings``) so the gradient reaches the embedding head.
+
+Perceptual distances take two image batches in ``[0, 1]`` and return ``[B]``:
+- real teachers: :class:`LPIPSDistance` (the ``lpips`` package, VGG16 trunk from a local file);
+- tiny teachers: ``dd.metrics.digits.feature_distance`` (the digits classifier's features).
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from dd.trajectory import apply_prefix, predicted_token_cross_entropy
+from teachers.protocol import Teacher
+
+PerceptualDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+PAPER_CE_WEIGHT = 0.1  # DD App. C
+PAPER_PERCEPTUAL_WEIGHT = 1.0
+# torchvision's file name of the ImageNet VGG16 weights that LPIPS-VGG's trunk uses.
+VGG16_FILE = "vgg16-397923af.pth"
+
+
+def default_vgg16_path() -> Path:
+    """Where torchvision itself caches the file: ``$TORCH_HOME/hub/checkpoints/``."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / VGG16_FILE
+
+
+class LPIPSDistance(nn.Module):
+    """LPIPS-VGG (v0.1): the package's calibrated linear layers, the VGG16 trunk read from a
+    local torchvision state dict (``weights_only=True``). Frozen; differentiable in the images."""
+
+    def __init__(self, vgg16_path: str | Path | None = None) -> None:
+        super().__init__()
+        import lpips  # the package's linear layers ship inside it; the trunk does not
+
+        path = Path(vgg16_path) if vgg16_path is not None else default_vgg16_path()
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"LPIPS-VGG needs torchvision's ImageNet VGG16 weights, not found at {path}. "
+                f"Copy {VGG16_FILE} (torchvision's vgg16 IMAGENET1K_V1 file) there, or pass its "
+                "path (recipe: loss.vgg16_path). A random trunk is never used instead."
+            )
+        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained`
+            warnings.simplefilter("ignore", UserWarning)
+            self.lpips = lpips.LPIPS(net="vgg", pnet_rand=True, verbose=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        trunk = {}
+        for (
+            name,
+            _,
+        ) in self.lpips.net.named_parameters():  # "slice3.10.weight" <- "features.10.weight"
+            key = "features." + name.split(".", 1)[1]
+            if key not in state:
+                raise ValueError(f"{path} is not a torchvision VGG16 state dict (no {key!r})")
+            trunk[name] = state[key]
+        self.lpips.net.load_state_dict(trunk, strict=True)
+        self.requires_grad_(False)
+        self.eval()
+
+    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
+        return self.lpips(images_a, images_b, normalize=True).flatten()
+
+
+@dataclass(frozen=True)
+class LossTerms:
+    total: torch.Tensor
+    cross_entropy: torch.Tensor
+    perceptual: torch.Tensor
+
+
+def dd_loss(
+    teacher: Teacher,
+    logits_BNV: torch.Tensor,
+    embeddings_BNC: torch.Tensor,
+    target_BN: torch.Tensor,
+    boundary_B: torch.Tensor,
+    perceptual: PerceptualDistance,
+    *,
+    ce_weight: float = PAPER_CE_WEIGHT,
+    perceptual_weight: float = PAPER_PERCEPTUAL_WEIGHT,
+) -> LossTerms:
+    """Eq. 7 with the paper's two heads: CE on the predicted positions, and the perceptual
+    distance between the decoded predicted embeddings (prefix positions are the given codes,
+    Eq. 6) and the image of the target tokens. No clamping on the gradient path."""
+    codebook = teacher.codebook
+    target_codes_BNC = codebook[target_BN]
+    # Eq. 6 for the embedding path: positions before the boundary hold the target's codes.
+    _, embeddings_BNC = apply_prefix(
+        logits_BNV, embeddings_BNC, target_codes_BNC, target_BN, boundary_B
+    )
+    cross_entropy = predicted_token_cross_entropy(logits_BNV, target_BN, boundary_B)
+    predicted_images = teacher.decode_embeddings(embeddings_BNC.to(codebook.dtype))
+    with torch.no_grad():
+        target_images = teacher.decode_tokens(target_BN)
+    perceptual_term = perceptual(predicted_images, target_images).mean()
+    total = ce_weight * cross_entropy + perceptual_weight * perceptual_term
+    return LossTerms(total, cross_entropy.detach(), perceptual_term.detach())

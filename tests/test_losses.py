@@ -1,0 +1,107 @@
+"""DD's losses (dd/losses.py) as plain functions: LPIPS-VGG loading and its errors, the two-term
+loss on real pairs of a tiny teacher, and a short real optimisation that lowers both terms."""
+
+import pytest
+import torch
+from torch import nn
+
+from data_gen.config import FlowSettings
+from data_gen.pairs import map_noise
+from dd.losses import VGG16_FILE, LPIPSDistance, dd_loss
+from dd.metrics.digits import feature_distance
+from dd.student import DDStudent
+from dd.trajectory import step_boundaries, trajectory_input
+from teachers.tiny import load_tiny_teacher, tiny_sampling
+
+# The features part of torchvision's VGG16 layout: conv layer indices and channel widths.
+VGG16_CONVS = {0: (3, 64), 2: (64, 64), 5: (64, 128), 7: (128, 128), 10: (128, 256),
+               12: (256, 256), 14: (256, 256), 17: (256, 512), 19: (512, 512), 21: (512, 512),
+               24: (512, 512), 26: (512, 512), 28: (512, 512)}  # fmt: skip
+
+
+def test_lpips_without_the_vgg_file_names_it(tmp_path):
+    missing = tmp_path / "nowhere" / VGG16_FILE
+    with pytest.raises(FileNotFoundError, match=VGG16_FILE) as info:
+        LPIPSDistance(missing)
+    assert str(missing) in str(info.value)
+
+
+def test_lpips_refuses_a_file_that_is_not_vgg16(tmp_path):
+    path = tmp_path / VGG16_FILE
+    torch.save({"features.0.weight": torch.zeros(64, 3, 3, 3)}, path)
+    with pytest.raises(ValueError, match="not a torchvision VGG16"):
+        LPIPSDistance(path)
+
+
+def test_lpips_loads_a_vgg16_state_dict_and_measures_distance(tmp_path):
+    generator = torch.Generator().manual_seed(0)
+    state = {}
+    for index, (c_in, c_out) in VGG16_CONVS.items():
+        std = (2 / (9 * c_in)) ** 0.5
+        state[f"features.{index}.weight"] = (
+            torch.randn(c_out, c_in, 3, 3, generator=generator) * std
+        )
+        state[f"features.{index}.bias"] = torch.zeros(c_out)
+    path = tmp_path / VGG16_FILE
+    torch.save(state, path)
+    distance = LPIPSDistance(path)
+    assert torch.equal(getattr(distance.lpips.net.slice3, "10").weight, state["features.10.weight"])
+    assert not any(p.requires_grad for p in distance.parameters())
+    images = torch.rand(2, 3, 32, 32, generator=generator)
+    other = torch.rand(2, 3, 32, 32, generator=generator, requires_grad=True)
+    assert torch.allclose(distance(images, images), torch.zeros(2), atol=1e-6)
+    far = distance(images, other)
+    assert far.shape == (2,) and (far > 1e-3).all()
+    far.sum().backward()
+    assert other.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_pairs():
+    teacher = load_tiny_teacher("llamagen-digits")
+    generator = torch.Generator().manual_seed(0)
+    batch = 8
+    labels = torch.arange(batch) % teacher.num_classes
+    noise = torch.randn(batch, teacher.geometry.num_tokens, teacher.code_dim, generator=generator)
+    tokens = map_noise(teacher, labels, noise, tiny_sampling("llamagen-digits"), FlowSettings())
+    return teacher, labels, noise, tokens
+
+
+def test_dd_loss_terms_and_gradient_paths(tiny_pairs):
+    teacher, labels, noise, tokens = tiny_pairs
+    torch.manual_seed(0)
+    student = DDStudent(teacher)
+    boundary = step_boundaries((0, 20), teacher.geometry).repeat(4)
+    inputs = trajectory_input(noise, tokens, teacher.codebook, boundary)
+    logits, embeddings = student(labels, inputs, boundary, tokens)
+    terms = dd_loss(teacher, logits, embeddings, tokens, boundary, feature_distance)
+    assert terms.cross_entropy > 0 and terms.perceptual > 0
+    torch.testing.assert_close(terms.total, 0.1 * terms.cross_entropy + terms.perceptual)
+    terms.total.backward()
+    head = student.backbone.embedding_out.weight.grad
+    assert head is not None and head.abs().sum() > 0  # the perceptual term reaches it
+    assert not any(p.grad is not None for p in teacher.parameters())
+
+
+def test_a_short_real_optimisation_lowers_both_losses(tiny_pairs):
+    """40 AdamW steps on 8 real pairs (both training timesteps): each term must fall by at
+    least 20% (measured on this machine: CE 5.77 -> 1.94, perceptual 3.30 -> 0.02)."""
+    teacher, labels, noise, tokens = tiny_pairs
+    torch.manual_seed(0)
+    student = DDStudent(teacher)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, betas=(0.9, 0.95))
+    boundary = step_boundaries((0, 20), teacher.geometry).repeat(4)
+    inputs = trajectory_input(noise, tokens, teacher.codebook, boundary)
+    history = []
+    for _ in range(40):
+        logits, embeddings = student(labels, inputs, boundary, tokens)
+        terms = dd_loss(teacher, logits, embeddings, tokens, boundary, feature_distance)
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+        optimizer.step()
+        history.append((terms.cross_entropy.item(), terms.perceptual.item()))
+    (ce_first, lp_first), (ce_last, lp_last) = history[0], history[-1]
+    message = f"CE {ce_first:.3f} -> {ce_last:.3f}, perceptual {lp_first:.3f} -> {lp_last:.3f}"
+    assert ce_last < 0.8 * ce_first, message
+    assert lp_last < 0.8 * lp_first, message

@@ -8,10 +8,12 @@ the step are returned as given). Nothing here depends on the family.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
-from dd.trajectory import apply_prefix, data_mask
+from dd.trajectory import apply_prefix, check_timesteps, data_mask
 from teachers.protocol import Teacher, check_labels, check_tokens
 
 
@@ -22,14 +24,31 @@ class DDStudent(nn.Module):
     ``(logits [B, n, V] float32, embeddings [B, n, C] float32)``; ``boundary`` is the first token
     of each sample's AR step (``geometry.step_ranges[k][0]``), ``prefix_tokens`` the tokens of the
     inputs before it (other entries are ignored).
+
+    The student holds its frozen ``teacher`` (for decoding and Alg. 4; never trained, never
+    saved with the student: ``student_state_dict``), the training ``timesteps`` (AR step
+    indices, 0-based, starting at 0) and ``split_token``: when sampling, positions before it
+    take the logits head's argmax and positions from it the embedding head's nearest code
+    (FACTS.md section 1; LlamaGen-B 80, LlamaGen-L 130, VAR-d16 the first 5 scales).
     """
 
-    def __init__(self, teacher: Teacher) -> None:
+    def __init__(self, teacher: Teacher, timesteps: Sequence[int], split_token: int) -> None:
         super().__init__()
         self.geometry = teacher.geometry
+        self.timesteps = check_timesteps(timesteps, teacher.geometry)
+        if not 0 <= split_token <= teacher.geometry.num_tokens:
+            raise ValueError(
+                f"split_token must be in [0, {teacher.geometry.num_tokens}], got {split_token}"
+            )
+        self.split_token = split_token
         self.num_classes = teacher.num_classes
         self.vocab_size, self.code_dim = teacher.codebook.shape
+        self.teacher = teacher
         self.backbone = teacher.student_backbone()
+
+    def student_state_dict(self) -> dict[str, torch.Tensor]:
+        """The trained weights only (the teacher is named by its fingerprint, not copied)."""
+        return self.backbone.state_dict()
 
     def forward(
         self,

@@ -70,7 +70,7 @@ def tiny_pairs():
 def test_dd_loss_terms_and_gradient_paths(tiny_pairs):
     teacher, labels, noise, tokens = tiny_pairs
     torch.manual_seed(0)
-    student = DDStudent(teacher)
+    student = DDStudent(teacher, (0, 20), 20)
     boundary = step_boundaries((0, 20), teacher.geometry).repeat(4)
     inputs = trajectory_input(noise, tokens, teacher.codebook, boundary)
     logits, embeddings = student(labels, inputs, boundary, tokens)
@@ -88,7 +88,7 @@ def test_a_short_real_optimisation_lowers_both_losses(tiny_pairs):
     least 20% (measured on this machine: CE 5.77 -> 1.94, perceptual 3.30 -> 0.02)."""
     teacher, labels, noise, tokens = tiny_pairs
     torch.manual_seed(0)
-    student = DDStudent(teacher)
+    student = DDStudent(teacher, (0, 20), 20)
     optimizer = torch.optim.AdamW(student.parameters(), lr=1e-3, betas=(0.9, 0.95))
     boundary = step_boundaries((0, 20), teacher.geometry).repeat(4)
     inputs = trajectory_input(noise, tokens, teacher.codebook, boundary)

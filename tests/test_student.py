@@ -17,10 +17,16 @@ def teacher(request):
     return load_tiny_teacher(request.param)
 
 
+# Tiny-teacher test settings: a second timestep half-way through the AR steps, split there too.
+def tiny_student(teacher) -> DDStudent:
+    second = teacher.geometry.num_steps // 2
+    return DDStudent(teacher, (0, second), teacher.geometry.step_ranges[second][0])
+
+
 @pytest.fixture(scope="module")
 def student(teacher):
     torch.manual_seed(0)
-    return DDStudent(teacher)
+    return tiny_student(teacher)
 
 
 def random_batch(teacher, seed: int = 0):
@@ -34,10 +40,12 @@ def random_batch(teacher, seed: int = 0):
 
 
 def test_teacher_stays_frozen_and_the_student_trains(teacher, student):
-    assert all(p.requires_grad for p in student.parameters())
+    assert all(p.requires_grad for p in student.backbone.parameters())
+    student.train()
     assert not any(p.requires_grad for p in teacher.parameters()) and not teacher.training
     teacher_ids = {id(p) for p in teacher.parameters()}
-    assert not teacher_ids & {id(p) for p in student.parameters()}  # copies, not shared
+    assert not teacher_ids & {id(p) for p in student.backbone.parameters()}  # copies
+    assert set(student.student_state_dict()) == set(student.backbone.state_dict())
 
 
 def test_eq6_holds_at_every_ar_step(teacher, student):
@@ -103,3 +111,7 @@ def test_bad_input_is_refused(teacher, student):
         student(labels, noise, boundary[:-1], tokens)
     with pytest.raises(ValueError, match="tokens"):
         student(labels, noise, boundary, tokens[:, :-1])
+    with pytest.raises(ValueError, match="not an AR step boundary"):
+        DDStudent(teacher, (0, teacher.geometry.num_steps), 0)
+    with pytest.raises(ValueError, match="split_token"):
+        DDStudent(teacher, (0,), teacher.geometry.num_tokens + 1)

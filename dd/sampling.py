@@ -1,0 +1,108 @@
+"""Few-step sampling with a DD student (paper Alg. 3): pure functions, randomness injected.
+
+Alg. 3: draw the noise sequence once; at each chosen timestep ``k_j`` (a subset of the training
+timesteps starting at the first) the input is the tokens predicted so far before step ``k_j``'s
+boundary and *the same original noise* after it; the student predicts the whole sequence.
+Tokens before ``split_token`` come from the logits head (argmax), the others from the embedding
+head (nearest codebook entry).
+
+Noise is seeded per sample: sample ``i`` of a call gets ``sample_seed(base, i)`` with ``base``
+drawn once from ``generator``, so sample ``i``'s image does not depend on the batch size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from data_gen.pairs import sample_seed
+from dd.student import DDStudent
+from dd.trajectory import trajectory_input
+from teachers.protocol import check_labels
+
+SEED_BITS = 62
+
+
+def draw_noise(
+    num_samples: int, num_tokens: int, code_dim: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """``[num_samples, n, C]`` standard normal noise, one seeded stream per sample index."""
+    base = int(torch.randint(2**SEED_BITS, (1,), generator=generator))
+    noise = [
+        torch.randn(
+            num_tokens, code_dim, generator=torch.Generator().manual_seed(sample_seed(base, index))
+        )
+        for index in range(num_samples)
+    ]
+    return torch.stack(noise) if noise else torch.zeros(0, num_tokens, code_dim)
+
+
+def resolve_steps(student: DDStudent, steps: int | Sequence[int]) -> tuple[int, ...]:
+    """``steps=m``: the first ``m`` training timesteps; or an explicit subset of them."""
+    trained = student.timesteps
+    if isinstance(steps, int):
+        if not 1 <= steps <= len(trained):
+            raise ValueError(
+                f"steps={steps}: this student was trained for timesteps {trained}, so 1 to "
+                f"{len(trained)} steps are possible"
+            )
+        return trained[:steps]
+    chosen = tuple(int(k) for k in steps)
+    unknown = [k for k in chosen if k not in trained]
+    if not chosen or unknown or chosen[0] != trained[0] or list(chosen) != sorted(set(chosen)):
+        raise ValueError(
+            f"steps {chosen}: give increasing AR step indices among the trained timesteps "
+            f"{trained}, starting at {trained[0]} (Alg. 3)"
+        )
+    return chosen
+
+
+def nearest_codes(embeddings_BNC: torch.Tensor, codebook_VC: torch.Tensor) -> torch.Tensor:
+    """Index of the nearest codebook row (L2) of every embedding -> ``[B, n]``."""
+    codes = codebook_VC.to(embeddings_BNC.dtype)
+    # ||e - c||^2 = ||e||^2 - 2 e.c + ||c||^2; the first term does not change the argmin.
+    scores_BNV = embeddings_BNC @ codes.T - 0.5 * codes.square().sum(-1)
+    return scores_BNV.argmax(-1)
+
+
+@torch.no_grad()
+def sample_tokens(
+    student: DDStudent,
+    labels: torch.Tensor,
+    noise_BNC: torch.Tensor,
+    steps: int | Sequence[int] = 1,
+) -> torch.Tensor:
+    """Alg. 3 from given noise -> tokens ``[B, n]`` (long)."""
+    check_labels(labels, student.num_classes)
+    timesteps = resolve_steps(student, steps)
+    teacher, geometry = student.teacher, student.geometry
+    device = teacher.codebook.device
+    labels, noise_BNC = labels.to(device), noise_BNC.to(device)
+    codebook = teacher.codebook
+    batch = labels.shape[0]
+    tokens_BN = torch.zeros(batch, geometry.num_tokens, dtype=torch.long, device=device)
+    for step in timesteps:
+        boundary_B = torch.full((batch,), geometry.step_ranges[step][0], device=device)
+        inputs = trajectory_input(noise_BNC, tokens_BN, codebook, boundary_B)
+        logits, embeddings = student(labels, inputs, boundary_B, tokens_BN)
+        predicted = nearest_codes(embeddings, codebook)
+        split = student.split_token
+        predicted[:, :split] = logits[:, :split].argmax(-1)
+        # Positions before the boundary are the given prefix (Eq. 6 already returns them).
+        tokens_BN = predicted
+    return tokens_BN
+
+
+@torch.no_grad()
+def sample(
+    student: DDStudent,
+    labels: torch.Tensor,
+    *,
+    steps: int | Sequence[int] = 1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Images ``[B, 3, H, W]`` in ``[0, 1]`` from ``steps`` DD steps (Alg. 3)."""
+    noise = draw_noise(labels.shape[0], student.geometry.num_tokens, student.code_dim, generator)
+    tokens = sample_tokens(student, labels, noise, steps)
+    return student.teacher.decode_tokens(tokens)

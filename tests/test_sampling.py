@@ -1,0 +1,50 @@
+"""Few-step sampling (dd/sampling.py, Alg. 3) on both tiny teachers with untrained students:
+shapes and range, per-sample seeding, the prefix kept between steps, bad input."""
+
+import pytest
+import torch
+
+import dd
+from dd.sampling import draw_noise, sample_tokens
+from dd.student import DDStudent
+from teachers.tiny import load_tiny_teacher
+
+
+@pytest.fixture(scope="module", params=("llamagen-digits", "var-digits"))
+def student(request):
+    teacher = load_tiny_teacher(request.param)
+    second = teacher.geometry.num_steps // 2
+    torch.manual_seed(0)
+    return DDStudent(teacher, (0, second), teacher.geometry.step_ranges[second][0])
+
+
+def test_images_do_not_depend_on_the_batch_size(student):
+    labels = torch.arange(6) % student.num_classes
+    whole = dd.sample(student, labels, steps=2, generator=torch.Generator().manual_seed(3))
+    part = dd.sample(student, labels[:2], steps=2, generator=torch.Generator().manual_seed(3))
+    assert whole.shape[:2] == (6, 3) and whole.min() >= 0 and whole.max() <= 1
+    torch.testing.assert_close(whole[:2], part, atol=1e-5, rtol=0)
+    other = dd.sample(student, labels[:2], steps=2, generator=torch.Generator().manual_seed(4))
+    assert not torch.allclose(other, part)
+
+
+def test_second_step_keeps_the_first_steps_prefix(student):
+    labels = torch.arange(4) % student.num_classes
+    noise = draw_noise(4, student.geometry.num_tokens, student.code_dim, torch.Generator())
+    one = sample_tokens(student, labels, noise, steps=1)
+    two = sample_tokens(student, labels, noise, steps=2)
+    boundary = student.geometry.step_ranges[student.timesteps[1]][0]
+    assert torch.equal(one[:, :boundary], two[:, :boundary])
+    assert sample_tokens(student, labels, noise, steps=list(student.timesteps)).equal(two)
+
+
+def test_bad_steps_and_labels_are_refused(student):
+    labels = torch.zeros(2, dtype=torch.long)
+    with pytest.raises(ValueError, match="1 to 2 steps"):
+        dd.sample(student, labels, steps=3)
+    with pytest.raises(ValueError, match="trained timesteps"):
+        dd.sample(student, labels, steps=[0, student.timesteps[1] + 1])
+    with pytest.raises(ValueError, match="trained timesteps"):
+        dd.sample(student, labels, steps=[student.timesteps[1]])
+    with pytest.raises(ValueError, match="class labels"):
+        dd.sample(student, labels + student.num_classes, steps=1)

@@ -1,7 +1,7 @@
 """Distilled Decoding: the method (flow matching, student, losses, sampling, CLI).
 
-The public entry points, ``dd.sample`` and ``dd.DDStudent``, are imported on first use, so
-that ``import dd.flow`` (used by ``data_gen``) stays light and free of import cycles.
+The public entry points (``dd.load_student``, ``dd.sample``, ``dd.DDStudent``) are imported
+on first use, so that ``import dd.flow`` (used by ``data_gen``) stays light and acyclic.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-_PUBLIC = {"sample": "dd.sampling", "DDStudent": "dd.student"}
+_PUBLIC = {"sample": "dd.sampling", "DDStudent": "dd.student", "load_student": "dd.checkpoint"}
 
 __all__ = sorted(_PUBLIC)
 

@@ -1,0 +1,131 @@
+"""Student checkpoints: safetensors weights plus a JSON card naming the teacher.
+
+A checkpoint folder holds ``student.safetensors`` (the backbone's weights only; never the
+teacher's) and ``student.json``: the teacher's recipe spec and fingerprint, the timesteps, the
+split token and whatever the trainer records (recipe, seed, pairs, time). Loading rebuilds the
+teacher from its spec (or takes the one given), refuses a teacher whose fingerprint differs,
+and loads the weights strictly. Both files are written atomically (temporary file, rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from dd.student import DDStudent
+from dd.teacher_spec import TeacherSpec, load_teacher
+from teachers.protocol import Teacher
+
+WEIGHTS_FILE = "student.safetensors"
+CARD_FILE = "student.json"
+CARD_FORMAT = 1
+
+
+def _write_atomically(path: Path, write) -> None:
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(handle)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+def save_student(
+    student: DDStudent,
+    folder: str | Path,
+    teacher_spec: TeacherSpec,
+    *,
+    record: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``folder/student.safetensors`` and ``folder/student.json``; returns the folder."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in student.student_state_dict().items()}
+    card = {
+        "format": CARD_FORMAT,
+        "family": student.teacher.family,
+        "teacher": {k: v for k, v in dataclasses.asdict(teacher_spec).items() if v is not None},
+        "teacher_fingerprint": student.teacher.fingerprint(),
+        "timesteps": list(student.timesteps),
+        "split_token": student.split_token,
+        "record": record or {},
+    }
+    _write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+    _write_atomically(
+        folder / CARD_FILE, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=1) + "\n")
+    )
+    return folder
+
+
+def read_card(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / CARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"not a student checkpoint: {path} is missing")
+    card = json.loads(path.read_text())
+    if card.get("format") != CARD_FORMAT:
+        raise ValueError(f"{path}: unknown student card format {card.get('format')!r}")
+    return card
+
+
+def load_student_folder(
+    folder: str | Path, *, teacher: Teacher | None = None, device: torch.device | str = "cpu"
+) -> DDStudent:
+    """The student saved in ``folder``, over ``teacher`` (default: rebuilt from its spec)."""
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    card = read_card(folder)
+    if teacher is None:
+        teacher = load_teacher(TeacherSpec(**card["teacher"]), device=device)
+    if teacher.fingerprint() != card["teacher_fingerprint"]:
+        raise ValueError(
+            f"{folder} was distilled from teacher {card['teacher_fingerprint']} "
+            f"({card['teacher']}); the teacher given has fingerprint {teacher.fingerprint()}. "
+            "A student only works with the teacher it was distilled from."
+        )
+    student = DDStudent(teacher, card["timesteps"], card["split_token"])
+    state = load_file(str(folder / WEIGHTS_FILE), device=str(teacher.device))
+    student.backbone.load_state_dict(state, strict=True)
+    return student.eval()
+
+
+# Students distilled by this project's recipes and shipped with it, one folder each.
+SHIPPED_STUDENTS_DIR = Path(__file__).resolve().parent / "weights"
+
+
+def shipped_students() -> tuple[str, ...]:
+    if not SHIPPED_STUDENTS_DIR.is_dir():
+        return ()
+    return tuple(
+        sorted(p.name for p in SHIPPED_STUDENTS_DIR.iterdir() if (p / CARD_FILE).is_file())
+    )
+
+
+def load_student(
+    name_or_path: str | Path,
+    *,
+    teacher: Teacher | None = None,
+    device: torch.device | str = "cpu",
+) -> DDStudent:
+    """A shipped student by name, or a checkpoint folder written by ``save_student``."""
+    path = Path(name_or_path)
+    if (path / CARD_FILE).is_file():
+        return load_student_folder(path, teacher=teacher, device=device)
+    if str(name_or_path) in shipped_students():
+        return load_student_folder(
+            SHIPPED_STUDENTS_DIR / str(name_or_path), teacher=teacher, device=device
+        )
+    raise ValueError(
+        f"{name_or_path!r} is neither a student checkpoint folder (with {CARD_FILE}) nor a "
+        f"shipped student (shipped: {list(shipped_students())})"
+    )

@@ -1,0 +1,53 @@
+"""Student checkpoints (dd/checkpoint.py): round trip, the teacher check, bad paths."""
+
+import json
+
+import pytest
+import torch
+
+import dd
+from dd.checkpoint import CARD_FILE, save_student
+from dd.student import DDStudent
+from dd.teacher_spec import TeacherSpec
+from teachers.tiny import load_tiny_teacher
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+    teacher = load_tiny_teacher("var-digits")
+    torch.manual_seed(0)
+    student = DDStudent(teacher, (0, 3), teacher.geometry.step_ranges[3][0])
+    with torch.no_grad():  # move away from the initialisation so the round trip means something
+        for parameter in student.backbone.parameters():
+            parameter.add_(0.01 * torch.randn_like(parameter))
+    folder = save_student(
+        student, tmp_path_factory.mktemp("student"), TeacherSpec(tiny="var-digits"),
+        record={"seed": 0},
+    )  # fmt: skip
+    return student, folder
+
+
+def test_round_trip_gives_the_same_samples(saved):
+    student, folder = saved
+    loaded = dd.load_student(folder)
+    assert loaded.timesteps == student.timesteps and loaded.split_token == student.split_token
+    labels = torch.arange(4)
+    first = dd.sample(student, labels, steps=2, generator=torch.Generator().manual_seed(0))
+    again = dd.sample(loaded, labels, steps=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)
+    card = json.loads((folder / CARD_FILE).read_text())
+    assert card["teacher"] == {"tiny": "var-digits"} and card["record"] == {"seed": 0}
+
+
+def test_a_student_of_another_teacher_is_refused(saved):
+    _, folder = saved
+    other = load_tiny_teacher("llamagen-digits")
+    with pytest.raises(ValueError, match="only works with the teacher it was distilled from"):
+        dd.load_student(folder, teacher=other)
+
+
+def test_unknown_names_and_folders_are_named(tmp_path):
+    with pytest.raises(ValueError, match="neither a student checkpoint folder"):
+        dd.load_student(tmp_path)
+    with pytest.raises(ValueError, match="shipped"):
+        dd.load_student("no-such-student")

@@ -1,0 +1,155 @@
+"""Stage 2 on Lightning: the distillation system (paper Alg. 2) and its data module.
+
+``DistillModule`` composes the plain pieces: ``dd.trajectory`` (Eq. 5), ``DDStudent`` (Eq. 6),
+``dd.losses.dd_loss`` (Eq. 7). It owns the optimiser (AdamW, betas 0.9 / 0.95) and logs both
+loss terms and held-out token agreement with the teacher's tokens. EMA, gradient clipping,
+precision and the distributed strategy are the Trainer's (``EMAWeightAveraging``,
+``gradient_clip_val``, ``precision``, ``strategy``), set by the recipe.
+
+``PairDataModule`` serves ``dd.data.PairBatches`` from the step the trainer resumes at, so a
+resumed run sees exactly the batches an uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from dd.data import BatchOrder, PairBatches, PairSet
+from dd.losses import PAPER_CE_WEIGHT, PAPER_PERCEPTUAL_WEIGHT, PerceptualDistance, dd_loss
+from dd.sampling import nearest_codes
+from dd.student import DDStudent
+from dd.trajectory import trajectory_input
+
+PAPER_BETAS = (0.9, 0.95)  # DD App. C
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """``lr`` is per ``lr_reference_batch`` samples; the used rate scales linearly with the
+    global batch (VAR in the paper: 1e-4 per 256); ``lr_reference_batch=0`` keeps it fixed
+    (LlamaGen in the paper)."""
+
+    lr: float = 1e-4
+    lr_reference_batch: int = 256
+    weight_decay: float = 0.0
+    ce_weight: float = PAPER_CE_WEIGHT
+    perceptual_weight: float = PAPER_PERCEPTUAL_WEIGHT
+
+    def scaled_lr(self, global_batch_size: int) -> float:
+        if self.lr_reference_batch == 0:
+            return self.lr
+        return self.lr * global_batch_size / self.lr_reference_batch
+
+
+class DistillModule(pl.LightningModule):
+    def __init__(
+        self,
+        student: DDStudent,
+        perceptual: PerceptualDistance,
+        optim: OptimSettings,
+        global_batch_size: int,
+    ) -> None:
+        super().__init__()
+        self.student, self.perceptual = student, perceptual
+        self.optim, self.global_batch_size = optim, global_batch_size
+        boundaries = [student.geometry.step_ranges[k][0] for k in student.timesteps]
+        self.register_buffer("boundaries", torch.tensor(boundaries), persistent=False)
+
+    def _predict(self, batch: dict[str, torch.Tensor]):
+        codebook = self.student.teacher.codebook
+        boundary = self.boundaries[batch["timestep_choice"]]
+        inputs = trajectory_input(batch["noise"], batch["tokens"], codebook, boundary)
+        logits, embeddings = self.student(batch["labels"], inputs, boundary, batch["tokens"])
+        return logits, embeddings, boundary
+
+    def training_step(
+        self, batch: dict[str, torch.Tensor], batch_idx: int
+    ) -> dict[str, torch.Tensor]:
+        logits, embeddings, boundary = self._predict(batch)
+        terms = dd_loss(
+            self.student.teacher,
+            logits,
+            embeddings,
+            batch["tokens"],
+            boundary,
+            self.perceptual,
+            ce_weight=self.optim.ce_weight,
+            perceptual_weight=self.optim.perceptual_weight,
+        )
+        self.log_dict(
+            {
+                "train/loss": terms.total.detach(),
+                "train/cross_entropy": terms.cross_entropy,
+                "train/perceptual": terms.perceptual,
+            },
+            prog_bar=True,
+            sync_dist=False,
+        )
+        return {
+            "loss": terms.total,
+            "cross_entropy": terms.cross_entropy,
+            "perceptual": terms.perceptual,
+        }
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        """Held-out token agreement with the teacher's tokens at every training timestep."""
+        codebook = self.student.teacher.codebook
+        for choice, step in enumerate(self.student.timesteps):
+            chosen = torch.full_like(batch["labels"], choice)
+            logits, embeddings, boundary = self._predict({**batch, "timestep_choice": chosen})
+            predicted = nearest_codes(embeddings, codebook)
+            split = self.student.split_token
+            predicted[:, :split] = logits[:, :split].argmax(-1)
+            start = int(boundary[0])
+            agreement = (predicted[:, start:] == batch["tokens"][:, start:]).float().mean()
+            self.log(f"val/token_agreement_step{step}", agreement, sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.student.backbone.parameters(),
+            lr=self.optim.scaled_lr(self.global_batch_size),
+            betas=PAPER_BETAS,
+            weight_decay=self.optim.weight_decay,
+        )
+
+
+class PairDataModule(pl.LightningDataModule):
+    """Training batches from ``dd.data.BatchOrder``; the held-out pairs in order for validation."""
+
+    def __init__(
+        self,
+        train: PairSet,
+        heldout: PairSet,
+        *,
+        global_batch_size: int,
+        num_timesteps: int,
+        seed: int,
+        heldout_batch_size: int = 64,
+    ) -> None:
+        super().__init__()
+        self.train_pairs, self.heldout_pairs = train, heldout
+        self.order = BatchOrder(len(train), global_batch_size, num_timesteps, seed)
+        self.heldout_batch_size = heldout_batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        trainer = self.trainer
+        batches = PairBatches(
+            self.train_pairs,
+            self.order,
+            start_step=trainer.global_step,  # restored from the checkpoint before this call
+            rank=trainer.global_rank,
+            world_size=trainer.world_size,
+        )
+        return DataLoader(batches, batch_size=None, num_workers=0)
+
+    def val_dataloader(self) -> DataLoader:
+        pairs = self.heldout_pairs
+        rows = [
+            {"labels": pairs.labels[i], "noise": pairs.noise[i], "tokens": pairs.tokens[i]}
+            for i in range(len(pairs))
+        ]
+        return DataLoader(rows, batch_size=self.heldout_batch_size, shuffle=False)

@@ -1,0 +1,154 @@
+"""Stage 2 on Lightning (dd/distill.py, dd/data.py) with real pairs of the tiny LlamaGen: the
+data order, refusals, a short run whose loss falls, and stop + resume = uninterrupted."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from lightning.pytorch.callbacks import Callback, EMAWeightAveraging, ModelCheckpoint
+
+from data_gen.config import (
+    GenerateRecipe,
+    OutputSettings,
+    PairSettings,
+    RunSettings,
+    SamplingOverrides,
+)
+from data_gen.engine import run_generation
+from dd.data import BatchOrder, PairBatches, load_pairs, split_heldout
+from dd.distill import DistillModule, OptimSettings, PairDataModule
+from dd.metrics.digits import feature_distance
+from dd.student import DDStudent
+from dd.teacher_spec import TeacherSpec, load_teacher
+from teachers.tiny.registry import tiny_sampling
+
+TEACHER = "llamagen-digits"
+NUM_PAIRS, NUM_HELDOUT, GLOBAL_BATCH = 80, 16, 8
+TIMESTEPS, SPLIT_TOKEN = (0, 20), 20
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_teacher(TeacherSpec(tiny=TEACHER))
+
+
+@pytest.fixture(scope="module")
+def pair_folder(teacher, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("distill") / "pairs"
+    recipe = GenerateRecipe(
+        teacher=TeacherSpec(tiny=TEACHER),
+        sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling(TEACHER))),
+        pairs=PairSettings(num_pairs=NUM_PAIRS, seed=0),
+        output=OutputSettings(folder=str(folder), shard_size=32),
+        run=RunSettings(batch_size=40, accelerator="cpu", devices=1, progress_bar=False),
+    )
+    assert run_generation(recipe, teacher=teacher).complete
+    return folder
+
+
+def test_pairs_of_another_teacher_are_refused(pair_folder):
+    with pytest.raises(ValueError, match="not of the teacher being distilled"):
+        load_pairs(pair_folder, teacher_fingerprint="0" * 16)
+    with pytest.raises(FileNotFoundError, match="not a finished pair folder"):
+        load_pairs(pair_folder.parent, teacher_fingerprint="0" * 16)
+
+
+def test_batch_order_covers_each_epoch_once_and_ranks_partition_it():
+    order = BatchOrder(num_samples=20, global_batch_size=6, num_timesteps=2, seed=3)
+    assert order.steps_per_epoch == 3
+    epoch = torch.cat([order.rows(step) for step in range(3)])
+    assert epoch.unique().numel() == 18  # 3 batches of 6 distinct rows, 2 dropped
+    assert not torch.equal(order.rows(0), order.rows(3))  # a new permutation per epoch
+    assert torch.equal(order.rows(4), BatchOrder(20, 6, 2, 3).rows(4))
+
+
+def test_ranks_take_disjoint_slices_of_the_global_batch(teacher, pair_folder):
+    pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
+    order = BatchOrder(len(pairs), GLOBAL_BATCH, len(TIMESTEPS), seed=0)
+    whole = next(iter(PairBatches(pairs, order, start_step=5, rank=0, world_size=1)))
+    halves = [
+        next(iter(PairBatches(pairs, order, start_step=5, rank=r, world_size=2))) for r in (0, 1)
+    ]
+    for key in ("labels", "tokens", "noise", "timestep_choice"):
+        assert torch.equal(torch.cat([h[key] for h in halves]), whole[key])
+
+
+class LossRecorder(Callback):
+    def __init__(self):
+        self.losses: dict[int, float] = {}
+        self.terms: dict[int, tuple[float, float]] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses[trainer.global_step - 1] = float(outputs["loss"])
+        self.terms[trainer.global_step - 1] = (
+            float(outputs["cross_entropy"]),
+            float(outputs["perceptual"]),
+        )
+
+
+def fit(teacher, pair_folder, root, max_steps, *, resume_from=None, callbacks=()):
+    pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
+    train, heldout = split_heldout(pairs, NUM_HELDOUT)
+    torch.manual_seed(0)  # the new layers' initialisation
+    student = DDStudent(teacher, TIMESTEPS, SPLIT_TOKEN)
+    module = DistillModule(
+        student, feature_distance, OptimSettings(lr=1e-3, lr_reference_batch=0), GLOBAL_BATCH
+    )
+    data = PairDataModule(
+        train, heldout, global_batch_size=GLOBAL_BATCH, num_timesteps=len(TIMESTEPS), seed=0
+    )
+    recorder = LossRecorder()
+    trainer = pl.Trainer(
+        default_root_dir=root,
+        accelerator="cpu",
+        devices=1,
+        max_steps=max_steps,
+        gradient_clip_val=1.0,
+        val_check_interval=10,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        logger=False,
+        callbacks=[recorder, *callbacks],
+    )
+    trainer.fit(module, datamodule=data, ckpt_path=resume_from)
+    return recorder, trainer
+
+
+def test_a_short_run_lowers_the_loss_and_logs_token_agreement(teacher, pair_folder, tmp_path):
+    """30 steps (about 4 epochs of 64 pairs, batch 8, EMA on): the mean of the last 5 steps is
+    below the first 5 for the total by 20% and for each term (measured here: total 3.74 -> 2.72)."""
+    recorder, trainer = fit(
+        teacher, pair_folder, tmp_path, 30, callbacks=[EMAWeightAveraging(decay=0.9)]
+    )
+
+    def mean(values):
+        return sum(values) / len(values)
+
+    first, last = range(5), range(25, 30)
+    losses, terms = recorder.losses, recorder.terms
+    assert mean([losses[s] for s in last]) < 0.8 * mean([losses[s] for s in first])
+    for term in (0, 1):
+        assert mean([terms[s][term] for s in last]) < mean([terms[s][term] for s in first]), term
+    metrics = trainer.callback_metrics
+    assert 0 <= float(metrics["val/token_agreement_step0"]) <= 1
+    assert "val/token_agreement_step20" in metrics
+
+
+def test_stop_and_resume_reproduces_the_loss_curve(teacher, pair_folder, tmp_path):
+    """Steps 10-19 after resuming from the step-10 checkpoint equal an uninterrupted run's
+    (same data order, optimiser state and weights; float32, 1e-5)."""
+    straight = fit(teacher, pair_folder, tmp_path / "straight", 20)[0].losses
+    saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=10, save_top_k=-1)
+    fit(teacher, pair_folder, tmp_path / "first", 10, callbacks=[saver])
+    checkpoint = next((tmp_path / "ckpt").glob("*step=10*.ckpt"))
+    resumed = fit(teacher, pair_folder, tmp_path / "second", 20, resume_from=checkpoint)[0].losses
+    assert sorted(resumed) == list(range(10, 20))
+    for step in range(10, 20):
+        assert abs(resumed[step] - straight[step]) <= 1e-5 * max(1.0, abs(straight[step])), step

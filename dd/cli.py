@@ -1,7 +1,9 @@
 """The ``dd`` command line: one sub-command per stage.
 
 Each sub-command lives in its own module and exposes ``add_arguments(parser)`` and
-``run(args) -> int``; this file only routes. Unknown arguments are an error, never ignored.
+``run(args) -> int``; commands whose options come from typed recipes through jsonargparse
+(``RECIPE_COMMANDS``) expose ``main(argv) -> int`` and parse their own arguments. This file
+only routes. Unknown arguments are an error, never ignored.
 """
 
 from __future__ import annotations
@@ -24,6 +26,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# name -> (module, one-line help); the module's ``main(argv)`` parses with jsonargparse.
+RECIPE_COMMANDS: dict[str, tuple[str, str]] = {
+    "train": (
+        "dd.train_command",
+        "stage 2: distil a student from pair shards (Lightning; resumable; --print_config)",
+    ),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dd", description="Distilled Decoding for AR image models"
@@ -33,10 +44,16 @@ def build_parser() -> argparse.ArgumentParser:
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
         command_parser.set_defaults(_module=module_name)
         importlib.import_module(module_name).add_arguments(command_parser)
+    for name, (_, help_text) in RECIPE_COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] in RECIPE_COMMANDS:
+        module_name = RECIPE_COMMANDS[argv[0]][0]
+        return int(importlib.import_module(module_name).main(argv[1:]) or 0)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

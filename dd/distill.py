@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dd.data import BatchOrder, PairBatches, PairSet
-from dd.losses import PAPER_CE_WEIGHT, PAPER_PERCEPTUAL_WEIGHT, PerceptualDistance, dd_loss
+from dd.losses import LossSettings, PerceptualDistance, dd_loss
 from dd.sampling import nearest_codes
 from dd.student import DDStudent
 from dd.trajectory import trajectory_input
@@ -36,8 +36,6 @@ class OptimSettings:
     lr: float = 1e-4
     lr_reference_batch: int = 256
     weight_decay: float = 0.0
-    ce_weight: float = PAPER_CE_WEIGHT
-    perceptual_weight: float = PAPER_PERCEPTUAL_WEIGHT
 
     def scaled_lr(self, global_batch_size: int) -> float:
         if self.lr_reference_batch == 0:
@@ -51,11 +49,12 @@ class DistillModule(pl.LightningModule):
         student: DDStudent,
         perceptual: PerceptualDistance,
         optim: OptimSettings,
+        loss: LossSettings,
         global_batch_size: int,
     ) -> None:
         super().__init__()
         self.student, self.perceptual = student, perceptual
-        self.optim, self.global_batch_size = optim, global_batch_size
+        self.optim, self.loss, self.global_batch_size = optim, loss, global_batch_size
         boundaries = [student.geometry.step_ranges[k][0] for k in student.timesteps]
         self.register_buffer("boundaries", torch.tensor(boundaries), persistent=False)
 
@@ -77,8 +76,8 @@ class DistillModule(pl.LightningModule):
             batch["tokens"],
             boundary,
             self.perceptual,
-            ce_weight=self.optim.ce_weight,
-            perceptual_weight=self.optim.perceptual_weight,
+            ce_weight=self.loss.ce_weight,
+            perceptual_weight=self.loss.perceptual_weight,
         )
         self.log_dict(
             {

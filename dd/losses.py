@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from torch import nn
@@ -70,6 +71,32 @@ class LPIPSDistance(nn.Module):
 
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
         return self.lpips(images_a, images_b, normalize=True).flatten()
+
+
+PerceptualKind = Literal["lpips_vgg", "digits"]
+
+
+@dataclass(frozen=True)
+class LossSettings:
+    """A recipe's ``loss`` section. ``perceptual``: ``lpips_vgg`` (real teachers; VGG16 file at
+    ``vgg16_path``, default torchvision's cache) or ``digits`` (tiny teachers)."""
+
+    perceptual: PerceptualKind = "lpips_vgg"
+    vgg16_path: str | None = None
+    ce_weight: float = PAPER_CE_WEIGHT
+    perceptual_weight: float = PAPER_PERCEPTUAL_WEIGHT
+
+
+def build_perceptual(settings: LossSettings) -> PerceptualDistance:
+    if settings.perceptual == "lpips_vgg":
+        return LPIPSDistance(settings.vgg16_path)
+    if settings.perceptual == "digits":
+        from dd.metrics.digits import feature_distance
+
+        return feature_distance
+    raise ValueError(
+        f"loss.perceptual must be 'lpips_vgg' or 'digits', got {settings.perceptual!r}"
+    )
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from data_gen.config import (
 from data_gen.engine import run_generation
 from dd.data import BatchOrder, PairBatches, load_pairs, split_heldout
 from dd.distill import DistillModule, OptimSettings, PairDataModule
+from dd.losses import LossSettings
 from dd.metrics.digits import feature_distance
 from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec, load_teacher
@@ -96,9 +97,8 @@ def fit(teacher, pair_folder, root, max_steps, *, resume_from=None, callbacks=()
     train, heldout = split_heldout(pairs, NUM_HELDOUT)
     torch.manual_seed(0)  # the new layers' initialisation
     student = DDStudent(teacher, TIMESTEPS, SPLIT_TOKEN)
-    module = DistillModule(
-        student, feature_distance, OptimSettings(lr=1e-3, lr_reference_batch=0), GLOBAL_BATCH
-    )
+    optim = OptimSettings(lr=1e-3, lr_reference_batch=0)
+    module = DistillModule(student, feature_distance, optim, LossSettings("digits"), GLOBAL_BATCH)
     data = PairDataModule(
         train, heldout, global_batch_size=GLOBAL_BATCH, num_timesteps=len(TIMESTEPS), seed=0
     )

@@ -1,0 +1,125 @@
+"""``dd train --recipe recipes/distill_<name>.yaml [--section.key value ...] [--print_config]``.
+
+Stage 2 (paper Alg. 2). The recipe is parsed by jsonargparse from ``dd.train_recipe``'s typed
+dataclasses: dotted overrides (``--optim.lr 2e-4``), ``--print_config`` prints the resolved
+recipe and exits (the dry run), unknown keys are an error. The resolved recipe is saved as
+``<run.output>/recipe.yaml``; checkpoints go to ``<run.output>/checkpoints`` and rerunning the
+same command resumes from ``last.ckpt``; the final student (EMA weights) is written to
+``<run.output>/student`` (``dd.load_student`` reads it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import time
+from pathlib import Path
+
+import torch
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+from dd.train_recipe import TrainRecipe
+
+log = logging.getLogger(__name__)
+LAST_CHECKPOINT = "last.ckpt"
+
+
+def build_parser() -> ArgumentParser:
+    parser = ArgumentParser(
+        prog="dd train", description=__doc__.splitlines()[0], exit_on_error=True
+    )
+    parser.add_argument("--recipe", "--config", action=ActionConfigFile, help="recipe YAML")
+    parser.add_class_arguments(TrainRecipe, nested_key=None, fail_untyped=True)
+    return parser
+
+
+def parse_recipe(argv: list[str]) -> TrainRecipe:
+    parser = build_parser()
+    namespace = parser.parse_args(argv)
+    instantiated = parser.instantiate_classes(namespace)
+    fields = {f.name: instantiated[f.name] for f in dataclasses.fields(TrainRecipe)}
+    return TrainRecipe(**fields), parser.dump(namespace, skip_none=False)
+
+
+def train(recipe: TrainRecipe, resolved_yaml: str):
+    import lightning.pytorch as pl
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    from dd.checkpoint import save_student
+    from dd.data import load_pairs, split_heldout
+    from dd.distill import DistillModule, PairDataModule
+    from dd.losses import build_perceptual
+    from dd.student import DDStudent
+    from dd.teacher_spec import load_teacher
+
+    run = recipe.run
+    if run.num_threads is not None:
+        torch.set_num_threads(run.num_threads)
+    output = Path(run.output)
+    output.mkdir(parents=True, exist_ok=True)
+    (output / "recipe.yaml").write_text(resolved_yaml)
+    teacher = load_teacher(recipe.teacher)
+    pairs = load_pairs(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
+    train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout)
+    pl.seed_everything(run.seed, workers=True)  # the new layers' initialisation
+    student = DDStudent(teacher, recipe.student.timesteps, recipe.student.split_token)
+    module = DistillModule(
+        student, build_perceptual(recipe.loss), recipe.optim, recipe.loss, run.global_batch_size
+    )
+    data = PairDataModule(
+        train_pairs,
+        heldout,
+        global_batch_size=run.global_batch_size,
+        num_timesteps=len(student.timesteps),
+        seed=run.seed,
+    )
+    checkpoints = output / "checkpoints"
+    trainer = pl.Trainer(
+        default_root_dir=output,
+        accelerator=run.accelerator,
+        devices=run.devices,
+        num_nodes=run.num_nodes,
+        strategy=run.strategy,
+        precision=run.precision,
+        max_steps=run.max_steps,
+        gradient_clip_val=run.gradient_clip_norm,
+        val_check_interval=run.val_every_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        enable_progress_bar=run.progress_bar,
+        callbacks=[
+            EMAWeightAveraging(decay=run.ema_decay),
+            ModelCheckpoint(
+                dirpath=checkpoints,
+                every_n_train_steps=run.checkpoint_every_steps,
+                save_last=True,
+                save_top_k=-1,
+            ),
+        ],  # fmt: skip
+    )
+    last = checkpoints / LAST_CHECKPOINT
+    started = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    seconds = time.perf_counter() - started
+    if trainer.is_global_zero:  # EMA weights were copied into the student at the end of fit
+        record = {
+            "seed": run.seed,
+            "steps": trainer.global_step,
+            "train_pairs": len(train_pairs),
+            "heldout_pairs": len(heldout),
+            "pairs_folder": recipe.pairs.folder,
+            "fit_seconds": round(seconds, 1),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
+        }
+        folder = save_student(module.student, output / "student", recipe.teacher, record=record)
+        log.info("wrote the student to %s", folder)
+    return trainer
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    recipe, resolved = parse_recipe(argv)
+    train(recipe, resolved)
+    return 0

@@ -1,0 +1,68 @@
+"""The recipe of a distillation run (``dd train --recipe recipes/distill_*.yaml``).
+
+Typed sections, parsed by jsonargparse from the dataclass signatures (one source of truth for
+defaults, help and validation; unknown keys are refused). Paper settings: FACTS.md section 1.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from dd.distill import OptimSettings
+from dd.losses import LossSettings
+from dd.teacher_spec import TeacherSpec
+
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+Strategy = Literal["auto", "ddp", "fsdp"]
+
+
+@dataclass(frozen=True)
+class PairsSection:
+    """Where the stage-1 pairs are, and how many of the last ones are held out."""
+
+    folder: str = "pairs"
+    num_heldout: int = 1000
+
+
+@dataclass(frozen=True)
+class StudentSection:
+    """Training timesteps: AR step indices, 0-based (released code: LlamaGen 0,80; VAR-d16 0,5;
+    VAR-d20/d24 0,4). ``split_token``: first token taken from the embedding head when sampling."""
+
+    timesteps: tuple[int, ...] = (0,)
+    split_token: int = 0
+
+
+@dataclass(frozen=True)
+class RunSection:
+    """The Trainer: steps, batch, EMA, clipping, precision, devices and the output folder.
+
+    ``output``: checkpoints, the resolved recipe and the final (EMA) student are written there;
+    rerunning the same command resumes from ``output/checkpoints/last.ckpt``."""
+
+    output: str = "runs/distill"
+    seed: int = 0
+    global_batch_size: int = 512
+    max_steps: int = 1000
+    ema_decay: float = 0.9999
+    gradient_clip_norm: float = 1.0
+    precision: Precision = "32-true"
+    accelerator: str = "auto"
+    devices: int = 1
+    num_nodes: int = 1
+    strategy: Strategy = "auto"
+    val_every_steps: int = 500
+    checkpoint_every_steps: int = 500
+    num_threads: int | None = None
+    progress_bar: bool = True
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    teacher: TeacherSpec
+    pairs: PairsSection = field(default_factory=PairsSection)
+    student: StudentSection = field(default_factory=StudentSection)
+    loss: LossSettings = field(default_factory=LossSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    run: RunSection = field(default_factory=RunSection)

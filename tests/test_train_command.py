@@ -1,0 +1,103 @@
+"""``dd train`` (dd/train_command.py): every shipped distillation recipe parses, overrides and
+refusals, and a real end-to-end run whose student ``dd.load_student`` reads back."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+import torch
+
+import dd
+from data_gen.config import (
+    GenerateRecipe,
+    OutputSettings,
+    PairSettings,
+    RunSettings,
+    SamplingOverrides,
+)
+from data_gen.engine import run_generation
+from dd.cli import main as dd_main
+from dd.teacher_spec import TeacherSpec
+from dd.train_command import parse_recipe
+from teachers.tiny.registry import tiny_sampling
+
+RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("distill_*.yaml"))
+PAPER = {
+    "distill_var_d16": ((0, 5), 55),
+    "distill_var_d20": ((0, 4), 30),
+    "distill_var_d24": ((0, 4), 30),
+    "distill_llamagen_b": ((0, 80), 80),
+    "distill_llamagen_l": ((0, 80), 130),
+}
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_the_paper_and_tiny_recipes_are_shipped():
+    names = {path.stem for path in RECIPES}
+    assert set(PAPER) | {"distill_tiny_llamagen", "distill_tiny_var"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.stem)
+def test_every_shipped_recipe_parses(path):
+    recipe, resolved = parse_recipe(["--recipe", str(path)])
+    assert recipe.student.timesteps[0] == 0 and "teacher:" in resolved
+    if path.stem in PAPER:
+        timesteps, split = PAPER[path.stem]
+        assert (recipe.student.timesteps, recipe.student.split_token) == (timesteps, split)
+        assert recipe.loss.perceptual == "lpips_vgg" and recipe.run.ema_decay == 0.9999
+        assert (recipe.loss.ce_weight, recipe.loss.perceptual_weight) == (0.1, 1.0)
+
+
+def test_overrides_apply_and_unknown_keys_are_refused(tmp_path, capsys):
+    path = RECIPES[0]
+    recipe, _ = parse_recipe(["--recipe", str(path), "--optim.lr", "3e-4"])
+    assert recipe.optim.lr == 3e-4
+    with pytest.raises(SystemExit):
+        parse_recipe(["--recipe", str(path), "--optim.lrr", "1"])
+    assert "lrr" in capsys.readouterr().err
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("teacher:\n  tiny: llamagen-digits\nrun:\n  max_step: 3\n")
+    with pytest.raises(SystemExit):
+        parse_recipe(["--recipe", str(bad)])
+    assert "max_step" in capsys.readouterr().err
+
+
+def test_print_config_is_the_dry_run(capsys):
+    with pytest.raises(SystemExit) as info:
+        dd_main(["train", "--recipe", str(RECIPES[0]), "--print_config"])
+    assert info.value.code == 0
+    printed = capsys.readouterr().out
+    assert "teacher:" in printed and "global_batch_size:" in printed
+
+
+def test_dd_train_runs_end_to_end_and_resumes(tmp_path):
+    pairs = tmp_path / "pairs"
+    recipe = GenerateRecipe(
+        teacher=TeacherSpec(tiny="var-digits"),
+        sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling("var-digits"))),
+        pairs=PairSettings(num_pairs=48, seed=0),
+        output=OutputSettings(folder=str(pairs), shard_size=24),
+        run=RunSettings(batch_size=24, accelerator="cpu", devices=1, progress_bar=False),
+    )
+    assert run_generation(recipe).complete
+    output = tmp_path / "run"
+    argv = [
+        "train", "--recipe", str(Path(RECIPES[0]).parent / "distill_tiny_var.yaml"),
+        "--pairs.folder", str(pairs), "--pairs.num_heldout", "8",
+        "--run.output", str(output), "--run.global_batch_size", "8", "--run.max_steps", "4",
+        "--run.val_every_steps", "2", "--run.checkpoint_every_steps", "2",
+        "--run.progress_bar", "false", "--run.num_threads", "1",
+    ]  # fmt: skip
+    assert dd_main(argv) == 0
+    assert (output / "recipe.yaml").is_file() and (output / "checkpoints" / "last.ckpt").is_file()
+    student = dd.load_student(output / "student")
+    assert student.timesteps == (0, 3)
+    images = dd.sample(student, torch.arange(2), steps=2, generator=torch.Generator())
+    assert images.shape == (2, 3, 16, 16)
+    # The same command with a larger budget resumes from last.ckpt at step 4.
+    assert dd_main([*argv[:-8], "--run.max_steps", "6", *argv[-6:]]) == 0
+    card = (output / "student" / "student.json").read_text()
+    assert '"steps": 6' in card

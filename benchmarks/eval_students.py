@@ -1,0 +1,139 @@
+"""Quality of distilled tiny students against their teacher and onestep*, over seeds.
+
+    python benchmarks/eval_students.py --student runs/distill_tiny_llamagen/student --seeds 0 1 2
+    python benchmarks/eval_students.py --student A B --grid docs/images  # sample grids too
+
+For every seed, in one run: the teacher (its own AR sampler, ``tiny_sampling``), onestep*
+(independent tokens from the per-class, per-position frequencies of that seed's teacher
+samples), DD with 1 step and with 2 steps (``dd.sample``), 100 samples per class. FID in the
+digits classifier's features against the train split on the first 36 per class (the protocol
+of docs/embedded_default.md); class accuracy over all samples. Printed as mean (min..max) with
+the gap rule of the stage-2 issue: ``gap = FID(onestep*) - FID(teacher)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+import dd
+from dd.metrics.digits import class_accuracy, frechet_distance
+from teachers.data import load_digits_split
+from teachers.tiny import tiny_sampling
+from teachers.tiny.evaluate import (
+    balanced_labels,
+    image_grid,
+    independent_token_sampler,
+    sample_teacher,
+    token_frequencies,
+)
+
+GRID_PER_CLASS = 12
+Row = tuple[float, float, float]  # FID, class accuracy, seconds per image
+DD_BATCH = 250
+
+
+def first_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    return torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in labels.unique()])
+
+
+def dd_images(student, labels: torch.Tensor, steps: int, seed: int) -> tuple[torch.Tensor, float]:
+    generator = torch.Generator().manual_seed(seed)
+    started = time.perf_counter()
+    images = torch.cat(
+        [
+            dd.sample(student, labels[i : i + DD_BATCH], steps=steps, generator=generator)
+            for i in range(0, len(labels), DD_BATCH)
+        ]
+    )
+    return images, (time.perf_counter() - started) / len(labels)
+
+
+def evaluate(path: str, args, reference: torch.Tensor) -> dict[str, list[Row]]:
+    student = dd.load_student(path)
+    teacher = student.teacher
+    name = teacher_name(path)
+    labels = balanced_labels(teacher.num_classes, args.per_class)
+    fid_rows = first_per_class(labels, args.fid_per_class)
+    rows: dict[str, list[Row]] = {}
+
+    def add(method: str, images: torch.Tensor, seconds: float) -> None:
+        fid = frechet_distance(images[fid_rows], reference)
+        rows.setdefault(method, []).append((fid, class_accuracy(images, labels), seconds))
+
+    for seed in args.seeds:
+        started = time.perf_counter()
+        tokens, images = sample_teacher(teacher, labels, tiny_sampling(name), seed=seed)
+        add("teacher", images, (time.perf_counter() - started) / len(labels))
+        frequencies = token_frequencies(tokens, labels, teacher.num_classes, teacher.vocab_size)
+        independent = independent_token_sampler(frequencies, labels, seed=seed + 1)
+        with torch.no_grad():
+            add("onestep*", teacher.decode_tokens(independent), float("nan"))
+        grids = {"teacher": images}
+        for steps in (1, 2):
+            images, seconds = dd_images(student, labels, steps, seed)
+            add(f"dd {steps}-step", images, seconds)
+            grids[f"dd{steps}"] = images
+        if args.grid is not None and seed == args.seeds[0]:
+            keep = first_per_class(labels, GRID_PER_CLASS)
+            for tag, imgs in grids.items():
+                out = Path(args.grid) / f"{name.replace('-', '_')}_student_{tag}.png"
+                out.parent.mkdir(parents=True, exist_ok=True)
+                image_grid(imgs[keep], rows=teacher.num_classes).save(out)
+                print(f"wrote {out}")
+    return rows
+
+
+def teacher_name(path: str) -> str:
+    from dd.checkpoint import read_card
+
+    return read_card(path)["teacher"]["tiny"]
+
+
+def spread(values: list[float], digits: int) -> str:
+    mean = statistics.fmean(values)
+    if min(values) == max(values):
+        return f"{mean:.{digits}f}"
+    return f"{mean:.{digits}f} ({min(values):.{digits}f}..{max(values):.{digits}f})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--student", nargs="+", required=True, help="student checkpoint folders")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--per-class", type=int, default=100)
+    parser.add_argument("--fid-per-class", type=int, default=36)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--grid", default=None, help="folder for sample grid PNGs (first seed)")
+    args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    reference = load_digits_split("train").images_01()
+    print(f"seeds {args.seeds}; FID vs the train split, {args.fid_per_class * 10} images a row")
+    print("| teacher | method | FID | class accuracy | ms per image | within gap rule |")
+    print("|---|---|---|---|---|---|")
+    for path in args.student:
+        rows = evaluate(path, args, reference)
+        teacher_fid = statistics.fmean(f for f, _, _ in rows["teacher"])
+        gap = statistics.fmean(f for f, _, _ in rows["onestep*"]) - teacher_fid
+        bounds = {"dd 1-step": 0.25, "dd 2-step": 0.15}
+        for method, values in rows.items():
+            fids = [f for f, _, _ in values]
+            accuracy = spread([100 * a for _, a, _ in values], 1)
+            ms = statistics.fmean(1000 * s for _, _, s in values)
+            rule = ""
+            if method in bounds:
+                limit = teacher_fid + bounds[method] * gap
+                rule = f"{'yes' if statistics.fmean(fids) <= limit else 'no'} (<= {limit:.2f})"
+            print(
+                f"| {teacher_name(path)} | {method} | {spread(fids, 2)} | {accuracy}% | "
+                f"{ms:.2f} | {rule} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -4,6 +4,9 @@ refusals, and a real end-to-end run whose student ``dd.load_student`` reads back
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,9 @@ PAPER = {
     "distill_llamagen_b": ((0, 80), 80),
     "distill_llamagen_l": ((0, 80), 130),
 }
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DDP_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -73,8 +79,9 @@ def test_print_config_is_the_dry_run(capsys):
     assert "teacher:" in printed and "global_batch_size:" in printed
 
 
-def test_dd_train_runs_end_to_end_and_resumes(tmp_path):
-    pairs = tmp_path / "pairs"
+@pytest.fixture(scope="module")
+def var_pairs(tmp_path_factory) -> Path:
+    pairs = tmp_path_factory.mktemp("train") / "pairs"
     recipe = GenerateRecipe(
         teacher=TeacherSpec(tiny="var-digits"),
         sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling("var-digits"))),
@@ -83,21 +90,48 @@ def test_dd_train_runs_end_to_end_and_resumes(tmp_path):
         run=RunSettings(batch_size=24, accelerator="cpu", devices=1, progress_bar=False),
     )
     assert run_generation(recipe).complete
-    output = tmp_path / "run"
-    argv = [
-        "train", "--recipe", str(Path(RECIPES[0]).parent / "distill_tiny_var.yaml"),
+    return pairs
+
+
+def train_argv(pairs: Path, output: Path, max_steps: int) -> list[str]:
+    return [
+        "--recipe", str(RECIPES[0].parent / "distill_tiny_var.yaml"),
         "--pairs.folder", str(pairs), "--pairs.num_heldout", "8",
-        "--run.output", str(output), "--run.global_batch_size", "8", "--run.max_steps", "4",
-        "--run.val_every_steps", "2", "--run.checkpoint_every_steps", "2",
-        "--run.progress_bar", "false", "--run.num_threads", "1",
+        "--run.output", str(output), "--run.global_batch_size", "8",
+        "--run.max_steps", str(max_steps), "--run.val_every_steps", "2",
+        "--run.checkpoint_every_steps", "2", "--run.progress_bar", "false",
+        "--run.num_threads", "1",
     ]  # fmt: skip
-    assert dd_main(argv) == 0
+
+
+def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path):
+    output = tmp_path / "run"
+    assert dd_main(["train", *train_argv(var_pairs, output, 4)]) == 0
     assert (output / "recipe.yaml").is_file() and (output / "checkpoints" / "last.ckpt").is_file()
     student = dd.load_student(output / "student")
     assert student.timesteps == (0, 3)
     images = dd.sample(student, torch.arange(2), steps=2, generator=torch.Generator())
     assert images.shape == (2, 3, 16, 16)
     # The same command with a larger budget resumes from last.ckpt at step 4.
-    assert dd_main([*argv[:-8], "--run.max_steps", "6", *argv[-6:]]) == 0
+    assert dd_main(["train", *train_argv(var_pairs, output, 4), "--run.max_steps", "6"]) == 0
     card = (output / "student" / "student.json").read_text()
     assert '"steps": 6' in card
+
+
+def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):
+    """gloo on CPU: each rank takes half of every global batch and DDP averages the gradients,
+    so 3 steps on 2 processes give the 1-process weights (float32 reduction order: 1e-4)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert dd_main(["train", *train_argv(var_pairs, one, 3)]) == 0
+    command = [sys.executable, "-m", "dd.cli", "train", *train_argv(var_pairs, two, 3)]
+    command += ["--run.devices", "2", "--run.strategy", "ddp", "--run.accelerator", "cpu"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "distributed_backend=gloo" in done.stderr + done.stdout
+    single = dd.load_student(one / "student").student_state_dict()
+    double = dd.load_student(two / "student").student_state_dict()
+    for name, tensor in single.items():
+        torch.testing.assert_close(double[name], tensor, atol=1e-4, rtol=1e-4, msg=name)

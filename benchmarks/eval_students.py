@@ -26,6 +26,7 @@ from teachers.data import load_digits_split
 from teachers.tiny import tiny_sampling
 from teachers.tiny.evaluate import (
     balanced_labels,
+    first_per_class,
     image_grid,
     independent_token_sampler,
     sample_teacher,
@@ -35,10 +36,6 @@ from teachers.tiny.evaluate import (
 GRID_PER_CLASS = 12
 Row = tuple[float, float, float]  # FID, class accuracy, seconds per image
 DD_BATCH = 250
-
-
-def first_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
-    return torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in labels.unique()])
 
 
 def dd_images(student, labels: torch.Tensor, steps: int, seed: int) -> tuple[torch.Tensor, float]:

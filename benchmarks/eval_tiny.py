@@ -40,6 +40,7 @@ from teachers.protocol import SamplingConfig
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 from teachers.tiny.evaluate import (
     balanced_labels,
+    first_per_class,
     image_grid,
     independent_token_sampler,
     sample_teacher,
@@ -47,14 +48,6 @@ from teachers.tiny.evaluate import (
 )
 
 GRID_PER_CLASS = 12
-
-
-def first_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
-    """Indices of the first ``per_class`` items of every class."""
-    keep = []
-    for label in labels.unique().tolist():
-        keep.append((labels == label).nonzero().flatten()[:per_class])
-    return torch.cat(keep)
 
 
 def reconstruct(teacher, images_m11: torch.Tensor) -> torch.Tensor:

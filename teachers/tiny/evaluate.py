@@ -24,6 +24,11 @@ def balanced_labels(num_classes: int, per_class: int) -> torch.Tensor:
     return torch.arange(num_classes).repeat_interleave(per_class)
 
 
+def first_per_class(labels: torch.Tensor, per_class: int) -> torch.Tensor:
+    """Indices of the first ``per_class`` items of every class (the FID subsets)."""
+    return torch.cat([(labels == c).nonzero().flatten()[:per_class] for c in labels.unique()])
+
+
 def sample_teacher(
     teacher: Teacher,
     labels: torch.Tensor,

@@ -43,7 +43,7 @@ from data_gen.shards import (
     plan_shards,
     prepare_folder,
 )
-from dd.recipe import to_dict
+from dd.config import recipe_to_dict
 from dd.teacher_spec import load_teacher
 from teachers.protocol import SamplingConfig, Teacher
 
@@ -308,10 +308,10 @@ def run_generation(
     )
     manifest = manifest_base(
         identity,
-        teacher_spec=to_dict(recipe.teacher),
+        teacher_spec=recipe_to_dict(recipe.teacher),
         num_pairs=recipe.pairs.num_pairs,
         shard_size=recipe.output.shard_size,
-        recipe=to_dict(recipe),
+        recipe=recipe_to_dict(recipe),
     )
     writer = ShardWriter(folder, identity, shards, recipe.output.shard_size)
     run = recipe.run

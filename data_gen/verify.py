@@ -27,7 +27,7 @@ from data_gen.shards import (
     shards_from_manifest,
     verify_shard_file,
 )
-from dd.recipe import from_dict
+from dd.config import recipe_from_dict
 from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.protocol import SamplingConfig, Teacher
 
@@ -125,7 +125,7 @@ def verify_folder(
         report.problems.append(f"records not found in their shards: {sorted(wanted - found)[:20]}")
 
     settings = manifest["settings"]
-    pairs = from_dict(PairSettings, settings["pairs"])
+    pairs = recipe_from_dict(PairSettings, settings["pairs"])
     fingerprint = manifest["teacher"]["fingerprint"]
     for record in records:
         label, noise = draw_sample(
@@ -148,7 +148,7 @@ def verify_folder(
             )
 
     if teacher is None:
-        spec = teacher_spec or from_dict(TeacherSpec, manifest["teacher"]["spec"])
+        spec = teacher_spec or recipe_from_dict(TeacherSpec, manifest["teacher"]["spec"])
         teacher = load_teacher(spec, device=device)
     if teacher.fingerprint() != fingerprint:
         report.problems.append(
@@ -157,7 +157,7 @@ def verify_folder(
         )
         return report
     sampling = SamplingConfig(**settings["sampling"])
-    flow = from_dict(FlowSettings, settings["flow"])
+    flow = recipe_from_dict(FlowSettings, settings["flow"])
     for begin in range(0, len(records), batch_size):
         batch = records[begin : begin + batch_size]
         labels = torch.tensor([r["label"] for r in batch])

@@ -33,9 +33,9 @@ def run(args: argparse.Namespace) -> int:
     teacher_spec = None
     if args.teacher_recipe:
         from data_gen.config import GenerateRecipe
-        from dd.recipe import load_recipe
+        from dd.config import read_recipe
 
-        teacher_spec = load_recipe(GenerateRecipe, args.teacher_recipe).teacher
+        teacher_spec = read_recipe(GenerateRecipe, args.teacher_recipe).teacher
     try:
         report = verify_folder(
             args.folder,

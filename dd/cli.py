@@ -15,10 +15,6 @@ import sys
 # name -> (module, one-line help). Each stage module declares its own arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train-teacher": ("teachers.tiny.cli", "train a tiny teacher or the evaluator on bundled data"),
-    "generate": (
-        "data_gen.generate_command",
-        "stage 1: generate (noise, tokens, label) pair shards from a recipe (resumable)",
-    ),
     "verify-shards": (
         "data_gen.verify_command",
         "check a pair folder: checksums, and a sample of records re-mapped with the teacher",
@@ -28,6 +24,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 # name -> (module, one-line help); the module's ``main(argv)`` parses with jsonargparse.
 RECIPE_COMMANDS: dict[str, tuple[str, str]] = {
+    "generate": (
+        "data_gen.generate_command",
+        "stage 1: generate (noise, tokens, label) pair shards (resumable; --print_config)",
+    ),
     "train": (
         "dd.train_command",
         "stage 2: distil a student from pair shards (Lightning; resumable; --print_config)",

@@ -10,36 +10,18 @@ same command resumes from ``last.ckpt``; the final student (EMA weights) is writ
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import platform
 import time
 from pathlib import Path
 
 import torch
-from jsonargparse import ActionConfigFile, ArgumentParser
 
+from dd.config import parse_recipe
 from dd.train_recipe import TrainRecipe
 
 log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
-
-
-def build_parser() -> ArgumentParser:
-    parser = ArgumentParser(
-        prog="dd train", description=__doc__.splitlines()[0], exit_on_error=True
-    )
-    parser.add_argument("--recipe", "--config", action=ActionConfigFile, help="recipe YAML")
-    parser.add_class_arguments(TrainRecipe, nested_key=None, fail_untyped=True)
-    return parser
-
-
-def parse_recipe(argv: list[str]) -> TrainRecipe:
-    parser = build_parser()
-    namespace = parser.parse_args(argv)
-    instantiated = parser.instantiate_classes(namespace)
-    fields = {f.name: instantiated[f.name] for f in dataclasses.fields(TrainRecipe)}
-    return TrainRecipe(**fields), parser.dump(namespace, skip_none=False)
 
 
 def train(recipe: TrainRecipe, resolved_yaml: str):
@@ -120,6 +102,6 @@ def train(recipe: TrainRecipe, resolved_yaml: str):
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    recipe, resolved = parse_recipe(argv)
+    recipe, resolved = parse_recipe(TrainRecipe, argv, prog="dd train")
     train(recipe, resolved)
     return 0

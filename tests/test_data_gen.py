@@ -31,7 +31,7 @@ from data_gen.engine import ShardWriter, run_generation
 from data_gen.pairs import draw_sample, map_noise, sample_seed
 from data_gen.shards import MANIFEST_NAME, ShardError, plan_shards, read_shard, sha256_file
 from data_gen.verify import verify_folder
-from dd.recipe import dump_yaml
+from dd.config import dump_yaml
 from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.tiny.registry import tiny_sampling
 
@@ -200,10 +200,10 @@ def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, refere
         "data_gen.generate_command",
         "--recipe",
         str(recipe_path),
-        "--set",
-        "run.devices=2",
-        "--set",
-        "run.strategy=ddp",
+        "--run.devices",
+        "2",
+        "--run.strategy",
+        "ddp",
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(

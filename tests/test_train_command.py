@@ -22,8 +22,9 @@ from data_gen.config import (
 )
 from data_gen.engine import run_generation
 from dd.cli import main as dd_main
+from dd.config import parse_recipe as parse_any_recipe
 from dd.teacher_spec import TeacherSpec
-from dd.train_command import parse_recipe
+from dd.train_recipe import TrainRecipe
 from teachers.tiny.registry import tiny_sampling
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("distill_*.yaml"))
@@ -39,6 +40,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DDP_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def parse_recipe(argv):
+    return parse_any_recipe(TrainRecipe, argv, prog="dd train")
 
 
 def test_the_paper_and_tiny_recipes_are_shipped():

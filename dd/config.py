@@ -1,0 +1,83 @@
+"""Typed recipes through jsonargparse: the project's one configuration mechanism.
+
+A stage declares its recipe as (nested) dataclasses; jsonargparse builds the command line from
+their signatures (one source of truth for defaults, types and help):
+
+- ``--recipe FILE`` (alias ``--config``) reads a YAML recipe; later flags override it with
+  dotted keys (``--pairs.seed 3``, ``--run.devices 2``);
+- an unknown key, in the file or on the command line, is an error that names it;
+- ``--print_config`` prints the resolved recipe and exits (the dry run);
+- the resolved recipe is saved beside a run's output (``dump_yaml``), and manifests store it as
+  plain data that ``recipe_from_dict`` turns back into the dataclasses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+T = TypeVar("T")
+
+
+def recipe_parser(schema: type, *, prog: str, description: str = "") -> ArgumentParser:
+    """A parser whose options are the fields of ``schema`` (nested sections as dotted keys)."""
+    parser = ArgumentParser(prog=prog, description=description, exit_on_error=True)
+    parser.add_argument("--recipe", "--config", action=ActionConfigFile, help="YAML recipe file")
+    parser.add_class_arguments(schema, nested_key=None, fail_untyped=True)
+    return parser
+
+
+def _instantiate(parser: ArgumentParser, namespace, schema: type[T]) -> T:
+    built = parser.instantiate_classes(namespace)
+    return schema(**{f.name: built[f.name] for f in dataclasses.fields(schema)})
+
+
+def parse_recipe(schema: type[T], argv: Sequence[str], *, prog: str) -> tuple[T, str]:
+    """(recipe, resolved YAML) from command-line arguments; exits with a message on errors."""
+    parser = recipe_parser(schema, prog=prog, description=schema.__doc__ or "")
+    namespace = parser.parse_args(list(argv))
+    try:  # the sections' own checks (``__post_init__``) speak as parse errors
+        recipe = _instantiate(parser, namespace, schema)
+    except ValueError as error:
+        parser.error(str(error))
+    return recipe, parser.dump(namespace, skip_none=False)
+
+
+def recipe_from_dict(schema: type[T], data: Mapping[str, Any]) -> T:
+    """A recipe (or one of its sections) from plain data, checked as a recipe file would be."""
+    parser = recipe_parser(schema, prog=schema.__name__)
+    parser.exit_on_error = False
+    try:
+        namespace = parser.parse_object(dict(data))
+    except Exception as error:  # jsonargparse's ArgumentError: an unknown key or a bad value
+        raise ValueError(f"{schema.__name__}: {error}") from error
+    return _instantiate(parser, namespace, schema)
+
+
+def read_recipe(schema: type[T], path: str | Path) -> T:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file not found: {path}")
+    return recipe_from_dict(schema, yaml.safe_load(path.read_text()) or {})
+
+
+def recipe_to_dict(recipe: Any) -> Any:
+    """Plain YAML-able data (dicts, lists, scalars) from a recipe instance, in field order."""
+    if dataclasses.is_dataclass(recipe) and not isinstance(recipe, type):
+        return {f.name: recipe_to_dict(getattr(recipe, f.name)) for f in dataclasses.fields(recipe)}
+    if isinstance(recipe, (list, tuple)):
+        return [recipe_to_dict(v) for v in recipe]
+    if isinstance(recipe, Mapping):
+        return {k: recipe_to_dict(v) for k, v in recipe.items()}
+    if isinstance(recipe, Path):
+        return str(recipe)
+    return recipe
+
+
+def dump_yaml(recipe: Any) -> str:
+    return yaml.safe_dump(recipe_to_dict(recipe), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,98 @@
+"""One DD step against one full-sequence teacher forward at the same batch (random weights).
+
+    python3 benchmarks/bench_student.py --teacher llamagen-digits --batch-size 64
+    python3 benchmarks/bench_student.py --teacher llamagen-B --batch-size 4 --repeats 3
+    python3 benchmarks/bench_student.py --teacher var-d16 --batch-size 4 --repeats 3
+
+A one-step DD sample is one student forward (``dd.sampling.sample_tokens`` with ``steps=1``:
+the forward, the prefix rule, the argmax / nearest-code choice) plus the decoder; the floor it
+is held to is one full-sequence teacher forward (``logits_teacher_forcing``). Both are timed
+in the same run, alternating call by call, median of ``--repeats``; the decoder is timed apart.
+``llamagen-B`` / ``var-d16`` are the official shapes with random weights (speed does not depend
+on the values); the tiny names are the shipped teachers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from common import machine_description
+
+from dd.sampling import draw_noise, sample_tokens
+from dd.student import DDStudent
+from teachers.llamagen import GPT, GPTConfig, LlamaGenTeacher, VQConfig, VQModel
+from teachers.tiny import load_tiny_teacher
+from teachers.var import VAR, VQVAE, VARConfig, VARTeacher, VQVAEConfig
+
+# name -> (timesteps, split token) of the paper's released settings.
+SHAPES = {"llamagen-B": ((0, 80), 80), "var-d16": ((0, 5), 55)}
+
+
+def build_teacher(name: str):
+    torch.manual_seed(0)
+    if name == "llamagen-B":
+        gpt = GPT(GPTConfig.preset("B", 16))
+        return LlamaGenTeacher(gpt, VQModel(VQConfig.preset("VQ-16")))
+    if name == "var-d16":
+        return VARTeacher(
+            VAR(VARConfig.preset("d16")), VQVAE(VQVAEConfig.preset("vae_ch160v4096z32"))
+        )
+    return load_tiny_teacher(name)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", default="llamagen-digits")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    teacher = build_teacher(args.teacher)
+    geometry = teacher.geometry
+    if args.teacher in SHAPES:
+        timesteps, split = SHAPES[args.teacher]
+    else:
+        second = geometry.num_steps // 3
+        timesteps, split = (0, second), geometry.step_ranges[second][0]
+    student = DDStudent(teacher, timesteps, split).eval()
+    batch = args.batch_size
+    labels = torch.randint(teacher.num_classes, (batch,))
+    tokens = torch.randint(teacher.vocab_size, (batch, geometry.num_tokens))
+    noise = draw_noise(batch, geometry.num_tokens, teacher.code_dim, torch.Generator())
+
+    def teacher_forward():
+        with torch.no_grad():
+            teacher.logits_teacher_forcing(labels, tokens)
+
+    def one_step():
+        sample_tokens(student, labels, noise, steps=1)
+
+    def decode():
+        with torch.no_grad():
+            teacher.decode_tokens(tokens)
+
+    timings: dict[str, list[float]] = {"teacher": [], "student": [], "decode": []}
+    for run in (teacher_forward, one_step, decode):  # warm-up
+        run()
+    for _ in range(args.repeats):
+        for key, run in (("teacher", teacher_forward), ("student", one_step), ("decode", decode)):
+            started = time.perf_counter()
+            run()
+            timings[key].append(time.perf_counter() - started)
+    median = {key: statistics.median(values) for key, values in timings.items()}
+    print(f"machine: {machine_description(args.threads)}, float32, CPU")
+    print(f"teacher {args.teacher}: {geometry.num_tokens} tokens, batch {batch}")
+    print("| measurement | ms per batch |")
+    print("|---|---|")
+    print(f"| one full-sequence teacher forward | {1000 * median['teacher']:.1f} |")
+    print(f"| one DD step (student forward + token choice) | {1000 * median['student']:.1f} |")
+    print(f"| decoder (timed apart) | {1000 * median['decode']:.1f} |")
+    print(f"ratio DD step / teacher forward: {median['student'] / median['teacher']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

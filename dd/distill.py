@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader
 
 from dd.data import BatchOrder, PairBatches, PairSet
 from dd.losses import LossSettings, PerceptualDistance, dd_loss
-from dd.sampling import nearest_codes
+from dd.sampling import choose_tokens
 from dd.student import DDStudent
 from dd.trajectory import trajectory_input
 
@@ -96,13 +96,10 @@ class DistillModule(pl.LightningModule):
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Held-out token agreement with the teacher's tokens at every training timestep."""
-        codebook = self.student.teacher.codebook
         for choice, step in enumerate(self.student.timesteps):
             chosen = torch.full_like(batch["labels"], choice)
             logits, embeddings, boundary = self._predict({**batch, "timestep_choice": chosen})
-            predicted = nearest_codes(embeddings, codebook)
-            split = self.student.split_token
-            predicted[:, :split] = logits[:, :split].argmax(-1)
+            predicted = choose_tokens(self.student, logits, embeddings)
             start = int(boundary[0])
             agreement = (predicted[:, start:] == batch["tokens"][:, start:]).float().mean()
             self.log(f"val/token_agreement_step{step}", agreement, sync_dist=True)

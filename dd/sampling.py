@@ -19,7 +19,8 @@ import torch
 from data_gen.pairs import sample_seed
 from dd.student import DDStudent
 from dd.trajectory import trajectory_input
-from teachers.protocol import check_labels
+from teachers.protocol import SamplingConfig, check_labels
+from teachers.sampling import sample_from_log_probs
 
 SEED_BITS = 62
 
@@ -66,6 +67,35 @@ def nearest_codes(embeddings_BNC: torch.Tensor, codebook_VC: torch.Tensor) -> to
     return scores_BNV.argmax(-1)
 
 
+def choose_tokens(
+    student: DDStudent, logits_BNV: torch.Tensor, embeddings_BNC: torch.Tensor
+) -> torch.Tensor:
+    """Tokens from both heads: logits argmax before ``split_token``, nearest code from it."""
+    tokens_BN = nearest_codes(embeddings_BNC, student.teacher.codebook)
+    split = student.split_token
+    tokens_BN[:, :split] = logits_BNV[:, :split].argmax(-1)
+    return tokens_BN
+
+
+def dd_step(
+    student: DDStudent,
+    labels: torch.Tensor,
+    noise_BNC: torch.Tensor,
+    tokens_BN: torch.Tensor,
+    step: int,
+) -> torch.Tensor:
+    """One DD step from AR step ``step``: the kept prefix of ``tokens_BN`` before its boundary
+    and the original noise after it (Alg. 3) -> the whole predicted sequence. Positions before
+    the boundary come back as given (Eq. 6)."""
+    codebook = student.teacher.codebook
+    boundary_B = torch.full(
+        (labels.shape[0],), student.geometry.step_ranges[step][0], device=codebook.device
+    )
+    inputs = trajectory_input(noise_BNC, tokens_BN, codebook, boundary_B)
+    logits, embeddings = student(labels, inputs, boundary_B, tokens_BN)
+    return choose_tokens(student, logits, embeddings)
+
+
 @torch.no_grad()
 def sample_tokens(
     student: DDStudent,
@@ -79,19 +109,53 @@ def sample_tokens(
     teacher, geometry = student.teacher, student.geometry
     device = teacher.codebook.device
     labels, noise_BNC = labels.to(device), noise_BNC.to(device)
-    codebook = teacher.codebook
     batch = labels.shape[0]
     tokens_BN = torch.zeros(batch, geometry.num_tokens, dtype=torch.long, device=device)
     for step in timesteps:
-        boundary_B = torch.full((batch,), geometry.step_ranges[step][0], device=device)
-        inputs = trajectory_input(noise_BNC, tokens_BN, codebook, boundary_B)
-        logits, embeddings = student(labels, inputs, boundary_B, tokens_BN)
-        predicted = nearest_codes(embeddings, codebook)
-        split = student.split_token
-        predicted[:, :split] = logits[:, :split].argmax(-1)
-        # Positions before the boundary are the given prefix (Eq. 6 already returns them).
-        tokens_BN = predicted
+        tokens_BN = dd_step(student, labels, noise_BNC, tokens_BN, step)
     return tokens_BN
+
+
+def check_teacher_range(student: DDStudent, teacher_steps: tuple[int, int]) -> tuple[int, int]:
+    """``[first, second)`` AR steps the teacher regenerates (Alg. 4): ``second`` must be a
+    trained timestep after the first, and ``0 <= first < second``."""
+    first, second = (int(k) for k in teacher_steps)
+    later = student.timesteps[1:]
+    if second not in later or not 0 <= first < second:
+        raise ValueError(
+            f"teacher_steps {tuple(teacher_steps)}: give [first, second) with second one of the "
+            f"trained timesteps after the first {list(later)} and 0 <= first < second "
+            f"(the teacher has AR steps 0..{student.geometry.num_steps - 1})"
+        )
+    return first, second
+
+
+@torch.no_grad()
+def sample_tokens_interleaved(
+    student: DDStudent,
+    labels: torch.Tensor,
+    noise_BNC: torch.Tensor,
+    teacher_steps: tuple[int, int],
+    *,
+    generator: torch.Generator | None = None,
+    sampling: SamplingConfig | None = None,
+) -> torch.Tensor:
+    """Alg. 4: DD step 1, snap to the codebook, the teacher regenerates AR steps
+    ``[first, second)`` after the kept prefix (KV-cached session, multinomial draws from
+    ``generator``), then DD step 2 from timestep ``second``."""
+    first, second = check_teacher_range(student, teacher_steps)
+    tokens_BN = sample_tokens(student, labels, noise_BNC, steps=1)
+    teacher, geometry = student.teacher, student.geometry
+    with teacher.start(labels, sampling) as session:
+        for step in range(second):
+            start, end = geometry.step_ranges[step]
+            log_probs = session.next_log_probs()
+            if step >= first:
+                drawn = sample_from_log_probs(log_probs, generator).to(tokens_BN.device)
+                tokens_BN[:, start:end] = drawn
+            session.accept(tokens_BN[:, start:end])
+    device = tokens_BN.device
+    return dd_step(student, labels.to(device), noise_BNC.to(device), tokens_BN, second)
 
 
 @torch.no_grad()

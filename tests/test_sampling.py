@@ -1,13 +1,16 @@
-"""Few-step sampling (dd/sampling.py, Alg. 3) on both tiny teachers with untrained students:
+"""Few-step sampling (dd/sampling.py, Alg. 3 and 4) on both tiny teachers with untrained students:
 shapes and range, per-sample seeding, the prefix kept between steps, bad input."""
 
 import pytest
 import torch
 
 import dd
-from dd.sampling import draw_noise, sample_tokens
+from dd.sampling import draw_noise, sample_tokens, sample_tokens_interleaved
 from dd.student import DDStudent
-from teachers.tiny import load_tiny_teacher
+from teachers.sampling import sample_tokens as teacher_sample_tokens
+from teachers.tiny import load_tiny_teacher, tiny_sampling
+
+TINY_NAME = {"llamagen": "llamagen-digits", "var": "var-digits"}
 
 
 @pytest.fixture(scope="module", params=("llamagen-digits", "var-digits"))
@@ -48,3 +51,37 @@ def test_bad_steps_and_labels_are_refused(student):
         dd.sample(student, labels, steps=[student.timesteps[1]])
     with pytest.raises(ValueError, match="class labels"):
         dd.sample(student, labels + student.num_classes, steps=1)
+
+
+def test_interleaved_teacher_regenerates_exactly_its_range(student):
+    """Alg. 4: before ``first`` the DD step-1 tokens are kept; on ``[first, second)`` the
+    teacher's own draws (with ``first = 0`` exactly the teacher's plain sampler with the same
+    generator); from ``second`` DD step 2."""
+    labels = torch.arange(4) % student.num_classes
+    noise = draw_noise(4, student.geometry.num_tokens, student.code_dim, torch.Generator())
+    second = student.timesteps[1]
+    boundary = student.geometry.step_ranges[second][0]
+    teacher = student.teacher
+    sampling = tiny_sampling(TINY_NAME[teacher.family])
+    full = sample_tokens_interleaved(
+        student, labels, noise, (0, second), generator=torch.Generator().manual_seed(5),
+        sampling=sampling,
+    )  # fmt: skip
+    plain = teacher_sample_tokens(
+        teacher, labels, sampling, generator=torch.Generator().manual_seed(5)
+    )
+    assert torch.equal(full[:, :boundary], plain[:, :boundary])
+    one_step = sample_tokens(student, labels, noise, steps=1)
+    first = second - 1
+    kept = student.geometry.step_ranges[first][0]
+    late = sample_tokens_interleaved(student, labels, noise, (first, second), sampling=sampling)
+    assert torch.equal(late[:, :kept], one_step[:, :kept])
+
+
+def test_interleaving_ranges_outside_the_trained_steps_are_refused(student):
+    labels = torch.zeros(2, dtype=torch.long)
+    noise = draw_noise(2, student.geometry.num_tokens, student.code_dim, torch.Generator())
+    second = student.timesteps[1]
+    for bad in ((0, second + 1), (second, second), (-1, second), (0, 0)):
+        with pytest.raises(ValueError, match="teacher_steps"):
+            sample_tokens_interleaved(student, labels, noise, bad)

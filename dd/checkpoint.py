@@ -58,6 +58,7 @@ def save_student(
         "teacher_fingerprint": student.teacher.fingerprint(),
         "timesteps": list(student.timesteps),
         "split_token": student.split_token,
+        "noise_logit_prior": student.noise_logit_scale is not None,
         "record": record or {},
     }
     _write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
@@ -93,9 +94,11 @@ def load_student_folder(
             f"({card['teacher']}); the teacher given has fingerprint {teacher.fingerprint()}. "
             "A student only works with the teacher it was distilled from."
         )
-    student = DDStudent(teacher, card["timesteps"], card["split_token"])
+    # The prior's initial value is irrelevant: the trained kappa is loaded below.
+    scale = 0.0 if card.get("noise_logit_prior", False) else None
+    student = DDStudent(teacher, card["timesteps"], card["split_token"], noise_logit_scale=scale)
     state = load_file(str(folder / WEIGHTS_FILE), device=str(teacher.device))
-    student.backbone.load_state_dict(state, strict=True)
+    student.load_student_state_dict(state)
     return student.eval()
 
 

@@ -106,7 +106,7 @@ class DistillModule(pl.LightningModule):
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.AdamW(
-            self.student.backbone.parameters(),
+            self.student.trainable_parameters(),
             lr=self.optim.scaled_lr(self.global_batch_size),
             betas=PAPER_BETAS,
             weight_decay=self.optim.weight_decay,

@@ -16,6 +16,8 @@ from torch import nn
 from dd.trajectory import apply_prefix, check_timesteps, data_mask
 from teachers.protocol import Teacher, check_labels, check_tokens
 
+NOISE_LOGIT_SCALE_KEY = "noise_logit_scale"
+
 
 class DDStudent(nn.Module):
     """``F(X_k, k)``: from the trajectory input of AR step ``k`` to the whole token sequence.
@@ -30,9 +32,22 @@ class DDStudent(nn.Module):
     indices, 0-based, starting at 0) and ``split_token``: when sampling, positions before it
     take the logits head's argmax and positions from it the embedding head's nearest code
     (FACTS.md section 1; LlamaGen-B 80, LlamaGen-L 130, VAR-d16 the first 5 scales).
+
+    ``noise_logit_scale`` (``None``: the paper's student) adds a learned ``kappa * <x_i, c_j>``
+    to the logits of token ``i`` from its own input ``x_i`` (the noise that decides it):
+    Eq. 3's posterior logits are ``log p_j + t/(1-t)^2 <x, c_j> - ...``, and the one-parameter
+    rule ``argmax_j(log p_j + kappa <eps, c_j>)`` reproduces ~88% of the flow map's tokens on
+    the tiny teachers (``benchmarks/noise_logit_prior.py``), so the trunk only has to supply
+    ``log p``. It is our deviation from the paper, off unless a recipe sets it.
     """
 
-    def __init__(self, teacher: Teacher, timesteps: Sequence[int], split_token: int) -> None:
+    def __init__(
+        self,
+        teacher: Teacher,
+        timesteps: Sequence[int],
+        split_token: int,
+        noise_logit_scale: float | None = None,
+    ) -> None:
         super().__init__()
         self.geometry = teacher.geometry
         self.timesteps = check_timesteps(timesteps, teacher.geometry)
@@ -45,10 +60,34 @@ class DDStudent(nn.Module):
         self.vocab_size, self.code_dim = teacher.codebook.shape
         self.teacher = teacher
         self.backbone = teacher.student_backbone()
+        self.noise_logit_scale = (
+            None if noise_logit_scale is None else nn.Parameter(torch.tensor(noise_logit_scale))
+        )
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Everything but the frozen teacher."""
+        return [p for p in self.parameters() if p.requires_grad]
 
     def student_state_dict(self) -> dict[str, torch.Tensor]:
         """The trained weights only (the teacher is named by its fingerprint, not copied)."""
-        return self.backbone.state_dict()
+        state = self.backbone.state_dict()
+        if self.noise_logit_scale is not None:
+            state[NOISE_LOGIT_SCALE_KEY] = self.noise_logit_scale.detach()
+        return state
+
+    def load_student_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Strict inverse of ``student_state_dict``."""
+        state = dict(state)
+        has_scale = NOISE_LOGIT_SCALE_KEY in state
+        if has_scale != (self.noise_logit_scale is not None):
+            raise ValueError(
+                f"the weights {'have' if has_scale else 'lack'} {NOISE_LOGIT_SCALE_KEY!r} but the "
+                f"student was built {'without' if has_scale else 'with'} a noise-logit prior"
+            )
+        if has_scale:
+            with torch.no_grad():
+                self.noise_logit_scale.copy_(state.pop(NOISE_LOGIT_SCALE_KEY))
+        self.backbone.load_state_dict(state, strict=True)
 
     def forward(
         self,
@@ -72,6 +111,10 @@ class DDStudent(nn.Module):
         is_data_BN = data_mask(boundary_B, n)
         logits_BTV, embeddings_BTC = self.backbone(labels_B, inputs_BNC, is_data_BN)
         # Position 0 is the family's extra (class / start) position; i + 1 predicts token i.
+        logits_BNV = logits_BTV[:, 1:]
+        if self.noise_logit_scale is not None:
+            codebook_VC = self.teacher.codebook.to(inputs_BNC.dtype)
+            logits_BNV = logits_BNV + self.noise_logit_scale * (inputs_BNC @ codebook_VC.T)
         return apply_prefix(
-            logits_BTV[:, 1:], embeddings_BTC[:, 1:], inputs_BNC, prefix_tokens_BN, boundary_B
+            logits_BNV, embeddings_BTC[:, 1:], inputs_BNC, prefix_tokens_BN, boundary_B
         )

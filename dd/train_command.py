@@ -45,7 +45,12 @@ def train(recipe: TrainRecipe, resolved_yaml: str):
     pairs = load_pairs(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
     train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout)
     pl.seed_everything(run.seed, workers=True)  # the new layers' initialisation
-    student = DDStudent(teacher, recipe.student.timesteps, recipe.student.split_token)
+    student = DDStudent(
+        teacher,
+        recipe.student.timesteps,
+        recipe.student.split_token,
+        noise_logit_scale=recipe.student.noise_logit_scale,
+    )
     module = DistillModule(
         student, build_perceptual(recipe.loss), recipe.optim, recipe.loss, run.global_batch_size
     )

@@ -28,10 +28,13 @@ class PairsSection:
 @dataclass(frozen=True)
 class StudentSection:
     """Training timesteps: AR step indices, 0-based (released code: LlamaGen 0,80; VAR-d16 0,5;
-    VAR-d20/d24 0,4). ``split_token``: first token taken from the embedding head when sampling."""
+    VAR-d20/d24 0,4). ``split_token``: first token taken from the embedding head when sampling.
+    ``noise_logit_scale``: initial kappa of the learned noise-to-logit prior (``DDStudent``);
+    ``None`` is the paper's student."""
 
     timesteps: tuple[int, ...] = (0,)
     split_token: int = 0
+    noise_logit_scale: float | None = None
 
 
 @dataclass(frozen=True)

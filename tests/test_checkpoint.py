@@ -39,6 +39,20 @@ def test_round_trip_gives_the_same_samples(saved):
     assert card["teacher"] == {"tiny": "var-digits"} and card["record"] == {"seed": 0}
 
 
+def test_the_noise_logit_prior_round_trips(tmp_path):
+    teacher = load_tiny_teacher("llamagen-digits")
+    student = DDStudent(teacher, (0, 20), 20, noise_logit_scale=2.5)
+    with torch.no_grad():
+        student.noise_logit_scale.fill_(3.25)
+    folder = save_student(student, tmp_path, TeacherSpec(tiny="llamagen-digits"))
+    loaded = dd.load_student(folder, teacher=teacher)
+    assert float(loaded.noise_logit_scale) == 3.25
+    labels = torch.arange(3)
+    first = dd.sample(student, labels, steps=1, generator=torch.Generator().manual_seed(0))
+    again = dd.sample(loaded, labels, steps=1, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first, again)
+
+
 def test_a_student_of_another_teacher_is_refused(saved):
     _, folder = saved
     other = load_tiny_teacher("llamagen-digits")

@@ -115,3 +115,26 @@ def test_bad_input_is_refused(teacher, student):
         DDStudent(teacher, (0, teacher.geometry.num_steps), 0)
     with pytest.raises(ValueError, match="split_token"):
         DDStudent(teacher, (0,), teacher.geometry.num_tokens + 1)
+
+
+def test_the_noise_logit_prior_adds_kappa_times_code_similarity(teacher):
+    """``noise_logit_scale``: predicted positions' logits = the paper student's + kappa <x_i, c_j>
+    (same weights otherwise), prefix positions untouched (Eq. 6); kappa is trained."""
+    torch.manual_seed(0)
+    plain = tiny_student(teacher)
+    with_prior = DDStudent(plain.teacher, plain.timesteps, plain.split_token, noise_logit_scale=2.5)
+    with_prior.backbone.load_state_dict(plain.backbone.state_dict())
+    labels, noise, tokens = random_batch(teacher, seed=1)
+    start = teacher.geometry.step_ranges[1][0]
+    boundary = torch.full((BATCH_SIZE,), start)
+    inputs = trajectory_input(noise, tokens, teacher.codebook, boundary)
+    with torch.no_grad():
+        base, _ = plain(labels, inputs, boundary, tokens)
+        prior, _ = with_prior(labels, inputs, boundary, tokens)
+    expected = base[:, start:] + 2.5 * inputs[:, start:] @ teacher.codebook.float().T
+    torch.testing.assert_close(prior[:, start:], expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(prior[:, :start], base[:, :start])
+    assert with_prior.noise_logit_scale in with_prior.trainable_parameters()
+    assert "noise_logit_scale" in with_prior.student_state_dict()
+    with pytest.raises(ValueError, match="noise-logit prior"):
+        plain.load_student_state_dict(with_prior.student_state_dict())

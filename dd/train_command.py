@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import platform
+import shlex
 import time
 from pathlib import Path
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
 
 
-def train(recipe: TrainRecipe, resolved_yaml: str):
+def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
@@ -91,6 +92,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str):
     seconds = time.perf_counter() - started
     if trainer.is_global_zero:  # EMA weights were copied into the student at the end of fit
         record = {
+            "command": command,
             "seed": run.seed,
             "steps": trainer.global_step,
             "train_pairs": len(train_pairs),
@@ -108,5 +110,5 @@ def train(recipe: TrainRecipe, resolved_yaml: str):
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     recipe, resolved = parse_recipe(TrainRecipe, argv, prog="dd train")
-    train(recipe, resolved)
+    train(recipe, resolved, command=shlex.join(["dd", "train", *argv]))
     return 0

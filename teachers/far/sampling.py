@@ -19,11 +19,11 @@ from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher
 # FAR Appendix B: "d = 1/M when the number of sampling steps is 16 or fewer, d = 0 beyond".
 SHORTCUT_MAX_SIZED_STEPS = 16
 # The tiny teachers' sampling, chosen by FID on the digits evaluator (docs/far.md).
-DEFAULT_FAR_SAMPLING = ContinuousSamplingConfig(cfg_scale=1.5, head_steps=8)
+DEFAULT_FAR_SAMPLING = ContinuousSamplingConfig(cfg_scale=2.0, head_steps=8)
 SAMPLING_PRESETS: dict[str, ContinuousSamplingConfig] = {
     "default": DEFAULT_FAR_SAMPLING,
     **{
-        f"shortcut_{m}": ContinuousSamplingConfig(cfg_scale=1.5, head_steps=m) for m in (1, 2, 4, 8)
+        f"shortcut_{m}": ContinuousSamplingConfig(cfg_scale=2.0, head_steps=m) for m in (1, 2, 4, 8)
     },
 }
 

@@ -118,7 +118,7 @@ class FARTeacher(FrozenTeacher):
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, n, C]`` -> images ``[B, 3, H, W]`` in ``[0, 1]``."""
-        return self.decode_embeddings(tokens).detach()
+        return self.decode_embeddings(self.prepare_continuous(tokens)).detach()
 
     def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Tokens ``[B, n, C]`` -> images in ``[0, 1]``, differentiable (straight-through

@@ -5,7 +5,8 @@
   told ``d = 1 / M`` when ``M <= SHORTCUT_MAX_SIZED_STEPS`` and ``d = 0`` (the flow field) for
   more steps, as FAR does; the flow-matching head always gets ``d = 0``. Pure: no randomness.
 - ``map_noise``: the AR loop over a teacher's session: noise ``[B, n, C]`` -> tokens
-  ``[B, n, C]``, deterministic (the map DD's pairs are made of).
+  ``[B, n, C]``, deterministic (the map DD's pairs are made of); family-independent, it lives in
+  ``teachers.sampling.map_continuous_noise`` and is re-exported here.
 - ``sample_continuous_tokens``: ``map_noise`` of Gaussian noise drawn from an injected
   ``generator``.
 """
@@ -15,6 +16,17 @@ from __future__ import annotations
 import torch
 
 from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher
+from teachers.sampling import map_continuous_noise as map_noise
+
+__all__ = [
+    "DEFAULT_FAR_SAMPLING",
+    "SAMPLING_PRESETS",
+    "draw_noise",
+    "head_step_size",
+    "map_noise",
+    "sample_continuous_tokens",
+    "sample_head",
+]
 
 # FAR Appendix B: "d = 1/M when the number of sampling steps is 16 or fewer, d = 0 beyond".
 SHORTCUT_MAX_SIZED_STEPS = 16
@@ -66,23 +78,6 @@ def sample_head(
             v_XC = v_uncond + (v_cond - v_uncond) * cfg_scale
         x_NC = x_NC + v_XC / num_steps
     return x_NC
-
-
-@torch.no_grad()
-def map_noise(
-    teacher: ContinuousTeacher,
-    labels: torch.Tensor,
-    noise: torch.Tensor,
-    sampling: ContinuousSamplingConfig | None = None,
-) -> torch.Tensor:
-    """The teacher's deterministic noise -> token map: ``[B, n, C]`` -> ``[B, n, C]``."""
-    chosen = []
-    with teacher.start(labels, sampling) as session:
-        for start, end in teacher.geometry.step_ranges:
-            tokens = session.next_tokens(noise[:, start:end])
-            session.accept(tokens)
-            chosen.append(tokens)
-    return torch.cat(chosen, dim=1)
 
 
 def draw_noise(

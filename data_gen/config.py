@@ -33,13 +33,24 @@ class SamplingOverrides:
     temperature: float | None = None
     top_k: int | None = None
     top_p: float | None = None
+    # Continuous-token teachers only (teachers.protocol.ContinuousSamplingConfig): head steps.
+    head_steps: int | None = None
 
     def resolve(self, default: SamplingConfig) -> SamplingConfig:
+        """``default`` with the fields set here replaced; a field the teacher's sampling does not
+        have (e.g. ``head_steps`` for a discrete teacher) is a ``ValueError``."""
         changes = {
             f.name: getattr(self, f.name)
             for f in dataclasses.fields(self)
             if getattr(self, f.name) is not None
         }
+        known = {f.name for f in dataclasses.fields(default)}
+        unknown = sorted(set(changes) - known)
+        if unknown:
+            raise ValueError(
+                f"sampling: {unknown} do not apply to this teacher "
+                f"({type(default).__name__} has {sorted(known)})"
+            )
         return dataclasses.replace(default, **changes)
 
 

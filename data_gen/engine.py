@@ -29,7 +29,15 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
 from data_gen.config import FlowSettings, GenerateRecipe, PairSettings
-from data_gen.pairs import NOISE_DTYPES, draw_sample, map_noise, token_dtype
+from data_gen.pairs import (
+    CONTINUOUS_TOKENS_DTYPE,
+    NOISE_DTYPES,
+    draw_sample,
+    is_continuous,
+    map_noise,
+    map_noise_continuous,
+    token_dtype,
+)
 from data_gen.shards import (
     FORMAT_VERSION,
     OpenShard,
@@ -53,6 +61,22 @@ log = logging.getLogger(__name__)
 def run_identity(teacher: Teacher, recipe: GenerateRecipe) -> RunIdentity:
     """The teacher fingerprint and every setting a record depends on."""
     sampling = recipe.sampling.resolve(teacher.default_sampling())
+    if is_continuous(teacher):  # no codebook: float tokens [n, C] (docs/far.md)
+        return RunIdentity(
+            teacher.fingerprint(),
+            teacher.family,
+            {
+                "record_format": FORMAT_VERSION,
+                "sampling": dataclasses.asdict(sampling),
+                "pairs": dataclasses.asdict(recipe.pairs),
+                "shard_size": recipe.output.shard_size,
+                "num_tokens": teacher.geometry.num_tokens,
+                "code_dim": int(teacher.token_dim),
+                "vocab_size": None,
+                "num_classes": teacher.num_classes,
+                "tokens_dtype": str(CONTINUOUS_TOKENS_DTYPE).removeprefix("torch."),
+            },
+        )
     vocab_size, code_dim = teacher.codebook.shape
     settings = {
         "record_format": FORMAT_VERSION,
@@ -181,13 +205,20 @@ class PairGenerator(L.LightningModule):
             )
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, Any]:
-        tokens = map_noise(self.teacher, batch["label"], batch["noise"], self.sampling, self.flow)
-        vocab_size = self.teacher.codebook.shape[0]
+        if is_continuous(self.teacher):
+            tokens = map_noise_continuous(
+                self.teacher, batch["label"], batch["noise"], self.sampling
+            ).to(CONTINUOUS_TOKENS_DTYPE)
+        else:
+            tokens = map_noise(
+                self.teacher, batch["label"], batch["noise"], self.sampling, self.flow
+            )
+            tokens = tokens.to(token_dtype(self.teacher.codebook.shape[0]))
         return {
             "index": batch["index"].cpu(),
             "label": batch["label"].cpu(),
             "noise": batch["noise"].cpu(),
-            "tokens": tokens.to(token_dtype(vocab_size)).cpu(),
+            "tokens": tokens.cpu(),
         }
 
 
@@ -302,9 +333,9 @@ def run_generation(
     shards = plan_shards(recipe.pairs.num_pairs, recipe.output.shard_size)
     check_folder(folder, identity, shards)  # refuse early, before any process is launched
     sampling = recipe.sampling.resolve(teacher.default_sampling())
-    vocab_size, code_dim = teacher.codebook.shape
+    code_dim = identity.settings["code_dim"]  # C of the codebook, or of a continuous token
     dataset = SampleDataset(
-        recipe.pairs, teacher.geometry.num_tokens, int(code_dim), teacher.num_classes
+        recipe.pairs, teacher.geometry.num_tokens, code_dim, teacher.num_classes
     )
     manifest = manifest_base(
         identity,

@@ -20,7 +20,13 @@ import torch
 
 from data_gen.config import FlowSettings, LabelDistribution
 from dd.flow import flow_match_tokens
-from teachers.protocol import SamplingConfig, Teacher
+from teachers.protocol import (
+    ContinuousSamplingConfig,
+    ContinuousTeacher,
+    SamplingConfig,
+    Teacher,
+)
+from teachers.sampling import map_continuous_noise
 
 SEED_DOMAIN = b"dd-pairs/v1"  # changing the derivation must change this tag
 SEED_BITS = 63
@@ -30,6 +36,7 @@ NOISE_DTYPES: dict[str, torch.dtype] = {
     "float64": torch.float64,
 }
 INT16_MAX_VOCAB = 2**15  # token ids 0..32767 fit int16
+CONTINUOUS_TOKENS_DTYPE = torch.float32  # stored continuous tokens [n, C]
 
 
 def sample_seed(seed: int, index: int) -> int:
@@ -104,3 +111,29 @@ def map_noise(
             fed = tokens_BL if forced_tokens is None else forced_tokens[:, start:end]
             session.accept(fed.to(device))
     return torch.cat(mapped, dim=1)
+
+
+def is_continuous(teacher: Teacher | ContinuousTeacher) -> bool:
+    """Whether ``teacher`` has continuous tokens (``teachers.protocol.ContinuousTeacher``)."""
+    return isinstance(teacher, ContinuousTeacher)
+
+
+@torch.no_grad()
+def map_noise_continuous(
+    teacher: ContinuousTeacher,
+    labels: torch.Tensor,
+    noise_BNC: torch.Tensor,
+    sampling: ContinuousSamplingConfig,
+    *,
+    forced_tokens: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Tokens ``[B, n, C]`` of a continuous-token teacher: no codebook and no flow matching over
+    log-probs; the head's deterministic sampler from the token's noise *is* the map (the noise
+    stored with a pair is the head's initial noise of every token). With ``forced_tokens`` the
+    map under that prefix, in one teacher-forced pass (what ``dd verify-shards`` compares)."""
+    device = teacher.device
+    labels, noise_BNC = labels.to(device), noise_BNC.to(device, torch.float32)
+    if forced_tokens is None:
+        return map_continuous_noise(teacher, labels, noise_BNC, sampling)
+    forced = forced_tokens.to(device, torch.float32)
+    return teacher.map_noise_teacher_forcing(labels, forced, noise_BNC, sampling)

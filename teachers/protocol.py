@@ -271,3 +271,139 @@ def check_tokens(
         raise ValueError(
             f"tokens must be in [0, {vocab_size}), got {tokens.min().item()}..{tokens.max().item()}"
         )
+
+
+# ---- Continuous-token teachers (FAR-style, teachers/far; issue #13)
+#
+# A continuous-token AR model has no codebook and no next-step probabilities: each AR step
+# draws its tokens by running the per-token head's sampler from Gaussian noise. With a
+# deterministic head sampler (Euler steps of a flow / shortcut head) that sampler *is* a
+# deterministic noise -> token map per step, so DD's pairs (noise, tokens) exist without a
+# codebook (FACTS.md section 4). The session below exposes exactly that map.
+
+
+@dataclass(frozen=True)
+class ContinuousSamplingConfig:
+    """How a continuous-token teacher maps noise to tokens.
+
+    - ``cfg_scale``: classifier-free guidance on the head's velocity,
+      ``v = v_uncond + (v_cond - v_uncond) * cfg_scale``; ``1`` runs no null half.
+    - ``head_steps``: ``M``, the number of Euler steps of size ``1 / M`` of the per-token head
+      (FAR Appendix B, Eq. 10-11).
+    """
+
+    cfg_scale: float = 1.0
+    head_steps: int = 8
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.head_steps, int) or self.head_steps < 1:
+            raise ValueError(f"head_steps must be an integer >= 1, got {self.head_steps!r}")
+        if self.cfg_scale < 0:
+            raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
+
+    @property
+    def uses_cfg(self) -> bool:
+        return self.cfg_scale != 1.0
+
+
+@runtime_checkable
+class ContinuousTeacherSession(Protocol):
+    """One incremental, KV-cached AR pass of a continuous-token teacher::
+
+    with teacher.start(labels, sampling) as session:
+        for step in range(teacher.geometry.num_steps):
+            tokens = session.next_tokens(noise_k)        # [B, L_step, C], deterministic
+            session.accept(tokens)                       # or any other tokens [B, L_step, C]
+    """
+
+    @property
+    def step(self) -> int: ...
+
+    def next_tokens(self, noise: torch.Tensor) -> torch.Tensor:
+        """The head's deterministic map of ``noise [B, L_step, C]`` to this step's tokens."""
+        ...
+
+    def accept(self, tokens: torch.Tensor) -> None:
+        """Feed the tokens ``[B, L_step, C]`` (float) chosen for the current step; advance."""
+        ...
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ContinuousTeacherSession: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+@runtime_checkable
+class ContinuousTeacher(Protocol):
+    """A continuous-token AR image model as DD sees it: the :class:`Teacher` contract without
+    the codebook and the log-probabilities. Tokens are float ``[B, n, token_dim]`` in the order
+    of ``geometry``; labels as in :class:`Teacher`."""
+
+    family: str
+    geometry: TokenGeometry
+    num_classes: int
+
+    @property
+    def null_class(self) -> int: ...
+
+    @property
+    def device(self) -> torch.device: ...
+
+    @property
+    def token_dim(self) -> int:
+        """``C``: the width of one continuous token (and of the noise that maps onto it)."""
+        ...
+
+    def default_sampling(self) -> ContinuousSamplingConfig: ...
+
+    def fingerprint(self) -> str: ...
+
+    def start(
+        self, labels: torch.Tensor, sampling: ContinuousSamplingConfig | None = None
+    ) -> ContinuousTeacherSession: ...
+
+    def map_noise_teacher_forcing(
+        self,
+        labels: torch.Tensor,
+        tokens: torch.Tensor,
+        noise: torch.Tensor,
+        sampling: ContinuousSamplingConfig | None = None,
+    ) -> torch.Tensor:
+        """``[B, n, C]``: every position's head map of ``noise`` given the earlier ``tokens``
+        (one full-sequence pass; what a session fed ``tokens`` returns step by step)."""
+        ...
+
+    def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in ``[0, 1]`` from tokens ``[B, n, C]``."""
+        ...
+
+    def decode_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """The same map as ``decode_tokens``, differentiable in ``embeddings [B, n, C]``."""
+        ...
+
+
+def check_continuous_tokens(
+    tokens: torch.Tensor,
+    token_dim: int,
+    *,
+    length: int,
+    batch_size: int | None = None,
+    name: str = "tokens",
+) -> None:
+    """Raise a ``ValueError`` unless ``tokens`` is a finite float ``[B, length, token_dim]``
+    tensor (and ``B == batch_size`` when given)."""
+    if not isinstance(tokens, torch.Tensor):
+        raise ValueError(f"{name} must be a tensor, got {type(tokens).__name__}")
+    batch = tokens.shape[0] if tokens.dim() == 3 and batch_size is None else batch_size
+    if (
+        tokens.dim() != 3
+        or tuple(tokens.shape) != (batch, length, token_dim)
+        or (not tokens.dtype.is_floating_point)
+    ):
+        expected = f"[{'B' if batch_size is None else batch_size}, {length}, {token_dim}]"
+        raise ValueError(
+            f"{name} must be float {expected}, got {tuple(tokens.shape)} {tokens.dtype}"
+        )
+    if not torch.isfinite(tokens).all():
+        raise ValueError(f"{name} must be finite (found NaN or inf)")

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import torch
 
-from teachers.protocol import SamplingConfig, Teacher
+from teachers.protocol import (
+    ContinuousSamplingConfig,
+    ContinuousTeacher,
+    SamplingConfig,
+    Teacher,
+)
 
 
 def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -74,6 +79,25 @@ def sample_tokens(
                 if greedy
                 else sample_from_log_probs(log_probs, generator)
             )
+            session.accept(tokens)
+            chosen.append(tokens)
+    return torch.cat(chosen, dim=1)
+
+
+@torch.no_grad()
+def map_continuous_noise(
+    teacher: ContinuousTeacher,
+    labels: torch.Tensor,
+    noise: torch.Tensor,
+    sampling: ContinuousSamplingConfig | None = None,
+) -> torch.Tensor:
+    """A continuous-token teacher's deterministic noise -> token map, ``[B, n, C]`` ->
+    ``[B, n, C]``: each AR step's tokens are the head's sampler run from that step's noise,
+    then fed back (``teachers.protocol.ContinuousTeacherSession``). Family-independent."""
+    chosen = []
+    with teacher.start(labels, sampling) as session:
+        for start, end in teacher.geometry.step_ranges:
+            tokens = session.next_tokens(noise[:, start:end])
             session.accept(tokens)
             chosen.append(tokens)
     return torch.cat(chosen, dim=1)

@@ -198,3 +198,103 @@ def test_fingerprint_is_stable_and_16_hex_chars(teacher):
     fingerprint = teacher.fingerprint()
     assert FINGERPRINT_PATTERN.fullmatch(fingerprint)
     assert teacher.fingerprint() == fingerprint
+
+
+# ---- Continuous-token teachers (teachers.protocol.ContinuousTeacher): the same contract
+# without the codebook and the log-probabilities; the session's deterministic noise -> token
+# map stands where the log-probabilities stand above.
+from teachers.far.sampling import draw_noise, map_noise  # noqa: E402
+from teachers.protocol import (  # noqa: E402
+    ContinuousSamplingConfig,
+    ContinuousTeacher,
+    ContinuousTeacherSession,
+)
+
+CONTINUOUS_SPECS = {"tiny-far-digits": lambda: TeacherSpec(tiny="far-digits")}
+CONTINUOUS_UNGUIDED = ContinuousSamplingConfig(cfg_scale=1.0, head_steps=2)
+
+
+@pytest.fixture(scope="module", params=sorted(CONTINUOUS_SPECS))
+def continuous_teacher(request) -> ContinuousTeacher:
+    return load_teacher(CONTINUOUS_SPECS[request.param]())
+
+
+def continuous_noise(teacher: ContinuousTeacher, seed: int = 0) -> torch.Tensor:
+    return draw_noise(teacher, BATCH_SIZE, torch.Generator().manual_seed(seed))
+
+
+def test_continuous_teacher_is_a_frozen_module_in_eval_mode(continuous_teacher):
+    teacher = continuous_teacher
+    assert isinstance(teacher, nn.Module) and isinstance(teacher, ContinuousTeacher)
+    assert not isinstance(teacher, Teacher)  # no codebook, no log-probabilities
+    assert not any(p.requires_grad for p in teacher.parameters())
+    nn.ModuleDict({"teacher": teacher}).train()
+    assert not any(module.training for module in teacher.modules())
+    assert teacher.null_class == teacher.num_classes and teacher.token_dim > 0
+    assert teacher.geometry.num_tokens == sum(teacher.geometry.tokens_per_step)
+
+
+@pytest.mark.parametrize("sampling", [None, CONTINUOUS_UNGUIDED], ids=["default", "unguided"])
+def test_continuous_session_maps_noise_deterministically_step_by_step(continuous_teacher, sampling):
+    teacher = continuous_teacher
+    labels, noise = labels_for(teacher), continuous_noise(teacher)
+    tokens = []
+    with teacher.start(labels, sampling) as session:
+        assert isinstance(session, ContinuousTeacherSession)
+        for step, (start, end) in enumerate(teacher.geometry.step_ranges):
+            assert session.step == step
+            chosen = session.next_tokens(noise[:, start:end])
+            assert chosen.shape == (BATCH_SIZE, end - start, teacher.token_dim)
+            assert torch.equal(session.next_tokens(noise[:, start:end]), chosen)  # no state
+            session.accept(chosen)
+            tokens.append(chosen)
+    tokens = torch.cat(tokens, dim=1)
+    assert torch.equal(map_noise(teacher, labels, noise, sampling), tokens)
+    forced = teacher.map_noise_teacher_forcing(labels, tokens, noise, sampling)
+    torch.testing.assert_close(forced, tokens, atol=TEACHER_FORCING_ATOL, rtol=0)
+    if sampling is None:
+        explicit = map_noise(teacher, labels, noise, teacher.default_sampling())
+        assert torch.equal(explicit, tokens)
+
+
+def test_continuous_decode_paths_agree_and_are_differentiable(continuous_teacher):
+    teacher = continuous_teacher
+    tokens = continuous_noise(teacher, seed=1)
+    images = teacher.decode_tokens(tokens)
+    assert images.shape[:2] == (BATCH_SIZE, 3) and 0 <= images.min() and images.max() <= 1
+    embeddings = tokens.clone().requires_grad_(True)
+    decoded = teacher.decode_embeddings(embeddings)
+    torch.testing.assert_close(decoded, images, atol=DECODE_ATOL, rtol=0)
+    decoded.mean().backward()
+    assert embeddings.grad is not None and embeddings.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="tokens must be|embeddings must be"):
+        teacher.decode_tokens(tokens[:, 1:])
+
+
+def test_continuous_bad_labels_and_tokens_raise_value_errors(continuous_teacher):
+    teacher = continuous_teacher
+    for labels in (
+        torch.tensor([0, teacher.num_classes + 1]),
+        torch.tensor([-1, 0]),
+        torch.tensor([0.0, 1.0]),
+        torch.tensor([0, teacher.null_class]),
+    ):
+        with pytest.raises(ValueError, match="labels"):
+            teacher.start(labels)
+    c = teacher.token_dim
+    with teacher.start(labels_for(teacher)) as session:
+        for tokens in (
+            torch.zeros(BATCH_SIZE + 1, 1, c),
+            torch.zeros(BATCH_SIZE, 1, c + 1),
+            torch.zeros(BATCH_SIZE, c),
+            torch.zeros(BATCH_SIZE, 1, c, dtype=torch.long),
+        ):
+            with pytest.raises(ValueError, match="tokens must be"):
+                session.accept(tokens)
+        assert session.step == 0
+
+
+def test_continuous_fingerprint_is_stable_and_16_hex_chars(continuous_teacher):
+    fingerprint = continuous_teacher.fingerprint()
+    assert FINGERPRINT_PATTERN.fullmatch(fingerprint)
+    assert continuous_teacher.fingerprint() == fingerprint

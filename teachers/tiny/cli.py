@@ -3,6 +3,7 @@
     dd train-teacher --family llamagen --out teachers/weights --seed 0
     dd train-teacher --family var --out teachers/weights --seed 0
     dd train-teacher --family classifier --out teachers/weights --seed 0
+    dd train-teacher --family far --out teachers/weights --seed 0 [--head flow]
 
 Writes the weights as safetensors into ``--out`` and records configs, the command, the seed,
 the losses, the wall time and the peak RSS in ``<out>/tiny.json`` (the entry
@@ -24,13 +25,19 @@ import torch
 
 from dd.metrics.digits import CLASSIFIER_FILE, CLASSIFIER_NAME, class_accuracy
 from teachers.data import ImageSet, load_digits_split, load_image_folder
+from teachers.far.config import HEAD_KINDS, ShortcutSettings
 from teachers.shipped import write_metadata_entry
 from teachers.tiny.common import peak_rss_mb, save_weights
-from teachers.tiny.presets import TrainSettings, llamagen_tiny_configs, var_tiny_configs
+from teachers.tiny.presets import (
+    TrainSettings,
+    far_tiny_configs,
+    llamagen_tiny_configs,
+    var_tiny_configs,
+)
 
 log = logging.getLogger(__name__)
 
-FAMILIES = ("llamagen", "var", "classifier")
+FAMILIES = ("llamagen", "var", "classifier", "far")
 LOSS_TAIL = 50  # steps averaged for the reported final loss
 _DEFAULTS = TrainSettings()
 VAR_AR_BATCH_SIZE = 32  # 130 tokens per image: half LlamaGen's 64 images, about the same tokens
@@ -46,6 +53,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ar-batch-size", type=int, default=None, help="default: per family (see presets.py)"
     )
     parser.add_argument("--classifier-steps", type=int, default=None)
+    parser.add_argument(
+        "--head",
+        choices=HEAD_KINDS,
+        default=HEAD_KINDS[0],
+        help="far only: the shortcut head, or the flow-matching head (saved as far-<data>-flow)",
+    )
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
     )
@@ -78,6 +91,7 @@ def command_line(args: argparse.Namespace) -> str:
         ("--ar-steps", args.ar_steps, _DEFAULTS.ar_steps),
         ("--ar-batch-size", args.ar_batch_size, None),
         ("--classifier-steps", args.classifier_steps, None),
+        ("--head", args.head, HEAD_KINDS[0]),
         ("--threads", args.threads, None),
         ("--data-dir", args.data_dir, None),
     ):
@@ -106,6 +120,32 @@ def _environment(args: argparse.Namespace) -> dict:
     }
 
 
+def _train_far(args, settings, train, heldout, data_name, progress, out, entry):
+    """The FAR branch of ``run``: tokenizer + FAR-Causal with the ``--head`` head."""
+    from teachers.tiny.train_far import far_settings_record, train_far
+
+    name = f"far-{data_name}" + ("-flow" if args.head == "flow" else "")
+    stem = name.replace("-", "_")
+    far_config, ae_config = far_tiny_configs(train.num_classes, head_kind=args.head)
+    shortcut = ShortcutSettings()
+    model, autoencoder, record = train_far(
+        train, far_config, ae_config, settings, shortcut, heldout=heldout, progress=progress
+    )
+    files = {"model": f"{stem}_model.safetensors", "autoencoder": f"{stem}_ae.safetensors"}
+    save_weights(model, out / files["model"])
+    save_weights(autoencoder, out / files["autoencoder"])
+    entry["files"] = files
+    entry["configs"] = {
+        "model": dataclasses.asdict(far_config),
+        "autoencoder": dataclasses.asdict(ae_config),
+    }
+    entry["settings"] = far_settings_record(settings, shortcut)
+    entry["record"] = {
+        part: {"final_loss": _tail(rec.pop("losses")), **rec} for part, rec in record.items()
+    }
+    return name
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads is not None:
@@ -117,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
             "llamagen": llamagen_tiny_configs,
             "var": var_tiny_configs,
             "classifier": lambda: (),
+            "far": lambda: (*far_tiny_configs(head_kind=args.head), ShortcutSettings()),
         }[args.family]()
         print(json.dumps({"command": command_line(args), "settings": settings.to_dict()}, indent=2))
         for config in configs:
@@ -147,6 +188,8 @@ def run(args: argparse.Namespace) -> int:
                 heldout.images_01(), heldout.labels, model
             )
         save_weights(model, out / file_name)
+    elif args.family == "far":
+        name = _train_far(args, settings, train, heldout, data_name, progress, out, entry)
     else:
         name = f"{args.family}-{data_name}"
         stem = name.replace("-", "_")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 from teachers.data import DIGITS_NUM_CLASSES
+from teachers.far.config import AutoencoderConfig, FARConfig, autoencoder_preset, far_preset
 from teachers.llamagen.config import GPTConfig, VQConfig
 from teachers.var.config import VARConfig, VQVAEConfig
 
@@ -88,3 +89,12 @@ class TrainSettings:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def far_tiny_configs(
+    num_classes: int = DIGITS_NUM_CLASSES, *, head_kind: str = "shortcut"
+) -> tuple[FARConfig, AutoencoderConfig]:
+    """FAR-Causal over a 4x4 grid of 8-dim continuous tokens (``teachers.far`` presets "tiny")."""
+    return far_preset("tiny", num_classes=num_classes, head_kind=head_kind), autoencoder_preset(
+        "tiny"
+    )

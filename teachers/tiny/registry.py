@@ -17,6 +17,10 @@ from teachers.protocol import SamplingConfig, Teacher
 from teachers.shipped import WEIGHTS_DIR, read_metadata
 
 TINY_TEACHERS = ("llamagen-digits", "var-digits")
+# Continuous-token teachers (teachers.protocol.ContinuousTeacher): FAR with the shortcut head,
+# and the same backbone with a plain flow-matching head (the comparison of docs/far.md).
+TINY_CONTINUOUS_TEACHERS = ("far-digits", "far-digits-flow")
+TINY_FAMILIES = ("llamagen", "var", "far")
 
 # Sampling settings for the shipped tiny teachers, chosen by FID on the digits evaluator
 # (benchmarks/eval_tiny.py, table in docs/embedded_default.md). LlamaGen: its family default,
@@ -39,10 +43,11 @@ def tiny_sampling(name: str) -> SamplingConfig:
 def load_tiny_teacher(
     name: str, *, weights_dir: str | Path | None = None, device: torch.device | str = "cpu"
 ) -> Teacher:
-    """A shipped tiny teacher (``"llamagen-digits"`` or ``"var-digits"``), frozen, eval mode."""
+    """A shipped tiny teacher (``"llamagen-digits"``, ``"var-digits"``, or the continuous-token
+    ``"far-digits"`` / ``"far-digits-flow"``), frozen, eval mode."""
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
     metadata = read_metadata(weights_dir)
-    known = sorted(k for k, v in metadata.items() if v.get("family") in ("llamagen", "var"))
+    known = sorted(k for k, v in metadata.items() if v.get("family") in TINY_FAMILIES)
     if name not in metadata or name not in known:
         raise ValueError(
             f"unknown tiny teacher {name!r}; known: {known or list(TINY_TEACHERS)}"
@@ -58,6 +63,16 @@ def load_tiny_teacher(
             weights_dir / files["vq"],
             gpt_config=GPTConfig(**configs["gpt"]),
             vq_config=VQConfig(**configs["vq"]),
+            device=device,
+        )
+    if entry["family"] == "far":
+        from teachers.far import AutoencoderConfig, FARConfig, load_far_teacher
+
+        return load_far_teacher(
+            weights_dir / files["model"],
+            weights_dir / files["autoencoder"],
+            far_config=FARConfig(**configs["model"]),
+            autoencoder_config=AutoencoderConfig(**configs["autoencoder"]),
             device=device,
         )
     from teachers.var import VARConfig, VQVAEConfig, load_var_teacher

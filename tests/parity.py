@@ -1,10 +1,11 @@
-"""Locating the official-parity fixtures (shared by the teacher parity tests).
+"""Locating the official-parity fixtures (used by the teacher parity and contract tests).
 
-``DD_PARITY_DIR`` (default ``../shared/fixtures/official_parity`` relative to the repository
-root) and ``DD_PARITY_TAG`` (default ``tiny``) select a fixture set laid out as in its
-README: ``README_<tag>.json`` with the official constructor arguments, and
-``<model>_<tag>.safetensors`` / ``<model>_<tag>_io.safetensors`` files. Tests are skipped,
-with the path named, when the directory is absent.
+The fixtures ship with the repository in ``tests/fixtures/official_parity`` (made by the
+official code with ``tests/fixtures/make_official_parity.py``). ``DD_PARITY_DIR`` (a path,
+relative ones taken from the repository root) and ``DD_PARITY_TAG`` (default ``tiny``) select
+another fixture set of the same layout: ``README_<tag>.json`` with the official constructor
+arguments, and ``<model>_<tag>.safetensors`` / ``<model>_<tag>_io.safetensors`` files. Every
+shape comes from those files. A missing file fails the test, naming the path.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import pytest
 import torch
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PARITY_DIR = Path("..") / "shared" / "fixtures" / "official_parity"
+DEFAULT_PARITY_DIR = Path("tests") / "fixtures" / "official_parity"
 DEFAULT_PARITY_TAG = "tiny"
 
 
@@ -35,7 +36,11 @@ def fixture_path(name: str) -> Path:
     """``name`` may contain ``{tag}``, e.g. ``"llamagen_gpt_{tag}.safetensors"``."""
     path = parity_dir() / name.format(tag=parity_tag())
     if not path.is_file():
-        pytest.skip(f"parity fixture not found: {path} (set DD_PARITY_DIR / DD_PARITY_TAG)")
+        pytest.fail(
+            f"parity fixture not found: {path} (the repository ships them in "
+            f"{DEFAULT_PARITY_DIR}; DD_PARITY_DIR / DD_PARITY_TAG select another set)",
+            pytrace=False,
+        )
     return path
 
 

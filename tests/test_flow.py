@@ -341,8 +341,8 @@ def test_inputs_of_any_float_dtype_are_computed_in_the_compute_dtype():
     )
     half = flow_match_tokens(noise.half(), log_probs.half(), codebook.half())
     assert half.dtype == torch.long and half.shape == (500,)
-    # float64 compute: the same tokens on this problem (measured on 80,000 draws of the
-    # fidelity problems and the reference problems: identical, docs/flow_matching.md)
+    # float64 compute: the same tokens on this problem (and the same TV/floor and agreement
+    # on every problem of docs/flow_matching.md, benchmarks/flow_tradeoff.py --dtypes)
     assert torch.equal(
         float32, flow_match_tokens(noise, log_probs, codebook, compute_dtype=torch.float64)
     )

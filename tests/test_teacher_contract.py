@@ -28,6 +28,8 @@ FINGERPRINT_PATTERN = re.compile(r"[0-9a-f]{16}")
 # CFG off in every family: constant schedule with scale 1 runs no null half.
 UNGUIDED = SamplingConfig(cfg_scale=1.0, cfg_schedule="constant")
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny models
+
 SPECS = {
     "tiny-llamagen-digits": lambda: TeacherSpec(tiny="llamagen-digits"),
     "tiny-var-digits": lambda: TeacherSpec(tiny="var-digits"),

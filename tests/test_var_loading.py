@@ -6,8 +6,18 @@ import pytest
 import torch
 
 from teachers.checkpoint import CheckpointError, read_state_dict
-from teachers.var import VAR, VARConfig, VQVAEConfig, load_var, load_var_teacher, load_vqvae
-from tests.parity import fixture_path, load_parity_json, parity_tag
+from teachers.var import (
+    VAR,
+    VAR_PRESETS,
+    VQVAE,
+    VQVAE_PRESETS,
+    VARConfig,
+    VQVAEConfig,
+    load_var,
+    load_var_teacher,
+    load_vqvae,
+)
+from tests.parity import fixture_path, load_parity_json
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +48,15 @@ def test_bare_and_training_checkpoints_load(tmp_path, var_config, var_state):
         assert not model.training and same_weights(model, var_state)
 
 
-def test_preset_names_are_accepted():
-    if parity_tag() != "tiny":
-        pytest.skip("the 'debug' presets describe the 'tiny' fixture set")
+def test_preset_names_are_accepted(tmp_path):
+    var_config, vae_config = VAR_PRESETS["debug"], VQVAE_PRESETS["debug"]
+    torch.save(VAR(var_config).state_dict(), tmp_path / "var.pth")
+    torch.save(VQVAE(vae_config).state_dict(), tmp_path / "vae.pth")
     teacher = load_var_teacher(
-        fixture_path("var_{tag}.safetensors"),
-        fixture_path("var_vqvae_{tag}.safetensors"),
-        var_config="debug",
-        vae_config="debug",
+        tmp_path / "var.pth", tmp_path / "vae.pth", var_config="debug", vae_config="debug"
     )
-    assert teacher.geometry.num_tokens == 30
+    assert teacher.var.config == var_config and teacher.vae.config == vae_config
+    assert teacher.geometry.num_tokens == var_config.num_tokens
 
 
 def test_llamagen_file_is_named(var_config):

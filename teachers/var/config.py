@@ -249,7 +249,7 @@ class VARConfig:
 
 VAR_PRESETS: dict[str, VARConfig] = {
     **{f"d{d}": VARConfig.from_depth(d) for d in (16, 20, 24, 30)},
-    # Laptop-sized, same shape as the parity fixture `var_tiny.safetensors`.
+    # Laptop-sized (the shape of the first official-parity fixture set).
     "debug": VARConfig(
         depth=2,
         embed_dim=128,
@@ -263,6 +263,6 @@ VAR_PRESETS: dict[str, VARConfig] = {
 
 VQVAE_PRESETS: dict[str, VQVAEConfig] = {
     "vae_ch160v4096z32": VQVAEConfig(),
-    # Same shape as the parity fixture `var_vqvae_tiny.safetensors` (64 px images).
+    # Laptop-sized, the official trunk (ch_mult 1,1,2,2,4) at ch 32: 64 px images.
     "debug": VQVAEConfig(vocab_size=256, z_channels=8, ch=32, patch_nums=(1, 2, 3, 4)),
 }

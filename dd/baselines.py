@@ -2,14 +2,15 @@
 
 - ``teacher``: the teacher's plain AR sampler (``teachers.sampling.sample_tokens``), every
   AR step through its KV-cached session.
-- ``skip-n``: the teacher runs its first ``K - n`` AR steps, then ONE parallel forward of the
-  teacher (teacher forcing over the whole sequence, guided as its session guides) predicts every
-  remaining token at once, each *sampled* independently from its position's distribution
-  (``fill="argmax"`` takes the most likely code instead). The inputs of the skipped positions are
-  unknown in that forward: they hold ``PLACEHOLDER_CODE``, so the first skipped step's
-  distribution is exactly the teacher's and later ones are conditioned on placeholders, which is
-  what makes the baseline degrade as ``n`` grows. Model calls: ``K - n + 1`` (the paper counts
-  ``K - n``); ``skip_n=0`` is the teacher's sampler, draw for draw.
+- ``skip-n`` (``K - n`` model calls, as the paper counts them): the teacher's session runs its
+  first ``K - n - 1`` AR steps, then ONE parallel forward of the teacher (teacher forcing over
+  the whole sequence, guided as its session guides) predicts the tokens of the last ``n + 1``
+  steps at once, each *sampled* independently from its position's distribution
+  (``fill="argmax"`` takes the most likely code instead). The inputs of positions not yet
+  generated are unknown in that forward: they hold ``PLACEHOLDER_CODE``. So the first filled
+  step's distribution is exactly the teacher's (its inputs are all real) and the ``n`` later
+  ones are conditioned on placeholders, which is what makes the baseline degrade as ``n``
+  grows. ``skip_n=0`` skips nothing: the teacher's sampler, draw for draw.
 - ``onestep*``: every position drawn independently from the per-class, per-position token
   frequencies of the teacher's data (the pair shards): the best any generator without
   dependencies between tokens can do (paper Prop. 3.1).
@@ -94,19 +95,20 @@ def skip_tokens(
         raise ValueError(f"fill must be 'sample' or 'argmax', got {fill!r}")
     check_labels(labels, teacher.num_classes)
     sampling = sampling or teacher.default_sampling()
-    kept_steps = num_steps - skip_n
-    cut = geometry.step_ranges[kept_steps][0] if skip_n else geometry.num_tokens
+    if skip_n == 0:
+        return teacher_tokens(teacher, labels, uniforms_BN, sampling).cpu()
+    incremental_steps = num_steps - skip_n - 1
+    cut = geometry.step_ranges[incremental_steps][0]
     tokens_BN = torch.full(
         (labels.shape[0], geometry.num_tokens), PLACEHOLDER_CODE, dtype=torch.long
     )
-    with teacher.start(labels, sampling) as session:
-        for step in range(kept_steps):
-            start, end = geometry.step_ranges[step]
-            drawn = sample_from_uniforms(session.next_log_probs(), uniforms_BN[:, start:end])
-            tokens_BN[:, start:end] = drawn.cpu()
-            session.accept(drawn)
-    if skip_n == 0:
-        return tokens_BN
+    if incremental_steps:
+        with teacher.start(labels, sampling) as session:
+            for step in range(incremental_steps):
+                start, end = geometry.step_ranges[step]
+                drawn = sample_from_uniforms(session.next_log_probs(), uniforms_BN[:, start:end])
+                tokens_BN[:, start:end] = drawn.cpu()
+                session.accept(drawn)
     batch = labels.shape[0]
     guided = sampling.uses_cfg
     forward_labels = (

@@ -48,8 +48,16 @@ def draw_randomness(
     """One seeded stream per sample index: ``base`` is drawn once from ``generator``, sample
     ``i`` draws its noise, then its uniforms, from ``sample_seed(base, i)``."""
     base = int(torch.randint(2**SEED_BITS, (1,), generator=generator))
+    return randomness_at(base, range(num_samples), num_tokens, code_dim)
+
+
+def randomness_at(
+    base: int, indices: Sequence[int], num_tokens: int, code_dim: int
+) -> SampleRandomness:
+    """The randomness of samples ``indices`` of the stream family ``base`` (so a long run can
+    draw it batch by batch: sample ``i`` is the same whichever batch holds it)."""
     noise, uniforms = [], []
-    for index in range(num_samples):
+    for index in indices:
         stream = torch.Generator().manual_seed(sample_seed(base, index))
         noise.append(torch.randn(num_tokens, code_dim, generator=stream))
         uniforms.append(torch.rand(num_tokens, generator=stream))

@@ -42,23 +42,28 @@ def uniforms(teacher, count: int, seed: int) -> torch.Tensor:
     return draw_randomness(count, n, code_dim, torch.Generator().manual_seed(seed)).uniforms_BN
 
 
-def test_skip_zero_is_the_teachers_sampler_and_skip_one_its_exact_last_step(named_teacher):
-    """skip-0 runs every step through the session: the teacher's sampler, draw for draw. For
-    skip-1 the one parallel forward sees only real tokens before the last step, so (guided as
-    the session guides) it must give the teacher's last-step distribution: the same draws up to
-    float differences between the KV-cached and the teacher-forcing paths (tolerance 1%)."""
+def test_skip_zero_is_the_teachers_sampler_and_the_first_filled_step_is_exact(named_teacher):
+    """skip-0 runs every step through the session: the teacher's sampler, draw for draw. In
+    skip-n the one parallel forward sees only real tokens before its first filled step, so
+    (guided as the session guides) that step's distribution is the teacher's: the same draws up
+    to float differences between the KV-cached and teacher-forcing paths (tolerance 1%)."""
     name, teacher = named_teacher
     labels = torch.arange(8) % teacher.num_classes
     sampling = tiny_sampling(name)
     u = uniforms(teacher, 8, seed=1)
     plain = teacher_tokens(teacher, labels, u, sampling)
     assert torch.equal(skip_tokens(teacher, labels, u, 0, sampling), plain)
-    skip_one = skip_tokens(teacher, labels, u, 1, sampling)
-    assert (skip_one == plain).float().mean() >= 0.99
-    skip_more = skip_tokens(teacher, labels, u, teacher.geometry.num_steps // 2, sampling)
+    ranges = teacher.geometry.step_ranges
+    for skip_n in (1, 2):
+        skipped = skip_tokens(teacher, labels, u, skip_n, sampling)
+        start, end = ranges[-1 - skip_n]  # the first filled step
+        assert torch.equal(skipped[:, :start], plain[:, :start])
+        assert (skipped[:, start:end] == plain[:, start:end]).float().mean() >= 0.99
+    half = teacher.geometry.num_steps // 2
+    skip_more = skip_tokens(teacher, labels, u, half, sampling)
     assert not torch.equal(skip_more, plain)  # conditioned on placeholders: it must differ
     argmax = skip_tokens(teacher, labels, u, 1, sampling, fill="argmax")
-    cut = teacher.geometry.step_ranges[-1][0]
+    cut = ranges[-2][0]
     assert torch.equal(argmax[:, :cut], plain[:, :cut])
 
 

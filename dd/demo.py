@@ -108,7 +108,10 @@ class DemoRecipe:
     output: str = "demo"
     preset: Literal["default", "quick"] = "default"
     teachers: list[str] = field(default_factory=lambda: list(DEMO_TEACHERS))
-    num_threads: int | None = None
+    # Intra-op threads. 1 by default: on a shared or busy 2-core CPU, 2 threads per process
+    # were measured 7-10x slower for pair generation (threads wait for a busy core); give 2
+    # on an idle machine.
+    num_threads: int | None = 1
     seed: int = 0
     progress_bar: bool = True
 
@@ -385,7 +388,8 @@ def main(argv: list[str]) -> int:
         return 1
     if recipe.num_threads is not None:
         torch.set_num_threads(recipe.num_threads)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # keep the bars only
+        logging.getLogger(name).setLevel(logging.WARNING)
     preset = DEMO_PRESETS[recipe.preset]
     began = time.perf_counter()
     report = run_demo(

@@ -161,3 +161,28 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
     make_pairs("var-digits", toy["var-digits"], tmp_path, progress=False)
     assert shard.stat().st_mtime_ns == written
     assert report_json({}) == {"teachers": {}}
+
+
+def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
+    """The plumbing of the real-teacher path with a weights file of the right keys and shapes
+    but RANDOM values (the real file is not on this machine): the file is checked with
+    weights_only=True and loaded strictly; 2048-d features and 1008 logits come out of one pass
+    over uint8 images; the metrics run on them. Says nothing about real Inception values."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    with monkeypatch.context() as patch:  # build the random network without any download
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: {})
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
+        random_net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path / INCEPTION_WEIGHTS_FILE
+    torch.save(random_net.state_dict(), path)
+    space = InceptionSpace(tmp_path)  # a folder holding the file also works
+    images = torch.rand(3, 3, 16, 16)
+    features, logits = space.embed(images)
+    assert features.shape == (3, 2048) and logits.shape == (3, 1008)
+    again, _ = space.embed(images[:1])
+    torch.testing.assert_close(again, features[:1], atol=1e-4, rtol=1e-4)
+    assert inception_score(logits, splits=1) >= 1.0
+    torch.save({"not": "tensors", "x": [1]}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="state dict of tensors"):
+        InceptionSpace(tmp_path / "bad.pth")

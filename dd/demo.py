@@ -76,12 +76,12 @@ SKIPS = {
 DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
     "default": {
         "llamagen-digits": DemoSettings(
-            num_pairs=5000, train_steps=600, global_batch_size=64, num_heldout=200,
+            num_pairs=4000, train_steps=500, global_batch_size=64, num_heldout=200,
             eval_per_class=100, fid_per_class=36, eval_batch_size=250,
             methods=COMMON_METHODS + SKIPS["llamagen-digits"],
         ),
         "var-digits": DemoSettings(
-            num_pairs=5000, train_steps=300, global_batch_size=64, num_heldout=200,
+            num_pairs=4000, train_steps=250, global_batch_size=64, num_heldout=200,
             eval_per_class=100, fid_per_class=36, eval_batch_size=250,
             methods=COMMON_METHODS + SKIPS["var-digits"],
         ),

@@ -114,6 +114,20 @@ class DemoRecipe:
     num_threads: int | None = 1
     seed: int = 0
     progress_bar: bool = True
+    # Overrides of the preset for every teacher (null: the preset's DemoSettings value).
+    num_pairs: int | None = None
+    train_steps: int | None = None
+    eval_per_class: int | None = None
+
+    def settings(self) -> dict[str, DemoSettings]:
+        """The preset's settings of the chosen teachers, with this recipe's overrides."""
+        changes = {
+            key: getattr(self, key)
+            for key in ("num_pairs", "train_steps", "eval_per_class")
+            if getattr(self, key) is not None
+        }
+        preset = DEMO_PRESETS[self.preset]
+        return {name: dataclasses.replace(preset[name], **changes) for name in self.teachers}
 
 
 # --- the stages ------------------------------------------------------------------------------
@@ -390,11 +404,10 @@ def main(argv: list[str]) -> int:
         torch.set_num_threads(recipe.num_threads)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # keep the bars only
         logging.getLogger(name).setLevel(logging.WARNING)
-    preset = DEMO_PRESETS[recipe.preset]
     began = time.perf_counter()
     report = run_demo(
         recipe.output,
-        {name: preset[name] for name in recipe.teachers},
+        recipe.settings(),
         preset=recipe.preset,
         seed=recipe.seed,
         progress=recipe.progress_bar,

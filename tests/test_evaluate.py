@@ -186,3 +186,15 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     torch.save({"not": "tensors", "x": [1]}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="state dict of tensors"):
         InceptionSpace(tmp_path / "bad.pth")
+
+
+def test_demo_presets_overrides_and_unknown_teachers(capsys):
+    from dd.demo import DEMO_PRESETS, DemoRecipe
+
+    settings = DemoRecipe(preset="quick", train_steps=5, teachers=["var-digits"]).settings()
+    assert list(settings) == ["var-digits"] and settings["var-digits"].train_steps == 5
+    assert settings["var-digits"].num_pairs == DEMO_PRESETS["quick"]["var-digits"].num_pairs
+    assert dd_main(["demo", "--quick", "--teachers", "[mnist-digits]"]) == 1
+    assert "unknown teachers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="too few"):
+        DemoSettings(10, 1, 8, 8, 1, None, 1, ("teacher",))

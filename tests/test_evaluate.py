@@ -198,3 +198,20 @@ def test_demo_presets_overrides_and_unknown_teachers(capsys):
     assert "unknown teachers" in capsys.readouterr().err
     with pytest.raises(ValueError, match="too few"):
         DemoSettings(10, 1, 8, 8, 1, None, 1, ("teacher",))
+
+
+def test_dd_eval_writes_json_with_timings(tmp_path):
+    out = tmp_path / "eval.json"
+    code = dd_main(
+        ["eval", "--teacher.tiny", "var-digits", "--num_per_class", "2", "--is_splits", "1",
+         "--batch_size", "20", "--methods", "[teacher, 'skip:2']", "--progress_bar", "false",
+         "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["num_ar_steps"] == 6 and result["one_forward_seconds_per_image"] > 0
+    assert [row["name"] for row in result["rows"]] == ["teacher", "skip-2"]
+    assert [row["steps"] for row in result["rows"]] == [6, 4]
+    for row in result["rows"]:
+        assert row["seconds_per_image"] > 0 and 0 <= row["class_accuracy"] <= 1
+        assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1

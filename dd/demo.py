@@ -57,6 +57,9 @@ class DemoSettings:
     fid_per_class: int | None
     eval_batch_size: int
     methods: tuple[str, ...]
+    # null: the tiny recipe's run.ema_decay. Note: with decay d the EMA student of an s-step
+    # run still holds d**s of its initialisation (0.999**500 = 0.61).
+    ema_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_heldout >= self.num_pairs or self.global_batch_size > (
@@ -178,6 +181,7 @@ def distil(name: str, settings: DemoSettings, pairs: Path, output: Path, progres
             recipe.run,
             output=str(run_folder),
             max_steps=settings.train_steps,
+            ema_decay=recipe.run.ema_decay if settings.ema_decay is None else settings.ema_decay,
             global_batch_size=settings.global_batch_size,
             val_every_steps=settings.train_steps,
             checkpoint_every_steps=settings.train_steps,

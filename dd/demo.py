@@ -351,7 +351,9 @@ def plot_quality_vs_steps(results: dict[str, dict], path: Path) -> None:
         forward_ms = 1000 * result["one_forward_seconds_per_image"]
         seconds_axis.axhline(forward_ms, color="grey", linestyle=":", linewidth=1)
         axis.set_xscale("log")
+        axis.set_xticks(sorted({row["steps"] for row in result["details"]}))
         axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_xlabel("model calls per image (log)")
         axis.set_ylabel("FID, digits features (o)")
         seconds_axis.set_ylabel("ms per image (x; dotted: one teacher forward)")

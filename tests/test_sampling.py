@@ -17,6 +17,7 @@ from teachers.sampling import sample_tokens as teacher_sample_tokens
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 
 TINY_NAME = {"llamagen": "llamagen-digits", "var": "var-digits"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=("llamagen-digits", "var-digits"))

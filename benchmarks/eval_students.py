@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import dd
+from dd.baselines import independent_token_sampler, token_frequencies
 from dd.metrics.digits import class_accuracy, frechet_distance
 from teachers.data import load_digits_split
 from teachers.tiny import tiny_sampling
@@ -28,9 +29,7 @@ from teachers.tiny.evaluate import (
     balanced_labels,
     first_per_class,
     image_grid,
-    independent_token_sampler,
     sample_teacher,
-    token_frequencies,
 )
 
 GRID_PER_CLASS = 12

@@ -32,6 +32,15 @@ RECIPE_COMMANDS: dict[str, tuple[str, str]] = {
         "dd.train_command",
         "stage 2: distil a student from pair shards (Lightning; resumable; --print_config)",
     ),
+    "eval": (
+        "dd.eval_command",
+        "FID, IS, precision/recall, class accuracy and seconds per image of every sampler",
+    ),
+    "sample": ("dd.sample_command", "PNGs and a labelled grid of every sampler, same seeds"),
+    "demo": (
+        "dd.demo",
+        "the whole pipeline on both tiny teachers: pairs, distil, sample, evaluate, report",
+    ),
 }
 
 

@@ -1,4 +1,4 @@
-"""Few-step sampling with a DD student (paper Alg. 3): pure functions, randomness injected.
+"""Few-step sampling with a DD student (paper Alg. 3 and 4): pure functions, randomness injected.
 
 Alg. 3: draw the noise sequence once; at each chosen timestep ``k_j`` (a subset of the training
 timesteps starting at the first) the input is the tokens predicted so far before step ``k_j``'s
@@ -6,37 +6,71 @@ boundary and *the same original noise* after it; the student predicts the whole 
 Tokens before ``split_token`` come from the logits head (argmax), the others from the embedding
 head (nearest codebook entry).
 
-Noise is seeded per sample: sample ``i`` of a call gets ``sample_seed(base, i)`` with ``base``
-drawn once from ``generator``, so sample ``i``'s image does not depend on the batch size.
+Alg. 4 (``interleave``, ``dd.interleave``): after DD step 1 the teacher regenerates a range of
+AR steps through its KV-cached session, then DD step 2.
+
+Randomness is seeded per sample: sample ``i`` of a call gets ``sample_seed(base, i)`` with
+``base`` drawn once from ``generator``; its noise and its per-token uniforms (the teacher's
+draws, by inverse CDF) come from that stream, so sample ``i``'s image does not depend on the
+batch size.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
 from data_gen.pairs import sample_seed
+from dd.interleave import check_interleave
 from dd.student import DDStudent
 from dd.trajectory import trajectory_input
 from teachers.protocol import SamplingConfig, check_labels
-from teachers.sampling import sample_from_log_probs
+from teachers.sampling import sample_from_uniforms
 
 SEED_BITS = 62
+
+
+@dataclass(frozen=True)
+class SampleRandomness:
+    """All the randomness of a batch: ``noise [B, n, C]`` (DD's input) and ``uniforms [B, n]``
+    in ``[0, 1)`` (one per token, for every draw of a token from a distribution: the teacher's
+    steps, skip-n, onestep*)."""
+
+    noise_BNC: torch.Tensor
+    uniforms_BN: torch.Tensor
+
+
+def draw_randomness(
+    num_samples: int, num_tokens: int, code_dim: int, generator: torch.Generator | None
+) -> SampleRandomness:
+    """One seeded stream per sample index: ``base`` is drawn once from ``generator``, sample
+    ``i`` draws its noise, then its uniforms, from ``sample_seed(base, i)``."""
+    base = int(torch.randint(2**SEED_BITS, (1,), generator=generator))
+    return randomness_at(base, range(num_samples), num_tokens, code_dim)
+
+
+def randomness_at(
+    base: int, indices: Sequence[int], num_tokens: int, code_dim: int
+) -> SampleRandomness:
+    """The randomness of samples ``indices`` of the stream family ``base`` (so a long run can
+    draw it batch by batch: sample ``i`` is the same whichever batch holds it)."""
+    noise, uniforms = [], []
+    for index in indices:
+        stream = torch.Generator().manual_seed(sample_seed(base, index))
+        noise.append(torch.randn(num_tokens, code_dim, generator=stream))
+        uniforms.append(torch.rand(num_tokens, generator=stream))
+    if not noise:
+        return SampleRandomness(torch.zeros(0, num_tokens, code_dim), torch.zeros(0, num_tokens))
+    return SampleRandomness(torch.stack(noise), torch.stack(uniforms))
 
 
 def draw_noise(
     num_samples: int, num_tokens: int, code_dim: int, generator: torch.Generator | None
 ) -> torch.Tensor:
     """``[num_samples, n, C]`` standard normal noise, one seeded stream per sample index."""
-    base = int(torch.randint(2**SEED_BITS, (1,), generator=generator))
-    noise = [
-        torch.randn(
-            num_tokens, code_dim, generator=torch.Generator().manual_seed(sample_seed(base, index))
-        )
-        for index in range(num_samples)
-    ]
-    return torch.stack(noise) if noise else torch.zeros(0, num_tokens, code_dim)
+    return draw_randomness(num_samples, num_tokens, code_dim, generator).noise_BNC
 
 
 def resolve_steps(student: DDStudent, steps: int | Sequence[int]) -> tuple[int, ...]:
@@ -116,46 +150,39 @@ def sample_tokens(
     return tokens_BN
 
 
-def check_teacher_range(student: DDStudent, teacher_steps: tuple[int, int]) -> tuple[int, int]:
-    """``[first, second)`` AR steps the teacher regenerates (Alg. 4): ``second`` must be a
-    trained timestep after the first, and ``0 <= first < second``."""
-    first, second = (int(k) for k in teacher_steps)
-    later = student.timesteps[1:]
-    if second not in later or not 0 <= first < second:
-        raise ValueError(
-            f"teacher_steps {tuple(teacher_steps)}: give [first, second) with second one of the "
-            f"trained timesteps after the first {list(later)} and 0 <= first < second "
-            f"(the teacher has AR steps 0..{student.geometry.num_steps - 1})"
-        )
-    return first, second
-
-
 @torch.no_grad()
 def sample_tokens_interleaved(
     student: DDStudent,
     labels: torch.Tensor,
     noise_BNC: torch.Tensor,
-    teacher_steps: tuple[int, int],
+    interleave: str | Sequence[int],
     *,
-    generator: torch.Generator | None = None,
+    uniforms_BN: torch.Tensor,
     sampling: SamplingConfig | None = None,
 ) -> torch.Tensor:
     """Alg. 4: DD step 1, snap to the codebook, the teacher regenerates AR steps
-    ``[first, second)`` after the kept prefix (KV-cached session, multinomial draws from
-    ``generator``), then DD step 2 from timestep ``second``."""
-    first, second = check_teacher_range(student, teacher_steps)
-    tokens_BN = sample_tokens(student, labels, noise_BNC, steps=1)
+    ``[first, second)`` after the kept prefix (KV-cached session; the token of position ``j``
+    drawn by inverse CDF of ``uniforms_BN[:, j]``), then DD step 2 from timestep ``second``.
+    With ``first == 0`` DD step 1 is not run (the teacher regenerates all it would keep)."""
+    check_labels(labels, student.num_classes)
+    first, second = check_interleave(interleave, student.timesteps, student.geometry.num_steps)
     teacher, geometry = student.teacher, student.geometry
+    device = teacher.codebook.device
+    labels, noise_BNC = labels.to(device), noise_BNC.to(device)
+    if first > 0:
+        tokens_BN = sample_tokens(student, labels, noise_BNC, steps=1)
+    else:
+        tokens_BN = torch.zeros(labels.shape[0], geometry.num_tokens, dtype=torch.long)
+        tokens_BN = tokens_BN.to(device)
     with teacher.start(labels, sampling) as session:
         for step in range(second):
             start, end = geometry.step_ranges[step]
             log_probs = session.next_log_probs()
             if step >= first:
-                drawn = sample_from_log_probs(log_probs, generator).to(tokens_BN.device)
-                tokens_BN[:, start:end] = drawn
+                drawn = sample_from_uniforms(log_probs, uniforms_BN[:, start:end])
+                tokens_BN[:, start:end] = drawn.to(device)
             session.accept(tokens_BN[:, start:end])
-    device = tokens_BN.device
-    return dd_step(student, labels.to(device), noise_BNC.to(device), tokens_BN, second)
+    return dd_step(student, labels, noise_BNC, tokens_BN, second)
 
 
 @torch.no_grad()
@@ -163,10 +190,39 @@ def sample(
     student: DDStudent,
     labels: torch.Tensor,
     *,
-    steps: int | Sequence[int] = 1,
+    steps: int | Sequence[int] | None = None,
+    interleave: str | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    sampling: SamplingConfig | None = None,
 ) -> torch.Tensor:
-    """Images ``[B, 3, H, W]`` in ``[0, 1]`` from ``steps`` DD steps (Alg. 3)."""
-    noise = draw_noise(labels.shape[0], student.geometry.num_tokens, student.code_dim, generator)
-    tokens = sample_tokens(student, labels, noise, steps)
+    """Images ``[B, 3, H, W]`` in ``[0, 1]``.
+
+    - ``steps`` (default 1): DD steps of Alg. 3, a count or a subset of the trained timesteps;
+    - ``interleave``: Alg. 4 instead, the teacher regenerating a range of AR steps between DD
+      step 1 and DD step 2 (``"pre-trained-n-m"`` as in the paper's Table 2, or a 0-based
+      ``(first, second)``; presets: ``dd.interleave.INTERLEAVE_PRESETS``); ``sampling`` is the
+      teacher's (``None``: its ``default_sampling()``). ``steps`` must then be unset or 2.
+
+    Sample ``i``'s randomness is its own seeded stream (``draw_randomness``): the same
+    ``generator`` seed gives the same images whatever the batch size.
+    """
+    check_labels(labels, student.num_classes)
+    geometry = student.geometry
+    randomness = draw_randomness(labels.shape[0], geometry.num_tokens, student.code_dim, generator)
+    if interleave is None:
+        tokens = sample_tokens(student, labels, randomness.noise_BNC, 1 if steps is None else steps)
+    else:
+        if steps not in (None, 2):
+            raise ValueError(
+                f"steps={steps!r} with interleave: Alg. 4 runs DD step 1, the teacher, then DD "
+                "step 2; leave steps unset (or 2)"
+            )
+        tokens = sample_tokens_interleaved(
+            student,
+            labels,
+            randomness.noise_BNC,
+            interleave,
+            uniforms_BN=randomness.uniforms_BN,
+            sampling=sampling,
+        )
     return student.teacher.decode_tokens(tokens)

@@ -48,6 +48,19 @@ def sample_from_log_probs(
     return picked.reshape(log_probs.shape[:-1])
 
 
+def sample_from_uniforms(log_probs: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """One draw per row of ``log_probs [..., V]`` by inverse CDF of given ``uniforms [...]`` in
+    ``[0, 1)``: a row's draw depends only on its own uniform, so per-sample seeded uniforms give
+    the same tokens whatever the batch size (``dd.sampling.draw_randomness``)."""
+    cdf = log_probs.float().exp().cumsum(dim=-1)
+    total = cdf[..., -1:]
+    # Strictly below the total mass, so rounding never lands past the last code of mass > 0.
+    target = torch.minimum(uniforms.to(cdf.device, cdf.dtype)[..., None] * total,
+                           torch.nextafter(total, torch.zeros_like(total)))  # fmt: skip
+    # The first code whose CDF exceeds the target: codes of probability 0 are never picked.
+    return torch.searchsorted(cdf, target, right=True).squeeze(-1)
+
+
 def greedy_from_log_probs(log_probs: torch.Tensor) -> torch.Tensor:
     """The most likely code of every row (the official top_k=1 sampling)."""
     return log_probs.argmax(dim=-1)
@@ -61,6 +74,7 @@ def sample_tokens(
     *,
     generator: torch.Generator | None = None,
     greedy: bool = False,
+    uniforms: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Plain AR sampling through the teacher's incremental session -> tokens ``[B, n]``.
 
@@ -68,17 +82,20 @@ def sample_tokens(
     ``sampling=None`` is the teacher's ``default_sampling()``. One multinomial draw per token
     from ``generator``; ``greedy`` takes the most likely code instead (the official
     ``top_k=1``, as the parity tests check against LlamaGen's ``generate`` and VAR's
-    ``autoregressive_infer_cfg``).
+    ``autoregressive_infer_cfg``). ``uniforms [B, n]`` (one per token, in ``[0, 1)``) replace
+    ``generator`` by inverse-CDF draws (``sample_from_uniforms``): batch-size invariant.
     """
     chosen = []
     with teacher.start(labels, sampling) as session:
         for _ in range(teacher.geometry.num_steps):
             log_probs = session.next_log_probs()
-            tokens = (
-                greedy_from_log_probs(log_probs)
-                if greedy
-                else sample_from_log_probs(log_probs, generator)
-            )
+            if greedy:
+                tokens = greedy_from_log_probs(log_probs)
+            elif uniforms is not None:
+                start, end = teacher.geometry.step_ranges[session.step]
+                tokens = sample_from_uniforms(log_probs, uniforms[:, start:end])
+            else:
+                tokens = sample_from_log_probs(log_probs, generator)
             session.accept(tokens)
             chosen.append(tokens)
     return torch.cat(chosen, dim=1)

@@ -26,7 +26,7 @@ CORE_MODULES = (
     "teachers.llamagen",
     "teachers.var",
 )
-METRIC_MODULES = ("dd.metrics", "dd.metrics.digits")
+METRIC_MODULES = ("dd.metrics", "dd.metrics.digits", "dd.metrics.generative", "dd.metrics.spaces")
 FIRST_PARTY = ("teachers", "dd", "data_gen")
 IMPORT_TIMEOUT_S = 120
 

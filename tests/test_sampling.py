@@ -5,12 +5,19 @@ import pytest
 import torch
 
 import dd
-from dd.sampling import draw_noise, sample_tokens, sample_tokens_interleaved
+from dd.interleave import preset_name
+from dd.sampling import (
+    draw_noise,
+    draw_randomness,
+    sample_tokens,
+    sample_tokens_interleaved,
+)
 from dd.student import DDStudent
 from teachers.sampling import sample_tokens as teacher_sample_tokens
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 
 TINY_NAME = {"llamagen": "llamagen-digits", "var": "var-digits"}
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module", params=("llamagen-digits", "var-digits"))
@@ -56,32 +63,54 @@ def test_bad_steps_and_labels_are_refused(student):
 def test_interleaved_teacher_regenerates_exactly_its_range(student):
     """Alg. 4: before ``first`` the DD step-1 tokens are kept; on ``[first, second)`` the
     teacher's own draws (with ``first = 0`` exactly the teacher's plain sampler with the same
-    generator); from ``second`` DD step 2."""
+    uniforms); from ``second`` DD step 2."""
     labels = torch.arange(4) % student.num_classes
-    noise = draw_noise(4, student.geometry.num_tokens, student.code_dim, torch.Generator())
+    randomness = draw_randomness(
+        4, student.geometry.num_tokens, student.code_dim, torch.Generator()
+    )
+    noise, uniforms = randomness.noise_BNC, randomness.uniforms_BN
     second = student.timesteps[1]
     boundary = student.geometry.step_ranges[second][0]
     teacher = student.teacher
     sampling = tiny_sampling(TINY_NAME[teacher.family])
     full = sample_tokens_interleaved(
-        student, labels, noise, (0, second), generator=torch.Generator().manual_seed(5),
-        sampling=sampling,
-    )  # fmt: skip
-    plain = teacher_sample_tokens(
-        teacher, labels, sampling, generator=torch.Generator().manual_seed(5)
+        student, labels, noise, (0, second), uniforms_BN=uniforms, sampling=sampling
     )
+    plain = teacher_sample_tokens(teacher, labels, sampling, uniforms=uniforms)
     assert torch.equal(full[:, :boundary], plain[:, :boundary])
     one_step = sample_tokens(student, labels, noise, steps=1)
     first = second - 1
     kept = student.geometry.step_ranges[first][0]
-    late = sample_tokens_interleaved(student, labels, noise, (first, second), sampling=sampling)
+    late = sample_tokens_interleaved(
+        student, labels, noise, preset_name(first, second), uniforms_BN=uniforms, sampling=sampling
+    )
     assert torch.equal(late[:, :kept], one_step[:, :kept])
+    assert not torch.equal(late[:, kept:boundary], one_step[:, kept:boundary])
 
 
-def test_interleaving_ranges_outside_the_trained_steps_are_refused(student):
+def test_interleaving_ranges_outside_the_sequence_or_trained_steps_are_refused(student):
     labels = torch.zeros(2, dtype=torch.long)
-    noise = draw_noise(2, student.geometry.num_tokens, student.code_dim, torch.Generator())
+    n_steps = student.geometry.num_steps
     second = student.timesteps[1]
-    for bad in ((0, second + 1), (second, second), (-1, second), (0, 0)):
-        with pytest.raises(ValueError, match="teacher_steps"):
-            sample_tokens_interleaved(student, labels, noise, bad)
+    for bad in ((0, n_steps), (-1, second), (second, second), (0, 0), "pre-trained-0-3"):
+        with pytest.raises(ValueError, match="outside the sequence"):
+            dd.sample(student, labels, interleave=bad)
+    with pytest.raises(ValueError, match="trained timestep"):
+        dd.sample(student, labels, interleave=(0, second + 1))
+    with pytest.raises(ValueError, match="pre-trained-n-m"):
+        dd.sample(student, labels, interleave="first-half")
+    with pytest.raises(ValueError, match="leave steps unset"):
+        dd.sample(student, labels, steps=1, interleave=(0, second))
+    with pytest.raises(ValueError, match="class labels"):
+        dd.sample(student, labels - 1, interleave=(0, second))
+
+
+def test_interleaved_images_do_not_depend_on_the_batch_size(student):
+    labels = torch.arange(5) % student.num_classes
+    second = student.timesteps[1]
+    for interleave in ((0, second), (second - 1, second)):
+        whole = dd.sample(student, labels, interleave=interleave,
+                          generator=torch.Generator().manual_seed(7))  # fmt: skip
+        part = dd.sample(student, labels[:2], interleave=interleave,
+                         generator=torch.Generator().manual_seed(7))  # fmt: skip
+        torch.testing.assert_close(whole[:2], part, atol=1e-5, rtol=0)

@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from dd.baselines import independent_token_sampler, token_frequencies
 from dd.cli import main as dd_main
 from teachers.data import load_digits_split
 from teachers.protocol import Teacher
@@ -17,7 +18,6 @@ from teachers.tiny import (
     read_metadata,
     tiny_sampling,
 )
-from teachers.tiny.evaluate import independent_token_sampler, token_frequencies
 from teachers.tiny.presets import llamagen_tiny_configs, var_tiny_configs
 
 # Few steps, small batches, no warm-up: each trainer must already lower its loss.

@@ -2,10 +2,8 @@
 
 - ``sample_teacher``: plain AR sampling through the teacher's own session
   (``teachers.sampling.sample_tokens``), decoded to images in ``[0, 1]``.
-- ``independent_token_sampler``: the ``onestep*`` idea of the DD paper (FACTS.md section 1):
-  every position drawn independently from the per-class, per-position token frequencies of
-  the teacher's own samples, i.e. the best any model that ignores dependencies between tokens
-  can do (paper Prop. 3.1).
+- the ``onestep*`` reference (every position drawn independently from per-class, per-position
+  token frequencies) lives with the other baselines in ``dd.baselines``.
 """
 
 from __future__ import annotations
@@ -50,33 +48,6 @@ def sample_teacher(
         with torch.no_grad():
             images.append(teacher.decode_tokens(batch_tokens).float())
     return torch.cat(tokens), torch.cat(images)
-
-
-def token_frequencies(
-    tokens: torch.Tensor, labels: torch.Tensor, num_classes: int, vocab_size: int
-) -> torch.Tensor:
-    """Per-class, per-position token frequencies ``[num_classes, n, V]`` (rows sum to 1)."""
-    n = tokens.shape[1]
-    counts = torch.zeros(num_classes, n, vocab_size)
-    positions = torch.arange(n).expand_as(tokens)
-    counts.index_put_(
-        (labels[:, None].expand_as(tokens), positions, tokens), torch.ones(()), accumulate=True
-    )
-    totals = counts.sum(-1, keepdim=True)
-    if (totals == 0).any():
-        missing = sorted({int(c) for c in (totals[:, 0, 0] == 0).nonzero().flatten()})
-        raise ValueError(f"no samples of classes {missing} to estimate frequencies from")
-    return counts / totals
-
-
-def independent_token_sampler(
-    frequencies: torch.Tensor, labels: torch.Tensor, *, seed: int = 0
-) -> torch.Tensor:
-    """Tokens ``[N, n]``: every position drawn independently from ``frequencies[label]``."""
-    generator = torch.Generator().manual_seed(seed)
-    probs_NnV = frequencies[labels]
-    flat = torch.multinomial(probs_NnV.reshape(-1, probs_NnV.shape[-1]), 1, generator=generator)
-    return flat.reshape(probs_NnV.shape[:2])
 
 
 def image_grid(images_01: torch.Tensor, rows: int, *, scale: int = 4, pad: int = 1):

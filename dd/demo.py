@@ -1,0 +1,423 @@
+"""``dd demo --output DIR [--quick]``: the whole method on both tiny teachers, on a CPU.
+
+For each tiny teacher (``llamagen-digits``, ``var-digits``):
+
+1. pairs: ``dd generate``'s engine (``data_gen.engine.run_generation``) with the teacher's
+   tiny generation recipe (``recipes/generate_tiny_*.yaml``), fewer pairs;
+2. distil: ``dd train``'s module (``dd.train_command.train``) with the tiny distillation recipe
+   (``recipes/distill_tiny_*.yaml``), fewer steps;
+3. sample: one labelled grid, every method on the same labels and per-sample seeds;
+4. evaluate: ``dd.evaluate`` in the digits classifier's space against the train split.
+
+Writes ``report.json`` (schema of the stage-3 issue), ``report.md``, ``grids/<teacher>.png`` and
+``quality_vs_steps.png``. Settings: the recipes, overridden by ``DemoSettings`` (``DEMO_PRESETS``:
+``default`` and ``quick``; the numbers live only there). Rerunning the same command reuses the
+finished pairs and students (a finished stage is skipped; an interrupted one resumes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from dd.config import parse_recipe
+
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+DEMO_TEACHERS = ("llamagen-digits", "var-digits")
+RECIPE_STEM = {"llamagen-digits": "tiny_llamagen", "var-digits": "tiny_var"}
+REPORT_METHODS = ("teacher", "dd", "dd+teacher", "skip", "onestep*")
+GRID_LABELS = tuple(range(10))
+FID_REFERENCE = "train"  # the digits split FID is measured against (docs/embedded_default.md)
+IS_SPLITS = 1  # the digits classifier's IS over all samples (few samples per split otherwise)
+DD_LIMITS = {1: 0.5, 2: 0.35}  # the stage-3 issue's rule: DD k-step FID <= teacher + x gap
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    """One teacher's demo: overrides of its tiny recipes and the evaluation's size.
+
+    ``methods`` as in ``dd eval`` (``dd.evaluate.parse_methods``); skips are chosen at the
+    paper's fractions of the sequence (LlamaGen skip-106/156 of 256, VAR skip-1/2 of 10) and at
+    the cost of DD (1 or 2 model calls)."""
+
+    num_pairs: int
+    train_steps: int
+    global_batch_size: int
+    num_heldout: int
+    eval_per_class: int
+    fid_per_class: int | None
+    eval_batch_size: int
+    methods: tuple[str, ...]
+    # null: the tiny recipe's run.ema_decay. Note: with decay d the EMA student of an s-step
+    # run still holds d**s of its initialisation (0.999**500 = 0.61).
+    ema_decay: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_heldout >= self.num_pairs or self.global_batch_size > (
+            self.num_pairs - self.num_heldout
+        ):
+            raise ValueError(
+                f"{self.num_pairs} pairs leave too few for {self.num_heldout} held out and "
+                f"batches of {self.global_batch_size}"
+            )
+
+
+COMMON_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "onestep*")
+SKIPS = {
+    "llamagen-digits": ("skip:26", "skip:39", "skip:62"),
+    "var-digits": ("skip:1", "skip:2", "skip:4"),
+}
+DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
+    "default": {
+        "llamagen-digits": DemoSettings(
+            num_pairs=4000, train_steps=500, global_batch_size=64, num_heldout=200,
+            eval_per_class=100, fid_per_class=36, eval_batch_size=250,
+            methods=COMMON_METHODS + SKIPS["llamagen-digits"],
+        ),
+        "var-digits": DemoSettings(
+            num_pairs=4000, train_steps=250, global_batch_size=64, num_heldout=200,
+            eval_per_class=100, fid_per_class=36, eval_batch_size=250,
+            methods=COMMON_METHODS + SKIPS["var-digits"],
+        ),
+    },
+    "quick": {
+        "llamagen-digits": DemoSettings(
+            num_pairs=1000, train_steps=60, global_batch_size=64, num_heldout=100,
+            eval_per_class=20, fid_per_class=None, eval_batch_size=200,
+            methods=COMMON_METHODS + SKIPS["llamagen-digits"],
+        ),
+        "var-digits": DemoSettings(
+            num_pairs=1000, train_steps=40, global_batch_size=64, num_heldout=100,
+            eval_per_class=20, fid_per_class=None, eval_batch_size=200,
+            methods=COMMON_METHODS + SKIPS["var-digits"],
+        ),
+    },
+}  # fmt: skip
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """``dd demo``'s command line (``--quick`` = ``--preset quick``)."""
+
+    output: str = "demo"
+    preset: Literal["default", "quick"] = "default"
+    teachers: list[str] = field(default_factory=lambda: list(DEMO_TEACHERS))
+    # Intra-op threads. 1 by default: on a shared or busy 2-core CPU, 2 threads per process
+    # were measured 7-10x slower for pair generation (threads wait for a busy core); give 2
+    # on an idle machine.
+    num_threads: int | None = 1
+    seed: int = 0
+    progress_bar: bool = True
+    # Overrides of the preset for every teacher (null: the preset's DemoSettings value).
+    num_pairs: int | None = None
+    train_steps: int | None = None
+    eval_per_class: int | None = None
+
+    def settings(self) -> dict[str, DemoSettings]:
+        """The preset's settings of the chosen teachers, with this recipe's overrides."""
+        changes = {
+            key: getattr(self, key)
+            for key in ("num_pairs", "train_steps", "eval_per_class")
+            if getattr(self, key) is not None
+        }
+        preset = DEMO_PRESETS[self.preset]
+        return {name: dataclasses.replace(preset[name], **changes) for name in self.teachers}
+
+
+# --- the stages ------------------------------------------------------------------------------
+
+
+def make_pairs(name: str, settings: DemoSettings, output: Path, progress: bool) -> Path:
+    """Pairs through ``dd generate``'s engine (a finished folder is reused as it is)."""
+    from data_gen.config import GenerateRecipe
+    from data_gen.engine import run_generation
+    from data_gen.shards import MANIFEST_NAME
+    from dd.config import read_recipe
+
+    folder = output / "pairs" / f"{name}-{settings.num_pairs}"
+    manifest = folder / MANIFEST_NAME
+    if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
+        return folder
+    recipe = read_recipe(GenerateRecipe, RECIPES_DIR / f"generate_{RECIPE_STEM[name]}.yaml")
+    recipe = dataclasses.replace(
+        recipe,
+        pairs=dataclasses.replace(recipe.pairs, num_pairs=settings.num_pairs),
+        output=dataclasses.replace(recipe.output, folder=str(folder)),
+        run=dataclasses.replace(recipe.run, progress_bar=progress, num_threads=None),
+    )
+    if not run_generation(recipe).complete:
+        raise RuntimeError(f"pair generation into {folder} did not complete")
+    return folder
+
+
+def distil(name: str, settings: DemoSettings, pairs: Path, output: Path, progress: bool) -> Path:
+    """A student through ``dd train``'s module; a finished one is reused, a stopped one resumed."""
+    from dd.checkpoint import CARD_FILE
+    from dd.config import dump_yaml, read_recipe
+    from dd.train_command import train
+    from dd.train_recipe import TrainRecipe
+
+    run_folder = output / "students" / f"{name}-{settings.num_pairs}-{settings.train_steps}"
+    student = run_folder / "student"
+    card = student / CARD_FILE
+    if card.is_file() and json.loads(card.read_text())["record"]["steps"] >= settings.train_steps:
+        return student
+    recipe = read_recipe(TrainRecipe, RECIPES_DIR / f"distill_{RECIPE_STEM[name]}.yaml")
+    recipe = dataclasses.replace(
+        recipe,
+        pairs=dataclasses.replace(
+            recipe.pairs, folder=str(pairs), num_heldout=settings.num_heldout
+        ),
+        run=dataclasses.replace(
+            recipe.run,
+            output=str(run_folder),
+            max_steps=settings.train_steps,
+            ema_decay=recipe.run.ema_decay if settings.ema_decay is None else settings.ema_decay,
+            global_batch_size=settings.global_batch_size,
+            val_every_steps=settings.train_steps,
+            checkpoint_every_steps=settings.train_steps,
+            num_threads=None,
+            progress_bar=progress,
+        ),
+    )
+    train(recipe, dump_yaml(recipe))
+    return student
+
+
+def evaluate_teacher(
+    name: str,
+    settings: DemoSettings,
+    pairs: Path,
+    student_folder: Path,
+    output: Path,
+    *,
+    seed: int,
+    progress: bool,
+) -> dict:
+    """Grid and evaluation rows of one teacher (``dd.evaluate``, digits space)."""
+    from dd.eval_command import build_setup
+    from dd.evaluate import (
+        Reference,
+        evaluate_methods,
+        generate,
+        one_forward_seconds_per_image,
+        parse_methods,
+    )
+    from dd.grids import labelled_grid
+    from dd.metrics.spaces import DigitsSpace
+    from teachers.data import load_digits_split
+
+    setup = build_setup(str(student_folder), None, str(pairs))
+    samplers, teacher = setup.samplers, setup.samplers.teacher
+    methods = parse_methods(settings.methods, samplers, preset_key=setup.preset_key)
+    grid_labels = torch.tensor(GRID_LABELS)
+    rows = []
+    for method in methods:
+        images, _ = generate(method, samplers, grid_labels, base_seed=seed, batch_size=10)
+        rows.append((f"{method.name} ({method.steps} st.)", images))
+    grid = output / "grids" / f"{name}.png"
+    grid.parent.mkdir(parents=True, exist_ok=True)
+    labelled_grid(rows, list(GRID_LABELS)).save(grid)
+
+    space = DigitsSpace()
+    reference = Reference.from_images(space, load_digits_split(FID_REFERENCE).images_01())
+    labels = torch.arange(teacher.num_classes).repeat_interleave(settings.eval_per_class)
+    fid_rows = None
+    if settings.fid_per_class is not None:
+        fid_rows = torch.cat(
+            [(labels == c).nonzero().flatten()[: settings.fid_per_class]
+             for c in range(teacher.num_classes)]
+        )  # fmt: skip
+    results = evaluate_methods(
+        methods, samplers, labels, space, reference,
+        base_seed=seed, batch_size=settings.eval_batch_size, fid_rows=fid_rows,
+        is_splits=IS_SPLITS, progress=progress,
+    )  # fmt: skip
+    return {
+        "family": teacher.family,
+        "num_tokens": teacher.geometry.num_tokens,
+        "num_ar_steps": teacher.geometry.num_steps,
+        "one_forward_seconds_per_image": one_forward_seconds_per_image(
+            teacher, settings.eval_batch_size
+        ),
+        "details": results,
+        "grid": str(grid.relative_to(output)),
+        "num_samples": int(labels.shape[0]),
+        "fid_samples": int(labels.shape[0] if fid_rows is None else fid_rows.shape[0]),
+    }
+
+
+# --- the report ------------------------------------------------------------------------------
+
+ROW_KEYS = ("method", "steps", "fid", "class_accuracy", "seconds_per_image")
+TEACHER_KEYS = ("family", "num_tokens", "num_ar_steps", "one_forward_seconds_per_image")
+
+
+def report_json(results: dict[str, dict]) -> dict:
+    """``{"teachers": {name: {family, num_tokens, num_ar_steps, one_forward_seconds_per_image,
+    rows: [{method, steps, fid, class_accuracy, seconds_per_image}]}}}`` (the issue's schema)."""
+    return {
+        "teachers": {
+            name: {
+                **{key: result[key] for key in TEACHER_KEYS},
+                "rows": [{key: row[key] for key in ROW_KEYS} for row in result["details"]],
+            }
+            for name, result in results.items()
+        }
+    }
+
+
+def gap_checks(details: list[dict]) -> list[str]:
+    """The stage-3 issue's targets, as measured in this run (met or not)."""
+    by_name = {row["name"]: row for row in details}
+    if "teacher" not in by_name or "onestep*" not in by_name:
+        return []
+    teacher_fid = by_name["teacher"]["fid"]
+    gap = by_name["onestep*"]["fid"] - teacher_fid
+    lines = [f"gap = FID(onestep*) - FID(teacher) = {gap:.2f}"]
+    for steps, share in DD_LIMITS.items():
+        row = by_name.get(f"dd {steps}-step")
+        if row is not None:
+            limit = teacher_fid + share * gap
+            verdict = "met" if row["fid"] <= limit else "NOT met"
+            lines.append(
+                f"DD {steps}-step FID {row['fid']:.2f} <= teacher + {share} gap = {limit:.2f}: "
+                f"{verdict}"
+            )
+    return lines
+
+
+def report_markdown(results: dict[str, dict], timings: dict[str, float], preset: str) -> str:
+    lines = [
+        "# Distilled Decoding demo",
+        "",
+        f"Preset `{preset}`; CPU, {torch.get_num_threads()} threads. Quality in the digits "
+        f"classifier's space (FID against the {FID_REFERENCE} split; IS over all samples); "
+        "seconds per image include decoding. `steps` = model calls per image.",
+        "",
+    ]
+    for name, result in results.items():
+        forward_ms = 1000 * result["one_forward_seconds_per_image"]
+        lines += [
+            f"## {name} ({result['family']}, {result['num_tokens']} tokens in "
+            f"{result['num_ar_steps']} AR steps)",
+            "",
+            f"{result['num_samples']} samples ({result['fid_samples']} in FID and precision/"
+            f"recall); one full-sequence teacher forward: {forward_ms:.2f} ms per image.",
+            "",
+            "| method | steps | FID | IS | precision | recall | class accuracy | ms per image |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for row in result["details"]:
+            lines.append(
+                f"| {row['name']} | {row['steps']} | {row['fid']:.2f} | "
+                f"{row['inception_score']:.2f} | {row['precision']:.2f} | {row['recall']:.2f} | "
+                f"{100 * row['class_accuracy']:.1f}% | {1000 * row['seconds_per_image']:.2f} |"
+            )
+        lines += [""] + [f"- {line}" for line in gap_checks(result["details"])]
+        lines += ["", f"![{name}]({result['grid']})", ""]
+    lines += ["## Wall time", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {stage} | {seconds:.1f} |" for stage, seconds in timings.items()]
+    lines += ["", "![quality versus steps](quality_vs_steps.png)", ""]
+    return "\n".join(lines)
+
+
+def plot_quality_vs_steps(results: dict[str, dict], path: Path) -> None:
+    """FID against model calls per image (log), seconds per image on the right axis."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    figure, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    for axis, (name, result) in zip(axes[0], results.items(), strict=True):
+        seconds_axis = axis.twinx()
+        for row in result["details"]:
+            axis.scatter(row["steps"], row["fid"], marker="o")
+            axis.annotate(row["name"], (row["steps"], row["fid"]), fontsize=7,
+                          xytext=(3, 3), textcoords="offset points")  # fmt: skip
+            seconds_axis.scatter(row["steps"], 1000 * row["seconds_per_image"], marker="x",
+                                 color="grey")  # fmt: skip
+        forward_ms = 1000 * result["one_forward_seconds_per_image"]
+        seconds_axis.axhline(forward_ms, color="grey", linestyle=":", linewidth=1)
+        axis.set_xscale("log")
+        axis.set_xticks(sorted({row["steps"] for row in result["details"]}))
+        axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        axis.set_xlabel("model calls per image (log)")
+        axis.set_ylabel("FID, digits features (o)")
+        seconds_axis.set_ylabel("ms per image (x; dotted: one teacher forward)")
+        axis.set_title(name)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def run_demo(
+    output: str | Path,
+    settings: dict[str, DemoSettings],
+    *,
+    preset: str = "custom",
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Every stage for every teacher of ``settings``; returns the report.json content."""
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    results: dict[str, dict] = {}
+    stages = [(name, stage) for name in settings for stage in ("pairs", "distil", "evaluate")]
+    bar = tqdm(stages, desc="demo", disable=not progress)
+    pairs = student = None
+    for name, stage in bar:
+        bar.set_description(f"demo: {name} {stage}")
+        began = time.perf_counter()
+        if stage == "pairs":
+            pairs = make_pairs(name, settings[name], output, progress)
+        elif stage == "distil":
+            student = distil(name, settings[name], pairs, output, progress)
+        else:
+            results[name] = evaluate_teacher(
+                name, settings[name], pairs, student, output, seed=seed, progress=progress
+            )
+        timings[f"{name} {stage}"] = time.perf_counter() - began
+    report = report_json(results)
+    (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+    plot_quality_vs_steps(results, output / "quality_vs_steps.png")
+    (output / "report.md").write_text(report_markdown(results, timings, preset))
+    (output / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    return report
+
+
+def main(argv: list[str]) -> int:
+    argv = ["--preset=quick" if arg == "--quick" else arg for arg in argv]
+    recipe, _ = parse_recipe(DemoRecipe, argv, prog="dd demo")
+    unknown = sorted(set(recipe.teachers) - set(DEMO_TEACHERS))
+    if unknown:
+        print(f"dd demo: unknown teachers {unknown}; known: {list(DEMO_TEACHERS)}", file=sys.stderr)
+        return 1
+    if recipe.num_threads is not None:
+        torch.set_num_threads(recipe.num_threads)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # keep the bars only
+        logging.getLogger(name).setLevel(logging.WARNING)
+    began = time.perf_counter()
+    report = run_demo(
+        recipe.output,
+        recipe.settings(),
+        preset=recipe.preset,
+        seed=recipe.seed,
+        progress=recipe.progress_bar,
+    )
+    print((Path(recipe.output) / "report.md").read_text())
+    print(f"dd demo: {time.perf_counter() - began:.0f} s; report in {recipe.output}/report.md")
+    return 0 if report["teachers"] else 1

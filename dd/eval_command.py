@@ -1,0 +1,223 @@
+"""``dd eval --student DIR --pairs DIR [--methods ...] [--output report.json] [--print_config]``.
+
+Samples every method (``dd.evaluate``) with the same labels and per-sample seeds, times it, and
+scores it against a reference in one feature space:
+
+- ``metric: digits`` (automatic for the tiny teachers): the shipped digits classifier; the
+  reference is a digits split (``train`` by default, or ``heldout``); class accuracy too;
+- ``metric: inception`` (automatic for real teachers): torch-fidelity's InceptionV3 from a local
+  weights file (``inception_weights``; a clear error names the file when it is missing); the
+  reference is an image folder or an ``.npz`` with ``mu`` and ``sigma`` (the ADM format; its
+  precision/recall are then not computed, since they need the reference's features).
+
+Also timed: one full-sequence teacher forward (the cost floor of a one-step generator). The
+teacher's sampling settings are the pairs' (their manifest), else the tiny teacher's
+recommended ones, else the family default. JSON to ``output`` (and a table on stdout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from dd.config import parse_recipe
+from dd.teacher_spec import TeacherSpec
+
+DEFAULT_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "skip:1", "onestep*")
+Metric = Literal["auto", "digits", "inception"]
+DIGITS_SPLITS = ("train", "heldout")
+
+
+@dataclass(frozen=True)
+class EvalRecipe:
+    """What to evaluate, against what, and where to write the JSON."""
+
+    student: str | None = None  # a student checkpoint folder or a shipped student's name
+    teacher: TeacherSpec | None = None  # without a student: the teacher and baselines only
+    pairs: str | None = None  # the pair folder (onestep* frequencies, teacher sampling)
+    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    num_per_class: int = 100  # samples per class (balanced labels)
+    fid_per_class: int | None = None  # FID and precision/recall on the first k per class
+    seed: int = 0
+    batch_size: int = 250
+    metric: Metric = "auto"
+    reference: str | None = None  # digits: train | heldout; inception: image folder or .npz
+    inception_weights: str | None = None  # the local InceptionV3 file (see dd.metrics.spaces)
+    is_splits: int = 10
+    output: str | None = None  # JSON file; stdout only when null
+    num_threads: int | None = None
+    progress_bar: bool = True
+
+    def __post_init__(self) -> None:
+        if (self.student is None) == (self.teacher is None):
+            raise ValueError("give exactly one of student (a checkpoint) or teacher (a spec)")
+        if self.num_per_class < 1 or self.batch_size < 1:
+            raise ValueError("num_per_class and batch_size must be >= 1")
+
+
+@dataclass
+class Setup:
+    """Everything the samplers of one teacher need, resolved from a recipe."""
+
+    samplers: object  # dd.evaluate.Samplers
+    teacher_name: str  # tiny name or the family
+    preset_key: str | None
+    tiny: bool
+
+
+def pairs_sampling(folder: str | Path):
+    """The teacher's sampling settings a pair folder was generated with (its manifest)."""
+    from data_gen.shards import MANIFEST_NAME
+    from teachers.protocol import SamplingConfig
+
+    manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
+    return SamplingConfig(**manifest["settings"]["sampling"])
+
+
+def preset_key_of(spec: TeacherSpec) -> str | None:
+    if spec.tiny is not None:
+        return spec.tiny
+    if spec.family == "var" and spec.preset:
+        return f"var-{spec.preset}"
+    return spec.family
+
+
+def build_setup(
+    student_path: str | None, teacher_spec: TeacherSpec | None, pairs: str | None
+) -> Setup:
+    from dd.baselines import frequencies_from_pairs
+    from dd.checkpoint import SHIPPED_STUDENTS_DIR, load_student, read_card, shipped_students
+    from dd.evaluate import Samplers
+    from dd.teacher_spec import load_teacher
+    from teachers.tiny import tiny_sampling
+
+    student = None
+    if student_path is not None:
+        student = load_student(student_path)
+        folder = (
+            SHIPPED_STUDENTS_DIR / student_path
+            if student_path in shipped_students()
+            else Path(student_path)
+        )
+        teacher_spec = TeacherSpec(**read_card(folder)["teacher"])
+        teacher = student.teacher
+    else:
+        teacher = load_teacher(teacher_spec)
+    if pairs is not None:
+        sampling = pairs_sampling(pairs)
+        frequencies = frequencies_from_pairs(pairs, teacher)
+    else:
+        sampling = tiny_sampling(teacher_spec.tiny) if teacher_spec.tiny else None
+        frequencies = None
+    samplers = Samplers(teacher, sampling or teacher.default_sampling(), student, frequencies)
+    name = teacher_spec.tiny or teacher_spec.family
+    return Setup(samplers, name, preset_key_of(teacher_spec), teacher_spec.tiny is not None)
+
+
+def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
+    """(feature space, reference, description) for a recipe."""
+    from dd.evaluate import Reference
+    from dd.metrics.generative import load_stats_npz
+    from dd.metrics.spaces import DigitsSpace, InceptionSpace, load_image_folder
+
+    metric = recipe.metric if recipe.metric != "auto" else ("digits" if tiny else "inception")
+    if metric == "digits":
+        from teachers.data import load_digits_split
+
+        split = recipe.reference or "train"
+        if split not in DIGITS_SPLITS:
+            raise ValueError(f"digits reference must be one of {DIGITS_SPLITS}, got {split!r}")
+        space = DigitsSpace()
+        return space, Reference.from_images(space, load_digits_split(split).images_01()), split
+    space = InceptionSpace(recipe.inception_weights)  # the missing-file error comes first
+    if recipe.reference is None:
+        raise ValueError("metric inception needs reference: an image folder or an .npz (mu, sigma)")
+    path = Path(recipe.reference)
+    if path.suffix == ".npz":
+        return space, Reference(load_stats_npz(str(path))), str(path)
+    return space, Reference.from_images(space, load_image_folder(path)), str(path)
+
+
+def run_eval(recipe: EvalRecipe) -> dict:
+    from dd.evaluate import evaluate_methods, one_forward_seconds_per_image, parse_methods
+
+    if recipe.num_threads is not None:
+        torch.set_num_threads(recipe.num_threads)
+    setup = build_setup(recipe.student, recipe.teacher, recipe.pairs)
+    space, reference, reference_name = build_space_and_reference(recipe, setup.tiny)
+    samplers = setup.samplers
+    teacher = samplers.teacher
+    methods = parse_methods(recipe.methods, samplers, preset_key=setup.preset_key)
+    labels = torch.arange(teacher.num_classes).repeat_interleave(recipe.num_per_class)
+    fid_rows = None
+    if recipe.fid_per_class is not None:
+        fid_rows = torch.cat(
+            [(labels == c).nonzero().flatten()[: recipe.fid_per_class]
+             for c in range(teacher.num_classes)]
+        )  # fmt: skip
+    rows = evaluate_methods(
+        methods,
+        samplers,
+        labels,
+        space,
+        reference,
+        base_seed=recipe.seed,
+        batch_size=recipe.batch_size,
+        fid_rows=fid_rows,
+        is_splits=recipe.is_splits,
+        progress=recipe.progress_bar,
+    )
+    return {
+        "teacher": setup.teacher_name,
+        "family": teacher.family,
+        "num_tokens": teacher.geometry.num_tokens,
+        "num_ar_steps": teacher.geometry.num_steps,
+        "one_forward_seconds_per_image": one_forward_seconds_per_image(teacher, recipe.batch_size),
+        "sampling": dataclasses.asdict(samplers.sampling),
+        "feature_space": space.name,
+        "reference": reference_name,
+        "num_samples": int(labels.shape[0]),
+        "fid_samples": int(labels.shape[0] if fid_rows is None else fid_rows.shape[0]),
+        "seed": recipe.seed,
+        "threads": torch.get_num_threads(),
+        "rows": rows,
+    }
+
+
+def format_table(result: dict) -> str:
+    def show(value, scale=1.0, digits=2):
+        return "-" if value is None else f"{scale * value:.{digits}f}"
+
+    forward_ms = 1000 * result["one_forward_seconds_per_image"]
+    lines = [
+        f"{result['teacher']}: one full-sequence teacher forward {forward_ms:.2f} ms/image",
+        "| method | steps | FID | IS | precision | recall | class acc. % | ms/image |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in result["rows"]:
+        lines.append(
+            f"| {row['name']} | {row['steps']} | {show(row['fid'])} | "
+            f"{show(row['inception_score'])} | {show(row['precision'])} | {show(row['recall'])} | "
+            f"{show(row['class_accuracy'], 100, 1)} | {show(row['seconds_per_image'], 1000)} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str]) -> int:
+    recipe, _ = parse_recipe(EvalRecipe, argv, prog="dd eval")
+    try:
+        result = run_eval(recipe)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"dd eval: {error}", file=sys.stderr)
+        return 1
+    if recipe.output is not None:
+        Path(recipe.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(recipe.output).write_text(json.dumps(result, indent=1) + "\n")
+    print(format_table(result))
+    return 0

@@ -1,0 +1,267 @@
+"""Evaluating samplers side by side: the teacher, DD (Alg. 3), DD + teacher (Alg. 4), skip-n,
+onestep*. Every method draws from the same per-sample randomness (``dd.sampling.randomness_at``:
+sample ``i`` is the same whichever batch holds it), its images are timed (seconds per image,
+sampling and decoding, one process) and scored in one feature space (``dd.metrics.spaces``)
+against one reference: FID, IS, precision/recall, and class accuracy where the space's classes
+are the teacher's labels (the digits classifier of the tiny teachers).
+
+Method specs (``parse_methods``): ``teacher``, ``dd:1``, ``dd:2``, ``dd+teacher`` (the teacher's
+presets, ``dd.interleave``) or ``dd+teacher:pre-trained-n-m`` / ``dd+teacher:first-second``,
+``skip:N``, ``onestep*``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from tqdm.auto import tqdm
+
+from dd.baselines import onestep_tokens, skip_tokens, teacher_tokens
+from dd.interleave import (
+    INTERLEAVE_PRESETS,
+    check_interleave,
+    interleave_model_calls,
+    parse_interleave,
+    preset_name,
+)
+from dd.metrics.generative import FeatureStats, frechet_distance, inception_score, precision_recall
+from dd.metrics.spaces import FeatureSpace
+from dd.sampling import SampleRandomness, randomness_at, sample_tokens, sample_tokens_interleaved
+from dd.student import DDStudent
+from teachers.protocol import SamplingConfig, Teacher
+
+MethodKind = Literal["teacher", "dd", "dd+teacher", "skip", "onestep*"]
+FORWARD_REPEATS = 3  # timed repeats of the full-sequence teacher forward (after one warm-up)
+
+
+@dataclass(frozen=True)
+class Method:
+    """One sampler: ``kind`` (the report's method), ``steps`` (model calls per image, as the
+    paper counts them) and its option (DD steps, interleaving range or skipped steps)."""
+
+    kind: MethodKind
+    steps: int
+    name: str
+    dd_steps: int = 0
+    interleave: tuple[int, int] | None = None
+    skip_n: int = 0
+
+
+@dataclass
+class Samplers:
+    """What the methods sample with. ``sampling``: the teacher's settings (those of the pairs)."""
+
+    teacher: Teacher
+    sampling: SamplingConfig
+    student: DDStudent | None = None
+    frequencies: torch.Tensor | None = None  # onestep*: [num_classes, n, V]
+
+
+def interleave_presets(student: DDStudent, preset_key: str | None) -> list[tuple[int, int]]:
+    """The named presets of a teacher (``INTERLEAVE_PRESETS[preset_key]``) that fit the
+    student's 2nd timestep; otherwise the same pattern from its timesteps: all of
+    ``[0, second)``, its later half, its last step."""
+    second = student.timesteps[1]
+    named = [parse_interleave(p) for p in INTERLEAVE_PRESETS.get(preset_key or "", ())]
+    fitting = [r for r in named if r[1] == second]
+    if fitting:
+        return fitting
+    return sorted({(0, second), (second // 2, second), (second - 1, second)})
+
+
+def parse_methods(
+    specs: Sequence[str], samplers: Samplers, *, preset_key: str | None = None
+) -> list[Method]:
+    """Method specs (module docstring) -> methods, checked against the teacher and student."""
+    geometry = samplers.teacher.geometry
+    student = samplers.student
+    methods: list[Method] = []
+    for spec in specs:
+        kind, _, option = spec.partition(":")
+        if kind in ("dd", "dd+teacher") and student is None:
+            raise ValueError(f"method {spec!r} needs a student")
+        if kind == "teacher" and not option:
+            methods.append(Method("teacher", geometry.num_steps, "teacher"))
+        elif kind == "onestep*" and not option:
+            if samplers.frequencies is None:
+                raise ValueError("method 'onestep*' needs token frequencies (a pair folder)")
+            methods.append(Method("onestep*", 1, "onestep*"))
+        elif kind == "dd" and option.isdigit():
+            count = int(option)
+            if not 1 <= count <= len(student.timesteps):
+                raise ValueError(
+                    f"method {spec!r}: the student was trained for timesteps "
+                    f"{student.timesteps}, so dd:1 to dd:{len(student.timesteps)}"
+                )
+            methods.append(Method("dd", count, f"dd {count}-step", dd_steps=count))
+        elif kind == "dd+teacher":
+            if option:
+                parts = option.split("-")
+                given = (int(parts[0]), int(parts[1])) if option[0].isdigit() else option
+                ranges = [parse_interleave(given)]
+            else:
+                ranges = interleave_presets(student, preset_key)
+            for first, second in ranges:
+                check_interleave((first, second), student.timesteps, geometry.num_steps)
+                name = f"dd+teacher {preset_name(first, second)}"
+                calls = interleave_model_calls(first, second)
+                methods.append(Method("dd+teacher", calls, name, interleave=(first, second)))
+        elif kind == "skip" and option.isdigit():
+            skip_n = int(option)
+            if not 0 <= skip_n < geometry.num_steps:
+                raise ValueError(
+                    f"method {spec!r}: 0 to {geometry.num_steps - 1} of the teacher's "
+                    f"{geometry.num_steps} AR steps can be skipped"
+                )
+            methods.append(
+                Method("skip", geometry.num_steps - skip_n, f"skip-{skip_n}", skip_n=skip_n)
+            )
+        else:
+            raise ValueError(
+                f"unknown method {spec!r}; give teacher, dd:K, dd+teacher[:pre-trained-n-m], "
+                "skip:N or onestep*"
+            )
+    return methods
+
+
+def method_tokens(
+    method: Method, samplers: Samplers, labels: torch.Tensor, randomness: SampleRandomness
+) -> torch.Tensor:
+    """Tokens ``[B, n]`` of one batch."""
+    teacher, sampling, uniforms = samplers.teacher, samplers.sampling, randomness.uniforms_BN
+    if method.kind == "teacher":
+        return teacher_tokens(teacher, labels, uniforms, sampling)
+    if method.kind == "skip":
+        return skip_tokens(teacher, labels, uniforms, method.skip_n, sampling)
+    if method.kind == "onestep*":
+        return onestep_tokens(samplers.frequencies, labels, uniforms)
+    if method.kind == "dd":
+        return sample_tokens(samplers.student, labels, randomness.noise_BNC, method.dd_steps)
+    return sample_tokens_interleaved(
+        samplers.student,
+        labels,
+        randomness.noise_BNC,
+        method.interleave,
+        uniforms_BN=uniforms,
+        sampling=sampling,
+    )
+
+
+@torch.no_grad()
+def generate(
+    method: Method,
+    samplers: Samplers,
+    labels: torch.Tensor,
+    *,
+    base_seed: int,
+    batch_size: int,
+    progress: bool = False,
+) -> tuple[torch.Tensor, float]:
+    """(images ``[N, 3, H, W]`` in ``[0, 1]``, seconds per image) of ``labels [N]``; sample ``i``
+    uses ``randomness_at(base_seed, [i])`` whatever the batch size."""
+    teacher = samplers.teacher
+    n, code_dim = teacher.geometry.num_tokens, int(teacher.codebook.shape[1])
+    images, seconds = [], 0.0
+    starts = range(0, labels.shape[0], batch_size)
+    for start in tqdm(starts, desc=method.name, disable=not progress, leave=False):
+        batch = labels[start : start + batch_size]
+        began = time.perf_counter()
+        randomness = randomness_at(base_seed, range(start, start + len(batch)), n, code_dim)
+        tokens = method_tokens(method, samplers, batch, randomness)
+        images.append(teacher.decode_tokens(tokens).float().cpu())
+        seconds += time.perf_counter() - began
+    return torch.cat(images), seconds / max(labels.shape[0], 1)
+
+
+@torch.no_grad()
+def one_forward_seconds_per_image(
+    teacher: Teacher, batch_size: int, repeats: int = FORWARD_REPEATS
+) -> float:
+    """Seconds per image of ONE full-sequence teacher forward (teacher forcing, unguided) at
+    ``batch_size``: the cost floor of a one-step generator built from the teacher's trunk."""
+    labels = torch.arange(batch_size) % teacher.num_classes
+    tokens = torch.zeros(batch_size, teacher.geometry.num_tokens, dtype=torch.long)
+    teacher.logits_teacher_forcing(labels, tokens)  # warm-up
+    began = time.perf_counter()
+    for _ in range(repeats):
+        teacher.logits_teacher_forcing(labels, tokens)
+    return (time.perf_counter() - began) / (repeats * batch_size)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """What generated images are compared with: feature statistics, and the features themselves
+    when known (precision/recall need them; ``.npz`` statistics alone do not have them)."""
+
+    stats: FeatureStats
+    features: torch.Tensor | None = None
+
+    @classmethod
+    def from_images(cls, space: FeatureSpace, images_01: torch.Tensor) -> Reference:
+        features, _ = space.embed(images_01)
+        return cls(FeatureStats.of(features), features)
+
+
+def score(
+    images_01: torch.Tensor,
+    labels: torch.Tensor,
+    space: FeatureSpace,
+    reference: Reference,
+    *,
+    fid_rows: torch.Tensor | None = None,
+    is_splits: int,
+) -> dict[str, float | None]:
+    """FID, IS, precision/recall (on ``fid_rows``, default all) and class accuracy (all)."""
+    features, logits = space.embed(images_01)
+    subset = features if fid_rows is None else features[fid_rows]
+    result: dict[str, float | None] = {
+        "fid": frechet_distance(FeatureStats.of(subset), reference.stats),
+        "inception_score": inception_score(logits, is_splits),
+        "precision": None,
+        "recall": None,
+        "class_accuracy": None,
+    }
+    if reference.features is not None:
+        result["precision"], result["recall"] = precision_recall(reference.features, subset)
+    if space.labels_are_classes:
+        result["class_accuracy"] = (logits.argmax(1) == labels.cpu()).double().mean().item()
+    return result
+
+
+def evaluate_methods(
+    methods: Sequence[Method],
+    samplers: Samplers,
+    labels: torch.Tensor,
+    space: FeatureSpace,
+    reference: Reference,
+    *,
+    base_seed: int,
+    batch_size: int,
+    fid_rows: torch.Tensor | None = None,
+    is_splits: int,
+    progress: bool = True,
+    keep_images: Callable[[Method, torch.Tensor], None] | None = None,
+) -> list[dict]:
+    """One row per method: its name, kind, steps, metrics and seconds per image."""
+    rows = []
+    for method in tqdm(methods, desc="methods", disable=not progress):
+        images, seconds = generate(
+            method, samplers, labels, base_seed=base_seed, batch_size=batch_size, progress=progress
+        )
+        if keep_images is not None:
+            keep_images(method, images)
+        metrics = score(images, labels, space, reference, fid_rows=fid_rows, is_splits=is_splits)
+        rows.append(
+            {
+                "method": method.kind,
+                "name": method.name,
+                "steps": method.steps,
+                **metrics,
+                "seconds_per_image": seconds,
+            }  # fmt: skip
+        )
+    return rows

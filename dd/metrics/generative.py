@@ -1,0 +1,101 @@
+"""Sample-quality metrics from features and class logits, whatever network made them.
+
+- FID (Heusel et al. 2017): Frechet distance of Gaussians fitted to two feature sets, or to one
+  set and precomputed statistics (``mu``, ``sigma``: the ADM suite's ``.npz`` reference files);
+- IS (Salimans et al. 2016): ``exp E_x KL(p(y|x) || p(y))`` over ``splits`` disjoint splits;
+- improved precision and recall (Kynkaenniemi et al. 2019, the ADM suite's definition): a
+  sample is "inside" a set when it lies within the distance of some member to that member's
+  ``k``-th nearest neighbour in the set (k = 3).
+
+Features come from ``dd.metrics.spaces`` (Inception for real teachers, the digits classifier for
+the tiny ones). Everything is computed in float64.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+PR_NEIGHBOURS = 3  # k of Kynkaenniemi et al. / the ADM evaluator
+IS_SPLITS = 10  # the usual Inception Score protocol
+DISTANCE_CHUNK = 1024  # rows of a pairwise-distance block (memory: chunk x N floats)
+
+
+@dataclass(frozen=True)
+class FeatureStats:
+    """Mean ``[D]`` and covariance ``[D, D]`` of a feature set (the ADM ``.npz`` fields)."""
+
+    mu: np.ndarray
+    sigma: np.ndarray
+
+    @classmethod
+    def of(cls, features: torch.Tensor) -> FeatureStats:
+        if features.dim() != 2 or features.shape[0] < 2:
+            raise ValueError(f"need features [N >= 2, D], got {tuple(features.shape)}")
+        x = features.double().cpu().numpy()
+        return cls(x.mean(0), np.cov(x, rowvar=False))
+
+
+def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
+    """``||mu_a - mu_b||^2 + tr(S_a + S_b - 2 (S_a S_b)^{1/2})``; the trace of the square root
+    from the eigenvalues of ``S_a S_b`` (real and >= 0 up to rounding), as torchmetrics does."""
+    if a.mu.shape != b.mu.shape:
+        raise ValueError(f"feature sizes differ: {a.mu.shape} vs {b.mu.shape}")
+    diff = a.mu - b.mu
+    eigenvalues = np.linalg.eigvals(a.sigma @ b.sigma)
+    sqrt_trace = np.sqrt(np.clip(eigenvalues.real, 0, None)).sum()
+    return float(diff @ diff + np.trace(a.sigma) + np.trace(b.sigma) - 2 * sqrt_trace)
+
+
+def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS) -> float:
+    """Mean over ``splits`` of ``exp(mean_x KL(p(y|x) || p(y)))`` from class logits ``[N, K]``."""
+    if logits.shape[0] < splits:
+        raise ValueError(f"{logits.shape[0]} samples cannot make {splits} IS splits")
+    log_p = logits.double().log_softmax(dim=1)
+    scores = []
+    for part in log_p.chunk(splits):
+        log_marginal = part.exp().mean(0).log()
+        kl = (part.exp() * (part - log_marginal)).sum(1).mean()
+        scores.append(kl.exp().item())
+    return float(np.mean(scores))
+
+
+def _kth_neighbour_radii(features: torch.Tensor, k: int) -> torch.Tensor:
+    """Distance of every row to its ``k``-th nearest other row."""
+    radii = []
+    for rows in features.split(DISTANCE_CHUNK):
+        distances = torch.cdist(rows, features)
+        radii.append(distances.kthvalue(k + 1, dim=1).values)  # +1: the row itself (0)
+    return torch.cat(radii)
+
+
+def _inside(queries: torch.Tensor, support: torch.Tensor, radii: torch.Tensor) -> torch.Tensor:
+    """For every query: does some support point lie within its own radius of the query?"""
+    inside = []
+    for rows in queries.split(DISTANCE_CHUNK):
+        inside.append((torch.cdist(rows, support) <= radii[None]).any(dim=1))
+    return torch.cat(inside)
+
+
+def precision_recall(
+    real: torch.Tensor, generated: torch.Tensor, k: int = PR_NEIGHBOURS
+) -> tuple[float, float]:
+    """(precision, recall): the fraction of generated samples inside the real manifold, and of
+    real samples inside the generated one."""
+    if min(real.shape[0], generated.shape[0]) <= k:
+        raise ValueError(f"precision/recall with k={k} needs more than {k} samples per set")
+    real, generated = real.double().cpu(), generated.double().cpu()
+    precision = _inside(generated, real, _kth_neighbour_radii(real, k)).double().mean()
+    recall = _inside(real, generated, _kth_neighbour_radii(generated, k)).double().mean()
+    return float(precision), float(recall)
+
+
+def load_stats_npz(path: str) -> FeatureStats:
+    """``mu`` and ``sigma`` from an ``.npz`` (the ADM reference batches' format)."""
+    with np.load(path, allow_pickle=False) as data:
+        missing = [key for key in ("mu", "sigma") if key not in data.files]
+        if missing:
+            raise ValueError(f"{path}: no {missing} arrays (has {data.files}); need mu and sigma")
+        return FeatureStats(data["mu"].astype(np.float64), data["sigma"].astype(np.float64))

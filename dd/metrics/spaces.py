@@ -1,0 +1,130 @@
+"""Feature spaces the metrics of ``dd.metrics.generative`` are computed in.
+
+- ``InceptionSpace`` (real teachers): torch-fidelity's ``FeatureExtractorInceptionV3``, the
+  network torchmetrics' FID and IS wrap (``NoTrainInceptionV3``; TF Inception 2015-12-05, as
+  pytorch-fid and the ADM suite): 2048-d pool features for FID and precision/recall, 1008-way
+  ``logits_unbiased`` for IS, in one pass (torchmetrics' wrapper returns only the first).
+  Its weights are read from a LOCAL file (``INCEPTION_WEIGHTS_FILE``; first checked with
+  ``torch.load(weights_only=True)``): without it, a ``FileNotFoundError`` says which file and
+  where to put it. Nothing is downloaded.
+- ``DigitsSpace`` (tiny teachers): the shipped digits classifier (``dd.metrics.digits``):
+  64-d penultimate features, its 10 class logits (IS, and class accuracy since its classes
+  are the teachers' labels).
+
+``embed(images [B, 3, H, W] in [0, 1]) -> (features [B, D], logits [B, K])``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+INCEPTION_WEIGHTS_URL = (  # torch-fidelity's release (download it where there is internet)
+    "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + INCEPTION_WEIGHTS_FILE
+)
+DEFAULT_WEIGHTS_DIR = Path.home() / ".cache" / "distilled-decoding"
+INCEPTION_FEATURES = "2048"
+INCEPTION_LOGITS = "logits_unbiased"
+EMBED_BATCH = 200
+
+
+class FeatureSpace(Protocol):
+    name: str
+    labels_are_classes: bool  # whether logit k is the teachers' class k (class accuracy)
+
+    def embed(self, images_01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
+def _in_batches(fn, images_01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    features, logits = [], []
+    with torch.no_grad():
+        for batch in images_01.split(EMBED_BATCH):
+            f, lo = fn(batch)
+            features.append(f.double().cpu())
+            logits.append(lo.double().cpu())
+    return torch.cat(features), torch.cat(logits)
+
+
+class DigitsSpace:
+    name = "digits classifier (64-d features, 10 classes)"
+    labels_are_classes = True
+
+    def __init__(self) -> None:
+        from dd.metrics.digits import default_classifier
+
+        self.classifier = default_classifier()
+
+    def _one(self, images_01: torch.Tensor):
+        features = self.classifier.features(images_01.float().cpu())
+        return features, self.classifier.head(features)
+
+    def embed(self, images_01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _in_batches(self._one, images_01)
+
+
+def inception_weights_path(path: str | Path | None = None) -> Path:
+    """The local Inception weights file (``path``, else ``DEFAULT_WEIGHTS_DIR``); a clear
+    ``FileNotFoundError`` naming the file and where to put it when it is absent."""
+    resolved = Path(path) if path is not None else DEFAULT_WEIGHTS_DIR / INCEPTION_WEIGHTS_FILE
+    if resolved.is_dir():
+        resolved = resolved / INCEPTION_WEIGHTS_FILE
+    if not resolved.is_file():
+        raise FileNotFoundError(
+            f"Inception weights not found at {resolved}. FID/IS/precision/recall of real "
+            f"teachers need torch-fidelity's InceptionV3 file {INCEPTION_WEIGHTS_FILE} (from "
+            f"{INCEPTION_WEIGHTS_URL}); this project never downloads it. Put it at "
+            f"{DEFAULT_WEIGHTS_DIR / INCEPTION_WEIGHTS_FILE} or pass its path "
+            "(dd eval --inception_weights PATH)."
+        )
+    return resolved
+
+
+class InceptionSpace:
+    name = "InceptionV3 (torch-fidelity, 2048-d pool features, 1008 logits)"
+    labels_are_classes = False
+
+    def __init__(self, weights: str | Path | None = None, device: str = "cpu") -> None:
+        path = inception_weights_path(weights)
+        # Checked as plain tensors first (weights_only=True): torch-fidelity itself then reads
+        # the same file, and must never unpickle anything else.
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
+            raise ValueError(f"{path} is not a state dict of tensors")
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+
+        self.network = (
+            FeatureExtractorInceptionV3(
+                name="inception-v3-compat",
+                features_list=[INCEPTION_FEATURES, INCEPTION_LOGITS],
+                feature_extractor_weights_path=str(path),
+            )
+            .eval()
+            .to(device)
+        )
+        self.device = device
+
+    def _one(self, images_01: torch.Tensor):
+        uint8 = (images_01.clamp(0, 1) * 255).round().to(torch.uint8).to(self.device)
+        features, logits = self.network(uint8)
+        return features, logits
+
+    def embed(self, images_01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _in_batches(self._one, images_01)
+
+
+def load_image_folder(folder: str | Path, limit: int | None = None) -> torch.Tensor:
+    """Images ``[N, 3, H, W]`` in ``[0, 1]`` from a folder of PNG/JPEG files (sorted by name;
+    all of one size)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
+    if not files:
+        raise FileNotFoundError(f"no .png/.jpg images in {folder}")
+    files = files[:limit] if limit else files
+    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in files]
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255

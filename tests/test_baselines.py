@@ -1,0 +1,126 @@
+"""Baselines (dd/baselines.py) on both tiny teachers: the teacher's sampler, skip-n, onestep*;
+batch-size invariance, skip-0 / skip-1 against the teacher, frequencies from real pair shards."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from data_gen.config import (
+    GenerateRecipe,
+    OutputSettings,
+    PairSettings,
+    RunSettings,
+    SamplingOverrides,
+)
+from data_gen.engine import run_generation
+from dd.baselines import (
+    frequencies_from_pairs,
+    onestep_tokens,
+    skip_tokens,
+    teacher_tokens,
+    token_frequencies,
+)
+from dd.data import load_pairs
+from dd.sampling import draw_randomness
+from dd.teacher_spec import TeacherSpec
+from teachers.tiny import load_tiny_teacher, tiny_sampling
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+NAMES = ("llamagen-digits", "var-digits")
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def named_teacher(request):
+    return request.param, load_tiny_teacher(request.param)
+
+
+def uniforms(teacher, count: int, seed: int) -> torch.Tensor:
+    n, code_dim = teacher.geometry.num_tokens, teacher.codebook.shape[1]
+    return draw_randomness(count, n, code_dim, torch.Generator().manual_seed(seed)).uniforms_BN
+
+
+def test_skip_zero_is_the_teachers_sampler_and_the_first_filled_step_is_exact(named_teacher):
+    """skip-0 runs every step through the session: the teacher's sampler, draw for draw. In
+    skip-n the one parallel forward sees only real tokens before its first filled step, so
+    (guided as the session guides) that step's distribution is the teacher's: the same draws up
+    to float differences between the KV-cached and teacher-forcing paths (tolerance 1%)."""
+    name, teacher = named_teacher
+    labels = torch.arange(8) % teacher.num_classes
+    sampling = tiny_sampling(name)
+    u = uniforms(teacher, 8, seed=1)
+    plain = teacher_tokens(teacher, labels, u, sampling)
+    assert torch.equal(skip_tokens(teacher, labels, u, 0, sampling), plain)
+    ranges = teacher.geometry.step_ranges
+    for skip_n in (1, 2):
+        skipped = skip_tokens(teacher, labels, u, skip_n, sampling)
+        start, end = ranges[-1 - skip_n]  # the first filled step
+        assert torch.equal(skipped[:, :start], plain[:, :start])
+        assert (skipped[:, start:end] == plain[:, start:end]).float().mean() >= 0.99
+    half = teacher.geometry.num_steps // 2
+    skip_more = skip_tokens(teacher, labels, u, half, sampling)
+    assert not torch.equal(skip_more, plain)  # conditioned on placeholders: it must differ
+    argmax = skip_tokens(teacher, labels, u, 1, sampling, fill="argmax")
+    cut = ranges[-2][0]
+    assert torch.equal(argmax[:, :cut], plain[:, :cut])
+
+
+def test_every_baseline_is_batch_size_invariant(named_teacher):
+    name, teacher = named_teacher
+    labels = torch.arange(6) % teacher.num_classes
+    sampling = tiny_sampling(name)
+    u_all, u_part = uniforms(teacher, 6, seed=2), uniforms(teacher, 2, seed=2)
+    assert torch.equal(u_all[:2], u_part)
+    frequencies = torch.softmax(torch.randn(teacher.num_classes, u_all.shape[1], 64), -1)
+    samplers = {
+        "teacher": lambda lab, u: teacher_tokens(teacher, lab, u, sampling),
+        "skip": lambda lab, u: skip_tokens(teacher, lab, u, 2, sampling),
+        "onestep*": lambda lab, u: onestep_tokens(frequencies, lab, u),
+    }
+    for method, sampler in samplers.items():
+        whole, part = sampler(labels, u_all), sampler(labels[:2], u_part)
+        assert torch.equal(whole[:2], part), method
+
+
+def test_bad_baseline_input_is_refused(named_teacher):
+    _, teacher = named_teacher
+    labels = torch.zeros(2, dtype=torch.long)
+    u = uniforms(teacher, 2, seed=0)
+    with pytest.raises(ValueError, match="can be skipped"):
+        skip_tokens(teacher, labels, u, teacher.geometry.num_steps)
+    with pytest.raises(ValueError, match="class labels"):
+        skip_tokens(teacher, labels + teacher.num_classes, u, 1)
+    frequencies = torch.full((teacher.num_classes, u.shape[1], 64), 1 / 64)
+    with pytest.raises(ValueError, match="class labels"):
+        onestep_tokens(frequencies, labels - 1, u)
+
+
+def test_onestep_frequencies_come_from_real_pair_shards(tmp_path):
+    """Frequencies from a real (small) pair folder: every row a distribution, equal to counting
+    the shards' tokens by hand; onestep* draws follow them (never a zero-frequency code)."""
+    name = "var-digits"
+    teacher = load_tiny_teacher(name)
+    folder = tmp_path / "pairs"
+    recipe = GenerateRecipe(
+        teacher=TeacherSpec(tiny=name),
+        sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling(name))),
+        pairs=PairSettings(num_pairs=20, labels="balanced", seed=0),
+        output=OutputSettings(folder=str(folder), shard_size=10),
+        run=RunSettings(batch_size=10, accelerator="cpu", devices=1, progress_bar=False),
+    )
+    assert run_generation(recipe).complete
+    frequencies = frequencies_from_pairs(folder, teacher)
+    pairs = load_pairs(folder, teacher_fingerprint=teacher.fingerprint())
+    assert frequencies.shape == (10, teacher.geometry.num_tokens, 64)
+    torch.testing.assert_close(frequencies.sum(-1), torch.ones(10, 130))
+    label, position = int(pairs.labels[0]), 5
+    same = pairs.tokens[pairs.labels == label, position]
+    expected = torch.bincount(same, minlength=64).float() / len(same)
+    torch.testing.assert_close(frequencies[label, position], expected)
+    assert torch.equal(frequencies, token_frequencies(pairs.tokens, pairs.labels, 10, 64))
+    labels = torch.arange(10).repeat(20)
+    drawn = onestep_tokens(frequencies, labels, uniforms(teacher, len(labels), seed=3))
+    picked = frequencies[labels[:, None], torch.arange(130), drawn]
+    assert (picked > 0).all()

@@ -1,0 +1,217 @@
+"""dd eval / dd sample / dd demo (dd/evaluate.py, dd/metrics/, dd/*_command.py, dd/demo.py):
+metrics against references, batch-size invariance of every method, the missing Inception file,
+and the demo's report.json schema from a toy-sized run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dd.cli import main as dd_main
+from dd.demo import COMMON_METHODS, DemoSettings, make_pairs, report_json, run_demo
+from dd.evaluate import Method, Reference, Samplers, generate, parse_methods
+from dd.metrics.digits import frechet_distance as torchmetrics_fid
+from dd.metrics.generative import (
+    FeatureStats,
+    frechet_distance,
+    inception_score,
+    load_stats_npz,
+    precision_recall,
+)
+from dd.metrics.spaces import INCEPTION_WEIGHTS_FILE, DigitsSpace, InceptionSpace
+from dd.student import DDStudent
+from teachers.data import load_digits_split
+from teachers.tiny import load_tiny_teacher, tiny_sampling
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def test_fid_from_statistics_equals_torchmetrics_and_npz_statistics():
+    """Our Frechet distance in the digits space = torchmetrics' (same features) to 1e-4
+    relative; an ``.npz`` of the reference's mu/sigma gives the same FID as its images."""
+    train, heldout = load_digits_split("train").images_01(), load_digits_split("heldout")
+    generated = heldout.images_01()[:200]
+    space = DigitsSpace()
+    reference = Reference.from_images(space, train)
+    features, _ = space.embed(generated)
+    ours = frechet_distance(FeatureStats.of(features), reference.stats)
+    assert ours == pytest.approx(torchmetrics_fid(generated, train), rel=1e-4)
+
+
+def test_npz_reference_and_generic_metric_behaviour(tmp_path):
+    torch.manual_seed(0)
+    real = torch.randn(300, 8, dtype=torch.float64)
+    stats = FeatureStats.of(real)
+    path = tmp_path / "ref.npz"
+    np.savez(path, mu=stats.mu, sigma=stats.sigma)
+    loaded = load_stats_npz(str(path))
+    assert frechet_distance(loaded, stats) == pytest.approx(0.0, abs=1e-8)
+    assert frechet_distance(FeatureStats.of(real + 1.0), stats) == pytest.approx(8.0, rel=1e-6)
+    np.savez(tmp_path / "bad.npz", mean=stats.mu)
+    with pytest.raises(ValueError, match="mu"):
+        load_stats_npz(str(tmp_path / "bad.npz"))
+    # precision/recall: a set against itself is all inside; a far-away set is all outside
+    assert precision_recall(real, real) == (1.0, 1.0)
+    assert precision_recall(real, real + 100.0) == (0.0, 0.0)
+    # IS: confident and uniform over K classes -> K; always the same class -> 1
+    eye = torch.eye(10).repeat(10, 1) * 50
+    assert inception_score(eye, splits=1) == pytest.approx(10.0, rel=1e-6)
+    assert inception_score(eye[:, [0] * 10] * 0 + eye[:1], splits=1) == pytest.approx(1.0)
+
+
+def test_missing_inception_weights_name_the_file_and_where_to_put_it(tmp_path, capsys):
+    with pytest.raises(FileNotFoundError, match=INCEPTION_WEIGHTS_FILE) as error:
+        InceptionSpace(tmp_path / "nowhere")
+    assert "pass its path" in str(error.value) and "never downloads" in str(error.value)
+    code = dd_main(
+        ["eval", "--teacher.tiny", "var-digits", "--metric", "inception",
+         "--inception_weights", str(tmp_path), "--methods", "[teacher]"]
+    )  # fmt: skip
+    assert code == 1
+    assert INCEPTION_WEIGHTS_FILE in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module", params=("llamagen-digits", "var-digits"))
+def samplers(request):
+    teacher = load_tiny_teacher(request.param)
+    second = teacher.geometry.num_steps // 2
+    torch.manual_seed(0)
+    student = DDStudent(teacher, (0, second), teacher.geometry.step_ranges[second][0])
+    frequencies = torch.softmax(torch.randn(10, teacher.geometry.num_tokens, 64), -1)
+    return Samplers(teacher, tiny_sampling(request.param), student, frequencies)
+
+
+def test_every_method_gives_the_same_images_whatever_the_batch_size(samplers):
+    methods = parse_methods(
+        ["teacher", "dd:1", "dd:2", "dd+teacher", "skip:1", "onestep*"], samplers
+    )
+    assert {m.kind for m in methods} == {"teacher", "dd", "dd+teacher", "skip", "onestep*"}
+    labels = torch.arange(5) % 10
+    for method in methods:
+        whole, _ = generate(method, samplers, labels, base_seed=3, batch_size=5)
+        split, _ = generate(method, samplers, labels, base_seed=3, batch_size=2)
+        torch.testing.assert_close(whole, split, atol=1e-5, rtol=0, msg=method.name)
+        other, _ = generate(method, samplers, labels, base_seed=4, batch_size=5)
+        assert not torch.equal(other, whole), method.name
+
+
+def test_bad_methods_are_refused(samplers):
+    steps = samplers.teacher.geometry.num_steps
+    for spec, message in (
+        ("dd:3", "dd:1 to dd:2"),
+        (f"skip:{steps}", "can be skipped"),
+        (f"dd+teacher:0-{steps}", "outside the sequence"),
+        ("dd+teacher:0-1", "trained timestep"),
+        ("fast", "unknown method"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            parse_methods([spec], samplers)
+    no_student = Samplers(samplers.teacher, samplers.sampling)
+    with pytest.raises(ValueError, match="needs a student"):
+        parse_methods(["dd:1"], no_student)
+    with pytest.raises(ValueError, match="frequencies"):
+        parse_methods(["onestep*"], no_student)
+    assert parse_methods(["teacher"], no_student) == [Method("teacher", steps, "teacher")]
+
+
+def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):
+    out = tmp_path / "samples"
+    code = dd_main(
+        ["sample", "--teacher.tiny", "llamagen-digits", "--methods", "[teacher, 'skip:60']",
+         "--labels", "[3, 7]", "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0 and (out / "grid.png").is_file()
+    assert sorted(p.name for p in (out / "skip-60").iterdir()) == [
+        "0000_class3.png",
+        "0001_class7.png",
+    ]
+
+
+def test_demo_report_schema_from_a_toy_run(tmp_path):
+    """The whole demo at toy size (48 pairs, 2 training steps, 2 samples per class): the
+    report.json schema of the stage-3 issue, every report file, and pairs reused on a rerun."""
+    toy = {
+        name: DemoSettings(
+            num_pairs=48, train_steps=2, global_batch_size=8, num_heldout=8, eval_per_class=2,
+            fid_per_class=None, eval_batch_size=20, methods=COMMON_METHODS + ("skip:1",),
+        )
+        for name in ("llamagen-digits", "var-digits")
+    }  # fmt: skip
+    report = run_demo(tmp_path, toy, progress=False)
+    assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert set(report) == {"teachers"} and set(report["teachers"]) == set(toy)
+    for name, entry in report["teachers"].items():
+        assert set(entry) == {
+            "family", "num_tokens", "num_ar_steps", "one_forward_seconds_per_image", "rows"
+        }  # fmt: skip
+        assert entry["one_forward_seconds_per_image"] > 0
+        methods = [row["method"] for row in entry["rows"]]
+        assert set(methods) == {"teacher", "dd", "dd+teacher", "skip", "onestep*"}
+        for row in entry["rows"]:
+            assert set(row) == {"method", "steps", "fid", "class_accuracy", "seconds_per_image"}
+            assert row["steps"] >= 1 and row["fid"] >= 0 and 0 <= row["class_accuracy"] <= 1
+        assert (tmp_path / "grids" / f"{name}.png").is_file()
+    for file in ("report.md", "quality_vs_steps.png", "timings.json"):
+        assert (tmp_path / file).is_file()
+    shard = next((tmp_path / "pairs" / "var-digits-48").glob("shard-*.tar"))
+    written = shard.stat().st_mtime_ns
+    make_pairs("var-digits", toy["var-digits"], tmp_path, progress=False)
+    assert shard.stat().st_mtime_ns == written
+    assert report_json({}) == {"teachers": {}}
+
+
+def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
+    """The plumbing of the real-teacher path with a weights file of the right keys and shapes
+    but RANDOM values (the real file is not on this machine): the file is checked with
+    weights_only=True and loaded strictly; 2048-d features and 1008 logits come out of one pass
+    over uint8 images; the metrics run on them. Says nothing about real Inception values."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    with monkeypatch.context() as patch:  # build the random network without any download
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: {})
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
+        random_net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    path = tmp_path / INCEPTION_WEIGHTS_FILE
+    torch.save(random_net.state_dict(), path)
+    space = InceptionSpace(tmp_path)  # a folder holding the file also works
+    images = torch.rand(3, 3, 16, 16)
+    features, logits = space.embed(images)
+    assert features.shape == (3, 2048) and logits.shape == (3, 1008)
+    again, _ = space.embed(images[:1])
+    torch.testing.assert_close(again, features[:1], atol=1e-4, rtol=1e-4)
+    assert inception_score(logits, splits=1) >= 1.0
+    torch.save({"not": "tensors", "x": [1]}, tmp_path / "bad.pth")
+    with pytest.raises(ValueError, match="state dict of tensors"):
+        InceptionSpace(tmp_path / "bad.pth")
+
+
+def test_demo_presets_overrides_and_unknown_teachers(capsys):
+    from dd.demo import DEMO_PRESETS, DemoRecipe
+
+    settings = DemoRecipe(preset="quick", train_steps=5, teachers=["var-digits"]).settings()
+    assert list(settings) == ["var-digits"] and settings["var-digits"].train_steps == 5
+    assert settings["var-digits"].num_pairs == DEMO_PRESETS["quick"]["var-digits"].num_pairs
+    assert dd_main(["demo", "--quick", "--teachers", "[mnist-digits]"]) == 1
+    assert "unknown teachers" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="too few"):
+        DemoSettings(10, 1, 8, 8, 1, None, 1, ("teacher",))
+
+
+def test_dd_eval_writes_json_with_timings(tmp_path):
+    out = tmp_path / "eval.json"
+    code = dd_main(
+        ["eval", "--teacher.tiny", "var-digits", "--num_per_class", "2", "--is_splits", "1",
+         "--batch_size", "20", "--methods", "[teacher, 'skip:2']", "--progress_bar", "false",
+         "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["num_ar_steps"] == 6 and result["one_forward_seconds_per_image"] > 0
+    assert [row["name"] for row in result["rows"]] == ["teacher", "skip-2"]
+    assert [row["steps"] for row in result["rows"]] == [6, 4]
+    for row in result["rows"]:
+        assert row["seconds_per_image"] > 0 and 0 <= row["class_accuracy"] <= 1
+        assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1

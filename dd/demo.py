@@ -58,7 +58,8 @@ class DemoSettings:
     eval_batch_size: int
     methods: tuple[str, ...]
     # null: the tiny recipe's run.ema_decay. Note: with decay d the EMA student of an s-step
-    # run still holds d**s of its initialisation (0.999**500 = 0.61).
+    # run still holds d**s of its initialisation (0.999**500 = 0.61), so the short demo runs
+    # set a decay whose d**s is under 1% (0.99**500, 0.98**250, 0.95**60, 0.9**40).
     ema_decay: float | None = None
 
     def __post_init__(self) -> None:
@@ -79,24 +80,24 @@ SKIPS = {
 DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
     "default": {
         "llamagen-digits": DemoSettings(
-            num_pairs=4000, train_steps=500, global_batch_size=64, num_heldout=200,
+            num_pairs=4000, train_steps=500, global_batch_size=64, num_heldout=200, ema_decay=0.99,
             eval_per_class=100, fid_per_class=36, eval_batch_size=250,
             methods=COMMON_METHODS + SKIPS["llamagen-digits"],
         ),
         "var-digits": DemoSettings(
-            num_pairs=4000, train_steps=250, global_batch_size=64, num_heldout=200,
+            num_pairs=4000, train_steps=250, global_batch_size=64, num_heldout=200, ema_decay=0.98,
             eval_per_class=100, fid_per_class=36, eval_batch_size=250,
             methods=COMMON_METHODS + SKIPS["var-digits"],
         ),
     },
     "quick": {
         "llamagen-digits": DemoSettings(
-            num_pairs=1000, train_steps=60, global_batch_size=64, num_heldout=100,
+            num_pairs=1000, train_steps=60, global_batch_size=64, num_heldout=100, ema_decay=0.95,
             eval_per_class=20, fid_per_class=None, eval_batch_size=200,
             methods=COMMON_METHODS + SKIPS["llamagen-digits"],
         ),
         "var-digits": DemoSettings(
-            num_pairs=1000, train_steps=40, global_batch_size=64, num_heldout=100,
+            num_pairs=1000, train_steps=40, global_batch_size=64, num_heldout=100, ema_decay=0.9,
             eval_per_class=20, fid_per_class=None, eval_batch_size=200,
             methods=COMMON_METHODS + SKIPS["var-digits"],
         ),

@@ -19,7 +19,7 @@ import torch
 from data_gen.pairs import sample_seed
 from dd.student import DDStudent
 from dd.trajectory import trajectory_input
-from teachers.protocol import SamplingConfig, check_labels
+from teachers.protocol import ContinuousTeacher, SamplingConfig, check_labels
 from teachers.sampling import sample_from_log_probs
 
 SEED_BITS = 62
@@ -167,6 +167,10 @@ def sample(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Images ``[B, 3, H, W]`` in ``[0, 1]`` from ``steps`` DD steps (Alg. 3)."""
+    if isinstance(student.teacher, ContinuousTeacher):  # no codebook (#13): dd.continuous_sampling
+        from dd.continuous_sampling import sample as sample_continuous
+
+        return sample_continuous(student, labels, steps=steps, generator=generator)
     noise = draw_noise(labels.shape[0], student.geometry.num_tokens, student.code_dim, generator)
     tokens = sample_tokens(student, labels, noise, steps)
     return student.teacher.decode_tokens(tokens)

@@ -96,7 +96,11 @@ def load_student_folder(
         )
     # The prior's initial value is irrelevant: the trained kappa is loaded below.
     scale = 0.0 if card.get("noise_logit_prior", False) else None
-    student = DDStudent(teacher, card["timesteps"], card["split_token"], noise_logit_scale=scale)
+    from dd.continuous import student_class  # DDStudent, or ContinuousDDStudent (#13)
+
+    student = student_class(teacher)(
+        teacher, card["timesteps"], card["split_token"], noise_logit_scale=scale
+    )
     state = load_file(str(folder / WEIGHTS_FILE), device=str(teacher.device))
     student.load_student_state_dict(state)
     return student.eval()

@@ -32,7 +32,8 @@ SEED_STRIDE = 1_000_003  # separates the epoch-permutation and timestep streams 
 
 @dataclass(frozen=True)
 class PairSet:
-    """Pairs sorted by global index: ``labels [N]``, ``noise [N, n, C]``, ``tokens [N, n]``."""
+    """Pairs sorted by global index: ``labels [N]``, ``noise [N, n, C]``, ``tokens [N, n]``
+    (continuous-token teachers: float ``[N, n, C]``)."""
 
     index: torch.Tensor
     labels: torch.Tensor
@@ -83,8 +84,14 @@ def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
         index=torch.tensor([r["index"] for r in records]),
         labels=torch.tensor([r["label"] for r in records]),
         noise=torch.stack([r["noise"].float() for r in records]),
-        tokens=torch.stack([r["tokens"].long() for r in records]),
+        tokens=torch.stack([_stored_tokens(r["tokens"]) for r in records]),
     )
+
+
+def _stored_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """Code indices ``[n]`` as long; a continuous-token teacher's float tokens ``[n, C]`` as
+    float32 (#13), never cast to ids."""
+    return tokens.float() if tokens.dtype.is_floating_point else tokens.long()
 
 
 def split_heldout(pairs: PairSet, num_heldout: int) -> tuple[PairSet, PairSet]:

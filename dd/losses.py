@@ -85,6 +85,8 @@ class LossSettings:
     vgg16_path: str | None = None
     ce_weight: float = PAPER_CE_WEIGHT
     perceptual_weight: float = PAPER_PERCEPTUAL_WEIGHT
+    # Continuous-token teachers only (dd.continuous, #13): weight of the MSE on the tokens.
+    token_mse_weight: float = 0.0
 
 
 def build_perceptual(settings: LossSettings) -> PerceptualDistance:

@@ -26,7 +26,7 @@ from data_gen.pairs import sample_seed
 from dd.interleave import check_interleave
 from dd.student import DDStudent
 from dd.trajectory import trajectory_input
-from teachers.protocol import SamplingConfig, check_labels
+from teachers.protocol import ContinuousTeacher, SamplingConfig, check_labels
 from teachers.sampling import sample_from_uniforms
 
 SEED_BITS = 62
@@ -206,6 +206,14 @@ def sample(
     Sample ``i``'s randomness is its own seeded stream (``draw_randomness``): the same
     ``generator`` seed gives the same images whatever the batch size.
     """
+    if isinstance(student.teacher, ContinuousTeacher):  # no codebook (#13): dd.continuous_sampling
+        if interleave is not None:
+            raise ValueError("interleave (Alg. 4) is not implemented for continuous-token teachers")
+        from dd.continuous_sampling import sample as sample_continuous
+
+        return sample_continuous(
+            student, labels, steps=1 if steps is None else steps, generator=generator
+        )
     check_labels(labels, student.num_classes)
     geometry = student.geometry
     randomness = draw_randomness(labels.shape[0], geometry.num_tokens, student.code_dim, generator)

@@ -30,11 +30,13 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
     from dd.checkpoint import save_student
+    from dd.continuous import check_loss_settings, student_class
+    from dd.continuous_distill import ContinuousDistillModule
     from dd.data import load_pairs, split_heldout
     from dd.distill import DistillModule, PairDataModule
     from dd.losses import build_perceptual
-    from dd.student import DDStudent
     from dd.teacher_spec import load_teacher
+    from teachers.protocol import ContinuousTeacher
 
     run = recipe.run
     if run.num_threads is not None:
@@ -46,13 +48,16 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     pairs = load_pairs(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
     train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout)
     pl.seed_everything(run.seed, workers=True)  # the new layers' initialisation
-    student = DDStudent(
+    check_loss_settings(teacher, recipe.loss)
+    student = student_class(teacher)(
         teacher,
         recipe.student.timesteps,
         recipe.student.split_token,
         noise_logit_scale=recipe.student.noise_logit_scale,
     )
-    module = DistillModule(
+    # A continuous-token teacher (#13) gets the embedding-only student and its system.
+    system = ContinuousDistillModule if isinstance(teacher, ContinuousTeacher) else DistillModule
+    module = system(
         student, build_perceptual(recipe.loss), recipe.optim, recipe.loss, run.global_batch_size
     )
     data = PairDataModule(

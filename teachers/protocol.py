@@ -382,6 +382,13 @@ class ContinuousTeacher(Protocol):
         """The same map as ``decode_tokens``, differentiable in ``embeddings [B, n, C]``."""
         ...
 
+    def student_backbone(self) -> torch.nn.Module:
+        """A trainable DD student backbone from copies of the teacher's modules, with the
+        embedding head only (no codebook, no logits): ``backbone(labels [B], inputs [B, n, C],
+        is_data [B, n] bool) -> embeddings [B, n + 1, C]``; position 0 is the class position,
+        position ``i + 1`` predicts token ``i`` and has seen input ``i`` (``dd.continuous``)."""
+        ...
+
 
 def check_continuous_tokens(
     tokens: torch.Tensor,

@@ -17,6 +17,7 @@ from teachers.far.autoencoder import Autoencoder
 from teachers.far.model import FARCausal
 from teachers.far.sampling import DEFAULT_FAR_SAMPLING, sample_head
 from teachers.far.session import FARSession
+from teachers.far.student import FARStudentBackbone
 from teachers.frozen import FrozenTeacher
 from teachers.protocol import (
     ContinuousSamplingConfig,
@@ -56,6 +57,10 @@ class FARTeacher(FrozenTeacher):
 
     def default_sampling(self) -> ContinuousSamplingConfig:
         return DEFAULT_FAR_SAMPLING
+
+    def student_backbone(self) -> FARStudentBackbone:
+        """The DD student's trainable backbone (embedding head only; ``teachers.far.student``)."""
+        return FARStudentBackbone(self.model).to(self.device)
 
     def start(
         self, labels: torch.Tensor, sampling: ContinuousSamplingConfig | None = None

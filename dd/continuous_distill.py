@@ -1,0 +1,75 @@
+"""Stage 2 on Lightning for a continuous-token teacher (issue #13; paper Alg. 2).
+
+The system composes the plain pieces of ``dd.continuous``: ``trajectory_input`` (Eq. 5),
+``ContinuousDDStudent`` (Eq. 6), ``continuous_dd_loss`` (Eq. 7: perceptual + token MSE). Data,
+EMA, clipping and checkpoints are ``dd train``'s as for a codebook teacher (``dd.distill``).
+"""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+
+from dd.continuous import (
+    ContinuousDDStudent,
+    check_loss_settings,
+    continuous_dd_loss,
+    trajectory_input,
+)
+from dd.distill import PAPER_BETAS, OptimSettings
+from dd.losses import LossSettings, PerceptualDistance
+
+
+class ContinuousDistillModule(pl.LightningModule):
+    """DD's training system (Alg. 2) for a continuous-token teacher: ``trajectory_input``
+    (Eq. 5), ``ContinuousDDStudent`` (Eq. 6), ``continuous_dd_loss`` (Eq. 7); AdamW (0.9,
+    0.95). Validation logs the held-out token MSE and perceptual distance per timestep."""
+
+    def __init__(
+        self,
+        student: ContinuousDDStudent,
+        perceptual: PerceptualDistance,
+        optim: OptimSettings,
+        loss: LossSettings,
+        global_batch_size: int,
+    ) -> None:
+        super().__init__()
+        check_loss_settings(student.teacher, loss)
+        self.student, self.perceptual = student, perceptual
+        self.optim, self.loss, self.global_batch_size = optim, loss, global_batch_size
+        boundaries = [student.geometry.step_ranges[k][0] for k in student.timesteps]
+        self.register_buffer("boundaries", torch.tensor(boundaries), persistent=False)
+
+    def _loss(self, batch: dict[str, torch.Tensor], boundary_B: torch.Tensor):
+        inputs = trajectory_input(batch["noise"], batch["tokens"], boundary_B)
+        predicted = self.student(batch["labels"], inputs, boundary_B)
+        return continuous_dd_loss(
+            self.student.teacher,
+            predicted,
+            batch["tokens"],
+            boundary_B,
+            self.perceptual,
+            perceptual_weight=self.loss.perceptual_weight,
+            token_mse_weight=self.loss.token_mse_weight,
+        )
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int):
+        terms = self._loss(batch, self.boundaries[batch["timestep_choice"]])
+        logged = {"loss": terms.total, "token_mse": terms.token_mse, "perceptual": terms.perceptual}
+        self.log_dict({f"train/{k}": v.detach() for k, v in logged.items()}, prog_bar=True)
+        return logged
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        for choice, step in enumerate(self.student.timesteps):
+            boundary_B = self.boundaries[choice].expand(batch["labels"].shape[0])
+            terms = self._loss(batch, boundary_B)
+            self.log(f"val/token_mse_step{step}", terms.token_mse, sync_dist=True)
+            self.log(f"val/perceptual_step{step}", terms.perceptual, sync_dist=True)
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(
+            self.student.trainable_parameters(),
+            lr=self.optim.scaled_lr(self.global_batch_size),
+            betas=PAPER_BETAS,
+            weight_decay=self.optim.weight_decay,
+        )

@@ -1,6 +1,7 @@
-"""``dd demo --output DIR [--quick]``: the whole method on both tiny teachers, on a CPU.
+"""``dd demo --output DIR [--quick]``: the whole method on the tiny teachers, on a CPU.
 
-For each tiny teacher (``llamagen-digits``, ``var-digits``):
+For each tiny teacher (``llamagen-digits``, ``var-digits``, and the continuous-token
+``far-digits``, family ``far``: teacher, DD 1-/2-step and onestep* only):
 
 1. pairs: ``dd generate``'s engine (``data_gen.engine.run_generation``) with the teacher's
    tiny generation recipe (``recipes/generate_tiny_*.yaml``), fewer pairs;
@@ -32,8 +33,12 @@ from tqdm.auto import tqdm
 from dd.config import parse_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-DEMO_TEACHERS = ("llamagen-digits", "var-digits")
-RECIPE_STEM = {"llamagen-digits": "tiny_llamagen", "var-digits": "tiny_var"}
+DEMO_TEACHERS = ("llamagen-digits", "var-digits", "far-digits")
+RECIPE_STEM = {
+    "llamagen-digits": "tiny_llamagen",
+    "var-digits": "tiny_var",
+    "far-digits": "tiny_far",
+}
 REPORT_METHODS = ("teacher", "dd", "dd+teacher", "skip", "onestep*")
 GRID_LABELS = tuple(range(10))
 FID_REFERENCE = "train"  # the digits split FID is measured against (docs/embedded_default.md)
@@ -73,6 +78,8 @@ class DemoSettings:
 
 
 COMMON_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "onestep*")
+# Continuous tokens (FAR): no Alg. 4 interleave, no skip-n (dd.evaluate.CONTINUOUS_KINDS).
+CONTINUOUS_METHODS = ("teacher", "dd:1", "dd:2", "onestep*")
 SKIPS = {
     "llamagen-digits": ("skip:26", "skip:39", "skip:62"),
     "var-digits": ("skip:1", "skip:2", "skip:4"),
@@ -89,6 +96,10 @@ DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
             eval_per_class=100, fid_per_class=36, eval_batch_size=250,
             methods=COMMON_METHODS + SKIPS["var-digits"],
         ),
+        "far-digits": DemoSettings(
+            num_pairs=4000, train_steps=500, global_batch_size=64, num_heldout=200, ema_decay=0.99,
+            eval_per_class=100, fid_per_class=36, eval_batch_size=250, methods=CONTINUOUS_METHODS,
+        ),
     },
     "quick": {
         "llamagen-digits": DemoSettings(
@@ -100,6 +111,10 @@ DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
             num_pairs=1000, train_steps=40, global_batch_size=64, num_heldout=100, ema_decay=0.9,
             eval_per_class=20, fid_per_class=None, eval_batch_size=200,
             methods=COMMON_METHODS + SKIPS["var-digits"],
+        ),
+        "far-digits": DemoSettings(
+            num_pairs=1000, train_steps=60, global_batch_size=64, num_heldout=100, ema_decay=0.95,
+            eval_per_class=20, fid_per_class=None, eval_batch_size=200, methods=CONTINUOUS_METHODS,
         ),
     },
 }  # fmt: skip
@@ -194,6 +209,28 @@ def distil(name: str, settings: DemoSettings, pairs: Path, output: Path, progres
     return student
 
 
+def demo_samplers(student_folder: Path, pairs: Path):
+    """(``dd.evaluate.Samplers``, interleave preset key) of a student and its pair folder: as
+    ``dd eval``, and for a continuous-token teacher its sampling from the pairs' manifest and
+    the pairs' tokens for onestep*."""
+    from data_gen.shards import MANIFEST_NAME
+    from dd.checkpoint import load_student
+    from dd.data import load_pairs
+    from dd.eval_command import build_setup
+    from dd.evaluate import Samplers
+    from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher
+
+    student = load_student(str(student_folder))
+    teacher = student.teacher
+    if not isinstance(teacher, ContinuousTeacher):
+        setup = build_setup(str(student_folder), None, str(pairs))
+        return setup.samplers, setup.preset_key
+    manifest = json.loads((pairs / MANIFEST_NAME).read_text())
+    sampling = ContinuousSamplingConfig(**manifest["settings"]["sampling"])
+    pair_set = load_pairs(pairs, teacher_fingerprint=teacher.fingerprint())
+    return Samplers(teacher, sampling, student, token_pool=(pair_set.tokens, pair_set.labels)), None
+
+
 def evaluate_teacher(
     name: str,
     settings: DemoSettings,
@@ -205,7 +242,6 @@ def evaluate_teacher(
     progress: bool,
 ) -> dict:
     """Grid and evaluation rows of one teacher (``dd.evaluate``, digits space)."""
-    from dd.eval_command import build_setup
     from dd.evaluate import (
         Reference,
         evaluate_methods,
@@ -217,9 +253,9 @@ def evaluate_teacher(
     from dd.metrics.spaces import DigitsSpace
     from teachers.data import load_digits_split
 
-    setup = build_setup(str(student_folder), None, str(pairs))
-    samplers, teacher = setup.samplers, setup.samplers.teacher
-    methods = parse_methods(settings.methods, samplers, preset_key=setup.preset_key)
+    samplers, preset_key = demo_samplers(student_folder, pairs)
+    teacher = samplers.teacher
+    methods = parse_methods(settings.methods, samplers, preset_key=preset_key)
     grid_labels = torch.tensor(GRID_LABELS)
     rows = []
     for method in methods:

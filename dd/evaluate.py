@@ -8,6 +8,13 @@ are the teacher's labels (the digits classifier of the tiny teachers).
 Method specs (``parse_methods``): ``teacher``, ``dd:1``, ``dd:2``, ``dd+teacher`` (the teacher's
 presets, ``dd.interleave``) or ``dd+teacher:pre-trained-n-m`` / ``dd+teacher:first-second``,
 ``skip:N``, ``onestep*``.
+
+Continuous-token teachers (``teachers.protocol.ContinuousTeacher``, FAR): ``teacher``, ``dd:K``
+and ``onestep*`` only (Alg. 4's interleave and skip-n are not defined for them). The teacher and
+DD map the same per-sample noise (``teachers.sampling.map_continuous_noise``,
+``dd.continuous_sampling.sample_tokens``); onestep* is
+``dd.continuous_sampling.independent_token_sampler`` over the pairs' tokens, one seeded stream
+per sample.
 """
 
 from __future__ import annotations
@@ -20,7 +27,10 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from data_gen.pairs import sample_seed
 from dd.baselines import onestep_tokens, skip_tokens, teacher_tokens
+from dd.continuous_sampling import independent_token_sampler
+from dd.continuous_sampling import sample_tokens as continuous_dd_tokens
 from dd.interleave import (
     INTERLEAVE_PRESETS,
     check_interleave,
@@ -32,9 +42,16 @@ from dd.metrics.generative import FeatureStats, frechet_distance, inception_scor
 from dd.metrics.spaces import FeatureSpace
 from dd.sampling import SampleRandomness, randomness_at, sample_tokens, sample_tokens_interleaved
 from dd.student import DDStudent
-from teachers.protocol import SamplingConfig, Teacher
+from teachers.protocol import (
+    ContinuousSamplingConfig,
+    ContinuousTeacher,
+    SamplingConfig,
+    Teacher,
+)
+from teachers.sampling import map_continuous_noise
 
 MethodKind = Literal["teacher", "dd", "dd+teacher", "skip", "onestep*"]
+CONTINUOUS_KINDS = ("teacher", "dd", "onestep*")  # what is defined for continuous tokens
 FORWARD_REPEATS = 3  # timed repeats of the full-sequence teacher forward (after one warm-up)
 
 
@@ -55,10 +72,16 @@ class Method:
 class Samplers:
     """What the methods sample with. ``sampling``: the teacher's settings (those of the pairs)."""
 
-    teacher: Teacher
-    sampling: SamplingConfig
-    student: DDStudent | None = None
+    teacher: Teacher | ContinuousTeacher
+    sampling: SamplingConfig | ContinuousSamplingConfig
+    student: DDStudent | None = None  # or a dd.continuous.ContinuousDDStudent
     frequencies: torch.Tensor | None = None  # onestep*: [num_classes, n, V]
+    # onestep* of a continuous-token teacher: the pairs' tokens [N, n, C] and labels [N]
+    token_pool: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @property
+    def continuous(self) -> bool:
+        return isinstance(self.teacher, ContinuousTeacher)
 
 
 def interleave_presets(student: DDStudent, preset_key: str | None) -> list[tuple[int, int]]:
@@ -84,8 +107,17 @@ def parse_methods(
         kind, _, option = spec.partition(":")
         if kind in ("dd", "dd+teacher") and student is None:
             raise ValueError(f"method {spec!r} needs a student")
+        if samplers.continuous and kind not in CONTINUOUS_KINDS:
+            raise ValueError(
+                f"method {spec!r} is not defined for a continuous-token teacher; give "
+                "teacher, dd:K or onestep*"
+            )
         if kind == "teacher" and not option:
             methods.append(Method("teacher", geometry.num_steps, "teacher"))
+        elif kind == "onestep*" and not option and samplers.continuous:
+            if samplers.token_pool is None:
+                raise ValueError("method 'onestep*' needs the teacher's tokens (a pair folder)")
+            methods.append(Method("onestep*", 1, "onestep*"))
         elif kind == "onestep*" and not option:
             if samplers.frequencies is None:
                 raise ValueError("method 'onestep*' needs token frequencies (a pair folder)")
@@ -133,6 +165,8 @@ def method_tokens(
 ) -> torch.Tensor:
     """Tokens ``[B, n]`` of one batch."""
     teacher, sampling, uniforms = samplers.teacher, samplers.sampling, randomness.uniforms_BN
+    if samplers.continuous:
+        raise ValueError("continuous-token teachers sample through continuous_method_tokens")
     if method.kind == "teacher":
         return teacher_tokens(teacher, labels, uniforms, sampling)
     if method.kind == "skip":
@@ -151,6 +185,33 @@ def method_tokens(
     )
 
 
+def continuous_method_tokens(
+    method: Method,
+    samplers: Samplers,
+    labels: torch.Tensor,
+    noise_BNC: torch.Tensor,
+    indices: Sequence[int],
+    base_seed: int,
+) -> torch.Tensor:
+    """Tokens ``[B, n, C]`` of one batch of a continuous-token teacher: the teacher's AR map and
+    DD (Alg. 3) of the samples' noise; onestep* draws from the sample's own stream (the one its
+    noise comes from: onestep* uses no noise), so sample ``i`` is the same in any batch."""
+    if method.kind == "teacher":
+        return map_continuous_noise(samplers.teacher, labels, noise_BNC, samplers.sampling)
+    if method.kind == "dd":
+        return continuous_dd_tokens(samplers.student, labels, noise_BNC, method.dd_steps)
+    tokens, token_labels = samplers.token_pool
+    return torch.cat(
+        [
+            independent_token_sampler(
+                tokens, token_labels, labels[row : row + 1].cpu(),
+                generator=torch.Generator().manual_seed(sample_seed(base_seed, index)),
+            )
+            for row, index in enumerate(indices)
+        ]
+    )  # fmt: skip
+
+
 @torch.no_grad()
 def generate(
     method: Method,
@@ -164,14 +225,21 @@ def generate(
     """(images ``[N, 3, H, W]`` in ``[0, 1]``, seconds per image) of ``labels [N]``; sample ``i``
     uses ``randomness_at(base_seed, [i])`` whatever the batch size."""
     teacher = samplers.teacher
-    n, code_dim = teacher.geometry.num_tokens, int(teacher.codebook.shape[1])
+    n = teacher.geometry.num_tokens
+    code_dim = teacher.token_dim if samplers.continuous else int(teacher.codebook.shape[1])
     images, seconds = [], 0.0
     starts = range(0, labels.shape[0], batch_size)
     for start in tqdm(starts, desc=method.name, disable=not progress, leave=False):
         batch = labels[start : start + batch_size]
         began = time.perf_counter()
-        randomness = randomness_at(base_seed, range(start, start + len(batch)), n, code_dim)
-        tokens = method_tokens(method, samplers, batch, randomness)
+        indices = range(start, start + len(batch))
+        randomness = randomness_at(base_seed, indices, n, code_dim)
+        if samplers.continuous:
+            tokens = continuous_method_tokens(
+                method, samplers, batch, randomness.noise_BNC, indices, base_seed
+            )
+        else:
+            tokens = method_tokens(method, samplers, batch, randomness)
         images.append(teacher.decode_tokens(tokens).float().cpu())
         seconds += time.perf_counter() - began
     return torch.cat(images), seconds / max(labels.shape[0], 1)
@@ -179,16 +247,29 @@ def generate(
 
 @torch.no_grad()
 def one_forward_seconds_per_image(
-    teacher: Teacher, batch_size: int, repeats: int = FORWARD_REPEATS
+    teacher: Teacher | ContinuousTeacher, batch_size: int, repeats: int = FORWARD_REPEATS
 ) -> float:
     """Seconds per image of ONE full-sequence teacher forward (teacher forcing, unguided) at
-    ``batch_size``: the cost floor of a one-step generator built from the teacher's trunk."""
+    ``batch_size``: the cost floor of a one-step generator built from the teacher's trunk.
+    Continuous-token teachers: the trunk and ONE unguided head step at every position."""
     labels = torch.arange(batch_size) % teacher.num_classes
-    tokens = torch.zeros(batch_size, teacher.geometry.num_tokens, dtype=torch.long)
-    teacher.logits_teacher_forcing(labels, tokens)  # warm-up
+    n = teacher.geometry.num_tokens
+    if isinstance(teacher, ContinuousTeacher):
+        tokens = torch.zeros(batch_size, n, teacher.token_dim)
+        one_call = ContinuousSamplingConfig(cfg_scale=1.0, head_steps=1)
+
+        def forward() -> None:
+            teacher.map_noise_teacher_forcing(labels, tokens, tokens, one_call)
+    else:
+        tokens = torch.zeros(batch_size, n, dtype=torch.long)
+
+        def forward() -> None:
+            teacher.logits_teacher_forcing(labels, tokens)
+
+    forward()  # warm-up
     began = time.perf_counter()
     for _ in range(repeats):
-        teacher.logits_teacher_forcing(labels, tokens)
+        forward()
     return (time.perf_counter() - began) / (repeats * batch_size)
 
 

@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from dd.cli import main as dd_main
-from dd.demo import COMMON_METHODS, DemoSettings, make_pairs, report_json, run_demo
+from dd.demo import (
+    COMMON_METHODS,
+    CONTINUOUS_METHODS,
+    DemoSettings,
+    make_pairs,
+    report_json,
+    run_demo,
+)
 from dd.evaluate import Method, Reference, Samplers, generate, parse_methods
 from dd.metrics.digits import frechet_distance as torchmetrics_fid
 from dd.metrics.generative import (
@@ -117,6 +124,35 @@ def test_bad_methods_are_refused(samplers):
     assert parse_methods(["teacher"], no_student) == [Method("teacher", steps, "teacher")]
 
 
+def test_continuous_teacher_methods_batch_invariant_and_the_rest_refused():
+    """far-digits (continuous tokens): teacher, DD 1-/2-step and onestep* give the same images
+    whatever the batch size; the teacher and DD map the same per-sample noise; Alg. 4's
+    interleave and skip-n are refused."""
+    from dd.continuous import ContinuousDDStudent
+
+    teacher = load_tiny_teacher("far-digits")
+    torch.manual_seed(0)
+    student = ContinuousDDStudent(teacher, (0, 8), 0)
+    pool = (torch.randn(20, teacher.geometry.num_tokens, teacher.token_dim), torch.arange(20) % 10)
+    samplers = Samplers(teacher, teacher.default_sampling(), student, token_pool=pool)
+    methods = parse_methods(list(CONTINUOUS_METHODS), samplers)
+    assert [(m.kind, m.steps) for m in methods] == [
+        ("teacher", 16), ("dd", 1), ("dd", 2), ("onestep*", 1)
+    ]  # fmt: skip
+    labels = torch.arange(5) % 10
+    for method in methods:
+        whole, _ = generate(method, samplers, labels, base_seed=3, batch_size=5)
+        split, _ = generate(method, samplers, labels, base_seed=3, batch_size=2)
+        torch.testing.assert_close(whole, split, atol=1e-5, rtol=0, msg=method.name)
+        other, _ = generate(method, samplers, labels, base_seed=4, batch_size=5)
+        assert not torch.equal(other, whole), method.name
+    for spec in ("dd+teacher", "skip:1"):
+        with pytest.raises(ValueError, match="not defined for a continuous-token teacher"):
+            parse_methods([spec], samplers)
+    with pytest.raises(ValueError, match="needs the teacher's tokens"):
+        parse_methods(["onestep*"], Samplers(teacher, teacher.default_sampling(), student))
+
+
 def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):
     out = tmp_path / "samples"
     code = dd_main(
@@ -132,13 +168,15 @@ def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):
 
 def test_demo_report_schema_from_a_toy_run(tmp_path):
     """The whole demo at toy size (48 pairs, 2 training steps, 2 samples per class): the
-    report.json schema of the stage-3 issue, every report file, and pairs reused on a rerun."""
+    report.json schema of the stage-3 issue, every report file, and pairs reused on a rerun;
+    far-digits (#13) in the same schema, family "far", teacher / DD 1-, 2-step / onestep*."""
     toy = {
         name: DemoSettings(
             num_pairs=48, train_steps=2, global_batch_size=8, num_heldout=8, eval_per_class=2,
-            fid_per_class=None, eval_batch_size=20, methods=COMMON_METHODS + ("skip:1",),
+            fid_per_class=None, eval_batch_size=20,
+            methods=CONTINUOUS_METHODS if name == "far-digits" else COMMON_METHODS + ("skip:1",),
         )
-        for name in ("llamagen-digits", "var-digits")
+        for name in ("llamagen-digits", "var-digits", "far-digits")
     }  # fmt: skip
     report = run_demo(tmp_path, toy, progress=False)
     assert json.loads((tmp_path / "report.json").read_text()) == report
@@ -149,7 +187,13 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
         }  # fmt: skip
         assert entry["one_forward_seconds_per_image"] > 0
         methods = [row["method"] for row in entry["rows"]]
-        assert set(methods) == {"teacher", "dd", "dd+teacher", "skip", "onestep*"}
+        if name == "far-digits":
+            assert (entry["family"], entry["num_tokens"], entry["num_ar_steps"]) == ("far", 16, 16)
+            assert [(row["method"], row["steps"]) for row in entry["rows"]] == [
+                ("teacher", 16), ("dd", 1), ("dd", 2), ("onestep*", 1)
+            ]  # fmt: skip
+        else:
+            assert set(methods) == {"teacher", "dd", "dd+teacher", "skip", "onestep*"}
         for row in entry["rows"]:
             assert set(row) == {"method", "steps", "fid", "class_accuracy", "seconds_per_image"}
             assert row["steps"] >= 1 and row["fid"] >= 0 and 0 <= row["class_accuracy"] <= 1

@@ -49,6 +49,9 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--noise-logit-scale", type=float, default=None, help="build the student with the prior"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     teacher = build_teacher(args.teacher)
@@ -58,7 +61,7 @@ def main() -> None:
     else:
         second = geometry.num_steps // 3
         timesteps, split = (0, second), geometry.step_ranges[second][0]
-    student = DDStudent(teacher, timesteps, split).eval()
+    student = DDStudent(teacher, timesteps, split, noise_logit_scale=args.noise_logit_scale).eval()
     batch = args.batch_size
     labels = torch.randint(teacher.num_classes, (batch,))
     tokens = torch.randint(teacher.vocab_size, (batch, geometry.num_tokens))

@@ -25,6 +25,17 @@ log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
 
 
+def checkpoint_step(path: Path) -> int:
+    """The global step a Lightning checkpoint was written at."""
+    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+
+
+def ema_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """The averaged (EMA) weights of a Lightning checkpoint: ``EMAWeightAveraging`` stores them
+    as the checkpoint's ``state_dict`` (the current weights go to ``current_model_state``)."""
+    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
 def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
@@ -92,6 +103,11 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         ],  # fmt: skip
     )
     last = checkpoints / LAST_CHECKPOINT
+    if last.is_file() and checkpoint_step(last) >= run.max_steps:
+        # A finished run: fitting again would run no step, and Lightning's EMA callback would
+        # then leave the *current* weights in the student. Nothing to do.
+        log.info("%s is already at max_steps=%d; nothing to train", last, run.max_steps)
+        return None
     started = time.perf_counter()
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     seconds = time.perf_counter() - started

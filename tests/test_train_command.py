@@ -24,6 +24,7 @@ from data_gen.engine import run_generation
 from dd.cli import main as dd_main
 from dd.config import parse_recipe as parse_any_recipe
 from dd.teacher_spec import TeacherSpec
+from dd.train_command import ema_state_dict
 from dd.train_recipe import TrainRecipe
 from teachers.tiny.registry import tiny_sampling
 
@@ -121,6 +122,15 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path):
     assert dd_main(["train", *train_argv(var_pairs, output, 4), "--run.max_steps", "6"]) == 0
     card = (output / "student" / "student.json").read_text()
     assert '"steps": 6' in card
+    # The written student is the EMA weights (the checkpoint's state_dict), and rerunning a
+    # finished run changes nothing (a no-step fit used to leave the current weights there).
+    weights = output / "student" / "student.safetensors"
+    before = weights.read_bytes()
+    ema = ema_state_dict(output / "checkpoints" / "last.ckpt")
+    for name, tensor in dd.load_student(output / "student").backbone.state_dict().items():
+        torch.testing.assert_close(tensor, ema[f"student.backbone.{name}"], atol=0, rtol=0)
+    assert dd_main(["train", *train_argv(var_pairs, output, 4), "--run.max_steps", "6"]) == 0
+    assert weights.read_bytes() == before
 
 
 def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):

@@ -39,7 +39,8 @@ RECIPE_COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("dd.sample_command", "PNGs and a labelled grid of every sampler, same seeds"),
     "demo": (
         "dd.demo",
-        "the whole pipeline on both tiny teachers: pairs, distil, sample, evaluate, report",
+        "the whole pipeline on the tiny teachers (llamagen, var, far): pairs, distil, sample, "
+        "evaluate, report",
     ),
 }
 

@@ -109,6 +109,13 @@ def build_setup(
         teacher = student.teacher
     else:
         teacher = load_teacher(teacher_spec)
+    from teachers.protocol import ContinuousTeacher
+
+    if isinstance(teacher, ContinuousTeacher):
+        raise ValueError(
+            "dd eval does not evaluate continuous-token teachers yet; use "
+            "`dd demo --teachers '[far-digits]'` or benchmarks/eval_far_student.py"
+        )
     if pairs is not None:
         sampling = pairs_sampling(pairs)
         frequencies = frequencies_from_pairs(pairs, teacher)

@@ -50,7 +50,9 @@ def step_checkpoints(run: Path, every: int) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def ema_student(recipe: TrainRecipe, teacher, checkpoint: Path) -> DDStudent:
+def ema_student(
+    recipe: TrainRecipe, teacher, checkpoint: Path, split_token: int | None = None
+) -> DDStudent:
     state = ema_state_dict(checkpoint)
     student_state = {
         k[len(STUDENT_PREFIX) :]: v
@@ -61,7 +63,7 @@ def ema_student(recipe: TrainRecipe, teacher, checkpoint: Path) -> DDStudent:
     student = DDStudent(
         teacher,
         recipe.student.timesteps,
-        recipe.student.split_token,
+        recipe.student.split_token if split_token is None else split_token,
         noise_logit_scale=recipe.student.noise_logit_scale,
     )
     student.load_student_state_dict(student_state)
@@ -128,6 +130,9 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", default=None, help="PNG of both curves")
+    parser.add_argument(
+        "--split-token", type=int, default=None, help="sampling split (default: the recipe's)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -138,7 +143,7 @@ def main() -> None:
     reference = load_digits_split("train").images_01()
     rows = []
     for step, path in step_checkpoints(run, args.every):
-        student = ema_student(recipe, teacher, path)
+        student = ema_student(recipe, teacher, path, args.split_token)
         row = {"step": step}
         for timestep, value in token_agreement(student, heldout).items():
             row[f"agreement_step{timestep}"] = value

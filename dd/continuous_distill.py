@@ -7,7 +7,6 @@ EMA, clipping and checkpoints are ``dd train``'s as for a codebook teacher (``dd
 
 from __future__ import annotations
 
-import lightning.pytorch as pl
 import torch
 
 from dd.continuous import (
@@ -16,11 +15,11 @@ from dd.continuous import (
     continuous_dd_loss,
     trajectory_input,
 )
-from dd.distill import PAPER_BETAS, OptimSettings
+from dd.distill import DistillModule, OptimSettings
 from dd.losses import LossSettings, PerceptualDistance
 
 
-class ContinuousDistillModule(pl.LightningModule):
+class ContinuousDistillModule(DistillModule):
     """DD's training system (Alg. 2) for a continuous-token teacher: ``trajectory_input``
     (Eq. 5), ``ContinuousDDStudent`` (Eq. 6), ``continuous_dd_loss`` (Eq. 7); AdamW (0.9,
     0.95). Validation logs the held-out token MSE and perceptual distance per timestep."""
@@ -33,12 +32,9 @@ class ContinuousDistillModule(pl.LightningModule):
         loss: LossSettings,
         global_batch_size: int,
     ) -> None:
-        super().__init__()
         check_loss_settings(student.teacher, loss)
-        self.student, self.perceptual = student, perceptual
-        self.optim, self.loss, self.global_batch_size = optim, loss, global_batch_size
-        boundaries = [student.geometry.step_ranges[k][0] for k in student.timesteps]
-        self.register_buffer("boundaries", torch.tensor(boundaries), persistent=False)
+        # The optimiser, the boundaries and the settings are DistillModule's.
+        super().__init__(student, perceptual, optim, loss, global_batch_size)
 
     def _loss(self, batch: dict[str, torch.Tensor], boundary_B: torch.Tensor):
         inputs = trajectory_input(batch["noise"], batch["tokens"], boundary_B)
@@ -65,11 +61,3 @@ class ContinuousDistillModule(pl.LightningModule):
             terms = self._loss(batch, boundary_B)
             self.log(f"val/token_mse_step{step}", terms.token_mse, sync_dist=True)
             self.log(f"val/perceptual_step{step}", terms.perceptual, sync_dist=True)
-
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
-            self.student.trainable_parameters(),
-            lr=self.optim.scaled_lr(self.global_batch_size),
-            betas=PAPER_BETAS,
-            weight_decay=self.optim.weight_decay,
-        )

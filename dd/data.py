@@ -94,12 +94,21 @@ def _stored_tokens(tokens: torch.Tensor) -> torch.Tensor:
     return tokens.float() if tokens.dtype.is_floating_point else tokens.long()
 
 
-def split_heldout(pairs: PairSet, num_heldout: int) -> tuple[PairSet, PairSet]:
-    """(train, held-out): the last ``num_heldout`` pairs by global index are held out."""
+def split_heldout(
+    pairs: PairSet, num_heldout: int, num_train: int | None = None
+) -> tuple[PairSet, PairSet]:
+    """(train, held-out): the last ``num_heldout`` pairs by global index are held out; the first
+    ``num_train`` of the others train (default: all of them)."""
     if not 0 <= num_heldout < len(pairs):
         raise ValueError(f"num_heldout must be in [0, {len(pairs)}), got {num_heldout}")
     cut = len(pairs) - num_heldout
-    return pairs.subset(torch.arange(cut)), pairs.subset(torch.arange(cut, len(pairs)))
+    if num_train is not None and not 0 < num_train <= cut:
+        raise ValueError(
+            f"num_train must be in [1, {cut}] ({len(pairs)} pairs, {num_heldout} held out), "
+            f"got {num_train}"
+        )
+    used = cut if num_train is None else num_train
+    return pairs.subset(torch.arange(used)), pairs.subset(torch.arange(cut, len(pairs)))
 
 
 @dataclass(frozen=True)

@@ -40,7 +40,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
 
-    from dd.checkpoint import save_student
+    from dd.checkpoint import initialise_from, save_student
     from dd.continuous import check_loss_settings, student_class
     from dd.continuous_distill import ContinuousDistillModule
     from dd.data import load_pairs, split_heldout
@@ -57,7 +57,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     (output / "recipe.yaml").write_text(resolved_yaml)
     teacher = load_teacher(recipe.teacher)
     pairs = load_pairs(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
-    train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout)
+    train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout, recipe.pairs.num_train)
     pl.seed_everything(run.seed, workers=True)  # the new layers' initialisation
     check_loss_settings(teacher, recipe.loss)
     student = student_class(teacher)(
@@ -66,6 +66,9 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         recipe.student.split_token,
         noise_logit_scale=recipe.student.noise_logit_scale,
     )
+    initialised_from = None
+    if recipe.student.init_from is not None:  # a resumed run's last.ckpt overrides this below
+        initialised_from = initialise_from(student, recipe.student.init_from)
     # A continuous-token teacher (#13) gets the embedding-only student and its system.
     system = ContinuousDistillModule if isinstance(teacher, ContinuousTeacher) else DistillModule
     module = system(
@@ -116,6 +119,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
             "command": command,
             "seed": run.seed,
             "steps": trainer.global_step,
+            "init_from": initialised_from,
             "train_pairs": len(train_pairs),
             "heldout_pairs": len(heldout),
             "pairs_folder": recipe.pairs.folder,

@@ -19,10 +19,13 @@ Strategy = Literal["auto", "ddp", "fsdp"]
 
 @dataclass(frozen=True)
 class PairsSection:
-    """Where the stage-1 pairs are, and how many of the last ones are held out."""
+    """Where the stage-1 pairs are, and how many of the last ones are held out. ``num_train``:
+    train on the first ``num_train`` of the others only (``None``: all of them), for the
+    learning curve against the number of pairs; the held-out pairs stay the same."""
 
     folder: str = "pairs"
     num_heldout: int = 1000
+    num_train: int | None = None
 
 
 @dataclass(frozen=True)
@@ -30,11 +33,14 @@ class StudentSection:
     """Training timesteps: AR step indices, 0-based (released code: LlamaGen 0,80; VAR-d16 0,5;
     VAR-d20/d24 0,4). ``split_token``: first token taken from the embedding head when sampling.
     ``noise_logit_scale``: initial kappa of the learned noise-to-logit prior (``DDStudent``);
-    ``None`` is the paper's student."""
+    ``None`` is the paper's student. ``init_from``: a student checkpoint folder or shipped
+    student name whose weights start the run instead of the teacher's (to train a finished
+    student further; its teacher must be this recipe's, the optimiser state starts fresh)."""
 
     timesteps: tuple[int, ...] = (0,)
     split_token: int = 0
     noise_logit_scale: float | None = None
+    init_from: str | None = None
 
 
 @dataclass(frozen=True)

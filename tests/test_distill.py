@@ -59,6 +59,18 @@ def test_pairs_of_another_teacher_are_refused(pair_folder):
         load_pairs(pair_folder.parent, teacher_fingerprint="0" * 16)
 
 
+def test_split_heldout_keeps_the_heldout_pairs_whatever_num_train(teacher, pair_folder):
+    pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
+    train_all, heldout_all = split_heldout(pairs, NUM_HELDOUT)
+    train_few, heldout_few = split_heldout(pairs, NUM_HELDOUT, num_train=5)
+    assert len(train_few) == 5 and len(train_all) == len(pairs) - NUM_HELDOUT
+    assert torch.equal(train_few.tokens, train_all.tokens[:5])
+    assert torch.equal(heldout_few.tokens, heldout_all.tokens)
+    for bad in (0, len(train_all) + 1):
+        with pytest.raises(ValueError, match="num_train must be in"):
+            split_heldout(pairs, NUM_HELDOUT, num_train=bad)
+
+
 def test_batch_order_covers_each_epoch_once_and_ranks_partition_it():
     order = BatchOrder(num_samples=20, global_batch_size=6, num_timesteps=2, seed=3)
     assert order.steps_per_epoch == 3

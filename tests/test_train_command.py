@@ -21,6 +21,7 @@ from data_gen.config import (
     SamplingOverrides,
 )
 from data_gen.engine import run_generation
+from dd.checkpoint import read_card
 from dd.cli import main as dd_main
 from dd.config import parse_recipe as parse_any_recipe
 from dd.teacher_spec import TeacherSpec
@@ -131,6 +132,29 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path):
         torch.testing.assert_close(tensor, ema[f"student.backbone.{name}"], atol=0, rtol=0)
     assert dd_main(["train", *train_argv(var_pairs, output, 4), "--run.max_steps", "6"]) == 0
     assert weights.read_bytes() == before
+
+
+def test_init_from_starts_from_a_saved_student_of_the_same_teacher(var_pairs, tmp_path):
+    source = tmp_path / "source"
+    assert dd_main(["train", *train_argv(var_pairs, source, 2)]) == 0
+    # One step at LR 0 changes no weight: the written (EMA) student is the source, bit for bit.
+    again = tmp_path / "again"
+    argv = [*train_argv(var_pairs, again, 1), "--student.init_from", str(source / "student")]
+    assert dd_main(["train", *argv, "--optim.lr", "0"]) == 0
+    before = dd.load_student(source / "student").student_state_dict()
+    after = dd.load_student(again / "student").student_state_dict()
+    for name, tensor in before.items():
+        torch.testing.assert_close(after[name], tensor, atol=0, rtol=0, msg=name)
+    card = read_card(again / "student")
+    assert card["record"]["init_from"] == {"student": str(source / "student"), "steps": 2}
+    # A student of another teacher is refused before any training.
+    other = [
+        *train_argv(var_pairs, tmp_path / "other", 1),
+        "--student.init_from",
+        "llamagen-digits",
+    ]
+    with pytest.raises(ValueError, match="distilled from teacher"):
+        dd_main(["train", *other])
 
 
 def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):

@@ -7,15 +7,24 @@ backward through the CE term alone, the decode + perceptual path (forward and ba
 the frozen decoder and the digits features), the optimiser step, an EMA update of the student
 backbone (what ``EMAWeightAveraging`` does each step, here on the backbone alone) and the data
 (building one batch from ``dd.data.BatchOrder`` over random pairs of the right shape).
+
+Then the framework: ``dd train``'s own Trainer (``dd.train_command.make_trainer``: EMA callback,
+step checkpoints, clipping, logging, the data module) against a plain loop doing the same
+compute (``DistillModule.training_step``, backward, clipping, AdamW) on a batch held in memory,
+alternated plain / Lightning / plain so drift shows; the difference is data loading plus
+framework overhead.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from lightning.pytorch.callbacks import Callback
 
 from dd.data import BatchOrder, PairBatches, PairSet
 from dd.losses import dd_loss
@@ -34,6 +43,82 @@ def timed(fn, steps: int, warmup: int) -> float:
     return (time.perf_counter() - started) / steps
 
 
+class StepClock(Callback):
+    """Wall time from the start of batch ``warmup`` to the end of the last batch."""
+
+    def __init__(self, warmup: int) -> None:
+        self.warmup, self.started, self.ended = warmup, None, None
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.warmup:
+            self.started = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        self.ended = time.perf_counter()
+
+
+def framework_overhead(
+    teacher, pairs, batch: int, steps: int, warmup: int, repeats: int
+) -> dict[str, list[float]]:
+    """Seconds per step: dd train's Trainer against a plain loop of the same compute."""
+    import lightning.pytorch as pl
+
+    from dd.data import split_heldout
+    from dd.distill import DistillModule, OptimSettings, PairDataModule
+    from dd.losses import LossSettings
+    from dd.train_command import make_trainer
+    from dd.train_recipe import RunSection
+
+    second = teacher.geometry.num_steps // 3
+
+    def fresh_module() -> DistillModule:
+        torch.manual_seed(0)
+        student = DDStudent(teacher, (0, second), teacher.geometry.num_tokens, 2.5)
+        optim = OptimSettings(lr=1e-3, lr_reference_batch=0)
+        return DistillModule(
+            student, feature_distance, optim, LossSettings("digits", ce_weight=1.0), batch
+        )
+
+    train, heldout = split_heldout(pairs, batch)
+    data = PairDataModule(train, heldout, global_batch_size=batch, num_timesteps=2, seed=0)
+
+    def plain() -> float:
+        module = fresh_module()
+        optimizer = module.configure_optimizers()
+        order = BatchOrder(len(train), batch, 2, seed=0)
+        held = next(iter(PairBatches(train, order, start_step=0, rank=0, world_size=1)))
+
+        def step():
+            loss = module.training_step(held, 0)["loss"]
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(module.student.trainable_parameters(), 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        module.log_dict = lambda *args, **kwargs: None  # no Trainer to log to
+        return timed(step, steps, warmup)
+
+    def lightning() -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            run = RunSection(
+                output=folder, global_batch_size=batch, max_steps=warmup + steps,
+                ema_decay=0.998, accelerator="cpu", val_every_steps=10**6,
+                checkpoint_every_steps=100, progress_bar=False,
+            )  # fmt: skip
+            trainer = make_trainer(run, Path(folder))
+            clock = StepClock(warmup)
+            trainer.callbacks.append(clock)
+            pl.seed_everything(0, verbose=False)
+            trainer.fit(fresh_module(), datamodule=data)
+            return (clock.ended - clock.started) / steps
+
+    plains, lightnings = [plain()], []
+    for _ in range(repeats):  # plain, Lightning, plain, ...: drift shows in the spreads
+        lightnings.append(lightning())
+        plains.append(plain())
+    return {"plain": plains, "lightning": lightnings}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="llamagen-digits")
@@ -41,6 +126,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--lightning-steps", type=int, default=30, help="0: skip the Trainer comparison"
+    )
+    parser.add_argument("--lightning-repeats", type=int, default=3)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     teacher = load_tiny_teacher(args.teacher)
@@ -114,6 +203,29 @@ def main() -> None:
         print(f"| {name} | {1000 * seconds:.1f} | {100 * seconds / whole:.0f}% |")
     print(f"| full step (forward, both losses, backward, AdamW) | {1000 * whole:.1f} | 100% |")
     print(f"pairs per second (full step): {batch / whole:.0f}")
+    if args.lightning_steps:
+        times = framework_overhead(
+            teacher, pairs, batch, args.lightning_steps, args.warmup, args.lightning_repeats
+        )
+        plain, trainer = (sum(v) / len(v) for v in (times["plain"], times["lightning"]))
+        spread = {k: 1000 * (max(v) - min(v)) for k, v in times.items()}
+        print(f"\nalternated plain / Trainer, {args.lightning_steps} steps each, mean (spread)")
+        print("| loop (prior on, CE 1.0 + digits distance) | ms per step | share |")
+        print("|---|---|---|")
+        print(
+            f"| plain loop, batch in memory ({len(times['plain'])} runs) | "
+            f"{1000 * plain:.1f} ({spread['plain']:.1f}) | {100 * plain / trainer:.0f}% |"
+        )
+        print(
+            f"| dd train's Trainer: data, EMA, logging, checkpoints every 100 "
+            f"({len(times['lightning'])} runs) | {1000 * trainer:.1f} "
+            f"({spread['lightning']:.1f}) | 100% |"
+        )
+        print(
+            f"| data loading + framework overhead | {1000 * (trainer - plain):.1f} | "
+            f"{100 * (trainer - plain) / trainer:.1f}% |"
+        )
+        print(f"pairs per second (dd train): {batch / trainer:.0f}")
 
 
 if __name__ == "__main__":

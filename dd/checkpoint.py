@@ -140,11 +140,12 @@ def load_student(
 
 def initialise_from(student: DDStudent, name_or_path: str | Path) -> dict[str, Any]:
     """Copy a saved student's weights into ``student`` (refused for another teacher, or another
-    prior setting); returns what to record: the source and the steps it had been trained for."""
+    prior setting); returns what to record: the source, the steps it had been trained for and
+    its own record (so a card tells the whole chain of runs)."""
     source = load_student(name_or_path, teacher=student.teacher, device=student.teacher.device)
     student.load_student_state_dict(source.student_state_dict())
     folder = Path(name_or_path)
     if not (folder / CARD_FILE).is_file():
         folder = SHIPPED_STUDENTS_DIR / str(name_or_path)
-    steps = read_card(folder).get("record", {}).get("steps")
-    return {"student": str(name_or_path), "steps": steps}
+    record = read_card(folder).get("record", {})
+    return {"student": str(name_or_path), "steps": record.get("steps"), "record": record}

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from dd.config import parse_recipe
-from dd.train_recipe import TrainRecipe
+from dd.train_recipe import RunSection, TrainRecipe
 
 log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
@@ -36,9 +36,40 @@ def ema_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
 
 
-def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
+def make_trainer(run: RunSection, output: Path):
+    """The Trainer of ``dd train`` (also timed by ``benchmarks/bench_train.py``): EMA through
+    Lightning's ``EMAWeightAveraging``, step checkpoints with ``last.ckpt``, gradient clipping,
+    precision and strategy from the recipe."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+
+    return pl.Trainer(
+        default_root_dir=output,
+        accelerator=run.accelerator,
+        devices=run.devices,
+        num_nodes=run.num_nodes,
+        strategy=run.strategy,
+        precision=run.precision,
+        max_steps=run.max_steps,
+        gradient_clip_val=run.gradient_clip_norm,
+        val_check_interval=run.val_every_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        enable_progress_bar=run.progress_bar,
+        callbacks=[
+            EMAWeightAveraging(decay=run.ema_decay),
+            ModelCheckpoint(
+                dirpath=output / "checkpoints",
+                every_n_train_steps=run.checkpoint_every_steps,
+                save_last=True,
+                save_top_k=-1,
+            ),
+        ],  # fmt: skip
+    )
+
+
+def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
+    import lightning.pytorch as pl
 
     from dd.checkpoint import initialise_from, save_student
     from dd.continuous import check_loss_settings, student_class
@@ -82,29 +113,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         seed=run.seed,
     )
     checkpoints = output / "checkpoints"
-    trainer = pl.Trainer(
-        default_root_dir=output,
-        accelerator=run.accelerator,
-        devices=run.devices,
-        num_nodes=run.num_nodes,
-        strategy=run.strategy,
-        precision=run.precision,
-        max_steps=run.max_steps,
-        gradient_clip_val=run.gradient_clip_norm,
-        val_check_interval=run.val_every_steps,
-        check_val_every_n_epoch=None,
-        num_sanity_val_steps=0,
-        enable_progress_bar=run.progress_bar,
-        callbacks=[
-            EMAWeightAveraging(decay=run.ema_decay),
-            ModelCheckpoint(
-                dirpath=checkpoints,
-                every_n_train_steps=run.checkpoint_every_steps,
-                save_last=True,
-                save_top_k=-1,
-            ),
-        ],  # fmt: skip
-    )
+    trainer = make_trainer(run, output)
     last = checkpoints / LAST_CHECKPOINT
     if last.is_file() and checkpoint_step(last) >= run.max_steps:
         # A finished run: fitting again would run no step, and Lightning's EMA callback would

@@ -146,7 +146,12 @@ def test_init_from_starts_from_a_saved_student_of_the_same_teacher(var_pairs, tm
     for name, tensor in before.items():
         torch.testing.assert_close(after[name], tensor, atol=0, rtol=0, msg=name)
     card = read_card(again / "student")
-    assert card["record"]["init_from"] == {"student": str(source / "student"), "steps": 2}
+    source_card = read_card(source / "student")
+    assert card["record"]["init_from"] == {
+        "student": str(source / "student"),
+        "steps": 2,
+        "record": source_card["record"],
+    }
     # A student of another teacher is refused before any training.
     other = [
         *train_argv(var_pairs, tmp_path / "other", 1),

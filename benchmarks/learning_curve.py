@@ -131,6 +131,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", default=None, help="PNG of both curves")
     parser.add_argument(
+        "--steps-before",
+        type=int,
+        default=0,
+        help="steps of the student the run started from (student.init_from), added to the axis",
+    )
+    parser.add_argument(
         "--split-token", type=int, default=None, help="sampling split (default: the recipe's)"
     )
     args = parser.parse_args()
@@ -144,7 +150,7 @@ def main() -> None:
     rows = []
     for step, path in step_checkpoints(run, args.every):
         student = ema_student(recipe, teacher, path, args.split_token)
-        row = {"step": step}
+        row = {"step": args.steps_before + step}
         for timestep, value in token_agreement(student, heldout).items():
             row[f"agreement_step{timestep}"] = value
         for steps in (1, 2):

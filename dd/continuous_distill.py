@@ -15,8 +15,8 @@ from dd.continuous import (
     continuous_dd_loss,
     trajectory_input,
 )
-from dd.distill import DistillModule, OptimSettings
-from dd.losses import LossSettings, PerceptualDistance
+from dd.distill import DistillModule
+from dd.losses import LossSettings
 
 
 class ContinuousDistillModule(DistillModule):
@@ -24,17 +24,9 @@ class ContinuousDistillModule(DistillModule):
     (Eq. 5), ``ContinuousDDStudent`` (Eq. 6), ``continuous_dd_loss`` (Eq. 7); AdamW (0.9,
     0.95). Validation logs the held-out token MSE and perceptual distance per timestep."""
 
-    def __init__(
-        self,
-        student: ContinuousDDStudent,
-        perceptual: PerceptualDistance,
-        optim: OptimSettings,
-        loss: LossSettings,
-        global_batch_size: int,
-    ) -> None:
+    @staticmethod
+    def check_settings(student: ContinuousDDStudent, loss: LossSettings) -> None:
         check_loss_settings(student.teacher, loss)
-        # The optimiser, the boundaries and the settings are DistillModule's.
-        super().__init__(student, perceptual, optim, loss, global_batch_size)
 
     def _loss(self, batch: dict[str, torch.Tensor], boundary_B: torch.Tensor):
         inputs = trajectory_input(batch["noise"], batch["tokens"], boundary_B)

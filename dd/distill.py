@@ -53,10 +53,23 @@ class DistillModule(pl.LightningModule):
         global_batch_size: int,
     ) -> None:
         super().__init__()
+        self.check_settings(student, loss)
         self.student, self.perceptual = student, perceptual
         self.optim, self.loss, self.global_batch_size = optim, loss, global_batch_size
         boundaries = [student.geometry.step_ranges[k][0] for k in student.timesteps]
         self.register_buffer("boundaries", torch.tensor(boundaries), persistent=False)
+
+    @staticmethod
+    def check_settings(student: DDStudent, loss: LossSettings) -> None:
+        """With ``perceptual_weight`` 0 the embedding head learns nothing (``dd_loss`` then skips
+        the decoder): refuse a split that would sample from it."""
+        if loss.perceptual_weight == 0 and student.split_token < student.geometry.num_tokens:
+            raise ValueError(
+                f"loss.perceptual_weight is 0, so the embedding head is never trained, but "
+                f"student.split_token is {student.split_token}: tokens from it on would come "
+                f"from that head. Set student.split_token to {student.geometry.num_tokens} "
+                "(the logits head everywhere) or give the perceptual term a weight"
+            )
 
     def _predict(self, batch: dict[str, torch.Tensor]):
         codebook = self.student.teacher.codebook

@@ -129,6 +129,9 @@ def dd_loss(
         logits_BNV, embeddings_BNC, target_codes_BNC, target_BN, boundary_B
     )
     cross_entropy = predicted_token_cross_entropy(logits_BNV, target_BN, boundary_B)
+    if perceptual_weight == 0:  # nothing to weigh: no decoder, no distance (CE-only training)
+        zero = cross_entropy.new_zeros(())
+        return LossTerms(ce_weight * cross_entropy, cross_entropy.detach(), zero)
     predicted_images = teacher.decode_embeddings(embeddings_BNC.to(codebook.dtype))
     with torch.no_grad():
         target_images = teacher.decode_tokens(target_BN)

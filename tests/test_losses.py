@@ -7,7 +7,8 @@ from torch import nn
 
 from data_gen.config import FlowSettings
 from data_gen.pairs import map_noise
-from dd.losses import VGG16_FILE, LPIPSDistance, dd_loss
+from dd.distill import DistillModule, OptimSettings
+from dd.losses import VGG16_FILE, LossSettings, LPIPSDistance, dd_loss
 from dd.metrics.digits import feature_distance
 from dd.student import DDStudent
 from dd.trajectory import step_boundaries, trajectory_input
@@ -81,6 +82,32 @@ def test_dd_loss_terms_and_gradient_paths(tiny_pairs):
     head = student.backbone.embedding_out.weight.grad
     assert head is not None and head.abs().sum() > 0  # the perceptual term reaches it
     assert not any(p.grad is not None for p in teacher.parameters())
+
+
+def test_a_zero_perceptual_weight_skips_the_decoder_and_is_refused_with_an_embedding_split(
+    tiny_pairs,
+):
+    teacher, labels, noise, tokens = tiny_pairs
+    torch.manual_seed(0)
+    n = teacher.geometry.num_tokens
+    student = DDStudent(teacher, (0, 20), n)
+    boundary = step_boundaries((0, 20), teacher.geometry).repeat(4)
+    inputs = trajectory_input(noise, tokens, teacher.codebook, boundary)
+    logits, embeddings = student(labels, inputs, boundary, tokens)
+
+    def never(*images):
+        raise AssertionError("the perceptual distance ran with weight 0")
+
+    terms = dd_loss(teacher, logits, embeddings, tokens, boundary, never, perceptual_weight=0.0)
+    full = dd_loss(teacher, logits, embeddings, tokens, boundary, feature_distance)
+    torch.testing.assert_close(terms.cross_entropy, full.cross_entropy)
+    torch.testing.assert_close(terms.total, 0.1 * full.cross_entropy)
+    assert terms.perceptual == 0
+    settings = LossSettings("digits", perceptual_weight=0.0)
+    optim = OptimSettings(lr=1e-3, lr_reference_batch=0)
+    DistillModule(student, never, optim, settings, 4)  # logits head everywhere: accepted
+    with pytest.raises(ValueError, match="embedding head is never trained"):
+        DistillModule(DDStudent(teacher, (0, 20), 20), never, optim, settings, 4)
 
 
 def test_a_short_real_optimisation_lowers_both_losses(tiny_pairs):

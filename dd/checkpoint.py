@@ -59,6 +59,7 @@ def save_student(
         "timesteps": list(student.timesteps),
         "split_token": student.split_token,
         "noise_logit_prior": student.noise_logit_scale is not None,
+        "sampling_noise_logit_scale": student.sampling_noise_logit_scale,
         "record": record or {},
     }
     _write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
@@ -99,7 +100,11 @@ def load_student_folder(
     from dd.continuous import student_class  # DDStudent, or ContinuousDDStudent (#13)
 
     student = student_class(teacher)(
-        teacher, card["timesteps"], card["split_token"], noise_logit_scale=scale
+        teacher,
+        card["timesteps"],
+        card["split_token"],
+        noise_logit_scale=scale,
+        sampling_noise_logit_scale=card.get("sampling_noise_logit_scale"),
     )
     state = load_file(str(folder / WEIGHTS_FILE), device=str(teacher.device))
     student.load_student_state_dict(state)

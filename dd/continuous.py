@@ -55,8 +55,9 @@ class ContinuousDDStudent(nn.Module):
     given (Eq. 6). The backbone is the family's (``ContinuousTeacher.student_backbone``); the
     frozen ``teacher`` is held for decoding and never saved with the student.
 
-    ``split_token`` and ``noise_logit_scale`` exist for ``DDStudent``'s signature (checkpoint
-    cards): every position comes from the embedding head, so they must be 0 and ``None``.
+    ``split_token``, ``noise_logit_scale`` and ``sampling_noise_logit_scale`` exist for
+    ``DDStudent``'s signature (checkpoint cards): every position comes from the embedding head,
+    so they must be 0, ``None`` and ``None``.
     """
 
     def __init__(
@@ -65,6 +66,7 @@ class ContinuousDDStudent(nn.Module):
         timesteps: Sequence[int],
         split_token: int = 0,
         noise_logit_scale: float | None = None,
+        sampling_noise_logit_scale: float | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(teacher, ContinuousTeacher):
@@ -74,11 +76,11 @@ class ContinuousDDStudent(nn.Module):
                 f"split_token must be 0 for a continuous-token teacher (no logits head: every "
                 f"position comes from the embedding head), got {split_token}"
             )
-        if noise_logit_scale is not None:
+        if noise_logit_scale is not None or sampling_noise_logit_scale is not None:
             raise ValueError("a continuous-token teacher has no codebook: no noise-logit prior")
         self.geometry = teacher.geometry
         self.timesteps = check_timesteps(timesteps, teacher.geometry)
-        self.split_token, self.noise_logit_scale = 0, None
+        self.split_token, self.noise_logit_scale, self.sampling_noise_logit_scale = 0, None, None
         self.num_classes = teacher.num_classes
         self.code_dim = teacher.token_dim
         self.teacher = teacher

@@ -126,7 +126,9 @@ def dd_step(
         (labels.shape[0],), student.geometry.step_ranges[step][0], device=codebook.device
     )
     inputs = trajectory_input(noise_BNC, tokens_BN, codebook, boundary_B)
-    logits, embeddings = student(labels, inputs, boundary_B, tokens_BN)
+    logits, embeddings = student(
+        labels, inputs, boundary_B, tokens_BN, noise_logit_scale=student.sampling_noise_logit_scale
+    )
     return choose_tokens(student, logits, embeddings)
 
 

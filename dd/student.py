@@ -39,6 +39,13 @@ class DDStudent(nn.Module):
     rule ``argmax_j(log p_j + kappa <eps, c_j>)`` reproduces ~88% of the flow map's tokens on
     the tiny teachers (``benchmarks/noise_logit_prior.py``), so the trunk only has to supply
     ``log p``. It is our deviation from the paper, off unless a recipe sets it.
+
+    ``sampling_noise_logit_scale`` (``None``: the learned kappa) replaces the learned kappa when
+    sampling (``dd.sample``; training and held-out agreement keep the learned one). CE training
+    shrinks kappa where the trunk is unsure of ``log p`` (llamagen-digits: 2.5 -> 1.78), and the
+    argmax then follows the noise less than the flow map does: a mode-seeking sampler. The flow
+    map's own kappa (``benchmarks/noise_logit_prior.py``, the recipe's initial value) restores it
+    (docs/distillation.md, "Sampling kappa").
     """
 
     def __init__(
@@ -47,8 +54,18 @@ class DDStudent(nn.Module):
         timesteps: Sequence[int],
         split_token: int,
         noise_logit_scale: float | None = None,
+        sampling_noise_logit_scale: float | None = None,
     ) -> None:
         super().__init__()
+        if sampling_noise_logit_scale is not None and (
+            noise_logit_scale is None or not sampling_noise_logit_scale > 0
+        ):
+            raise ValueError(
+                "sampling_noise_logit_scale must be None or a positive number, and needs a "
+                f"noise-logit prior (noise_logit_scale); got {sampling_noise_logit_scale} with "
+                f"noise_logit_scale {noise_logit_scale}"
+            )
+        self.sampling_noise_logit_scale = sampling_noise_logit_scale
         self.geometry = teacher.geometry
         self.timesteps = check_timesteps(timesteps, teacher.geometry)
         if not 0 <= split_token <= teacher.geometry.num_tokens:
@@ -95,7 +112,11 @@ class DDStudent(nn.Module):
         inputs_BNC: torch.Tensor,
         boundary_B: torch.Tensor,
         prefix_tokens_BN: torch.Tensor,
+        *,
+        noise_logit_scale: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``noise_logit_scale``: kappa instead of the learned one (the sampler passes
+        ``sampling_noise_logit_scale``)."""
         n = self.geometry.num_tokens
         check_labels(labels_B, self.num_classes)
         if inputs_BNC.dim() != 3 or tuple(inputs_BNC.shape[1:]) != (n, self.code_dim):
@@ -114,7 +135,8 @@ class DDStudent(nn.Module):
         logits_BNV = logits_BTV[:, 1:]
         if self.noise_logit_scale is not None:
             codebook_VC = self.teacher.codebook.to(inputs_BNC.dtype)
-            logits_BNV = logits_BNV + self.noise_logit_scale * (inputs_BNC @ codebook_VC.T)
+            kappa = self.noise_logit_scale if noise_logit_scale is None else noise_logit_scale
+            logits_BNV = logits_BNV + kappa * (inputs_BNC @ codebook_VC.T)
         return apply_prefix(
             logits_BNV, embeddings_BTC[:, 1:], inputs_BNC, prefix_tokens_BN, boundary_B
         )

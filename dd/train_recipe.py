@@ -33,13 +33,16 @@ class StudentSection:
     """Training timesteps: AR step indices, 0-based (released code: LlamaGen 0,80; VAR-d16 0,5;
     VAR-d20/d24 0,4). ``split_token``: first token taken from the embedding head when sampling.
     ``noise_logit_scale``: initial kappa of the learned noise-to-logit prior (``DDStudent``);
-    ``None`` is the paper's student. ``init_from``: a student checkpoint folder or shipped
-    student name whose weights start the run instead of the teacher's (to train a finished
-    student further; its teacher must be this recipe's, the optimiser state starts fresh)."""
+    ``None`` is the paper's student. ``sampling_noise_logit_scale``: kappa used when sampling
+    instead of the learned one (``None``: the learned one; see ``DDStudent``). ``init_from``: a
+    student checkpoint folder or shipped student name whose weights start the run instead of the
+    teacher's (to train a finished student further; its teacher must be this recipe's, the
+    optimiser state starts fresh)."""
 
     timesteps: tuple[int, ...] = (0,)
     split_token: int = 0
     noise_logit_scale: float | None = None
+    sampling_noise_logit_scale: float | None = None
     init_from: str | None = None
 
 

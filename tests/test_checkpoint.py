@@ -53,6 +53,43 @@ def test_the_noise_logit_prior_round_trips(tmp_path):
     assert torch.equal(first, again)
 
 
+def test_the_sampling_kappa_replaces_the_learned_one_when_sampling_only(tmp_path):
+    teacher = load_tiny_teacher("llamagen-digits")
+    torch.manual_seed(0)
+    student = DDStudent(
+        teacher, (0, 20), 64, noise_logit_scale=1.75, sampling_noise_logit_scale=2.5
+    )
+    labels, n = torch.arange(3), teacher.geometry.num_tokens
+    inputs, boundary = torch.randn(3, n, 8), torch.full((3,), 20)
+    prefix = torch.randint(teacher.vocab_size, (3, n))
+    with torch.no_grad():
+        learned, _ = student(labels, inputs, boundary, prefix)
+        replaced, _ = student(labels, inputs, boundary, prefix, noise_logit_scale=2.5)
+    prior = 0.75 * inputs @ teacher.codebook.T  # (2.5 - 1.75) <x_i, c_j>
+    torch.testing.assert_close(replaced[:, 20:] - learned[:, 20:], prior[:, 20:], atol=1e-4, rtol=0)
+    torch.testing.assert_close(replaced[:, :20], learned[:, :20])  # Eq. 6 prefix: as given
+    # dd.sample uses it: the same images as a student whose learned kappa is 2.5; the card keeps it.
+    same = DDStudent(teacher, (0, 20), 64, noise_logit_scale=2.5)
+    same.load_state_dict(student.state_dict())
+    with torch.no_grad():
+        same.noise_logit_scale.fill_(2.5)
+    folder = save_student(student, tmp_path, TeacherSpec(tiny="llamagen-digits"))
+    loaded = dd.load_student(folder, teacher=teacher)
+    assert loaded.sampling_noise_logit_scale == 2.5 and float(loaded.noise_logit_scale) == 1.75
+    for steps in (1, 2):
+        images = [
+            dd.sample(s, labels, steps=steps, generator=torch.Generator().manual_seed(0))
+            for s in (student, same, loaded)
+        ]
+        assert torch.equal(images[0], images[1]) and torch.equal(images[0], images[2])
+    for bad in (
+        {"sampling_noise_logit_scale": 2.5},
+        {"noise_logit_scale": 2.5, "sampling_noise_logit_scale": 0.0},
+    ):
+        with pytest.raises(ValueError, match="sampling_noise_logit_scale must be"):
+            DDStudent(teacher, (0, 20), 64, **bad)
+
+
 def test_a_student_of_another_teacher_is_refused(saved):
     _, folder = saved
     other = load_tiny_teacher("llamagen-digits")

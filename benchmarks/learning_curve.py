@@ -51,7 +51,11 @@ def step_checkpoints(run: Path, every: int) -> list[tuple[int, Path]]:
 
 
 def ema_student(
-    recipe: TrainRecipe, teacher, checkpoint: Path, split_token: int | None = None
+    recipe: TrainRecipe,
+    teacher,
+    checkpoint: Path,
+    split_token: int | None = None,
+    sampling_kappa: float | None = None,
 ) -> DDStudent:
     state = ema_state_dict(checkpoint)
     student_state = {
@@ -65,7 +69,7 @@ def ema_student(
         recipe.student.timesteps,
         recipe.student.split_token if split_token is None else split_token,
         noise_logit_scale=recipe.student.noise_logit_scale,
-        sampling_noise_logit_scale=recipe.student.sampling_noise_logit_scale,
+        sampling_noise_logit_scale=sampling_kappa or recipe.student.sampling_noise_logit_scale,
     )
     student.load_student_state_dict(student_state)
     return student.eval()
@@ -132,6 +136,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--plot", default=None, help="PNG of both curves")
     parser.add_argument(
+        "--sampling-kappa",
+        type=float,
+        default=None,
+        help="sampling noise-logit kappa (default: the recipe's sampling_noise_logit_scale)",
+    )
+    parser.add_argument(
         "--steps-before",
         type=int,
         default=0,
@@ -150,7 +160,7 @@ def main() -> None:
     reference = load_digits_split("train").images_01()
     rows = []
     for step, path in step_checkpoints(run, args.every):
-        student = ema_student(recipe, teacher, path, args.split_token)
+        student = ema_student(recipe, teacher, path, args.split_token, args.sampling_kappa)
         row = {"step": args.steps_before + step}
         for timestep, value in token_agreement(student, heldout).items():
             row[f"agreement_step{timestep}"] = value

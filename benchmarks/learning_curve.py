@@ -2,6 +2,7 @@
 
     python3 benchmarks/learning_curve.py --run runs/distill_tiny_llamagen --every 500 \
         --plot docs/images/learning_curve_llamagen_digits.png
+    python3 benchmarks/learning_curve.py --run runs/a runs/b ...   # several runs, one plot
 
 For every kept checkpoint ``<run>/checkpoints/epoch=*-step=S.ckpt`` (every ``--every`` steps):
 the EMA student (Lightning's ``EMAWeightAveraging`` stores the averaged weights as the
@@ -103,33 +104,60 @@ def quality(student: DDStudent, steps: int, per_class: int, reference: torch.Ten
     return fid, class_accuracy(images, labels)
 
 
-def plot(rows: list[dict], path: Path, title: str) -> None:
+def plot(curves: dict[str, list[dict]], path: Path, title: str) -> None:
+    """FID (1-step solid, 2-step dashed) and held-out agreement at t=0 against steps, one
+    colour per run."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.5))
-    steps = [r["step"] for r in rows]
-    for key in ("fid_1step", "fid_2step"):
-        left.plot(steps, [r[key] for r in rows], marker="o", label=key.replace("fid_", "DD "))
-    left.set_xlabel("training steps")
-    left.set_ylabel("FID (digits features)")
-    left.legend()
-    for key in sorted(k for k in rows[0] if k.startswith("agreement_step")):
-        right.plot(steps, [100 * r[key] for r in rows], marker="o", label=key)
-    right.set_xlabel("training steps")
-    right.set_ylabel("held-out token agreement (%)")
-    right.legend()
+    figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    for index, (label, rows) in enumerate(curves.items()):
+        colour, steps = f"C{index}", [r["step"] for r in rows]
+        left.plot(
+            steps, [r["fid_1step"] for r in rows], "o-", color=colour, label=f"{label}, 1 step"
+        )
+        left.plot(
+            steps, [r["fid_2step"] for r in rows], "s--", color=colour, label=f"{label}, 2 steps"
+        )
+        right.plot(
+            steps, [100 * r["agreement_step0"] for r in rows], "o-", color=colour, label=label
+        )
+    left.set(xlabel="training steps", ylabel="FID (digits features)", yscale="log")
+    right.set(xlabel="training steps", ylabel="held-out token agreement, t=0 (%)")
+    left.legend(fontsize=7)
+    right.legend(fontsize=7)
     figure.suptitle(title)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
 
 
+def curve(run: Path, args, reference: torch.Tensor) -> tuple[str, list[dict]]:
+    """(label naming the run and its training pairs, one row per kept checkpoint)."""
+    recipe = recipe_from_dict(TrainRecipe, yaml.safe_load((run / "recipe.yaml").read_text()))
+    teacher = load_teacher(recipe.teacher)
+    pairs = load_pairs(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
+    train, heldout = split_heldout(pairs, recipe.pairs.num_heldout, recipe.pairs.num_train)
+    rows = []
+    for step, path in step_checkpoints(run, args.every):
+        student = ema_student(recipe, teacher, path, args.split_token, args.sampling_kappa)
+        row = {"step": args.steps_before + step}
+        for timestep, value in token_agreement(student, heldout).items():
+            row[f"agreement_step{timestep}"] = value
+        for steps in (1, 2):
+            fid, accuracy = quality(student, steps, args.per_class, reference, args.seed)
+            row[f"fid_{steps}step"], row[f"accuracy_{steps}step"] = fid, accuracy
+        rows.append(row)
+        cells = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
+        print(f"{run.name} ({len(train)} pairs) | " + " | ".join(cells), flush=True)
+    return f"{run.name} ({len(train):,} pairs)", rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", required=True, help="the run's output folder")
+    parser.add_argument("--run", nargs="+", required=True, help="runs' output folders")
     parser.add_argument("--every", type=int, default=500)
     parser.add_argument("--per-class", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -152,26 +180,14 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    run = Path(args.run)
-    recipe = recipe_from_dict(TrainRecipe, yaml.safe_load((run / "recipe.yaml").read_text()))
-    teacher = load_teacher(recipe.teacher)
-    pairs = load_pairs(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
-    _, heldout = split_heldout(pairs, recipe.pairs.num_heldout)
     reference = load_digits_split("train").images_01()
-    rows = []
-    for step, path in step_checkpoints(run, args.every):
-        student = ema_student(recipe, teacher, path, args.split_token, args.sampling_kappa)
-        row = {"step": args.steps_before + step}
-        for timestep, value in token_agreement(student, heldout).items():
-            row[f"agreement_step{timestep}"] = value
-        for steps in (1, 2):
-            fid, accuracy = quality(student, steps, args.per_class, reference, args.seed)
-            row[f"fid_{steps}step"], row[f"accuracy_{steps}step"] = fid, accuracy
-        rows.append(row)
-        cells = (f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items())
-        print(" | ".join(cells), flush=True)
-    if args.plot and rows:
-        plot(rows, Path(args.plot), f"{run.name}: EMA student, seed {args.seed}")
+    curves = dict(curve(Path(run), args, reference) for run in args.run)
+    if args.plot and any(curves.values()):
+        plot(
+            {k: v for k, v in curves.items() if v},
+            Path(args.plot),
+            f"EMA students, seed {args.seed}",
+        )
 
 
 if __name__ == "__main__":

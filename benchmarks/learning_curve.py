@@ -70,7 +70,9 @@ def ema_student(
         recipe.student.timesteps,
         recipe.student.split_token if split_token is None else split_token,
         noise_logit_scale=recipe.student.noise_logit_scale,
-        sampling_noise_logit_scale=sampling_kappa or recipe.student.sampling_noise_logit_scale,
+        sampling_noise_logit_scale=(
+            recipe.student.sampling_noise_logit_scale if sampling_kappa is None else sampling_kappa
+        ),
     )
     student.load_student_state_dict(student_state)
     return student.eval()

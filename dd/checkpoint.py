@@ -123,6 +123,20 @@ def shipped_students() -> tuple[str, ...]:
     )
 
 
+def student_folder(name_or_path: str | Path) -> Path:
+    """The checkpoint folder of a shipped student's name, or of a folder written by
+    ``save_student``."""
+    path = Path(name_or_path)
+    if (path / CARD_FILE).is_file():
+        return path
+    if str(name_or_path) in shipped_students():
+        return SHIPPED_STUDENTS_DIR / str(name_or_path)
+    raise ValueError(
+        f"{name_or_path!r} is neither a student checkpoint folder (with {CARD_FILE}) nor a "
+        f"shipped student (shipped: {list(shipped_students())})"
+    )
+
+
 def load_student(
     name_or_path: str | Path,
     *,
@@ -130,27 +144,15 @@ def load_student(
     device: torch.device | str = "cpu",
 ) -> DDStudent:
     """A shipped student by name, or a checkpoint folder written by ``save_student``."""
-    path = Path(name_or_path)
-    if (path / CARD_FILE).is_file():
-        return load_student_folder(path, teacher=teacher, device=device)
-    if str(name_or_path) in shipped_students():
-        return load_student_folder(
-            SHIPPED_STUDENTS_DIR / str(name_or_path), teacher=teacher, device=device
-        )
-    raise ValueError(
-        f"{name_or_path!r} is neither a student checkpoint folder (with {CARD_FILE}) nor a "
-        f"shipped student (shipped: {list(shipped_students())})"
-    )
+    return load_student_folder(student_folder(name_or_path), teacher=teacher, device=device)
 
 
 def initialise_from(student: DDStudent, name_or_path: str | Path) -> dict[str, Any]:
     """Copy a saved student's weights into ``student`` (refused for another teacher, or another
     prior setting); returns what to record: the source, the steps it had been trained for and
     its own record (so a card tells the whole chain of runs)."""
-    source = load_student(name_or_path, teacher=student.teacher, device=student.teacher.device)
+    folder = student_folder(name_or_path)
+    source = load_student_folder(folder, teacher=student.teacher, device=student.teacher.device)
     student.load_student_state_dict(source.student_state_dict())
-    folder = Path(name_or_path)
-    if not (folder / CARD_FILE).is_file():
-        folder = SHIPPED_STUDENTS_DIR / str(name_or_path)
     record = read_card(folder).get("record", {})
     return {"student": str(name_or_path), "steps": record.get("steps"), "record": record}

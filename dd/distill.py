@@ -12,7 +12,9 @@ resumed run sees exactly the batches an uninterrupted run would have.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -31,16 +33,33 @@ PAPER_BETAS = (0.9, 0.95)  # DD App. C
 class OptimSettings:
     """``lr`` is per ``lr_reference_batch`` samples; the used rate scales linearly with the
     global batch (VAR in the paper: 1e-4 per 256); ``lr_reference_batch=0`` keeps it fixed
-    (LlamaGen in the paper)."""
+    (LlamaGen in the paper). ``schedule``: ``constant`` (the paper) or ``cosine`` (from the
+    rate down to 0 at the run's last step, after ``warmup_steps`` of linear warm-up): short runs
+    such as the demo's end annealed rather than mid-noise (docs/distillation.md, "LR schedule")."""
 
     lr: float = 1e-4
     lr_reference_batch: int = 256
     weight_decay: float = 0.0
+    schedule: Literal["constant", "cosine"] = "constant"
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.warmup_steps < 0:
+            raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
 
     def scaled_lr(self, global_batch_size: int) -> float:
         if self.lr_reference_batch == 0:
             return self.lr
         return self.lr * global_batch_size / self.lr_reference_batch
+
+    def lr_factor(self, step: int, total_steps: int) -> float:
+        """The multiplier of the rate at optimiser step ``step`` (0-based) of ``total_steps``."""
+        if step < self.warmup_steps:
+            return (step + 1) / self.warmup_steps
+        if self.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - self.warmup_steps) / (total_steps - self.warmup_steps))
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class DistillModule(pl.LightningModule):
@@ -117,13 +136,26 @@ class DistillModule(pl.LightningModule):
             agreement = (predicted[:, start:] == batch["tokens"][:, start:]).float().mean()
             self.log(f"val/token_agreement_step{step}", agreement, sync_dist=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
             self.student.trainable_parameters(),
             lr=self.optim.scaled_lr(self.global_batch_size),
             betas=PAPER_BETAS,
             weight_decay=self.optim.weight_decay,
         )
+        if self.optim.schedule == "constant" and self.optim.warmup_steps == 0:
+            return optimizer
+        total_steps = self.trainer.max_steps
+        if self.optim.schedule == "cosine" and total_steps <= self.optim.warmup_steps:
+            raise ValueError(
+                f"optim.schedule cosine decays to 0 at run.max_steps, which must be above "
+                f"optim.warmup_steps: got {total_steps} and {self.optim.warmup_steps}"
+            )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: self.optim.lr_factor(step, total_steps)
+        )
+        schedule = {"scheduler": scheduler, "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
 
 
 class PairDataModule(pl.LightningDataModule):

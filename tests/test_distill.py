@@ -4,6 +4,7 @@ data order, refusals, a short run whose loss falls, and stop + resume = uninterr
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import lightning.pytorch as pl
 import pytest
@@ -95,6 +96,10 @@ class LossRecorder(Callback):
     def __init__(self):
         self.losses: dict[int, float] = {}
         self.terms: dict[int, tuple[float, float]] = {}
+        self.lrs: dict[int, float] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self.lrs[trainer.global_step] = trainer.optimizers[0].param_groups[0]["lr"]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         self.losses[trainer.global_step - 1] = float(outputs["loss"])
@@ -104,12 +109,15 @@ class LossRecorder(Callback):
         )
 
 
-def fit(teacher, pair_folder, root, max_steps, *, resume_from=None, callbacks=()):
+CONSTANT = OptimSettings(lr=1e-3, lr_reference_batch=0)
+COSINE = OptimSettings(lr=1e-3, lr_reference_batch=0, schedule="cosine", warmup_steps=3)
+
+
+def fit(teacher, pair_folder, root, max_steps, *, resume_from=None, callbacks=(), optim=CONSTANT):
     pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
     train, heldout = split_heldout(pairs, NUM_HELDOUT)
     torch.manual_seed(0)  # the new layers' initialisation
     student = DDStudent(teacher, TIMESTEPS, SPLIT_TOKEN)
-    optim = OptimSettings(lr=1e-3, lr_reference_batch=0)
     module = DistillModule(student, feature_distance, optim, LossSettings("digits"), GLOBAL_BATCH)
     data = PairDataModule(
         train, heldout, global_batch_size=GLOBAL_BATCH, num_timesteps=len(TIMESTEPS), seed=0
@@ -153,14 +161,50 @@ def test_a_short_run_lowers_the_loss_and_logs_token_agreement(teacher, pair_fold
     assert "val/token_agreement_step20" in metrics
 
 
-def test_stop_and_resume_reproduces_the_loss_curve(teacher, pair_folder, tmp_path):
+@pytest.mark.parametrize("optim", [CONSTANT, COSINE], ids=["constant", "cosine"])
+def test_stop_and_resume_reproduces_the_loss_curve(teacher, pair_folder, tmp_path, optim):
     """Steps 10-19 after resuming from the step-10 checkpoint equal an uninterrupted run's
-    (same data order, optimiser state and weights; float32, 1e-5)."""
-    straight = fit(teacher, pair_folder, tmp_path / "straight", 20)[0].losses
+    (same data order, optimiser and LR-schedule state and weights; float32, 1e-5)."""
+    straight = fit(teacher, pair_folder, tmp_path / "straight", 20, optim=optim)[0]
     saver = ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=10, save_top_k=-1)
-    fit(teacher, pair_folder, tmp_path / "first", 10, callbacks=[saver])
+    fit(teacher, pair_folder, tmp_path / "first", 20, callbacks=[saver], optim=optim)
     checkpoint = next((tmp_path / "ckpt").glob("*step=10*.ckpt"))
-    resumed = fit(teacher, pair_folder, tmp_path / "second", 20, resume_from=checkpoint)[0].losses
-    assert sorted(resumed) == list(range(10, 20))
+    resumed = fit(
+        teacher, pair_folder, tmp_path / "second", 20, resume_from=checkpoint, optim=optim
+    )[0]
+    assert sorted(resumed.losses) == list(range(10, 20))
     for step in range(10, 20):
-        assert abs(resumed[step] - straight[step]) <= 1e-5 * max(1.0, abs(straight[step])), step
+        expected = straight.losses[step]
+        assert abs(resumed.losses[step] - expected) <= 1e-5 * max(1.0, abs(expected)), step
+        assert resumed.lrs[step] == pytest.approx(straight.lrs[step], rel=1e-12), step
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_zero_at_max_steps(
+    teacher, pair_folder, tmp_path
+):
+    """The rate each optimiser step uses, read from the optimiser: warm-up 1/3, 2/3, 3/3 of
+    1e-3, then half a cosine that reaches 0 at step 20 (exact to 1e-12)."""
+    lrs = fit(teacher, pair_folder, tmp_path, 20, optim=COSINE)[0].lrs
+    assert [lrs[s] for s in range(3)] == pytest.approx([1e-3 / 3, 2e-3 / 3, 1e-3], rel=1e-12)
+    for step in range(3, 20):
+        progress = (step - 3) / 17
+        expected = 1e-3 * 0.5 * (1 + math.cos(math.pi * progress))
+        assert lrs[step] == pytest.approx(expected, rel=1e-12, abs=1e-15), step
+    assert all(lrs[s] > lrs[s + 1] for s in range(3, 19))
+    constant = fit(teacher, pair_folder, tmp_path / "c", 5)[0].lrs
+    assert set(constant.values()) == {1e-3}
+
+
+def test_bad_schedules_are_refused(teacher):
+    with pytest.raises(ValueError, match="warmup_steps must be >= 0"):
+        OptimSettings(warmup_steps=-1)
+    module = DistillModule(
+        DDStudent(teacher, TIMESTEPS, SPLIT_TOKEN),
+        feature_distance,
+        OptimSettings(schedule="cosine", warmup_steps=50),
+        LossSettings("digits"),
+        GLOBAL_BATCH,
+    )
+    module.trainer = pl.Trainer(max_steps=50, logger=False, enable_checkpointing=False)
+    with pytest.raises(ValueError, match="must be above optim.warmup_steps: got 50 and 50"):
+        module.configure_optimizers()

@@ -14,6 +14,8 @@ Writes ``report.json`` (schema of the stage-3 issue), ``report.md``, ``grids/<te
 ``quality_vs_steps.png``. Settings: the recipes, overridden by ``DemoSettings`` (``DEMO_PRESETS``:
 ``default`` and ``quick``; the numbers live only there). Rerunning the same command reuses the
 finished pairs and students (a finished stage is skipped; an interrupted one resumes).
+``workers`` processes run the teachers side by side (2 on a 2-core laptop: the three sections
+take about twice as long one after another), each with its own lines of progress bars.
 """
 
 from __future__ import annotations
@@ -21,8 +23,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import multiprocessing
+import os
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -129,10 +134,12 @@ class DemoRecipe:
     output: str = "demo"
     preset: Literal["default", "quick"] = "default"
     teachers: list[str] = field(default_factory=lambda: list(DEMO_TEACHERS))
-    # Intra-op threads. 1 by default: on a shared or busy 2-core CPU, 2 threads per process
-    # were measured 7-10x slower for pair generation (threads wait for a busy core); give 2
-    # on an idle machine.
+    # Intra-op threads per process. 1 by default: on a shared or busy 2-core CPU, 2 threads per
+    # process were measured 7-10x slower for pair generation (threads wait for a busy core).
     num_threads: int | None = 1
+    # Processes running the teachers side by side (one teacher each at a time); 1: one after
+    # another in this process. 2 fills a 2-core laptop with one thread each.
+    workers: int = 2
     seed: int = 0
     progress_bar: bool = True
     # Overrides of the preset for every teacher (null: the preset's DemoSettings value).
@@ -335,11 +342,19 @@ def gap_checks(details: list[dict]) -> list[str]:
     return lines
 
 
-def report_markdown(results: dict[str, dict], timings: dict[str, float], preset: str) -> str:
+def report_markdown(
+    results: dict[str, dict], timings: dict[str, float], preset: str, workers: int = 1
+) -> str:
+    side_by_side = (
+        f"{workers} processes running teachers side by side (timings share the CPU)"
+        if workers > 1 and len(results) > 1
+        else "one teacher at a time"
+    )
     lines = [
         "# Distilled Decoding demo",
         "",
-        f"Preset `{preset}`; CPU, {torch.get_num_threads()} threads. Quality in the digits "
+        f"Preset `{preset}`; CPU, {torch.get_num_threads()} threads per process, "
+        f"{side_by_side}. Quality in the digits "
         f"classifier's space (FID against the {FID_REFERENCE} split; IS over all samples); "
         "seconds per image include decoding. `steps` = model calls per image.",
         "",
@@ -402,6 +417,41 @@ def plot_quality_vs_steps(results: dict[str, dict], path: Path) -> None:
     plt.close(figure)
 
 
+def teacher_section(
+    name: str, settings: DemoSettings, output: Path, *, seed: int, progress: bool
+) -> tuple[dict, dict[str, float]]:
+    """Pairs, student and evaluation of one teacher: (its results, seconds per stage)."""
+    timings: dict[str, float] = {}
+    began = time.perf_counter()
+    pairs = make_pairs(name, settings, output, progress)
+    timings[f"{name} pairs"] = time.perf_counter() - began
+    began = time.perf_counter()
+    student = distil(name, settings, pairs, output, progress)
+    timings[f"{name} distil"] = time.perf_counter() - began
+    began = time.perf_counter()
+    result = evaluate_teacher(name, settings, pairs, student, output, seed=seed, progress=progress)
+    timings[f"{name} evaluate"] = time.perf_counter() - began
+    return result, timings
+
+
+def _start_worker(slots, lock, num_threads: int | None) -> None:
+    """A worker process: its own two lines of progress bars (tqdm's ``TQDM_POSITION``, which
+    ``dd.train_command.make_trainer`` follows too), the shared tqdm lock, its thread count."""
+    with slots.get_lock():
+        slot = slots.value
+        slots.value += 1
+    os.environ["TQDM_POSITION"] = str(2 * slot + 2)  # lines 2k+2, 2k+3 (0: the demo's own)
+    tqdm.set_lock(lock)
+    quiet_lightning()
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
+
+
+def quiet_lightning() -> None:
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # keep the bars only
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def run_demo(
     output: str | Path,
     settings: dict[str, DemoSettings],
@@ -409,31 +459,53 @@ def run_demo(
     preset: str = "custom",
     seed: int = 0,
     progress: bool = True,
+    workers: int = 1,
+    num_threads: int | None = None,
 ) -> dict:
-    """Every stage for every teacher of ``settings``; returns the report.json content."""
+    """Every stage for every teacher of ``settings``; returns the report.json content. With
+    ``workers`` > 1 the teachers run in that many spawned processes (the same results: every
+    stage is seeded; ``num_threads`` sets each process' intra-op threads, as it does here)."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    timings: dict[str, float] = {}
-    results: dict[str, dict] = {}
-    stages = [(name, stage) for name in settings for stage in ("pairs", "distil", "evaluate")]
-    bar = tqdm(stages, desc="demo", disable=not progress)
-    pairs = student = None
-    for name, stage in bar:
-        bar.set_description(f"demo: {name} {stage}")
-        began = time.perf_counter()
-        if stage == "pairs":
-            pairs = make_pairs(name, settings[name], output, progress)
-        elif stage == "distil":
-            student = distil(name, settings[name], pairs, output, progress)
-        else:
-            results[name] = evaluate_teacher(
-                name, settings[name], pairs, student, output, seed=seed, progress=progress
+    sections: dict[str, tuple[dict, dict[str, float]]] = {}
+    bar = tqdm(total=len(settings), desc="demo: teachers done", disable=not progress)
+    if workers == 1:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
+        for name in settings:
+            bar.set_postfix_str(name)
+            sections[name] = teacher_section(
+                name, settings[name], output, seed=seed, progress=progress
             )
-        timings[f"{name} {stage}"] = time.perf_counter() - began
+            bar.update()
+    else:
+        context = multiprocessing.get_context("spawn")
+        lock = context.RLock()  # one tqdm lock for every process' bars
+        tqdm.set_lock(lock)
+        with ProcessPoolExecutor(
+            max_workers=min(workers, len(settings)),
+            mp_context=context,
+            initializer=_start_worker,
+            initargs=(context.Value("i", 0), lock, num_threads),
+        ) as pool:
+            futures = {
+                name: pool.submit(
+                    teacher_section, name, settings[name], output, seed=seed, progress=progress
+                )
+                for name in settings
+            }
+            for name, future in futures.items():
+                sections[name] = future.result()
+                bar.update()
+    bar.close()
+    results = {name: section[0] for name, section in sections.items()}
+    timings = {stage: sec for section in sections.values() for stage, sec in section[1].items()}
     report = report_json(results)
     (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_quality_vs_steps(results, output / "quality_vs_steps.png")
-    (output / "report.md").write_text(report_markdown(results, timings, preset))
+    (output / "report.md").write_text(report_markdown(results, timings, preset, workers))
     (output / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     return report
 
@@ -445,10 +517,7 @@ def main(argv: list[str]) -> int:
     if unknown:
         print(f"dd demo: unknown teachers {unknown}; known: {list(DEMO_TEACHERS)}", file=sys.stderr)
         return 1
-    if recipe.num_threads is not None:
-        torch.set_num_threads(recipe.num_threads)
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # keep the bars only
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_lightning()
     began = time.perf_counter()
     report = run_demo(
         recipe.output,
@@ -456,6 +525,8 @@ def main(argv: list[str]) -> int:
         preset=recipe.preset,
         seed=recipe.seed,
         progress=recipe.progress_bar,
+        workers=recipe.workers,
+        num_threads=recipe.num_threads,
     )
     print((Path(recipe.output) / "report.md").read_text())
     print(f"dd demo: {time.perf_counter() - began:.0f} s; report in {recipe.output}/report.md")

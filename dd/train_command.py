@@ -11,6 +11,7 @@ same command resumes from ``last.ckpt``; the final student (EMA weights) is writ
 from __future__ import annotations
 
 import logging
+import os
 import platform
 import shlex
 import time
@@ -39,9 +40,14 @@ def ema_state_dict(path: Path) -> dict[str, torch.Tensor]:
 def make_trainer(run: RunSection, output: Path):
     """The Trainer of ``dd train`` (also timed by ``benchmarks/bench_train.py``): EMA through
     Lightning's ``EMAWeightAveraging``, step checkpoints with ``last.ckpt``, gradient clipping,
-    precision and strategy from the recipe."""
+    precision and strategy from the recipe. Its bars start at tqdm's own ``TQDM_POSITION``
+    line, as every other bar does (``dd demo``'s worker processes set it)."""
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint
+    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
+
+    bars = []
+    if run.progress_bar:  # Lightning's bars take lines 2k and 2k+1 for process_position k
+        bars = [TQDMProgressBar(process_position=int(os.environ.get("TQDM_POSITION", 0)) // 2)]
 
     return pl.Trainer(
         default_root_dir=output,
@@ -64,6 +70,7 @@ def make_trainer(run: RunSection, output: Path):
                 save_last=True,
                 save_top_k=-1,
             ),
+            *bars,
         ],  # fmt: skip
     )
 

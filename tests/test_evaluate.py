@@ -178,7 +178,11 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
         )
         for name in ("llamagen-digits", "var-digits", "far-digits")
     }  # fmt: skip
-    report = run_demo(tmp_path, toy, progress=False)
+    threads = torch.get_num_threads()
+    try:
+        report = run_demo(tmp_path, toy, progress=False, num_threads=1)
+    finally:
+        torch.set_num_threads(threads)
     assert json.loads((tmp_path / "report.json").read_text()) == report
     assert set(report) == {"teachers"} and set(report["teachers"]) == set(toy)
     for name, entry in report["teachers"].items():
@@ -205,6 +209,18 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
     make_pairs("var-digits", toy["var-digits"], tmp_path, progress=False)
     assert shard.stat().st_mtime_ns == written
     assert report_json({}) == {"teachers": {}}
+
+    # Two worker processes, teachers side by side: the same quality rows (every stage seeded).
+    side = run_demo(tmp_path / "side", toy, progress=True, workers=2, num_threads=1)
+    for name, entry in report["teachers"].items():
+        quality = [(r["method"], r["steps"], r["fid"], r["class_accuracy"]) for r in entry["rows"]]
+        assert quality == [
+            (r["method"], r["steps"], r["fid"], r["class_accuracy"])
+            for r in side["teachers"][name]["rows"]
+        ], name
+    assert "2 processes running teachers side by side" in (tmp_path / "side" / "report.md").read_text()
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        run_demo(tmp_path / "none", toy, workers=0)
 
 
 def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):

@@ -71,6 +71,11 @@ class DemoSettings:
     # run still holds d**s of its initialisation (0.999**500 = 0.61), so the short demo runs
     # set a decay whose d**s is under 1% (0.99**500, 0.98**250, 0.95**60, 0.9**40).
     ema_decay: float | None = None
+    # null: the tiny recipe's optim.lr / schedule. A warm-up length switches to the cosine
+    # schedule (rate to 0 at the last step): a short run then ends annealed
+    # (docs/distillation.md, "LR schedule and EMA of short runs").
+    lr: float | None = None
+    cosine_warmup_steps: int | None = None
 
     def __post_init__(self) -> None:
         if self.num_heldout >= self.num_pairs or self.global_batch_size > (
@@ -89,15 +94,21 @@ SKIPS = {
     "llamagen-digits": ("skip:26", "skip:39", "skip:62"),
     "var-digits": ("skip:1", "skip:2", "skip:4"),
 }
+# Default sizes: with 2 workers, llamagen-digits then far-digits on one core and var-digits on
+# the other end together in about 14 min on 2 cores (docs/embedded_default.md, "The demo").
+# The codebook students train with a cosine schedule from 2e-3 (the recipes: constant 1e-3):
+# var-digits' 800-step run of it met the stage-3 rule, 1-step FID 8.65 (docs/distillation.md).
 DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
     "default": {
         "llamagen-digits": DemoSettings(
-            num_pairs=4000, train_steps=500, global_batch_size=64, num_heldout=200, ema_decay=0.99,
+            num_pairs=4000, train_steps=900, global_batch_size=64, num_heldout=200, ema_decay=0.99,
+            lr=2e-3, cosine_warmup_steps=50,
             eval_per_class=100, fid_per_class=36, eval_batch_size=250,
             methods=COMMON_METHODS + SKIPS["llamagen-digits"],
         ),
         "var-digits": DemoSettings(
-            num_pairs=4000, train_steps=250, global_batch_size=64, num_heldout=200, ema_decay=0.98,
+            num_pairs=4000, train_steps=600, global_batch_size=64, num_heldout=200, ema_decay=0.99,
+            lr=2e-3, cosine_warmup_steps=50,
             eval_per_class=100, fid_per_class=36, eval_batch_size=250,
             methods=COMMON_METHODS + SKIPS["var-digits"],
         ),
@@ -111,11 +122,13 @@ DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
     "quick": {
         "llamagen-digits": DemoSettings(
             num_pairs=1000, train_steps=60, global_batch_size=64, num_heldout=100, ema_decay=0.95,
+            lr=2e-3, cosine_warmup_steps=5,
             eval_per_class=20, fid_per_class=None, eval_batch_size=200,
             methods=COMMON_METHODS + SKIPS["llamagen-digits"],
         ),
         "var-digits": DemoSettings(
             num_pairs=1000, train_steps=40, global_batch_size=64, num_heldout=100, ema_decay=0.9,
+            lr=2e-3, cosine_warmup_steps=5,
             eval_per_class=20, fid_per_class=None, eval_batch_size=200,
             methods=COMMON_METHODS + SKIPS["var-digits"],
         ),
@@ -197,8 +210,16 @@ def distil(name: str, settings: DemoSettings, pairs: Path, output: Path, progres
     if card.is_file() and json.loads(card.read_text())["record"]["steps"] >= settings.train_steps:
         return student
     recipe = read_recipe(TrainRecipe, RECIPES_DIR / f"distill_{RECIPE_STEM[name]}.yaml")
+    optim = recipe.optim
+    if settings.lr is not None:
+        optim = dataclasses.replace(optim, lr=settings.lr)
+    if settings.cosine_warmup_steps is not None:
+        optim = dataclasses.replace(
+            optim, schedule="cosine", warmup_steps=settings.cosine_warmup_steps
+        )
     recipe = dataclasses.replace(
         recipe,
+        optim=optim,
         pairs=dataclasses.replace(
             recipe.pairs, folder=str(pairs), num_heldout=settings.num_heldout
         ),

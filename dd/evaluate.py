@@ -221,28 +221,39 @@ def generate(
     base_seed: int,
     batch_size: int,
     progress: bool = False,
+    parts: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """(images ``[N, 3, H, W]`` in ``[0, 1]``, seconds per image) of ``labels [N]``; sample ``i``
-    uses ``randomness_at(base_seed, [i])`` whatever the batch size."""
+    uses ``randomness_at(base_seed, [i])`` whatever the batch size. ``parts``, when given,
+    receives the seconds per image of each part: ``randomness`` (the per-sample seeded streams),
+    ``model`` (every model call and token choice) and ``decode`` (tokens to images)."""
     teacher = samplers.teacher
     n = teacher.geometry.num_tokens
     code_dim = teacher.token_dim if samplers.continuous else int(teacher.codebook.shape[1])
-    images, seconds = [], 0.0
+    images, spent = [], dict.fromkeys(("randomness", "model", "decode"), 0.0)
     starts = range(0, labels.shape[0], batch_size)
     for start in tqdm(starts, desc=method.name, disable=not progress, leave=False):
         batch = labels[start : start + batch_size]
         began = time.perf_counter()
         indices = range(start, start + len(batch))
         randomness = randomness_at(base_seed, indices, n, code_dim)
+        drawn = time.perf_counter()
         if samplers.continuous:
             tokens = continuous_method_tokens(
                 method, samplers, batch, randomness.noise_BNC, indices, base_seed
             )
         else:
             tokens = method_tokens(method, samplers, batch, randomness)
+        modelled = time.perf_counter()
         images.append(teacher.decode_tokens(tokens).float().cpu())
-        seconds += time.perf_counter() - began
-    return torch.cat(images), seconds / max(labels.shape[0], 1)
+        decoded = time.perf_counter()
+        spent["randomness"] += drawn - began
+        spent["model"] += modelled - drawn
+        spent["decode"] += decoded - modelled
+    count = max(labels.shape[0], 1)
+    if parts is not None:
+        parts.update({part: seconds / count for part, seconds in spent.items()})
+    return torch.cat(images), sum(spent.values()) / count
 
 
 @torch.no_grad()
@@ -327,12 +338,15 @@ def evaluate_methods(
     progress: bool = True,
     keep_images: Callable[[Method, torch.Tensor], None] | None = None,
 ) -> list[dict]:
-    """One row per method: its name, kind, steps, metrics and seconds per image."""
+    """One row per method: its name, kind, steps, metrics and seconds per image (in all, and of
+    the model calls alone: ``model_seconds_per_image``, without noise drawing and decoding)."""
     rows = []
     for method in tqdm(methods, desc="methods", disable=not progress):
+        parts: dict[str, float] = {}
         images, seconds = generate(
-            method, samplers, labels, base_seed=base_seed, batch_size=batch_size, progress=progress
-        )
+            method, samplers, labels, base_seed=base_seed, batch_size=batch_size,
+            progress=progress, parts=parts,
+        )  # fmt: skip
         if keep_images is not None:
             keep_images(method, images)
         metrics = score(images, labels, space, reference, fid_rows=fid_rows, is_splits=is_splits)
@@ -343,6 +357,7 @@ def evaluate_methods(
                 "steps": method.steps,
                 **metrics,
                 "seconds_per_image": seconds,
+                "model_seconds_per_image": parts["model"],
             }  # fmt: skip
         )
     return rows

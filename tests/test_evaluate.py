@@ -18,6 +18,7 @@ from dd.demo import (
     make_pairs,
     report_json,
     run_demo,
+    stage3_checks,
 )
 from dd.evaluate import Method, Reference, Samplers, generate, parse_methods
 from dd.metrics.digits import frechet_distance as torchmetrics_fid
@@ -218,7 +219,8 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
             (r["method"], r["steps"], r["fid"], r["class_accuracy"])
             for r in side["teachers"][name]["rows"]
         ], name
-    assert "2 processes running teachers side by side" in (tmp_path / "side" / "report.md").read_text()
+    side_report = (tmp_path / "side" / "report.md").read_text()
+    assert "1 threads per process, 2 processes running teachers side by side" in side_report
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_demo(tmp_path / "none", toy, workers=0)
 
@@ -275,3 +277,34 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     for row in result["rows"]:
         assert row["seconds_per_image"] > 0 and 0 <= row["class_accuracy"] <= 1
         assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+
+
+def test_stage3_checks_judge_every_target_of_the_issue():
+    """Hand-made rows: teacher FID 5, onestep* 15 (gap 10); each verdict flips at its limit."""
+
+    def row(name, method, steps, fid, accuracy=0.98, seconds=0.002, model=0.001):
+        return {"name": name, "method": method, "steps": steps, "fid": fid,
+                "class_accuracy": accuracy, "seconds_per_image": seconds,
+                "model_seconds_per_image": model}  # fmt: skip
+
+    details = [
+        row("teacher", "teacher", 64, 5.0, accuracy=0.99, seconds=0.01, model=0.009),
+        row("dd 1-step", "dd", 1, 10.0, accuracy=0.93),  # limit 5 + 0.5 * 10 = 10: met
+        row("dd 2-step", "dd", 2, 8.6),  # limit 5 + 0.35 * 10 = 8.5: not met
+        row("dd+teacher a", "dd+teacher", 21, 7.0),
+        row("dd+teacher b", "dd+teacher", 12, 9.0),  # above DD 2-step: outside
+        row("onestep*", "onestep*", 1, 15.0),
+        row("skip-62", "skip", 2, 300.0),
+        row("skip-39", "skip", 25, 50.0),  # 25 calls: not a cost match for DD
+    ]
+    lines = stage3_checks({"details": details, "one_forward_seconds_per_image": 0.001})
+    text = "\n".join(lines)
+    assert lines[0] == "gap = FID(onestep*) - FID(teacher) = 10.00"
+    assert "DD 1-step FID 10.00 <= teacher + 0.5 gap = 10.00: met" in text
+    assert "DD 2-step FID 8.60 <= teacher + 0.35 gap = 8.50: NOT met" in text
+    assert "class accuracy 93.0% within 5.0 points of the teacher's 99.0%: NOT met" in text
+    assert "= 2.00x one teacher forward (1.00 ms), <= 1.2x: NOT met" in text
+    assert "model call alone 1.00 ms = 1.00x: met" in text
+    assert "DD 2-step (8.60): 1 of 2" in text
+    assert "against skip-62 (2 model calls) 300.00: met" in text and "skip-39" not in text
+    assert stage3_checks({"details": details[:3], "one_forward_seconds_per_image": 1.0}) == []

@@ -523,7 +523,11 @@ def _start_worker(slots, lock, num_threads: int | None) -> None:
 
 
 def quiet_lightning() -> None:
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):  # keep the bars only
+    """Keep the bars only: Lightning's INFO lines (devices, tips) off. Lightning sets its
+    loggers' levels when first imported, so it is imported before they are lowered."""
+    import lightning.pytorch  # noqa: F401
+
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
 

@@ -15,12 +15,11 @@ on the values); the tiny names are the shipped teachers.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 from common import machine_description
 
+from dd.evaluate import alternated_medians, teacher_forward
 from dd.sampling import draw_noise, sample_tokens
 from dd.student import DDStudent
 from teachers.llamagen import GPT, GPTConfig, LlamaGenTeacher, VQConfig, VQModel
@@ -67,9 +66,11 @@ def main() -> None:
     tokens = torch.randint(teacher.vocab_size, (batch, geometry.num_tokens))
     noise = draw_noise(batch, geometry.num_tokens, teacher.code_dim, torch.Generator())
 
-    def teacher_forward():
+    forward = teacher_forward(teacher, batch)
+
+    def one_forward():
         with torch.no_grad():
-            teacher.logits_teacher_forcing(labels, tokens)
+            forward()
 
     def one_step():
         sample_tokens(student, labels, noise, steps=1)
@@ -78,15 +79,9 @@ def main() -> None:
         with torch.no_grad():
             teacher.decode_tokens(tokens)
 
-    timings: dict[str, list[float]] = {"teacher": [], "student": [], "decode": []}
-    for run in (teacher_forward, one_step, decode):  # warm-up
-        run()
-    for _ in range(args.repeats):
-        for key, run in (("teacher", teacher_forward), ("student", one_step), ("decode", decode)):
-            started = time.perf_counter()
-            run()
-            timings[key].append(time.perf_counter() - started)
-    median = {key: statistics.median(values) for key, values in timings.items()}
+    median = alternated_medians(
+        {"teacher": one_forward, "student": one_step, "decode": decode}, args.repeats
+    )
     print(f"machine: {machine_description(args.threads)}, float32, CPU")
     print(f"teacher {args.teacher}: {geometry.num_tokens} tokens, batch {batch}")
     print("| measurement | ms per batch |")

@@ -279,8 +279,8 @@ def evaluate_teacher(
     from dd.evaluate import (
         Reference,
         evaluate_methods,
+        forward_seconds_per_image,
         generate,
-        one_forward_seconds_per_image,
         parse_methods,
     )
     from dd.grids import labelled_grid
@@ -313,13 +313,15 @@ def evaluate_teacher(
         base_seed=seed, batch_size=settings.eval_batch_size, fid_rows=fid_rows,
         is_splits=IS_SPLITS, progress=progress,
     )  # fmt: skip
+    alternated = forward_seconds_per_image(
+        samplers, methods, settings.eval_batch_size, base_seed=seed
+    )
     return {
         "family": teacher.family,
         "num_tokens": teacher.geometry.num_tokens,
         "num_ar_steps": teacher.geometry.num_steps,
-        "one_forward_seconds_per_image": one_forward_seconds_per_image(
-            teacher, settings.eval_batch_size
-        ),
+        "one_forward_seconds_per_image": alternated["forward"],
+        "alternated_seconds_per_image": alternated,
         "details": results,
         "grid": str(grid.relative_to(output)),
         "num_samples": int(labels.shape[0]),
@@ -379,16 +381,18 @@ def stage3_checks(result: dict) -> list[str]:
             f"{verdict(points <= ACCURACY_POINTS)}"
         )
         forward = result["one_forward_seconds_per_image"]
-        ratio, model_ratio = (
-            one["seconds_per_image"] / forward,
-            one["model_seconds_per_image"] / forward,
-        )
+        model = result.get("alternated_seconds_per_image", {}).get("dd 1-step")
+        if model is not None:
+            lines.append(
+                f"DD 1-step model call {1000 * model:.2f} ms per image = {model / forward:.2f}x "
+                f"one teacher forward ({1000 * forward:.2f} ms), the two timed alternately, "
+                f"<= {SPEED_RATIO}x: {verdict(model / forward <= SPEED_RATIO)}"
+            )
+        ratio = one["seconds_per_image"] / forward
         lines.append(
-            f"DD 1-step {1000 * one['seconds_per_image']:.2f} ms per image = {ratio:.2f}x one "
-            f"teacher forward ({1000 * forward:.2f} ms), <= {SPEED_RATIO}x: "
-            f"{verdict(ratio <= SPEED_RATIO)}; "
-            f"its model call alone {1000 * one['model_seconds_per_image']:.2f} ms = "
-            f"{model_ratio:.2f}x: {verdict(model_ratio <= SPEED_RATIO)}"
+            f"DD 1-step in the evaluation pass, with noise drawing and decoding: "
+            f"{1000 * one['seconds_per_image']:.2f} ms per image = {ratio:.2f}x that forward, "
+            f"<= {SPEED_RATIO}x: {verdict(ratio <= SPEED_RATIO)}"
         )
     mixed = [row for row in result["details"] if row["method"] == "dd+teacher"]
     if two is not None and mixed:
@@ -416,6 +420,8 @@ def report_markdown(
     workers: int = 1,
     num_threads: int | None = None,
 ) -> str:
+    from dd.evaluate import FORWARD_REPEATS
+
     threads = torch.get_num_threads() if num_threads is None else num_threads
     side_by_side = (
         f"{workers} processes running teachers side by side (timings share the CPU)"
@@ -438,7 +444,9 @@ def report_markdown(
             f"{result['num_ar_steps']} AR steps)",
             "",
             f"{result['num_samples']} samples ({result['fid_samples']} in FID and precision/"
-            f"recall); one full-sequence teacher forward: {forward_ms:.2f} ms per image.",
+            f"recall); one full-sequence teacher forward: {forward_ms:.2f} ms per image "
+            "(timed alternately with the DD model calls, median of "
+            f"{FORWARD_REPEATS} rounds).",
             "",
             "| method | steps | FID | IS | precision | recall | class accuracy | ms per image "
             "| of which model calls |",

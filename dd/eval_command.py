@@ -152,7 +152,7 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
 
 
 def run_eval(recipe: EvalRecipe) -> dict:
-    from dd.evaluate import evaluate_methods, one_forward_seconds_per_image, parse_methods
+    from dd.evaluate import evaluate_methods, forward_seconds_per_image, parse_methods
 
     if recipe.num_threads is not None:
         torch.set_num_threads(recipe.num_threads)
@@ -180,12 +180,16 @@ def run_eval(recipe: EvalRecipe) -> dict:
         is_splits=recipe.is_splits,
         progress=recipe.progress_bar,
     )
+    alternated = forward_seconds_per_image(
+        samplers, methods, recipe.batch_size, base_seed=recipe.seed
+    )
     return {
         "teacher": setup.teacher_name,
         "family": teacher.family,
         "num_tokens": teacher.geometry.num_tokens,
         "num_ar_steps": teacher.geometry.num_steps,
-        "one_forward_seconds_per_image": one_forward_seconds_per_image(teacher, recipe.batch_size),
+        "one_forward_seconds_per_image": alternated["forward"],
+        "alternated_seconds_per_image": alternated,
         "sampling": dataclasses.asdict(samplers.sampling),
         "feature_space": space.name,
         "reference": reference_name,
@@ -202,8 +206,16 @@ def format_table(result: dict) -> str:
         return "-" if value is None else f"{scale * value:.{digits}f}"
 
     forward_ms = 1000 * result["one_forward_seconds_per_image"]
+    alternated = result.get("alternated_seconds_per_image", {})
+    model_calls = "".join(
+        f"; {name} model calls {1000 * seconds:.2f} ms/image "
+        f"({seconds / result['one_forward_seconds_per_image']:.2f}x)"
+        for name, seconds in alternated.items()
+        if name != "forward"
+    )
     lines = [
-        f"{result['teacher']}: one full-sequence teacher forward {forward_ms:.2f} ms/image",
+        f"{result['teacher']}: one full-sequence teacher forward {forward_ms:.2f} ms/image"
+        f"{model_calls}{' (timed alternately with it)' if model_calls else ''}",
         "| method | steps | FID | IS | precision | recall | class acc. % | ms/image |",
         "|---|---|---|---|---|---|---|---|",
     ]

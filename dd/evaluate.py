@@ -19,8 +19,10 @@ per sample.
 
 from __future__ import annotations
 
+import functools
+import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -52,7 +54,7 @@ from teachers.sampling import map_continuous_noise
 
 MethodKind = Literal["teacher", "dd", "dd+teacher", "skip", "onestep*"]
 CONTINUOUS_KINDS = ("teacher", "dd", "onestep*")  # what is defined for continuous tokens
-FORWARD_REPEATS = 3  # timed repeats of the full-sequence teacher forward (after one warm-up)
+FORWARD_REPEATS = 5  # timed rounds of the teacher forward and the DD model calls (after a warm-up)
 
 
 @dataclass(frozen=True)
@@ -238,12 +240,7 @@ def generate(
         indices = range(start, start + len(batch))
         randomness = randomness_at(base_seed, indices, n, code_dim)
         drawn = time.perf_counter()
-        if samplers.continuous:
-            tokens = continuous_method_tokens(
-                method, samplers, batch, randomness.noise_BNC, indices, base_seed
-            )
-        else:
-            tokens = method_tokens(method, samplers, batch, randomness)
+        tokens = model_calls(method, samplers, batch, randomness, indices, base_seed)
         modelled = time.perf_counter()
         images.append(teacher.decode_tokens(tokens).float().cpu())
         decoded = time.perf_counter()
@@ -256,32 +253,77 @@ def generate(
     return torch.cat(images), sum(spent.values()) / count
 
 
-@torch.no_grad()
-def one_forward_seconds_per_image(
-    teacher: Teacher | ContinuousTeacher, batch_size: int, repeats: int = FORWARD_REPEATS
-) -> float:
-    """Seconds per image of ONE full-sequence teacher forward (teacher forcing, unguided) at
-    ``batch_size``: the cost floor of a one-step generator built from the teacher's trunk.
-    Continuous-token teachers: the trunk and ONE unguided head step at every position."""
+def model_calls(
+    method: Method,
+    samplers: Samplers,
+    labels: torch.Tensor,
+    randomness: SampleRandomness,
+    indices: range,
+    base_seed: int,
+) -> torch.Tensor:
+    """Tokens of one batch: every model call and token choice of ``method``, nothing else."""
+    if samplers.continuous:
+        return continuous_method_tokens(
+            method, samplers, labels, randomness.noise_BNC, indices, base_seed
+        )
+    return method_tokens(method, samplers, labels, randomness)
+
+
+def alternated_medians(calls: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each call over ``repeats`` rounds that run every call once, in turn,
+    after one warm-up round. Other load on the machine falls on all of them alike, so their
+    ratios hold better than timings taken at different moments."""
+    if repeats < 1:
+        raise ValueError(f"repeats must be >= 1, got {repeats}")
+    seconds: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        call()
+    for _ in range(repeats):
+        for name, call in calls.items():
+            began = time.perf_counter()
+            call()
+            seconds[name].append(time.perf_counter() - began)
+    return {name: statistics.median(values) for name, values in seconds.items()}
+
+
+def teacher_forward(teacher: Teacher | ContinuousTeacher, batch_size: int) -> Callable[[], None]:
+    """ONE full-sequence teacher forward (teacher forcing, unguided) at ``batch_size``: the cost
+    floor of a one-step generator built from the teacher's trunk. Continuous-token teachers:
+    the trunk and ONE unguided head step at every position."""
     labels = torch.arange(batch_size) % teacher.num_classes
     n = teacher.geometry.num_tokens
     if isinstance(teacher, ContinuousTeacher):
         tokens = torch.zeros(batch_size, n, teacher.token_dim)
         one_call = ContinuousSamplingConfig(cfg_scale=1.0, head_steps=1)
+        return lambda: teacher.map_noise_teacher_forcing(labels, tokens, tokens, one_call)
+    tokens = torch.zeros(batch_size, n, dtype=torch.long)
+    return lambda: teacher.logits_teacher_forcing(labels, tokens)
 
-        def forward() -> None:
-            teacher.map_noise_teacher_forcing(labels, tokens, tokens, one_call)
-    else:
-        tokens = torch.zeros(batch_size, n, dtype=torch.long)
 
-        def forward() -> None:
-            teacher.logits_teacher_forcing(labels, tokens)
-
-    forward()  # warm-up
-    began = time.perf_counter()
-    for _ in range(repeats):
-        forward()
-    return (time.perf_counter() - began) / (repeats * batch_size)
+@torch.no_grad()
+def forward_seconds_per_image(
+    samplers: Samplers,
+    methods: Sequence[Method],
+    batch_size: int,
+    *,
+    base_seed: int,
+    repeats: int = FORWARD_REPEATS,
+) -> dict[str, float]:
+    """Seconds per image of one full-sequence teacher forward (``"forward"``) and of the model
+    calls of every DD method (by name: the student forward and token choice, no noise drawing
+    and no decoding), timed alternately (``alternated_medians``) at ``batch_size`` on the same
+    labels and randomness: the stage-2 and stage-3 issues' speed ratios, side by side."""
+    teacher = samplers.teacher
+    labels = torch.arange(batch_size) % teacher.num_classes
+    indices = range(batch_size)
+    code_dim = teacher.token_dim if samplers.continuous else int(teacher.codebook.shape[1])
+    randomness = randomness_at(base_seed, indices, teacher.geometry.num_tokens, code_dim)
+    calls: dict[str, Callable[[], object]] = {"forward": teacher_forward(teacher, batch_size)}
+    for method in (m for m in methods if m.kind == "dd"):
+        calls[method.name] = functools.partial(
+            model_calls, method, samplers, labels, randomness, indices, base_seed
+        )
+    return {name: s / batch_size for name, s in alternated_medians(calls, repeats).items()}
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,15 @@ from dd.demo import (
     run_demo,
     stage3_checks,
 )
-from dd.evaluate import Method, Reference, Samplers, generate, parse_methods
+from dd.evaluate import (
+    Method,
+    Reference,
+    Samplers,
+    alternated_medians,
+    forward_seconds_per_image,
+    generate,
+    parse_methods,
+)
 from dd.metrics.digits import frechet_distance as torchmetrics_fid
 from dd.metrics.generative import (
     FeatureStats,
@@ -90,6 +98,13 @@ def samplers(request):
     student = DDStudent(teacher, (0, second), teacher.geometry.step_ranges[second][0])
     frequencies = torch.softmax(torch.randn(10, teacher.geometry.num_tokens, 64), -1)
     return Samplers(teacher, tiny_sampling(request.param), student, frequencies)
+
+
+def test_forward_timing_covers_the_teacher_forward_and_every_dd_method(samplers):
+    methods = parse_methods(["teacher", "dd:1", "dd:2", "skip:1"], samplers)
+    seconds = forward_seconds_per_image(samplers, methods, batch_size=4, base_seed=0, repeats=1)
+    assert set(seconds) == {"forward", "dd 1-step", "dd 2-step"}
+    assert all(value > 0 for value in seconds.values())
 
 
 def test_every_method_gives_the_same_images_whatever_the_batch_size(samplers):
@@ -272,6 +287,9 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     assert code == 0
     result = json.loads(out.read_text())
     assert result["num_ar_steps"] == 6 and result["one_forward_seconds_per_image"] > 0
+    assert result["alternated_seconds_per_image"] == {
+        "forward": result["one_forward_seconds_per_image"]
+    }  # no DD method asked: only the forward is timed
     assert [row["name"] for row in result["rows"]] == ["teacher", "skip-2"]
     assert [row["steps"] for row in result["rows"]] == [6, 4]
     for row in result["rows"]:
@@ -297,14 +315,33 @@ def test_stage3_checks_judge_every_target_of_the_issue():
         row("skip-62", "skip", 2, 300.0),
         row("skip-39", "skip", 25, 50.0),  # 25 calls: not a cost match for DD
     ]
-    lines = stage3_checks({"details": details, "one_forward_seconds_per_image": 0.001})
+    lines = stage3_checks(
+        {
+            "details": details,
+            "one_forward_seconds_per_image": 0.001,
+            "alternated_seconds_per_image": {"forward": 0.001, "dd 1-step": 0.0011},
+        }
+    )
     text = "\n".join(lines)
     assert lines[0] == "gap = FID(onestep*) - FID(teacher) = 10.00"
     assert "DD 1-step FID 10.00 <= teacher + 0.5 gap = 10.00: met" in text
     assert "DD 2-step FID 8.60 <= teacher + 0.35 gap = 8.50: NOT met" in text
     assert "class accuracy 93.0% within 5.0 points of the teacher's 99.0%: NOT met" in text
-    assert "= 2.00x one teacher forward (1.00 ms), <= 1.2x: NOT met" in text
-    assert "model call alone 1.00 ms = 1.00x: met" in text
+    assert "model call 1.10 ms per image = 1.10x one teacher forward (1.00 ms)" in text
+    assert "timed alternately, <= 1.2x: met" in text
+    assert "decoding: 2.00 ms per image = 2.00x that forward, <= 1.2x: NOT met" in text
     assert "DD 2-step (8.60): 1 of 2" in text
     assert "against skip-62 (2 model calls) 300.00: met" in text and "skip-39" not in text
     assert stage3_checks({"details": details[:3], "one_forward_seconds_per_image": 1.0}) == []
+
+
+def test_alternated_medians_time_every_call_in_turn():
+    """One warm-up round, then ``repeats`` rounds calling each in the given order; medians."""
+    order = []
+    medians = alternated_medians(
+        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3
+    )
+    assert order == ["a", "b"] * 4
+    assert set(medians) == {"a", "b"} and all(seconds >= 0 for seconds in medians.values())
+    with pytest.raises(ValueError, match="repeats must be >= 1"):
+        alternated_medians({"a": lambda: None}, repeats=0)

@@ -21,6 +21,7 @@ default run the stages add up to 1.9x its wall time), each with its own lines of
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import multiprocessing
@@ -201,6 +202,18 @@ def make_pairs(name: str, settings: DemoSettings, output: Path, progress: bool) 
     return folder
 
 
+def student_folder(name: str, settings: DemoSettings, output: Path) -> Path:
+    """The run folder of a demo student, named by everything its training depends on (the tiny
+    recipe file and the training settings): a finished student is reused only for the same
+    training, and other settings get their own folder."""
+    keys = ("num_pairs", "train_steps", "global_batch_size", "num_heldout", "ema_decay", "lr",
+            "cosine_warmup_steps")  # fmt: skip
+    training = {key: getattr(settings, key) for key in keys}
+    recipe_file = RECIPES_DIR / f"distill_{RECIPE_STEM[name]}.yaml"
+    digest = hashlib.sha256((recipe_file.read_text() + repr(training)).encode()).hexdigest()
+    return output / "students" / f"{name}-{settings.num_pairs}-{settings.train_steps}-{digest[:8]}"
+
+
 def distil(name: str, settings: DemoSettings, pairs: Path, output: Path, progress: bool) -> Path:
     """A student through ``dd train``'s module; a finished one is reused, a stopped one resumed."""
     from dd.checkpoint import CARD_FILE
@@ -208,7 +221,7 @@ def distil(name: str, settings: DemoSettings, pairs: Path, output: Path, progres
     from dd.train_command import train
     from dd.train_recipe import TrainRecipe
 
-    run_folder = output / "students" / f"{name}-{settings.num_pairs}-{settings.train_steps}"
+    run_folder = student_folder(name, settings, output)
     student = run_folder / "student"
     card = student / CARD_FILE
     if card.is_file() and json.loads(card.read_text())["record"]["steps"] >= settings.train_steps:

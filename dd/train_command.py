@@ -16,10 +16,12 @@ import platform
 import shlex
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
+import yaml
 
-from dd.config import parse_recipe
+from dd.config import parse_recipe, recipe_from_dict, recipe_to_dict
 from dd.train_recipe import RunSection, TrainRecipe
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,53 @@ def ema_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """The averaged (EMA) weights of a Lightning checkpoint: ``EMAWeightAveraging`` stores them
     as the checkpoint's ``state_dict`` (the current weights go to ``current_model_state``)."""
     return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+
+
+# What a resumed run may change: how it reports, paces and checkpoints itself, and (with the
+# constant schedule only) how long it goes on; anything else would splice two recipes.
+RESUMABLE_KEYS = (
+    "run.progress_bar",
+    "run.num_threads",
+    "run.val_every_steps",
+    "run.checkpoint_every_steps",
+    "run.max_steps",
+)
+
+
+def flat_items(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"section.key": value}`` of nested recipe data."""
+    if not isinstance(data, dict):
+        return {prefix: data}
+    items: dict[str, Any] = {}
+    for key, value in data.items():
+        items.update(flat_items(value, f"{prefix}.{key}" if prefix else key))
+    return items
+
+
+def check_resumable(recipe: TrainRecipe, output: Path) -> None:
+    """Refuse to resume ``output``'s last checkpoint under a recipe that differs from the one
+    that run was started with (``output/recipe.yaml``) beyond ``RESUMABLE_KEYS``: the steps
+    after the checkpoint would follow other settings and the saved recipe would not say so."""
+    saved = output / "recipe.yaml"
+    if not ((output / "checkpoints" / LAST_CHECKPOINT).is_file() and saved.is_file()):
+        return
+    before = flat_items(
+        recipe_to_dict(recipe_from_dict(TrainRecipe, yaml.safe_load(saved.read_text())))
+    )
+    after = flat_items(recipe_to_dict(recipe))
+    allowed = set(RESUMABLE_KEYS)
+    if recipe.optim.schedule == "cosine":  # its rates depend on run.max_steps
+        allowed.discard("run.max_steps")
+    changed = [
+        f"{key}: {before.get(key)!r} -> {after.get(key)!r}"
+        for key in sorted(before.keys() | after.keys())
+        if key not in allowed and before.get(key) != after.get(key)
+    ]
+    if changed:
+        raise ValueError(
+            f"{output} holds a run started with another recipe ({saved}); resuming it would "
+            f"change {'; '.join(changed)}. Give a new run.output, or delete {output} to start over"
+        )
 
 
 def make_trainer(run: RunSection, output: Path):
@@ -91,6 +140,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     if run.num_threads is not None:
         torch.set_num_threads(run.num_threads)
     output = Path(run.output)
+    check_resumable(recipe, output)
     output.mkdir(parents=True, exist_ok=True)
     (output / "recipe.yaml").write_text(resolved_yaml)
     teacher = load_teacher(recipe.teacher)

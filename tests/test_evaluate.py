@@ -4,6 +4,7 @@ and the demo's report.json schema from a toy-sized run."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -14,11 +15,13 @@ from dd.cli import main as dd_main
 from dd.demo import (
     COMMON_METHODS,
     CONTINUOUS_METHODS,
+    DEMO_PRESETS,
     DemoSettings,
     make_pairs,
     report_json,
     run_demo,
     stage3_checks,
+    student_folder,
 )
 from dd.evaluate import (
     Method,
@@ -265,8 +268,23 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
         InceptionSpace(tmp_path / "bad.pth")
 
 
+def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):
+    """A finished demo student is reused by folder: only the same training may find it."""
+    settings = DEMO_PRESETS["default"]["llamagen-digits"]
+    folder = student_folder("llamagen-digits", settings, tmp_path)
+    assert folder == student_folder("llamagen-digits", settings, tmp_path)
+    assert folder.name.startswith("llamagen-digits-4000-800-")
+    for change in ({"lr": 1e-3}, {"ema_decay": 0.999}, {"global_batch_size": 32},
+                   {"cosine_warmup_steps": None}):  # fmt: skip
+        other = student_folder("llamagen-digits", dataclasses.replace(settings, **change), tmp_path)
+        assert other != folder, change
+    # The evaluation's settings do not retrain the student.
+    evaluation = dataclasses.replace(settings, eval_per_class=10, eval_batch_size=50)
+    assert student_folder("llamagen-digits", evaluation, tmp_path) == folder
+
+
 def test_demo_presets_overrides_and_unknown_teachers(capsys):
-    from dd.demo import DEMO_PRESETS, DemoRecipe
+    from dd.demo import DemoRecipe
 
     settings = DemoRecipe(preset="quick", train_steps=5, teachers=["var-digits"]).settings()
     assert list(settings) == ["var-digits"] and settings["var-digits"].train_steps == 5

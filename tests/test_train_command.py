@@ -23,9 +23,10 @@ from data_gen.config import (
 from data_gen.engine import run_generation
 from dd.checkpoint import read_card
 from dd.cli import main as dd_main
+from dd.config import dump_yaml, read_recipe
 from dd.config import parse_recipe as parse_any_recipe
 from dd.teacher_spec import TeacherSpec
-from dd.train_command import ema_state_dict
+from dd.train_command import check_resumable, ema_state_dict
 from dd.train_recipe import TrainRecipe
 from teachers.tiny.registry import tiny_sampling
 
@@ -132,6 +133,13 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path):
         torch.testing.assert_close(tensor, ema[f"student.backbone.{name}"], atol=0, rtol=0)
     assert dd_main(["train", *train_argv(var_pairs, output, 4), "--run.max_steps", "6"]) == 0
     assert weights.read_bytes() == before
+    # Resuming under another recipe is refused, naming what changed; nothing is overwritten.
+    saved = (output / "recipe.yaml").read_text()
+    with pytest.raises(ValueError, match=r"optim.lr: 0.001 -> 0.0005; run.seed: 0 -> 1"):
+        dd_main(
+            ["train", *train_argv(var_pairs, output, 6), "--optim.lr", "5e-4", "--run.seed", "1"]
+        )
+    assert (output / "recipe.yaml").read_text() == saved
 
 
 def test_init_from_starts_from_a_saved_student_of_the_same_teacher(var_pairs, tmp_path):
@@ -179,3 +187,29 @@ def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):
     double = dd.load_student(two / "student").student_state_dict()
     for name, tensor in single.items():
         torch.testing.assert_close(double[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_a_cosine_run_resumes_only_with_its_own_length(tmp_path):
+    """The cosine schedule's rates depend on run.max_steps: a longer resume is refused; a
+    constant-rate run may go on longer; progress bars and threads may always change."""
+    recipe = read_recipe(TrainRecipe, RECIPES[0].parent / "distill_tiny_var.yaml")
+    cosine = dataclasses.replace(
+        recipe,
+        optim=dataclasses.replace(recipe.optim, schedule="cosine"),
+        run=dataclasses.replace(recipe.run, output=str(tmp_path), max_steps=100),
+    )
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    (tmp_path / "recipe.yaml").write_text(dump_yaml(cosine))
+    check_resumable(
+        dataclasses.replace(
+            cosine, run=dataclasses.replace(cosine.run, progress_bar=False, num_threads=2)
+        ),
+        tmp_path,
+    )
+    longer = dataclasses.replace(cosine, run=dataclasses.replace(cosine.run, max_steps=200))
+    with pytest.raises(ValueError, match=r"run.max_steps: 100 -> 200"):
+        check_resumable(longer, tmp_path)
+    constant = dataclasses.replace(cosine, optim=recipe.optim)
+    (tmp_path / "recipe.yaml").write_text(dump_yaml(constant))
+    check_resumable(dataclasses.replace(constant, run=longer.run), tmp_path)

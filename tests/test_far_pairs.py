@@ -2,8 +2,8 @@
 
 No codebook: the stored noise ``[n, C]`` is the head's initial noise of every token and the
 stored tokens ``[n, C]`` (float32) are what the head's deterministic sampler makes of it. Every
-stored pair must equal ``map_noise`` of its noise (to 1e-5: the run maps batches of 4, the
-check batches of 6, and matrix products may sum in another order), ``dd verify-shards`` must
+stored pair must equal ``map_noise`` of its noise (exactly in the run's batches of 4; to 1e-4
+in one batch of 6, where matrix products may sum in another order), ``dd verify-shards`` must
 accept the folder, and a discrete teacher must refuse ``head_steps``.
 """
 
@@ -25,7 +25,8 @@ from teachers.protocol import ContinuousSamplingConfig
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "generate_tiny_far.yaml"
 NUM_PAIRS, SHARD_SIZE, SEED, HEAD_STEPS = 6, 4, 3, 2
-SAME_ATOL = 1e-5
+BATCH_SIZE = 4
+OTHER_BATCH_ATOL = 1e-4
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -34,7 +35,7 @@ def test_dd_generate_writes_the_heads_noise_to_token_map(tmp_path):
     folder = tmp_path / "pairs"
     argv = ["--recipe", str(RECIPE), "--output.folder", str(folder)]
     argv += ["--pairs.num_pairs", str(NUM_PAIRS), "--pairs.seed", str(SEED)]
-    argv += ["--output.shard_size", str(SHARD_SIZE), "--run.batch_size", "4"]
+    argv += ["--output.shard_size", str(SHARD_SIZE), "--run.batch_size", str(BATCH_SIZE)]
     argv += ["--sampling.head_steps", str(HEAD_STEPS), "--run.progress_bar", "false"]
     assert generate_main(argv) == 0
     records = [r for s in plan_shards(NUM_PAIRS, SHARD_SIZE) for r in read_shard(folder / s.name)]
@@ -52,9 +53,14 @@ def test_dd_generate_writes_the_heads_noise_to_token_map(tmp_path):
     noise = torch.stack([r["noise"] for r in records])
     stored = torch.stack([r["tokens"] for r in records])
     sampling = ContinuousSamplingConfig(cfg_scale=2.0, head_steps=HEAD_STEPS)
-    torch.testing.assert_close(
-        stored, map_noise(teacher, labels, noise, sampling), atol=SAME_ATOL, rtol=0
-    )
+    for start in range(0, NUM_PAIRS, BATCH_SIZE):  # the run's batches: the same sums, exactly
+        rows = slice(start, start + BATCH_SIZE)
+        mapped = map_noise(teacher, labels[rows], noise[rows], sampling)
+        torch.testing.assert_close(stored[rows], mapped, atol=0, rtol=0)
+    # In other batches matrix products may sum in another order: float32 round-off, which the
+    # head's steps carry to ~2e-5 on some CPUs.
+    whole = map_noise(teacher, labels, noise, sampling)
+    torch.testing.assert_close(stored, whole, atol=OTHER_BATCH_ATOL, rtol=0)
     report = verify_folder(folder, teacher=teacher, num_records=NUM_PAIRS)
     assert report.ok and report.tokens_checked == NUM_PAIRS * n, report.summary()
 

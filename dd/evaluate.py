@@ -214,6 +214,13 @@ def continuous_method_tokens(
     )  # fmt: skip
 
 
+def wait_for_device() -> None:
+    """On a GPU, calls return before their kernels finish: wait for them before reading a
+    clock (nothing to wait for on the CPU)."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 @torch.no_grad()
 def generate(
     method: Method,
@@ -241,6 +248,7 @@ def generate(
         randomness = randomness_at(base_seed, indices, n, code_dim)
         drawn = time.perf_counter()
         tokens = model_calls(method, samplers, batch, randomness, indices, base_seed)
+        wait_for_device()
         modelled = time.perf_counter()
         images.append(teacher.decode_tokens(tokens).float().cpu())
         decoded = time.perf_counter()
@@ -280,8 +288,10 @@ def alternated_medians(calls: Mapping[str, Callable[[], object]], repeats: int) 
         call()
     for _ in range(repeats):
         for name, call in calls.items():
+            wait_for_device()
             began = time.perf_counter()
             call()
+            wait_for_device()
             seconds[name].append(time.perf_counter() - began)
     return {name: statistics.median(values) for name, values in seconds.items()}
 

@@ -25,23 +25,9 @@ import dd
 from data_gen.shards import MANIFEST_NAME
 from dd.data import load_pairs
 from dd.metrics.digits import class_accuracy, frechet_distance
-from dd.sampling import dd_step, sample_tokens
+from dd.sampling import dd_step, sample_tokens, sample_tokens_interleaved
 from teachers.data import load_digits_split
 from teachers.protocol import SamplingConfig
-from teachers.sampling import sample_from_uniforms
-
-
-def teacher_prefix(teacher, labels, uniforms, steps: int, sampling) -> torch.Tensor:
-    """Tokens ``[B, n]`` with the teacher's own first ``steps`` AR steps (zeros after)."""
-    geometry = teacher.geometry
-    tokens = torch.zeros(labels.shape[0], geometry.num_tokens, dtype=torch.long)
-    with teacher.start(labels, sampling) as session:
-        for step in range(steps):
-            start, end = geometry.step_ranges[step]
-            drawn = sample_from_uniforms(session.next_log_probs(), uniforms[:, start:end])
-            tokens[:, start:end] = drawn
-            session.accept(tokens[:, start:end])
-    return tokens
 
 
 def other_pair_of_the_class(labels: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -87,12 +73,10 @@ def main() -> None:
             "pairs' prefix of the same noise + DD step 2": dd_step(
                 student, labels, noise, kept(tokens), second
             ),
-            "teacher's sampler prefix (Alg. 4, whole prefix) + DD step 2": dd_step(
-                student,
-                labels,
-                noise,
-                teacher_prefix(teacher, labels, uniforms, second, sampling),
-                second,
+            "teacher's sampler prefix (Alg. 4, whole prefix) + DD step 2": (
+                sample_tokens_interleaved(
+                    student, labels, noise, (0, second), uniforms_BN=uniforms, sampling=sampling
+                )
             ),
             "pairs' prefix of another pair of the class + DD step 2": dd_step(
                 student,

@@ -206,7 +206,7 @@ def format_table(result: dict) -> str:
         return "-" if value is None else f"{scale * value:.{digits}f}"
 
     forward_ms = 1000 * result["one_forward_seconds_per_image"]
-    alternated = result.get("alternated_seconds_per_image", {})
+    alternated = result["alternated_seconds_per_image"]
     model_calls = "".join(
         f"; {name} model calls {1000 * seconds:.2f} ms/image "
         f"({seconds / result['one_forward_seconds_per_image']:.2f}x)"

@@ -17,6 +17,7 @@ from dd.demo import (
     CONTINUOUS_METHODS,
     DEMO_PRESETS,
     DemoSettings,
+    demo_train_recipe,
     make_pairs,
     report_json,
     run_demo,
@@ -270,17 +271,23 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
 
 def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):
     """A finished demo student is reused by folder: only the same training may find it."""
+    pairs = tmp_path / "pairs"
+
+    def folder_of(settings):
+        recipe = demo_train_recipe("llamagen-digits", settings, pairs)
+        return student_folder("llamagen-digits", settings, recipe, tmp_path)
+
     settings = DEMO_PRESETS["default"]["llamagen-digits"]
-    folder = student_folder("llamagen-digits", settings, tmp_path)
-    assert folder == student_folder("llamagen-digits", settings, tmp_path)
+    folder = folder_of(settings)
+    assert folder == folder_of(settings)
     assert folder.name.startswith("llamagen-digits-4000-800-")
     for change in ({"lr": 1e-3}, {"ema_decay": 0.999}, {"global_batch_size": 32},
                    {"cosine_warmup_steps": None}):  # fmt: skip
-        other = student_folder("llamagen-digits", dataclasses.replace(settings, **change), tmp_path)
+        other = folder_of(dataclasses.replace(settings, **change))
         assert other != folder, change
     # The evaluation's settings do not retrain the student.
     evaluation = dataclasses.replace(settings, eval_per_class=10, eval_batch_size=50)
-    assert student_folder("llamagen-digits", evaluation, tmp_path) == folder
+    assert folder_of(evaluation) == folder
 
 
 def test_demo_presets_overrides_and_unknown_teachers(capsys):

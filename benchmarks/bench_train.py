@@ -6,7 +6,9 @@ Times, per step, averaged over ``--steps`` after ``--warmup``: the student forwa
 backward through the CE term alone, the decode + perceptual path (forward and backward through
 the frozen decoder and the digits features), the optimiser step, an EMA update of the student
 backbone (what ``EMAWeightAveraging`` does each step, here on the backbone alone) and the data
-(building one batch from ``dd.data.BatchOrder`` over random pairs of the right shape).
+(building one batch from ``dd.data.BatchOrder`` over random pairs of the right shape). Apart,
+not in the full step: the teacher-KL term's targets (``loss.teacher_kl_weight``: one
+teacher-forcing pass through the teacher's session, no grad), the cost that term adds.
 
 Then the framework: ``dd train``'s own Trainer (``dd.train_command.make_trainer``: EMA callback,
 step checkpoints, clipping, logging, the data module) against a plain loop doing the same
@@ -27,11 +29,11 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from dd.data import BatchOrder, PairBatches, PairSet
-from dd.losses import dd_loss
+from dd.losses import dd_loss, teacher_log_probs
 from dd.metrics.digits import feature_distance
 from dd.student import DDStudent
 from dd.trajectory import apply_prefix, predicted_token_cross_entropy, trajectory_input
-from teachers.tiny import load_tiny_teacher
+from teachers.tiny import load_tiny_teacher, tiny_sampling
 
 
 def timed(fn, steps: int, warmup: int) -> float:
@@ -181,6 +183,9 @@ def main() -> None:
     def next_batch():
         next(stream)
 
+    def teacher_kl_targets():
+        teacher_log_probs(teacher, data["labels"], data["tokens"], tiny_sampling(args.teacher))
+
     forward_backward_ce()  # gradients exist for the optimiser timing
     parts = {
         "student forward + backward (CE only)": timed(forward_backward_ce, args.steps, args.warmup),
@@ -191,6 +196,7 @@ def main() -> None:
         "EMA update (backbone)": timed(ema, args.steps, args.warmup),
         "data (one batch)": timed(next_batch, args.steps, args.warmup),
     }
+    kl_targets = timed(teacher_kl_targets, args.steps, args.warmup)
     whole = timed(full_step, args.steps, args.warmup)
     params = sum(p.numel() for p in student.backbone.parameters())
     print(
@@ -203,6 +209,10 @@ def main() -> None:
         print(f"| {name} | {1000 * seconds:.1f} | {100 * seconds / whole:.0f}% |")
     print(f"| full step (forward, both losses, backward, AdamW) | {1000 * whole:.1f} | 100% |")
     print(f"pairs per second (full step): {batch / whole:.0f}")
+    print(
+        f"apart: teacher-KL targets (teacher session, no grad) {1000 * kl_targets:.1f} ms, "
+        f"+{100 * kl_targets / whole:.0f}% of the full step"
+    )
     if args.lightning_steps:
         times = framework_overhead(
             teacher, pairs, batch, args.lightning_steps, args.warmup, args.lightning_repeats

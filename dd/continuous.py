@@ -172,11 +172,13 @@ def check_loss_settings(teacher: object, loss: LossSettings) -> None:
                 "continuous-token teachers only; set it to 0 for a codebook teacher"
             )
         return
-    if loss.ce_weight != 0:
-        raise ValueError(
-            f"loss.ce_weight is {loss.ce_weight}, but a continuous-token teacher has no logits "
-            "(no CE term): set loss.ce_weight: 0 (and weigh loss.token_mse_weight instead)"
-        )
+    for key in ("ce_weight", "teacher_kl_weight"):
+        if getattr(loss, key) != 0:
+            raise ValueError(
+                f"loss.{key} is {getattr(loss, key)}, but a continuous-token teacher has no "
+                f"logits (no CE or teacher-KL term): set loss.{key}: 0 (and weigh "
+                "loss.token_mse_weight instead)"
+            )
 
 
 def student_class(teacher: object) -> type[DDStudent] | type[ContinuousDDStudent]:

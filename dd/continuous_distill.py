@@ -25,8 +25,10 @@ class ContinuousDistillModule(DistillModule):
     0.95). Validation logs the held-out token MSE and perceptual distance per timestep."""
 
     @staticmethod
-    def check_settings(student: ContinuousDDStudent, loss: LossSettings) -> None:
-        check_loss_settings(student.teacher, loss)
+    def check_settings(
+        student: ContinuousDDStudent, loss: LossSettings, pair_sampling: object = None
+    ) -> None:
+        check_loss_settings(student.teacher, loss)  # no teacher-KL term: no logits
 
     def _loss(self, batch: dict[str, torch.Tensor], boundary_B: torch.Tensor):
         inputs = trajectory_input(batch["noise"], batch["tokens"], boundary_B)

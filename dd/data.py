@@ -26,6 +26,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from data_gen.shards import MANIFEST_NAME, read_shard
+from teachers.protocol import SamplingConfig
 
 SEED_STRIDE = 1_000_003  # separates the epoch-permutation and timestep streams of one seed
 
@@ -86,6 +87,12 @@ def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
         noise=torch.stack([r["noise"].float() for r in records]),
         tokens=torch.stack([_stored_tokens(r["tokens"]) for r in records]),
     )
+
+
+def pair_sampling(folder: str | Path) -> SamplingConfig:
+    """The teacher's sampling settings a finished pair folder was made with (its manifest)."""
+    manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
+    return SamplingConfig(**manifest["settings"]["sampling"])
 
 
 def _stored_tokens(tokens: torch.Tensor) -> torch.Tensor:

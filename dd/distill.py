@@ -21,10 +21,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from dd.data import BatchOrder, PairBatches, PairSet
-from dd.losses import LossSettings, PerceptualDistance, dd_loss
+from dd.losses import LossSettings, PerceptualDistance, dd_loss, teacher_kl, teacher_log_probs
 from dd.sampling import choose_tokens
 from dd.student import DDStudent
-from dd.trajectory import trajectory_input
+from dd.trajectory import data_mask, trajectory_input
+from teachers.protocol import SamplingConfig
 
 PAPER_BETAS = (0.9, 0.95)  # DD App. C
 
@@ -70,18 +71,34 @@ class DistillModule(pl.LightningModule):
         optim: OptimSettings,
         loss: LossSettings,
         global_batch_size: int,
+        pair_sampling: SamplingConfig | None = None,
     ) -> None:
+        """``pair_sampling``: the teacher's sampling settings the pairs were made with
+        (``dd.data.pair_sampling``); needed by the teacher-KL term only."""
         super().__init__()
-        self.check_settings(student, loss)
-        self.student, self.perceptual = student, perceptual
+        self.check_settings(student, loss, pair_sampling)
+        self.student, self.perceptual, self.pair_sampling = student, perceptual, pair_sampling
         self.optim, self.loss, self.global_batch_size = optim, loss, global_batch_size
         boundaries = [student.geometry.step_ranges[k][0] for k in student.timesteps]
         self.register_buffer("boundaries", torch.tensor(boundaries), persistent=False)
 
     @staticmethod
-    def check_settings(student: DDStudent, loss: LossSettings) -> None:
+    def check_settings(
+        student: DDStudent, loss: LossSettings, pair_sampling: SamplingConfig | None = None
+    ) -> None:
         """With ``perceptual_weight`` 0 the embedding head learns nothing (``dd_loss`` then skips
-        the decoder): refuse a split that would sample from it."""
+        the decoder): refuse a split that would sample from it. The teacher-KL term needs the
+        noise-logit prior (it trains the logits without it) and the pairs' sampling settings."""
+        if loss.teacher_kl_weight < 0:
+            raise ValueError(f"loss.teacher_kl_weight must be >= 0, got {loss.teacher_kl_weight}")
+        if loss.teacher_kl_weight > 0 and student.noise_logit_scale is None:
+            raise ValueError(
+                "loss.teacher_kl_weight > 0 trains the student's logits without the noise-logit "
+                "prior towards the teacher's log p; set student.noise_logit_scale (the flow "
+                "map's kappa, e.g. 2.5) or the weight to 0"
+            )
+        if loss.teacher_kl_weight > 0 and pair_sampling is None:
+            raise ValueError("loss.teacher_kl_weight > 0 needs the pairs' sampling settings")
         if loss.perceptual_weight == 0 and student.split_token < student.geometry.num_tokens:
             raise ValueError(
                 f"loss.perceptual_weight is 0, so the embedding head is never trained, but "
@@ -90,17 +107,29 @@ class DistillModule(pl.LightningModule):
                 "(the logits head everywhere) or give the perceptual term a weight"
             )
 
-    def _predict(self, batch: dict[str, torch.Tensor]):
-        codebook = self.student.teacher.codebook
+    def _predict(self, batch: dict[str, torch.Tensor], *, with_trunk: bool = False):
+        """``(logits, embeddings, boundary, trunk logits or None)``; the trunk logits (without
+        the noise-logit prior) only ``with_trunk``."""
+        student = self.student
         boundary = self.boundaries[batch["timestep_choice"]]
-        inputs = trajectory_input(batch["noise"], batch["tokens"], codebook, boundary)
-        logits, embeddings = self.student(batch["labels"], inputs, boundary, batch["tokens"])
-        return logits, embeddings, boundary
+        inputs = trajectory_input(
+            batch["noise"], batch["tokens"], student.teacher.codebook, boundary
+        )
+        if not with_trunk:
+            logits, embeddings = student(batch["labels"], inputs, boundary, batch["tokens"])
+            return logits, embeddings, boundary, None
+        trunk, embeddings = student(
+            batch["labels"], inputs, boundary, batch["tokens"], noise_logit_scale=0.0
+        )
+        predicted_BN1 = ~data_mask(boundary, inputs.shape[1]).unsqueeze(-1)
+        logits = torch.where(predicted_BN1, trunk + student.noise_logit_prior(inputs), trunk)
+        return logits, embeddings, boundary, trunk
 
     def training_step(
         self, batch: dict[str, torch.Tensor], batch_idx: int
     ) -> dict[str, torch.Tensor]:
-        logits, embeddings, boundary = self._predict(batch)
+        kl_weight = self.loss.teacher_kl_weight
+        logits, embeddings, boundary, trunk = self._predict(batch, with_trunk=kl_weight > 0)
         terms = dd_loss(
             self.student.teacher,
             logits,
@@ -111,17 +140,25 @@ class DistillModule(pl.LightningModule):
             ce_weight=self.loss.ce_weight,
             perceptual_weight=self.loss.perceptual_weight,
         )
+        total, logged = terms.total, {}
+        if kl_weight > 0:
+            target = teacher_log_probs(
+                self.student.teacher, batch["labels"], batch["tokens"], self.pair_sampling
+            )
+            kl = teacher_kl(trunk, target, boundary)
+            total, logged = total + kl_weight * kl, {"train/teacher_kl": kl.detach()}
         self.log_dict(
             {
-                "train/loss": terms.total.detach(),
+                "train/loss": total.detach(),
                 "train/cross_entropy": terms.cross_entropy,
                 "train/perceptual": terms.perceptual,
+                **logged,
             },
             prog_bar=True,
             sync_dist=False,
         )
         return {
-            "loss": terms.total,
+            "loss": total,
             "cross_entropy": terms.cross_entropy,
             "perceptual": terms.perceptual,
         }
@@ -130,7 +167,7 @@ class DistillModule(pl.LightningModule):
         """Held-out token agreement with the teacher's tokens at every training timestep."""
         for choice, step in enumerate(self.student.timesteps):
             chosen = torch.full_like(batch["labels"], choice)
-            logits, embeddings, boundary = self._predict({**batch, "timestep_choice": chosen})
+            logits, embeddings, boundary, _ = self._predict({**batch, "timestep_choice": chosen})
             predicted = choose_tokens(self.student, logits, embeddings)
             start = int(boundary[0])
             agreement = (predicted[:, start:] == batch["tokens"][:, start:]).float().mean()

@@ -2,7 +2,8 @@
 
 ``dd_loss = ce_weight * CE(logits, target tokens) + perceptual_weight * d(decode(emb), decode(q))``
 on the positions the student predicts; the paper's weights are 0.1 and 1.0 and the perceptual
-distance is LPIPS-VGG. The image of the predicted embeddings goes through the frozen teacher
+distance is LPIPS-VGG. ``teacher_kl`` is our optional third term
+(``loss.teacher_kl_weight``). The image of the predicted embeddings goes through the frozen teacher
 decoder (``Teacher.decode_embeddings``) so the gradient reaches the embedding head.
 
 Perceptual distances take two image batches in ``[0, 1]`` and return ``[B]``:
@@ -21,8 +22,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from dd.trajectory import apply_prefix, predicted_token_cross_entropy
-from teachers.protocol import Teacher
+from dd.trajectory import apply_prefix, data_mask, predicted_token_cross_entropy
+from teachers.protocol import SamplingConfig, Teacher
 
 PerceptualDistance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -87,6 +88,10 @@ class LossSettings:
     perceptual_weight: float = PAPER_PERCEPTUAL_WEIGHT
     # Continuous-token teachers only (dd.continuous, #13): weight of the MSE on the tokens.
     token_mse_weight: float = 0.0
+    # Our deviation, 0 in the paper: KL from the teacher's distribution of every predicted token
+    # (given the pair's earlier tokens) to the student's logits without the noise-logit prior
+    # (``teacher_kl``); needs student.noise_logit_scale.
+    teacher_kl_weight: float = 0.0
 
 
 def build_perceptual(settings: LossSettings) -> PerceptualDistance:
@@ -138,3 +143,37 @@ def dd_loss(
     perceptual_term = perceptual(predicted_images, target_images).mean()
     total = ce_weight * cross_entropy + perceptual_weight * perceptual_term
     return LossTerms(total, cross_entropy.detach(), perceptual_term.detach())
+
+
+@torch.no_grad()
+def teacher_log_probs(
+    teacher: Teacher, labels_B: torch.Tensor, tokens_BN: torch.Tensor, sampling: SamplingConfig
+) -> torch.Tensor:
+    """The teacher's guided ``log p_i`` ``[B, n, V]`` of every token given the earlier tokens of
+    ``tokens`` (teacher forcing through a ``TeacherSession``: the distributions AR flow matching
+    mapped the pairs' noise through, under the pairs' own ``sampling``)."""
+    steps = []
+    with teacher.start(labels_B, sampling) as session:
+        for start, end in teacher.geometry.step_ranges:
+            steps.append(session.next_log_probs())
+            session.accept(tokens_BN[:, start:end])
+    return torch.cat(steps, dim=1)
+
+
+def teacher_kl(
+    trunk_logits_BNV: torch.Tensor, teacher_log_probs_BNV: torch.Tensor, boundary_B: torch.Tensor
+) -> torch.Tensor:
+    """``KL(p_i || softmax(trunk_i))`` averaged over every predicted position of the batch.
+
+    Why (our deviation from the paper): with the noise-logit prior the student's logits of token
+    ``i`` are ``trunk_i + kappa <eps_i, c>`` and the flow map's rule is
+    ``argmax(log p_i + kappa <eps_i, c>)``, so the trunk's target is ``log p_i``, a function of
+    the earlier tokens that the teacher gives whole. The CE term sees one token drawn from it;
+    this term sees all of it (docs/distillation.md, "Teacher-KL term")."""
+    predicted_BN = ~data_mask(boundary_B, trunk_logits_BNV.shape[1])
+    target_BNV = teacher_log_probs_BNV.float()
+    # Filtered codes (top-k / top-p) have p = 0 and log p = -inf: they add nothing.
+    kl_BN = (
+        target_BNV.exp() * (target_BNV.clamp_min(-1e30) - torch.log_softmax(trunk_logits_BNV, -1))
+    ).sum(-1)
+    return torch.where(predicted_BN, kl_BN, torch.zeros_like(kl_BN)).sum() / predicted_BN.sum()

@@ -106,6 +106,16 @@ class DDStudent(nn.Module):
                 self.noise_logit_scale.copy_(state.pop(NOISE_LOGIT_SCALE_KEY))
         self.backbone.load_state_dict(state, strict=True)
 
+    def noise_logit_prior(
+        self, inputs_BNC: torch.Tensor, noise_logit_scale: float | None = None
+    ) -> torch.Tensor:
+        """``kappa <x_i, c_j>`` ``[B, n, V]`` (the learned kappa unless one is given)."""
+        if self.noise_logit_scale is None:
+            raise ValueError("this student has no noise-logit prior (noise_logit_scale None)")
+        codebook_VC = self.teacher.codebook.to(inputs_BNC.dtype)
+        kappa = self.noise_logit_scale if noise_logit_scale is None else noise_logit_scale
+        return kappa * (inputs_BNC @ codebook_VC.T)
+
     def forward(
         self,
         labels_B: torch.Tensor,
@@ -134,9 +144,7 @@ class DDStudent(nn.Module):
         # Position 0 is the family's extra (class / start) position; i + 1 predicts token i.
         logits_BNV = logits_BTV[:, 1:]
         if self.noise_logit_scale is not None:
-            codebook_VC = self.teacher.codebook.to(inputs_BNC.dtype)
-            kappa = self.noise_logit_scale if noise_logit_scale is None else noise_logit_scale
-            logits_BNV = logits_BNV + kappa * (inputs_BNC @ codebook_VC.T)
+            logits_BNV = logits_BNV + self.noise_logit_prior(inputs_BNC, noise_logit_scale)
         return apply_prefix(
             logits_BNV, embeddings_BTC[:, 1:], inputs_BNC, prefix_tokens_BN, boundary_B
         )

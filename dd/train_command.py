@@ -130,7 +130,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     from dd.checkpoint import initialise_from, save_student
     from dd.continuous import check_loss_settings, student_class
     from dd.continuous_distill import ContinuousDistillModule
-    from dd.data import load_pairs, split_heldout
+    from dd.data import load_pairs, pair_sampling, split_heldout
     from dd.distill import DistillModule, PairDataModule
     from dd.losses import build_perceptual
     from dd.teacher_spec import load_teacher
@@ -159,10 +159,12 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     if recipe.student.init_from is not None:  # a resumed run's last.ckpt overrides this below
         initialised_from = initialise_from(student, recipe.student.init_from)
     # A continuous-token teacher (#13) gets the embedding-only student and its system.
-    system = ContinuousDistillModule if isinstance(teacher, ContinuousTeacher) else DistillModule
-    module = system(
-        student, build_perceptual(recipe.loss), recipe.optim, recipe.loss, run.global_batch_size
-    )
+    settings = (student, build_perceptual(recipe.loss), recipe.optim, recipe.loss)
+    if isinstance(teacher, ContinuousTeacher):
+        module = ContinuousDistillModule(*settings, run.global_batch_size)
+    else:
+        sampling = pair_sampling(recipe.pairs.folder)  # for the teacher-KL term
+        module = DistillModule(*settings, run.global_batch_size, pair_sampling=sampling)
     data = PairDataModule(
         train_pairs,
         heldout,

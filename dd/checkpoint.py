@@ -60,6 +60,7 @@ def save_student(
         "split_token": student.split_token,
         "noise_logit_prior": student.noise_logit_scale is not None,
         "sampling_noise_logit_scale": student.sampling_noise_logit_scale,
+        "backbone_options": student.backbone_options,
         "record": record or {},
     }
     _write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
@@ -105,6 +106,7 @@ def load_student_folder(
         card["split_token"],
         noise_logit_scale=scale,
         sampling_noise_logit_scale=card.get("sampling_noise_logit_scale"),
+        backbone_options=card.get("backbone_options"),
     )
     state = load_file(str(folder / WEIGHTS_FILE), device=str(teacher.device))
     student.load_student_state_dict(state)

@@ -67,6 +67,7 @@ class ContinuousDDStudent(nn.Module):
         split_token: int = 0,
         noise_logit_scale: float | None = None,
         sampling_noise_logit_scale: float | None = None,
+        backbone_options: dict | None = None,
     ) -> None:
         super().__init__()
         if not isinstance(teacher, ContinuousTeacher):
@@ -84,7 +85,8 @@ class ContinuousDDStudent(nn.Module):
         self.num_classes = teacher.num_classes
         self.code_dim = teacher.token_dim
         self.teacher = teacher
-        self.backbone = teacher.student_backbone()
+        self.backbone_options = dict(backbone_options or {})
+        self.backbone = teacher.student_backbone(**self.backbone_options)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything but the frozen teacher."""

@@ -8,7 +8,8 @@ the step are returned as given). Nothing here depends on the family.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,6 +41,9 @@ class DDStudent(nn.Module):
     the tiny teachers (``benchmarks/noise_logit_prior.py``), so the trunk only has to supply
     ``log p``. It is our deviation from the paper, off unless a recipe sets it.
 
+    ``backbone_options``: keywords of the family's ``student_backbone`` (LlamaGen:
+    ``teacher_aligned``, the readout; ``{}``: the family's default).
+
     ``sampling_noise_logit_scale`` (``None``: the learned kappa) replaces the learned kappa when
     sampling (``dd.sample``; training and held-out agreement keep the learned one). CE training
     shrinks kappa where the trunk is unsure of ``log p`` (llamagen-digits: 2.5 -> 1.78), and the
@@ -55,6 +59,7 @@ class DDStudent(nn.Module):
         split_token: int,
         noise_logit_scale: float | None = None,
         sampling_noise_logit_scale: float | None = None,
+        backbone_options: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if sampling_noise_logit_scale is not None and (
@@ -76,7 +81,15 @@ class DDStudent(nn.Module):
         self.num_classes = teacher.num_classes
         self.vocab_size, self.code_dim = teacher.codebook.shape
         self.teacher = teacher
-        self.backbone = teacher.student_backbone()
+        # The family's own keywords (LlamaGen: teacher_aligned), kept for the card.
+        self.backbone_options = dict(backbone_options or {})
+        try:
+            self.backbone = teacher.student_backbone(**self.backbone_options)
+        except TypeError as error:
+            raise ValueError(
+                f"the {teacher.family} student backbone does not take the options "
+                f"{self.backbone_options} ({error})"
+            ) from error
         self.noise_logit_scale = (
             None if noise_logit_scale is None else nn.Parameter(torch.tensor(noise_logit_scale))
         )

@@ -154,6 +154,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         recipe.student.split_token,
         noise_logit_scale=recipe.student.noise_logit_scale,
         sampling_noise_logit_scale=recipe.student.sampling_noise_logit_scale,
+        backbone_options=recipe.student.backbone_options,
     )
     initialised_from = None
     if recipe.student.init_from is not None:  # a resumed run's last.ckpt overrides this below

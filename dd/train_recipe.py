@@ -37,13 +37,16 @@ class StudentSection:
     instead of the learned one (``None``: the learned one; see ``DDStudent``). ``init_from``: a
     student checkpoint folder or shipped student name whose weights start the run instead of the
     teacher's (to train a finished student further; its teacher must be this recipe's, the
-    optimiser state starts fresh)."""
+    optimiser state starts fresh). ``backbone_options``: keywords of the family's
+    ``student_backbone`` (LlamaGen: ``teacher_aligned: false`` builds the paper's readout);
+    empty: the family's default."""
 
     timesteps: tuple[int, ...] = (0,)
     split_token: int = 0
     noise_logit_scale: float | None = None
     sampling_noise_logit_scale: float | None = None
     init_from: str | None = None
+    backbone_options: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

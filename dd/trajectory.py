@@ -87,6 +87,8 @@ def apply_prefix(
     """Eq. 6: before the boundary, logits become the one-hot log-probabilities of the given
     token (0 at the token, -inf elsewhere) and embeddings the given code vector (the input)."""
     is_data_BN = data_mask(boundary_B, logits_BNV.shape[1])
+    if not bool(is_data_BN.any()):  # step 1 of a sample: nothing given (saves [B, n, V] passes)
+        return logits_BNV, embeddings_BNC
     one_hot_BNV = torch.nn.functional.one_hot(tokens_BN, logits_BNV.shape[-1]).bool()
     dirac_BNV = torch.zeros_like(logits_BNV).masked_fill(~one_hot_BNV, float("-inf"))
     logits = torch.where(is_data_BN.unsqueeze(-1), dirac_BNV, logits_BNV)

@@ -214,7 +214,8 @@ class Teacher(Protocol):
         ``(logits [B, n+1, V], embeddings [B, n+1, C])``: position 0 is the family's extra
         (class / start) position, position ``i + 1`` predicts token ``i`` and has seen input
         ``i``. At initialisation position 0's logits are the teacher's unguided first-step
-        logits (the one place both compute the same function).
+        logits (the one place both compute the same function). A family may take keyword
+        options (LlamaGen: ``teacher_aligned``); called without any, its default.
         """
         ...
 

@@ -280,7 +280,7 @@ def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):
     settings = DEMO_PRESETS["default"]["llamagen-digits"]
     folder = folder_of(settings)
     assert folder == folder_of(settings)
-    assert folder.name.startswith("llamagen-digits-4000-800-")
+    assert folder.name.startswith(f"llamagen-digits-4000-{settings.train_steps}-")
     for change in ({"lr": 1e-3}, {"ema_decay": 0.999}, {"global_batch_size": 32},
                    {"cosine_warmup_steps": None}):  # fmt: skip
         other = folder_of(dataclasses.replace(settings, **change))

@@ -1,6 +1,8 @@
 """The DD student (dd/student.py) on both tiny teachers: Eq. 6 at every AR step, the teacher's
 function at initialisation where both compute the same thing, gradients, bad input."""
 
+import copy
+
 import pytest
 import torch
 
@@ -74,9 +76,22 @@ def test_initial_student_computes_the_teachers_first_step_logits(teacher, studen
     torch.testing.assert_close(logits_BTV[:, :first], expected[:, :first], atol=1e-5, rtol=1e-5)
 
 
+def with_zero_init_filled(student: DDStudent) -> DDStudent:
+    """A copy whose zero-initialised parameters (flags, LlamaGen's own-position logits) are
+    random: the architecture's dependences, not the initial weights', are what is tested."""
+    student = copy.deepcopy(student)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for parameter in student.backbone.parameters():
+            if not parameter.any():
+                parameter.copy_(0.02 * torch.randn(parameter.shape, generator=generator))
+    return student
+
+
 def test_predictions_depend_on_their_own_noise_and_not_on_later_noise(teacher, student):
     """Token i's prediction changes with input i (its noise decides it) and not with inputs of
     later AR steps (causality of Eq. 6's model)."""
+    student = with_zero_init_filled(student)
     labels, noise, tokens = random_batch(teacher)
     boundary = torch.zeros(BATCH_SIZE, dtype=torch.long)
     start, end = teacher.geometry.step_ranges[1]
@@ -87,6 +102,66 @@ def test_predictions_depend_on_their_own_noise_and_not_on_later_noise(teacher, s
         after, _ = student(labels, changed, boundary, tokens)
     assert torch.equal(before[:, :start], after[:, :start])
     assert (before[:, start] - after[:, start]).abs().max() > 1e-4
+
+
+def test_llamagen_token_logits_start_from_the_teacher_aligned_position():
+    """LlamaGen: token i's logits are the teacher's head at position i - 1 (class, x_1..x_{i-1},
+    the teacher's inputs for token i) plus a zero-initialised layer of position i. At
+    initialisation token 1's logits are the teacher's first-token logits whatever the inputs,
+    and no token's logits depend on its own input (float32, 1e-5)."""
+    teacher = load_tiny_teacher("llamagen-digits")
+    torch.manual_seed(0)
+    student = tiny_student(teacher)
+    labels, noise, tokens = random_batch(teacher)
+    is_data = data_mask(torch.zeros(BATCH_SIZE, dtype=torch.long), noise.shape[1])
+    changed = noise.clone()
+    changed[:, 5] += 1.0
+    with torch.no_grad():
+        logits_BTV, _ = student.backbone(labels, noise, is_data)
+        after_BTV, _ = student.backbone(labels, changed, is_data)
+        expected = teacher.logits_teacher_forcing(labels, tokens)
+    torch.testing.assert_close(logits_BTV[:, 1], expected[:, 0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(after_BTV[:, :7], logits_BTV[:, :7], atol=0, rtol=0)
+    assert (after_BTV[:, 7] - logits_BTV[:, 7]).abs().max() > 1e-4  # token 7 sees input 6
+
+
+def test_backbone_options_choose_the_paper_readout_and_are_refused_where_unknown():
+    """``teacher_aligned: false`` builds the paper's LlamaGen student (token i's logits at its own
+    position, so at initialisation they already depend on input i; no own-position layer); a
+    family without options refuses them by name."""
+    teacher = load_tiny_teacher("llamagen-digits")
+    torch.manual_seed(0)
+    paper = DDStudent(teacher, (0,), 64, backbone_options={"teacher_aligned": False})
+    assert not hasattr(paper.backbone, "own_position_code")
+    assert paper.backbone_options == {"teacher_aligned": False}
+    labels, noise, tokens = random_batch(teacher)
+    changed = noise.clone()
+    changed[:, 5] += 1.0
+    boundary = torch.zeros(BATCH_SIZE, dtype=torch.long)
+    with torch.no_grad():
+        before, _ = paper(labels, noise, boundary, tokens)
+        after, _ = paper(labels, changed, boundary, tokens)
+    assert torch.equal(before[:, :5], after[:, :5])
+    assert (before[:, 5] - after[:, 5]).abs().max() > 1e-4
+    with pytest.raises(ValueError, match="does not take the options"):
+        DDStudent(load_tiny_teacher("var-digits"), (0,), 0, backbone_options={"x": True})
+
+
+def test_least_squares_init_recovers_a_linear_map():
+    """``input_proj``'s initialisation fits codes -> embeddings; on an exactly affine target it
+    is exact (1e-5)."""
+    from teachers.llamagen.student import init_as_least_squares
+
+    generator = torch.Generator().manual_seed(0)
+    inputs_VC = torch.randn(64, 8, generator=generator)
+    weight_DC, bias_D = (
+        torch.randn(96, 8, generator=generator),
+        torch.randn(96, generator=generator),
+    )
+    layer = torch.nn.Linear(8, 96)
+    init_as_least_squares(layer, inputs_VC, inputs_VC @ weight_DC.T + bias_D)
+    torch.testing.assert_close(layer.weight.detach(), weight_DC, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(layer.bias.detach(), bias_D, atol=1e-5, rtol=1e-5)
 
 
 def test_gradients_reach_both_heads(teacher, student):

@@ -85,9 +85,11 @@ class LlamaGenTeacher(FrozenTeacher):
         configs = {"gpt": self.gpt.config, "vq": self.vq.config}
         return configs, (("gpt.", self.gpt), ("vq.", self.vq))
 
-    def student_backbone(self) -> nn.Module:
-        """A trainable DD student backbone built from copies of this teacher's modules."""
-        return LlamaGenStudentBackbone(self.gpt, self.code_dim).to(self.device)
+    def student_backbone(self, *, teacher_aligned: bool = True) -> nn.Module:
+        """A trainable DD student backbone built from copies of this teacher's modules
+        (``teacher_aligned``: ``LlamaGenStudentBackbone``'s readout; False: the paper's)."""
+        backbone = LlamaGenStudentBackbone(self.gpt, self.codebook, teacher_aligned=teacher_aligned)
+        return backbone.to(self.device)
 
     def logits_teacher_forcing(self, labels: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Unguided logits ``[B, n, V]``; ``labels`` may also be the null class (unconditional)."""

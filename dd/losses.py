@@ -151,7 +151,9 @@ def teacher_log_probs(
 ) -> torch.Tensor:
     """The teacher's guided ``log p_i`` ``[B, n, V]`` of every token given the earlier tokens of
     ``tokens`` (teacher forcing through a ``TeacherSession``: the distributions AR flow matching
-    mapped the pairs' noise through, under the pairs' own ``sampling``)."""
+    mapped the pairs' noise through, under the pairs' own ``sampling``). One AR step at a time;
+    ``dd.baselines.guided_log_probs_all`` over ``logits_teacher_forcing`` forms the same in one
+    parallel forward and is the faster way, not yet used here."""
     steps = []
     with teacher.start(labels_B, sampling) as session:
         for start, end in teacher.geometry.step_ranges:
@@ -169,7 +171,8 @@ def teacher_kl(
     ``i`` are ``trunk_i + kappa <eps_i, c>`` and the flow map's rule is
     ``argmax(log p_i + kappa <eps_i, c>)``, so the trunk's target is ``log p_i``, a function of
     the earlier tokens that the teacher gives whole. The CE term sees one token drawn from it;
-    this term sees all of it (docs/distillation.md, "Teacher-KL term")."""
+    this term sees all of it (docs/distillation.md, "Teacher-aligned readout and the teacher-KL
+    term")."""
     predicted_BN = ~data_mask(boundary_B, trunk_logits_BNV.shape[1])
     target_BNV = teacher_log_probs_BNV.float()
     # Filtered codes (top-k / top-p) have p = 0 and log p = -inf: they add nothing.

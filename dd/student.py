@@ -83,13 +83,16 @@ class DDStudent(nn.Module):
         self.teacher = teacher
         # The family's own keywords (LlamaGen: teacher_aligned), kept for the card.
         self.backbone_options = dict(backbone_options or {})
-        try:
-            self.backbone = teacher.student_backbone(**self.backbone_options)
-        except TypeError as error:
-            raise ValueError(
-                f"the {teacher.family} student backbone does not take the options "
-                f"{self.backbone_options} ({error})"
-            ) from error
+        if not self.backbone_options:
+            self.backbone = teacher.student_backbone()
+        else:
+            try:
+                self.backbone = teacher.student_backbone(**self.backbone_options)
+            except TypeError as error:
+                raise ValueError(
+                    f"the {teacher.family} student backbone does not take the options "
+                    f"{self.backbone_options} ({error})"
+                ) from error
         self.noise_logit_scale = (
             None if noise_logit_scale is None else nn.Parameter(torch.tensor(noise_logit_scale))
         )

@@ -207,7 +207,7 @@ class Teacher(Protocol):
         """Images ``[B, 3, H, W]`` in ``[0, 1]`` from tokens ``[B, n]``."""
         ...
 
-    def student_backbone(self) -> torch.nn.Module:
+    def student_backbone(self, **options: object) -> torch.nn.Module:
         """A trainable DD student backbone built from copies of the teacher's own modules.
 
         ``backbone(labels [B], inputs [B, n, C], is_data [B, n] bool)`` ->
@@ -383,7 +383,7 @@ class ContinuousTeacher(Protocol):
         """The same map as ``decode_tokens``, differentiable in ``embeddings [B, n, C]``."""
         ...
 
-    def student_backbone(self) -> torch.nn.Module:
+    def student_backbone(self, **options: object) -> torch.nn.Module:
         """A trainable DD student backbone from copies of the teacher's modules, with the
         embedding head only (no codebook, no logits): ``backbone(labels [B], inputs [B, n, C],
         is_data [B, n] bool) -> embeddings [B, n + 1, C]``; position 0 is the class position,

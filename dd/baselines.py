@@ -74,6 +74,39 @@ def guided_log_probs_all(
 
 
 @torch.no_grad()
+def teacher_forcing_log_probs(
+    teacher: Teacher,
+    labels_B: torch.Tensor,
+    tokens_BN: torch.Tensor,
+    sampling: SamplingConfig,
+    first_token: int = 0,
+) -> torch.Tensor:
+    """The teacher's guided ``log p_i`` ``[B, n - first_token, V]`` of tokens ``first_token ..
+    n - 1``, each given the earlier tokens of ``tokens_BN``, in ONE parallel forward (two with
+    CFG: the label and the null class), guided as the teacher's session guides
+    (``guided_log_probs_all``). Equal to stepping the session through ``tokens_BN``
+    (tests/test_baselines.py) at the cost of one full-sequence forward instead of K steps."""
+    geometry = teacher.geometry
+    batch = labels_B.shape[0]
+    guided = sampling.uses_cfg
+    forward_labels = (
+        torch.cat([labels_B, torch.full_like(labels_B, teacher.null_class)]) if guided else labels_B
+    )
+    forward_tokens = torch.cat([tokens_BN, tokens_BN]) if guided else tokens_BN
+    logits = teacher.logits_teacher_forcing(forward_labels, forward_tokens)[:, first_token:]
+    step_of_token = torch.cat(
+        [torch.full((end - start,), k) for k, (start, end) in enumerate(geometry.step_ranges)]
+    )[first_token:].to(logits.device)
+    return guided_log_probs_all(
+        logits[:batch],
+        logits[batch:] if guided else None,
+        sampling,
+        step_of_token,
+        geometry.num_steps,
+    )
+
+
+@torch.no_grad()
 def skip_tokens(
     teacher: Teacher,
     labels: torch.Tensor,
@@ -109,19 +142,7 @@ def skip_tokens(
                 drawn = sample_from_uniforms(session.next_log_probs(), uniforms_BN[:, start:end])
                 tokens_BN[:, start:end] = drawn.cpu()
                 session.accept(drawn)
-    batch = labels.shape[0]
-    guided = sampling.uses_cfg
-    forward_labels = (
-        torch.cat([labels, torch.full_like(labels, teacher.null_class)]) if guided else labels
-    )
-    forward_tokens = torch.cat([tokens_BN, tokens_BN]) if guided else tokens_BN
-    logits = teacher.logits_teacher_forcing(forward_labels, forward_tokens)[:, cut:]
-    step_of_token = torch.cat(
-        [torch.full((end - start,), k) for k, (start, end) in enumerate(geometry.step_ranges)]
-    )[cut:].to(logits.device)
-    log_probs = guided_log_probs_all(
-        logits[:batch], logits[batch:] if guided else None, sampling, step_of_token, num_steps
-    )
+    log_probs = teacher_forcing_log_probs(teacher, labels, tokens_BN, sampling, cut)
     if fill == "argmax":
         rest = log_probs.argmax(-1)
     else:

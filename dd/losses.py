@@ -22,6 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
+from dd.baselines import teacher_forcing_log_probs
 from dd.trajectory import apply_prefix, data_mask, predicted_token_cross_entropy
 from teachers.protocol import SamplingConfig, Teacher
 
@@ -150,16 +151,10 @@ def teacher_log_probs(
     teacher: Teacher, labels_B: torch.Tensor, tokens_BN: torch.Tensor, sampling: SamplingConfig
 ) -> torch.Tensor:
     """The teacher's guided ``log p_i`` ``[B, n, V]`` of every token given the earlier tokens of
-    ``tokens`` (teacher forcing through a ``TeacherSession``: the distributions AR flow matching
-    mapped the pairs' noise through, under the pairs' own ``sampling``). One AR step at a time;
-    ``dd.baselines.guided_log_probs_all`` over ``logits_teacher_forcing`` forms the same in one
-    parallel forward and is the faster way, not yet used here."""
-    steps = []
-    with teacher.start(labels_B, sampling) as session:
-        for start, end in teacher.geometry.step_ranges:
-            steps.append(session.next_log_probs())
-            session.accept(tokens_BN[:, start:end])
-    return torch.cat(steps, dim=1)
+    ``tokens`` (teacher forcing under the pairs' own ``sampling``: the distributions AR flow
+    matching mapped the pairs' noise through), in one parallel forward
+    (``dd.baselines.teacher_forcing_log_probs``)."""
+    return teacher_forcing_log_probs(teacher, labels_B, tokens_BN, sampling)
 
 
 def teacher_kl(

@@ -20,6 +20,7 @@ from dd.baselines import (
     frequencies_from_pairs,
     onestep_tokens,
     skip_tokens,
+    teacher_forcing_log_probs,
     teacher_tokens,
     token_frequencies,
 )
@@ -40,6 +41,30 @@ def named_teacher(request):
 def uniforms(teacher, count: int, seed: int) -> torch.Tensor:
     n, code_dim = teacher.geometry.num_tokens, teacher.codebook.shape[1]
     return draw_randomness(count, n, code_dim, torch.Generator().manual_seed(seed)).uniforms_BN
+
+
+def test_teacher_forcing_log_probs_equal_the_session_stepped_through_the_tokens(named_teacher):
+    """The one parallel forward (two with CFG) gives every token's guided log p as the KV-cached
+    session does when it accepts the same tokens step by step (CFG schedule of the family,
+    temperature, top-k / top-p), to 1e-4 on the finite entries, with the same filtered codes."""
+    name, teacher = named_teacher
+    labels = torch.arange(6) % teacher.num_classes
+    sampling = tiny_sampling(name)
+    tokens = teacher_tokens(teacher, labels, uniforms(teacher, 6, seed=2), sampling)
+    stepped = []
+    with teacher.start(labels, sampling) as session:
+        for start, end in teacher.geometry.step_ranges:
+            stepped.append(session.next_log_probs())
+            session.accept(tokens[:, start:end])
+    expected = torch.cat(stepped, dim=1)
+    parallel = teacher_forcing_log_probs(teacher, labels, tokens, sampling)
+    assert parallel.shape == expected.shape == (*tokens.shape, teacher.vocab_size)
+    assert torch.equal(torch.isfinite(parallel), torch.isfinite(expected))
+    finite = torch.isfinite(expected)
+    torch.testing.assert_close(parallel[finite], expected[finite], atol=1e-4, rtol=0)
+    cut = teacher.geometry.step_ranges[-2][0]
+    tail = teacher_forcing_log_probs(teacher, labels, tokens, sampling, cut)
+    torch.testing.assert_close(tail, parallel[:, cut:])
 
 
 def test_skip_zero_is_the_teachers_sampler_and_the_first_filled_step_is_exact(named_teacher):

@@ -95,20 +95,37 @@ def resolve_steps(student: DDStudent, steps: int | Sequence[int]) -> tuple[int, 
 
 def nearest_codes(embeddings_BNC: torch.Tensor, codebook_VC: torch.Tensor) -> torch.Tensor:
     """Index of the nearest codebook row (L2) of every embedding -> ``[B, n]``."""
-    codes = codebook_VC.to(embeddings_BNC.dtype)
+    codes_CV = codebook_VC.to(embeddings_BNC.dtype).T.contiguous()
+    batch, length, code_dim = embeddings_BNC.shape
+    flat_MC = embeddings_BNC.reshape(-1, code_dim)
     # ||e - c||^2 = ||e||^2 - 2 e.c + ||c||^2; the first term does not change the argmin.
-    scores_BNV = embeddings_BNC @ codes.T - 0.5 * codes.square().sum(-1)
-    return scores_BNV.argmax(-1)
+    half_norms_V = -0.5 * codes_CV.square().sum(0)
+    # Scores in blocks of about 4 MB: one [B * n, V] product is 2x slower on CPU (V = 16,384).
+    rows = max(1, (1 << 20) // codes_CV.shape[1])
+    chosen = [
+        torch.addmm(half_norms_V, flat_MC[start : start + rows], codes_CV).argmax(-1)
+        for start in range(0, flat_MC.shape[0], rows)
+    ]
+    return (
+        torch.cat(chosen).view(batch, length)
+        if chosen
+        else flat_MC.new_zeros(batch, length, dtype=torch.long)
+    )
 
 
 def choose_tokens(
     student: DDStudent, logits_BNV: torch.Tensor, embeddings_BNC: torch.Tensor
 ) -> torch.Tensor:
-    """Tokens from both heads: logits argmax before ``split_token``, nearest code from it."""
-    tokens_BN = nearest_codes(embeddings_BNC, student.teacher.codebook)
+    """Tokens from both heads: logits argmax before ``split_token``, nearest code from it (each
+    head's ``[B, n, V]`` scores formed only where they choose)."""
     split = student.split_token
-    tokens_BN[:, :split] = logits_BNV[:, :split].argmax(-1)
-    return tokens_BN
+    return torch.cat(
+        [
+            logits_BNV[:, :split].argmax(-1),
+            nearest_codes(embeddings_BNC[:, split:], student.teacher.codebook),
+        ],
+        dim=1,
+    )
 
 
 def dd_step(

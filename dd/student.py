@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from dd.trajectory import apply_prefix, check_timesteps, data_mask
-from teachers.protocol import Teacher, check_labels, check_tokens
+from teachers.protocol import Teacher, add_code_scores_, check_labels, check_tokens
 
 NOISE_LOGIT_SCALE_KEY = "noise_logit_scale"
 
@@ -159,8 +159,10 @@ class DDStudent(nn.Module):
         logits_BTV, embeddings_BTC = self.backbone(labels_B, inputs_BNC, is_data_BN)
         # Position 0 is the family's extra (class / start) position; i + 1 predicts token i.
         logits_BNV = logits_BTV[:, 1:]
-        if self.noise_logit_scale is not None:
-            logits_BNV = logits_BNV + self.noise_logit_prior(inputs_BNC, noise_logit_scale)
+        # In place (no second [B, n, V] tensor); kappa 0 (the trunk alone) adds nothing.
+        if self.noise_logit_scale is not None and noise_logit_scale != 0.0:
+            kappa = self.noise_logit_scale if noise_logit_scale is None else noise_logit_scale
+            add_code_scores_(logits_BNV, kappa * inputs_BNC, self.teacher.codebook)
         return apply_prefix(
             logits_BNV, embeddings_BTC[:, 1:], inputs_BNC, prefix_tokens_BN, boundary_B
         )

@@ -228,6 +228,21 @@ class Teacher(Protocol):
         ...
 
 
+def add_code_scores_(
+    logits_BNV: torch.Tensor,
+    vectors_BNC: torch.Tensor,
+    codebook_VC: torch.Tensor,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """``logits += alpha * <vectors_i, c_j>`` for every code ``c_j``, in place (``logits`` may be a
+    view; autograd-safe) and returned. In place because ``[B, n, V]`` is the student's largest
+    tensor: a fresh one per term costs more than the product's K = C multiply-adds
+    (docs/benchmarks.md, "a one-step sample against one teacher forward")."""
+    batch, _, vocab = logits_BNV.shape
+    codebook_BCV = codebook_VC.T.to(logits_BNV.dtype).expand(batch, -1, vocab)
+    return logits_BNV.baddbmm_(vectors_BNC.to(logits_BNV.dtype), codebook_BCV, alpha=alpha)
+
+
 def clamp_straight_through(x: torch.Tensor, low: float, high: float) -> torch.Tensor:
     """``x.clamp(low, high)`` in value, the identity in gradient: decoders clamp their images as
     released, and DD's perceptual loss still gets a gradient at every pixel (no clamping on the

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from teachers.protocol import SamplingConfig, TokenGeometry, check_labels
+from teachers.protocol import SamplingConfig, TokenGeometry, add_code_scores_, check_labels
 from teachers.sampling import filter_logits
 
 
@@ -59,3 +59,22 @@ def test_top_p_keeps_smallest_set_reaching_p():
     assert torch.isfinite(filter_logits(probs.log(), top_p=0.01)).tolist() == [
         [True, False, False, False]
     ]
+
+
+def test_add_code_scores_in_place_equals_the_plain_sum_in_value_and_gradient():
+    """``add_code_scores_`` on a view of a graph tensor: the values and both gradients of
+    ``logits[:, 1:] + alpha <v, c>`` written out of place (float32, 1e-5)."""
+    generator = torch.Generator().manual_seed(0)
+    codebook_VC = torch.randn(7, 3, generator=generator)
+    weight = torch.randn(5, 7, generator=generator)
+    x = torch.randn(2, 4, 5, generator=generator, requires_grad=True)
+    v = torch.randn(2, 3, 3, generator=generator, requires_grad=True)
+    plain = x @ weight
+    plain = torch.cat([plain[:, :1], plain[:, 1:] + 0.5 * (v @ codebook_VC.T)], dim=1)
+    grads = torch.autograd.grad(plain.square().sum(), [x, v])
+    in_place = x @ weight
+    add_code_scores_(in_place[:, 1:], v, codebook_VC, alpha=0.5)
+    torch.testing.assert_close(in_place, plain, atol=1e-5, rtol=1e-5)
+    got_grads = torch.autograd.grad(in_place.square().sum(), [x, v])
+    for got, expected in zip(got_grads, grads, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -9,6 +9,7 @@ from dd.interleave import preset_name
 from dd.sampling import (
     draw_noise,
     draw_randomness,
+    nearest_codes,
     sample_tokens,
     sample_tokens_interleaved,
 )
@@ -114,3 +115,14 @@ def test_interleaved_images_do_not_depend_on_the_batch_size(student):
         part = dd.sample(student, labels[:2], interleave=interleave,
                          generator=torch.Generator().manual_seed(7))  # fmt: skip
         torch.testing.assert_close(whole[:2], part, atol=1e-5, rtol=0)
+
+
+def test_nearest_codes_are_the_l2_nearest_in_blocks_and_for_no_positions():
+    """The blocked search (``(1 << 20) // V`` rows a block: here 349 rows, 3 blocks) picks the
+    L2-nearest code of every embedding, as a brute-force distance does; no positions -> [B, 0]."""
+    generator = torch.Generator().manual_seed(0)
+    codebook_VC = torch.randn(3000, 4, generator=generator)
+    embeddings_BNC = torch.randn(5, 180, 4, generator=generator)[:, 20:]  # a sliced view
+    expected = torch.cdist(embeddings_BNC, codebook_VC[None]).argmin(-1)
+    assert torch.equal(nearest_codes(embeddings_BNC, codebook_VC), expected)
+    assert nearest_codes(embeddings_BNC[:, :0], codebook_VC).shape == (5, 0)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from teachers.llamagen.gpt import GPT
+from teachers.protocol import add_code_scores_
 
 NUM_FLAGS = 2  # 0 = noise, 1 = data
 
@@ -85,11 +86,13 @@ class LlamaGenStudentBackbone(nn.Module):
         for layer in self.layers:
             h_BTD = layer(h_BTD, rope_TP2)  # causal attention over the whole sequence
         normed_BTD = self.norm(h_BTD)
-        head_BTV = self.output(normed_BTD)  # position i: the teacher's head for token i + 1
-        if self.teacher_aligned:
-            own_BNV = self.own_position_code(normed_BTD[:, 1:]) @ self.codebook_VC.T
-            head_BTV = torch.cat([head_BTV[:, :1], head_BTV[:, :-1] + own_BNV], dim=1)
-        logits_BTV = head_BTV.float()
+        if not self.teacher_aligned:  # position i: the teacher's head for token i + 1
+            logits_BTV = self.output(normed_BTD).float()
+        else:  # position i >= 1 reads the head at i - 1 (shifted before the head: D << V)
+            shifted_BTD = torch.cat([normed_BTD[:, :1], normed_BTD[:, :-1]], dim=1)
+            logits_BTV = self.output(shifted_BTD).float()
+            own_BNC = self.own_position_code(normed_BTD[:, 1:])
+            add_code_scores_(logits_BTV[:, 1:], own_BNC, self.codebook_VC)
         embeddings_BTC = self.embedding_out(self.embedding_norm(h_BTD)).float()
         return logits_BTV, embeddings_BTC
 

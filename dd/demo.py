@@ -105,16 +105,19 @@ SKIPS = {
 # (1-step FID 8.25 against 9.34, docs/distillation.md, "LR schedule and EMA of short runs").
 DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
     "default": {
-        # 450 steps: the teacher-KL term nearly doubles a step, so 450 cost about what 800 did
-        # without it; 1-step FID 8.91 / 2-step 8.13 over 3 seeds with the teacher-aligned
-        # readout (600 steps: 8.44 / 7.64; the paper's readout and loss: 16.43 / 13.61 after 800;
-        # docs/distillation.md, "Teacher-aligned readout and the teacher-KL term").
+        # 750 steps (the teacher-KL targets in one parallel forward: a step costs 0.74x what it
+        # did with the KV-cached session): 1-step FID 8.05 / 2-step 7.70 over seeds 0-2 of
+        # eval_students.py (450 steps: 8.91 / 8.13 by learning_curve.py; the paper's readout
+        # and loss: 16.43 / 13.61 after 800; docs/distillation.md, "Teacher-aligned readout and
+        # the teacher-KL term").
         "llamagen-digits": DemoSettings(
-            num_pairs=4000, train_steps=450, global_batch_size=64, num_heldout=200, ema_decay=0.99,
+            num_pairs=4000, train_steps=750, global_batch_size=64, num_heldout=200, ema_decay=0.99,
             lr=2e-3, cosine_warmup_steps=50,
             eval_per_class=100, fid_per_class=36, eval_batch_size=250,
             methods=COMMON_METHODS + SKIPS["llamagen-digits"],
         ),
+        # 1,000 steps of 32: 800 left DD 2-step above its limit in a default run (FID 10.29
+        # against 10.04; docs/embedded_default.md, "The demo").
         "var-digits": DemoSettings(
             num_pairs=4000, train_steps=1000, global_batch_size=32, num_heldout=200,
             ema_decay=0.99, lr=2e-3, cosine_warmup_steps=50,

@@ -97,10 +97,10 @@ SKIPS = {
     "llamagen-digits": ("skip:26", "skip:39", "skip:62"),
     "var-digits": ("skip:1", "skip:2", "skip:4"),
 }
-# Default sizes: with 2 workers, llamagen-digits on one core and var-digits on the other end
-# within a minute of each other, and far-digits runs on whichever is free first. The demo's
-# time depends on the machine far more than on these sizes: 9 min 9 s on one (450 llamagen
-# steps), 43 min on one 4.2-4.8x slower per stage (docs/embedded_default.md, "The demo").
+# Default sizes: with 2 workers, llamagen-digits on one core and var-digits on the other take
+# about as long, and far-digits runs on whichever is free first. The demo's time depends on the
+# machine far more than on these sizes: 9 min 9 s on one (450 llamagen steps), 43 min on one
+# 3.7x to 5.8x slower per stage (var 800 steps; docs/embedded_default.md, "The demo").
 # The codebook students train with a cosine schedule from 2e-3 (the recipes: constant 1e-3);
 # var-digits in batches of 32: 1,100 steps of 32 beat 600 of 64 at about the same time
 # (1-step FID 8.25 against 9.34, docs/distillation.md, "LR schedule and EMA of short runs").

@@ -7,7 +7,9 @@
 A one-step DD sample is one student forward (``dd.sampling.sample_tokens`` with ``steps=1``:
 the forward, the prefix rule, the argmax / nearest-code choice) plus the decoder; the floor it
 is held to is one full-sequence teacher forward (``logits_teacher_forcing``). Both are timed
-in the same run, alternating call by call, median of ``--repeats``; the decoder is timed apart.
+in the same run, alternating call by call, median of ``--repeats``, with the two other parts of
+an all-in sample: the decoder and the per-sample seeded noise streams (``randomness_at``). Their
+sum over the forward is the all-in ratio's floor for a one-step generator on this teacher.
 ``llamagen-B`` / ``var-d16`` are the official shapes with random weights (speed does not depend
 on the values); the tiny names are the shipped teachers.
 """
@@ -18,9 +20,10 @@ import argparse
 
 import torch
 from common import machine_description
+from torch.utils.flop_counter import FlopCounterMode
 
 from dd.evaluate import alternated_medians, teacher_forward
-from dd.sampling import draw_noise, sample_tokens
+from dd.sampling import randomness_at, sample_tokens
 from dd.student import DDStudent
 from teachers.llamagen import GPT, GPTConfig, LlamaGenTeacher, VQConfig, VQModel
 from teachers.tiny import load_tiny_teacher
@@ -64,7 +67,7 @@ def main() -> None:
     batch = args.batch_size
     labels = torch.randint(teacher.num_classes, (batch,))
     tokens = torch.randint(teacher.vocab_size, (batch, geometry.num_tokens))
-    noise = draw_noise(batch, geometry.num_tokens, teacher.code_dim, torch.Generator())
+    noise = randomness_at(0, range(batch), geometry.num_tokens, teacher.code_dim).noise_BNC
 
     forward = teacher_forward(teacher, batch)
 
@@ -79,8 +82,18 @@ def main() -> None:
         with torch.no_grad():
             teacher.decode_tokens(tokens)
 
+    def draw():
+        randomness_at(0, range(batch), geometry.num_tokens, teacher.code_dim)
+
+    def flops_per_image(call) -> float:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            call()
+        return counter.get_total_flops() / batch
+
+    flops = {"teacher": flops_per_image(one_forward), "decode": flops_per_image(decode)}
     median = alternated_medians(
-        {"teacher": one_forward, "student": one_step, "decode": decode}, args.repeats
+        {"teacher": one_forward, "student": one_step, "decode": decode, "noise": draw},
+        args.repeats,
     )
     print(f"machine: {machine_description(args.threads)}, float32, CPU")
     print(f"teacher {args.teacher}: {geometry.num_tokens} tokens, batch {batch}")
@@ -88,8 +101,19 @@ def main() -> None:
     print("|---|---|")
     print(f"| one full-sequence teacher forward | {1000 * median['teacher']:.1f} |")
     print(f"| one DD step (student forward + token choice) | {1000 * median['student']:.1f} |")
-    print(f"| decoder (timed apart) | {1000 * median['decode']:.1f} |")
+    print(f"| decoder | {1000 * median['decode']:.1f} |")
+    print(f"| per-sample seeded noise streams (noise + uniforms) | {1000 * median['noise']:.1f} |")
+    print(
+        f"FLOP per image (torch.utils.flop_counter: matrix products and convolutions): teacher "
+        f"forward {flops['teacher'] / 1e6:.1f} M, decoder {flops['decode'] / 1e6:.1f} M"
+    )
     print(f"ratio DD step / teacher forward: {median['student'] / median['teacher']:.3f}")
+    floor = 1 + (median["decode"] + median["noise"]) / median["teacher"]
+    all_in = (median["student"] + median["decode"] + median["noise"]) / median["teacher"]
+    print(
+        f"all-in ratio (step + decoder + noise) / forward: {all_in:.3f}; floor at a DD step "
+        f"as fast as the forward: {floor:.3f}"
+    )
 
 
 if __name__ == "__main__":

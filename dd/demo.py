@@ -422,6 +422,12 @@ def stage3_checks(result: dict) -> list[str]:
             f"{1000 * one['seconds_per_image']:.2f} ms per image = {ratio:.2f}x that forward, "
             f"<= {SPEED_RATIO}x: {verdict(ratio <= SPEED_RATIO)}"
         )
+        decode = one.get("decode_seconds_per_image")
+        if decode is not None:  # the all-in ratio of a model call costing exactly one forward
+            lines.append(
+                f"of which decoding {1000 * decode:.2f} ms per image: a model call exactly as "
+                f"fast as the forward would be {1 + decode / forward:.2f}x all-in"
+            )
     mixed = [row for row in result["details"] if row["method"] == "dd+teacher"]
     if two is not None and mixed:
         low, high = sorted((teacher["fid"], two["fid"]))

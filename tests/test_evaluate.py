@@ -325,10 +325,10 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
 def test_stage3_checks_judge_every_target_of_the_issue():
     """Hand-made rows: teacher FID 5, onestep* 15 (gap 10); each verdict flips at its limit."""
 
-    def row(name, method, steps, fid, accuracy=0.98, seconds=0.002, model=0.001):
+    def row(name, method, steps, fid, accuracy=0.98, seconds=0.002, model=0.001, decode=0.0005):
         return {"name": name, "method": method, "steps": steps, "fid": fid,
                 "class_accuracy": accuracy, "seconds_per_image": seconds,
-                "model_seconds_per_image": model}  # fmt: skip
+                "model_seconds_per_image": model, "decode_seconds_per_image": decode}  # fmt: skip
 
     details = [
         row("teacher", "teacher", 64, 5.0, accuracy=0.99, seconds=0.01, model=0.009),
@@ -355,6 +355,8 @@ def test_stage3_checks_judge_every_target_of_the_issue():
     assert "model call 1.10 ms per image = 1.10x one teacher forward (1.00 ms)" in text
     assert "timed alternately, <= 1.2x: met" in text
     assert "decoding: 2.00 ms per image = 2.00x that forward, <= 1.2x: NOT met" in text
+    assert "of which decoding 0.50 ms per image: a model call exactly as fast" in text
+    assert "forward would be 1.50x all-in" in text
     assert "DD 2-step (8.60): 1 of 2" in text
     assert "against skip-62 (2 model calls) 300.00: met" in text and "skip-39" not in text
     assert stage3_checks({"details": details[:3], "one_forward_seconds_per_image": 1.0}) == []

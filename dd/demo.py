@@ -14,8 +14,8 @@ Writes ``report.json`` (schema of the stage-3 issue), ``report.md``, ``grids/<te
 ``quality_vs_steps.png``. Settings: the recipes, overridden by ``DemoSettings`` (``DEMO_PRESETS``:
 ``default`` and ``quick``; the numbers live only there). Rerunning the same command reuses the
 finished pairs and students (a finished stage is skipped; an interrupted one resumes).
-``workers`` processes run the teachers side by side (2 on a 2-core laptop: in the recorded
-default run the stages add up to 1.9x its wall time), each with its own lines of progress bars.
+``workers`` processes run the stages side by side (``run_stages``: a free process takes the next
+ready stage of any teacher; 2 on a 2-core laptop), each with its own lines of progress bars.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import multiprocessing
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -97,8 +98,8 @@ SKIPS = {
     "llamagen-digits": ("skip:26", "skip:39", "skip:62"),
     "var-digits": ("skip:1", "skip:2", "skip:4"),
 }
-# Default sizes: with 2 workers, llamagen-digits on one core and var-digits on the other take
-# about as long, and far-digits runs on whichever is free first. The demo's time depends on the
+# Default sizes: with 2 workers the stages of the three teachers add up to about twice the
+# longest chain (llamagen-digits'), so the two cores stay busy. The demo's time depends on the
 # machine far more than on these sizes: 9 min 9 s on one (450 llamagen steps), 43 min on one
 # 3.7x to 5.8x slower per stage (var 800 steps; docs/embedded_default.md, "The demo").
 # The codebook students train with a cosine schedule from 2e-3 (the recipes: constant 1e-3);
@@ -166,8 +167,8 @@ class DemoRecipe:
     # Intra-op threads per process. 1 by default: on a shared or busy 2-core CPU, 2 threads per
     # process were measured 7-10x slower for pair generation (threads wait for a busy core).
     num_threads: int | None = 1
-    # Processes running the teachers side by side (one teacher each at a time); 1: one after
-    # another in this process. 2 fills a 2-core laptop with one thread each.
+    # Processes running stages side by side (run_stages); 1: one after another in this
+    # process. 2 fills a 2-core laptop with one thread each.
     workers: int = 2
     seed: int = 0
     progress_bar: bool = True
@@ -461,7 +462,7 @@ def report_markdown(
 
     threads = torch.get_num_threads() if num_threads is None else num_threads
     side_by_side = (
-        f"{workers} processes running teachers side by side (timings share the CPU)"
+        f"{workers} processes running stages side by side (timings share the CPU)"
         if workers > 1 and len(results) > 1
         else "one teacher at a time"
     )
@@ -537,21 +538,87 @@ def plot_quality_vs_steps(results: dict[str, dict], path: Path) -> None:
     plt.close(figure)
 
 
-def teacher_section(
-    name: str, settings: DemoSettings, output: Path, *, seed: int, progress: bool
-) -> tuple[dict, dict[str, float]]:
-    """Pairs, student and evaluation of one teacher: (its results, seconds per stage)."""
+STAGES = ("pairs", "distil", "evaluate")  # one teacher's stages, each needing the one before
+
+
+def run_stage(
+    stage: str,
+    name: str,
+    settings: DemoSettings,
+    output: Path,
+    done: dict[str, object],
+    *,
+    seed: int,
+    progress: bool,
+) -> tuple[object, float]:
+    """One stage of one teacher, given what its earlier stages returned (``done``, by stage):
+    (its result: the pair folder, the student folder, or the evaluation; seconds)."""
+    began = time.perf_counter()
+    if stage == "pairs":
+        result = make_pairs(name, settings, output, progress)
+    elif stage == "distil":
+        result = distil(name, settings, done["pairs"], output, progress)
+    else:
+        result = evaluate_teacher(
+            name, settings, done["pairs"], done["distil"], output, seed=seed, progress=progress
+        )
+    return result, time.perf_counter() - began
+
+
+def run_stages(
+    settings: dict[str, DemoSettings],
+    output: Path,
+    submit: Callable[..., Future],
+    slots: int,
+    *,
+    seed: int,
+    progress: bool,
+) -> tuple[dict[str, dict], dict[str, float]]:
+    """Every teacher's stages, at most ``slots`` at a time through ``submit`` (a process pool's,
+    or one that runs the stage at once). A free slot takes the ready stage that comes first in
+    ``STAGES``, ties in teacher order: every teacher's pairs and training start before any
+    evaluation, and the evaluations fill the gaps the long trainings leave. (Whole teachers per
+    worker left one core idle for the last 246 s of the default run, 1,194 s, on a 2-core
+    machine: docs/embedded_default.md, "The demo".) Returns (results, seconds by stage)."""
+    names = list(settings)
+    done: dict[str, dict[str, object]] = {name: {} for name in names}
     timings: dict[str, float] = {}
-    began = time.perf_counter()
-    pairs = make_pairs(name, settings, output, progress)
-    timings[f"{name} pairs"] = time.perf_counter() - began
-    began = time.perf_counter()
-    student = distil(name, settings, pairs, output, progress)
-    timings[f"{name} distil"] = time.perf_counter() - began
-    began = time.perf_counter()
-    result = evaluate_teacher(name, settings, pairs, student, output, seed=seed, progress=progress)
-    timings[f"{name} evaluate"] = time.perf_counter() - began
-    return result, timings
+    ready = [(0, index) for index in range(len(names))]
+    running: dict[Future, tuple[int, int]] = {}
+    bar = tqdm(total=len(names), desc="demo: teachers done", disable=not progress)
+    while ready or running:
+        while ready and len(running) < slots:
+            stage, index = min(ready)
+            ready.remove((stage, index))
+            name = names[index]
+            future = submit(
+                run_stage, STAGES[stage], name, settings[name], output, done[name],
+                seed=seed, progress=progress,
+            )  # fmt: skip
+            running[future] = (stage, index)
+        finished, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in finished:
+            stage, index = running.pop(future)
+            name = names[index]
+            done[name][STAGES[stage]], timings[f"{name} {STAGES[stage]}"] = future.result()
+            if stage + 1 < len(STAGES):
+                ready.append((stage + 1, index))
+            else:
+                bar.set_postfix_str(name)
+                bar.update()
+    bar.close()
+    by_teacher = {f"{n} {stage}": timings[f"{n} {stage}"] for n in names for stage in STAGES}
+    return {name: done[name]["evaluate"] for name in names}, by_teacher
+
+
+def run_now(function: Callable, *args, **kwargs) -> Future:
+    """``submit`` without a pool: the stage runs here, and its future is already done."""
+    future: Future = Future()
+    try:
+        future.set_result(function(*args, **kwargs))
+    except BaseException as error:  # handed to the caller through future.result()
+        future.set_exception(error)
+    return future
 
 
 def _start_worker(slots, lock, num_threads: int | None) -> None:
@@ -593,39 +660,24 @@ def run_demo(
         raise ValueError(f"workers must be >= 1, got {workers}")
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
-    sections: dict[str, tuple[dict, dict[str, float]]] = {}
-    bar = tqdm(total=len(settings), desc="demo: teachers done", disable=not progress)
     if workers == 1:
         if num_threads is not None:
             torch.set_num_threads(num_threads)
-        for name in settings:
-            bar.set_postfix_str(name)
-            sections[name] = teacher_section(
-                name, settings[name], output, seed=seed, progress=progress
-            )
-            bar.update()
+        results, timings = run_stages(settings, output, run_now, 1, seed=seed, progress=progress)
     else:
+        slots = min(workers, len(settings))  # one teacher's stages run one after another
         context = multiprocessing.get_context("spawn")
         lock = context.RLock()  # one tqdm lock for every process' bars
         tqdm.set_lock(lock)
         with ProcessPoolExecutor(
-            max_workers=min(workers, len(settings)),
+            max_workers=slots,
             mp_context=context,
             initializer=_start_worker,
             initargs=(context.Value("i", 0), lock, num_threads),
         ) as pool:
-            futures = {
-                name: pool.submit(
-                    teacher_section, name, settings[name], output, seed=seed, progress=progress
-                )
-                for name in settings
-            }
-            for name, future in futures.items():
-                sections[name] = future.result()
-                bar.update()
-    bar.close()
-    results = {name: section[0] for name, section in sections.items()}
-    timings = {stage: sec for section in sections.values() for stage, sec in section[1].items()}
+            results, timings = run_stages(
+                settings, output, pool.submit, slots, seed=seed, progress=progress
+            )
     report = report_json(results)
     (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
     plot_quality_vs_steps(results, output / "quality_vs_steps.png")

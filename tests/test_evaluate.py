@@ -21,6 +21,8 @@ from dd.demo import (
     make_pairs,
     report_json,
     run_demo,
+    run_now,
+    run_stages,
     stage3_checks,
     student_folder,
 )
@@ -230,7 +232,7 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
     assert shard.stat().st_mtime_ns == written
     assert report_json({}) == {"teachers": {}}
 
-    # Two worker processes, teachers side by side: the same quality rows (every stage seeded).
+    # Two worker processes, stages side by side: the same quality rows (every stage seeded).
     side = run_demo(tmp_path / "side", toy, progress=True, workers=2, num_threads=1)
     for name, entry in report["teachers"].items():
         quality = [(r["method"], r["steps"], r["fid"], r["class_accuracy"]) for r in entry["rows"]]
@@ -239,9 +241,34 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
             for r in side["teachers"][name]["rows"]
         ], name
     side_report = (tmp_path / "side" / "report.md").read_text()
-    assert "1 threads per process, 2 processes running teachers side by side" in side_report
+    assert "1 threads per process, 2 processes running stages side by side" in side_report
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_demo(tmp_path / "none", toy, workers=0)
+
+
+def test_demo_stages_run_every_training_before_any_evaluation(tmp_path, monkeypatch):
+    """run_stages' order (one slot: the order a free process takes stages in): every teacher's
+    pairs, then the trainings, then the evaluations, each given its own teacher's earlier
+    results; seconds by teacher and stage; a failing stage's error reaches the caller."""
+    calls = []
+
+    def fake_stage(stage, name, settings, output, done, *, seed, progress):
+        calls.append((stage, name, dict(done)))
+        if name == "boom" and stage == "distil":
+            raise RuntimeError("training failed")
+        return f"{name}:{stage}", 1.0
+
+    monkeypatch.setattr("dd.demo.run_stage", fake_stage)
+    settings = dict.fromkeys(("a", "b", "c"), DEMO_PRESETS["quick"]["var-digits"])
+    results, timings = run_stages(settings, tmp_path, run_now, 1, seed=0, progress=False)
+    assert [(stage, name) for stage, name, _ in calls] == [
+        (stage, name) for stage in ("pairs", "distil", "evaluate") for name in "abc"
+    ]
+    assert calls[-1][2] == {"pairs": "c:pairs", "distil": "c:distil"}
+    assert results == {name: f"{name}:evaluate" for name in "abc"}
+    assert list(timings) == [f"{n} {s}" for n in "abc" for s in ("pairs", "distil", "evaluate")]
+    with pytest.raises(RuntimeError, match="training failed"):
+        run_stages({"boom": settings["a"]}, tmp_path, run_now, 1, seed=0, progress=False)
 
 
 def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):

@@ -98,10 +98,11 @@ SKIPS = {
     "llamagen-digits": ("skip:26", "skip:39", "skip:62"),
     "var-digits": ("skip:1", "skip:2", "skip:4"),
 }
-# Default sizes: with 2 workers the stages of the three teachers add up to about twice the
-# longest chain (llamagen-digits'), so the two cores stay busy. The demo's time depends on the
-# machine far more than on these sizes: 9 min 9 s on one (450 llamagen steps), 43 min on one
-# 3.7x to 5.8x slower per stage (var 800 steps; docs/embedded_default.md, "The demo").
+# Default sizes: with 2 workers the stages of the three teachers add up to more than twice the
+# longest teacher's (1,873 s against 801 s in the 98a3fcc run), so both cores stay busy. The
+# demo's time depends on the machine far more than on these sizes: 9 min 9 s on one (450
+# llamagen steps), 43 min on one 3.7x to 5.8x slower per stage (var 800 steps), 16 min on
+# another (docs/embedded_default.md, "The demo").
 # The codebook students train with a cosine schedule from 2e-3 (the recipes: constant 1e-3);
 # var-digits in batches of 32: 1,100 steps of 32 beat 600 of 64 at about the same time
 # (1-step FID 8.25 against 9.34, docs/distillation.md, "LR schedule and EMA of short runs").
@@ -464,7 +465,7 @@ def report_markdown(
     side_by_side = (
         f"{workers} processes running stages side by side (timings share the CPU)"
         if workers > 1 and len(results) > 1
-        else "one teacher at a time"
+        else "one stage at a time"
     )
     lines = [
         "# Distilled Decoding demo",

@@ -1,28 +1,35 @@
 """One DD step against one full-sequence teacher forward at the same batch (random weights).
 
     python3 benchmarks/bench_student.py --teacher llamagen-digits --batch-size 64
+    python3 benchmarks/bench_student.py --student llamagen-digits --threads 1 --repeats 41
     python3 benchmarks/bench_student.py --teacher llamagen-B --batch-size 4 --repeats 3
     python3 benchmarks/bench_student.py --teacher var-d16 --batch-size 4 --repeats 3
 
 A one-step DD sample is one student forward (``dd.sampling.sample_tokens`` with ``steps=1``:
 the forward, the prefix rule, the argmax / nearest-code choice) plus the decoder; the floor it
 is held to is one full-sequence teacher forward (``logits_teacher_forcing``). Both are timed
-in the same run, alternating call by call, median of ``--repeats``, with the two other parts of
+in the same run, alternating call by call, median of ``--repeats``; the DD step / forward ratio
+is also taken round by round (each step against the forward just before it) with its quartiles,
+which a slow spell of a shared machine moves less. Also timed: the two other parts of
 an all-in sample: the decoder and the per-sample seeded noise streams (``randomness_at``). Their
 sum over the forward is the all-in ratio's floor for a one-step generator on this teacher.
 ``llamagen-B`` / ``var-d16`` are the official shapes with random weights (speed does not depend
-on the values); the tiny names are the shipped teachers.
+on the values); the tiny names are the shipped teachers. ``--student NAME`` times a shipped
+student (or a student folder) as users sample with it, instead of a random-weight one built with
+the benchmark's timesteps.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 
 import torch
 from common import machine_description
 from torch.utils.flop_counter import FlopCounterMode
 
-from dd.evaluate import alternated_medians, teacher_forward
+from dd.checkpoint import load_student
+from dd.evaluate import alternated_seconds, teacher_forward
 from dd.sampling import randomness_at, sample_tokens
 from dd.student import DDStudent
 from teachers.llamagen import GPT, GPTConfig, LlamaGenTeacher, VQConfig, VQModel
@@ -48,6 +55,9 @@ def build_teacher(name: str):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", default="llamagen-digits")
+    parser.add_argument(
+        "--student", default=None, help="a shipped student or student folder (its own teacher)"
+    )
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
@@ -56,14 +66,22 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    teacher = build_teacher(args.teacher)
-    geometry = teacher.geometry
-    if args.teacher in SHAPES:
-        timesteps, split = SHAPES[args.teacher]
+    if args.student is not None:
+        if args.noise_logit_scale is not None:
+            parser.error("--noise-logit-scale builds a random student; --student loads one")
+        student = load_student(args.student).eval()
+        teacher = student.teacher
     else:
-        second = geometry.num_steps // 3
-        timesteps, split = (0, second), geometry.step_ranges[second][0]
-    student = DDStudent(teacher, timesteps, split, noise_logit_scale=args.noise_logit_scale).eval()
+        teacher = build_teacher(args.teacher)
+        geometry = teacher.geometry
+        if args.teacher in SHAPES:
+            timesteps, split = SHAPES[args.teacher]
+        else:
+            second = geometry.num_steps // 3
+            timesteps, split = (0, second), geometry.step_ranges[second][0]
+        student = DDStudent(teacher, timesteps, split, noise_logit_scale=args.noise_logit_scale)
+        student = student.eval()
+    geometry = teacher.geometry
     batch = args.batch_size
     labels = torch.randint(teacher.num_classes, (batch,))
     tokens = torch.randint(teacher.vocab_size, (batch, geometry.num_tokens))
@@ -91,12 +109,17 @@ def main() -> None:
         return counter.get_total_flops() / batch
 
     flops = {"teacher": flops_per_image(one_forward), "decode": flops_per_image(decode)}
-    median = alternated_medians(
+    seconds = alternated_seconds(
         {"teacher": one_forward, "student": one_step, "decode": decode, "noise": draw},
         args.repeats,
     )
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    rounds = zip(seconds["student"], seconds["teacher"], strict=True)
+    paired = [step / forward for step, forward in rounds]
+    quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
     print(f"machine: {machine_description(args.threads)}, float32, CPU")
-    print(f"teacher {args.teacher}: {geometry.num_tokens} tokens, batch {batch}")
+    what = f"the teacher of student {args.student}" if args.student else f"teacher {args.teacher}"
+    print(f"{what}: {geometry.num_tokens} tokens, batch {batch}")
     print("| measurement | ms per batch |")
     print("|---|---|")
     print(f"| one full-sequence teacher forward | {1000 * median['teacher']:.1f} |")
@@ -108,6 +131,10 @@ def main() -> None:
         f"forward {flops['teacher'] / 1e6:.1f} M, decoder {flops['decode'] / 1e6:.1f} M"
     )
     print(f"ratio DD step / teacher forward: {median['student'] / median['teacher']:.3f}")
+    print(
+        f"round-by-round ratio over {len(paired)} rounds: median {quartiles[1]:.3f}, quartiles "
+        f"{quartiles[0]:.3f} .. {quartiles[2]:.3f}"
+    )
     floor = 1 + (median["decode"] + median["noise"]) / median["teacher"]
     all_in = (median["student"] + median["decode"] + median["noise"]) / median["teacher"]
     print(

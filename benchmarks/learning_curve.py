@@ -73,6 +73,7 @@ def ema_student(
         sampling_noise_logit_scale=(
             recipe.student.sampling_noise_logit_scale if sampling_kappa is None else sampling_kappa
         ),
+        backbone_options=recipe.student.backbone_options,
     )
     student.load_student_state_dict(student_state)
     return student.eval()

@@ -277,10 +277,13 @@ def model_calls(
     return method_tokens(method, samplers, labels, randomness)
 
 
-def alternated_medians(calls: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each call over ``repeats`` rounds that run every call once, in turn,
-    after one warm-up round. Other load on the machine falls on all of them alike, so their
-    ratios hold better than timings taken at different moments."""
+def alternated_seconds(
+    calls: Mapping[str, Callable[[], object]], repeats: int
+) -> dict[str, list[float]]:
+    """Seconds of each call in each of ``repeats`` rounds that run every call once, in turn,
+    after one warm-up round. Other load on the machine falls on all of them alike, so ratios
+    taken round by round, or of medians, hold better than timings taken at
+    different moments."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     seconds: dict[str, list[float]] = {name: [] for name in calls}
@@ -293,7 +296,12 @@ def alternated_medians(calls: Mapping[str, Callable[[], object]], repeats: int) 
             call()
             wait_for_device()
             seconds[name].append(time.perf_counter() - began)
-    return {name: statistics.median(values) for name, values in seconds.items()}
+    return seconds
+
+
+def alternated_medians(calls: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:
+    """Median seconds of each call over the rounds of ``alternated_seconds``."""
+    return {name: statistics.median(v) for name, v in alternated_seconds(calls, repeats).items()}
 
 
 def teacher_forward(teacher: Teacher | ContinuousTeacher, batch_size: int) -> Callable[[], None]:

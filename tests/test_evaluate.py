@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pytest
@@ -31,6 +32,7 @@ from dd.evaluate import (
     Reference,
     Samplers,
     alternated_medians,
+    alternated_seconds,
     forward_seconds_per_image,
     generate,
     parse_methods,
@@ -399,3 +401,6 @@ def test_alternated_medians_time_every_call_in_turn():
     assert set(medians) == {"a", "b"} and all(seconds >= 0 for seconds in medians.values())
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         alternated_medians({"a": lambda: None}, repeats=0)
+    seconds = alternated_seconds({"a": lambda: None, "b": lambda: time.sleep(0.002)}, repeats=5)
+    assert [len(v) for v in seconds.values()] == [5, 5]  # one time per round, warm-up dropped
+    assert min(seconds["b"]) >= 0.002

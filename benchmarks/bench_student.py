@@ -52,9 +52,22 @@ def build_teacher(name: str):
     return load_tiny_teacher(name)
 
 
+def random_student(name: str, noise_logit_scale: float | None) -> DDStudent:
+    """A random-weight student of teacher ``name`` with the paper's timesteps and split for
+    the official shapes, ``(0, num_steps // 3)`` and that step's first token otherwise."""
+    teacher = build_teacher(name)
+    geometry = teacher.geometry
+    if name in SHAPES:
+        timesteps, split = SHAPES[name]
+    else:
+        second = geometry.num_steps // 3
+        timesteps, split = (0, second), geometry.step_ranges[second][0]
+    return DDStudent(teacher, timesteps, split, noise_logit_scale=noise_logit_scale).eval()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teacher", default="llamagen-digits")
+    parser.add_argument("--teacher", default=None, help="default: llamagen-digits")
     parser.add_argument(
         "--student", default=None, help="a shipped student or student folder (its own teacher)"
     )
@@ -67,21 +80,13 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.student is not None:
-        if args.noise_logit_scale is not None:
-            parser.error("--noise-logit-scale builds a random student; --student loads one")
+        if args.teacher is not None or args.noise_logit_scale is not None:
+            parser.error("--student loads a student with its own teacher and prior")
         student = load_student(args.student).eval()
-        teacher = student.teacher
     else:
-        teacher = build_teacher(args.teacher)
-        geometry = teacher.geometry
-        if args.teacher in SHAPES:
-            timesteps, split = SHAPES[args.teacher]
-        else:
-            second = geometry.num_steps // 3
-            timesteps, split = (0, second), geometry.step_ranges[second][0]
-        student = DDStudent(teacher, timesteps, split, noise_logit_scale=args.noise_logit_scale)
-        student = student.eval()
-    geometry = teacher.geometry
+        args.teacher = args.teacher or "llamagen-digits"
+        student = random_student(args.teacher, args.noise_logit_scale)
+    teacher, geometry = student.teacher, student.geometry
     batch = args.batch_size
     labels = torch.randint(teacher.num_classes, (batch,))
     tokens = torch.randint(teacher.vocab_size, (batch, geometry.num_tokens))

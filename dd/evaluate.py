@@ -282,8 +282,7 @@ def alternated_seconds(
 ) -> dict[str, list[float]]:
     """Seconds of each call in each of ``repeats`` rounds that run every call once, in turn,
     after one warm-up round. Other load on the machine falls on all of them alike, so ratios
-    taken round by round, or of medians, hold better than timings taken at
-    different moments."""
+    taken round by round, or of medians, hold better than timings taken at different moments."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     seconds: dict[str, list[float]] = {name: [] for name in calls}

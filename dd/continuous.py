@@ -174,8 +174,8 @@ def check_loss_settings(teacher: object, loss: LossSettings) -> None:
                 "continuous-token teachers only; set it to 0 for a codebook teacher"
             )
         return
-    for key in ("ce_weight", "teacher_kl_weight"):
-        if getattr(loss, key) != 0:
+    for key in ("ce_weight", "teacher_kl_weight", "cache_teacher_kl_targets"):
+        if getattr(loss, key):
             raise ValueError(
                 f"loss.{key} is {getattr(loss, key)}, but a continuous-token teacher has no "
                 f"logits (no CE or teacher-KL term): set loss.{key}: 0 (and weigh "

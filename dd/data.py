@@ -152,17 +152,29 @@ class BatchOrder:
 
 class PairBatches(IterableDataset):
     """This rank's slice of global batches ``start_step, start_step + 1, ...`` (whole batches:
-    use ``DataLoader(batch_size=None)``)."""
+    use ``DataLoader(batch_size=None)``). ``teacher_log_probs``: per-pair teacher-KL targets
+    ``[N, n, V]`` (``dd.losses.cached_teacher_log_probs``), served under that key."""
 
     def __init__(
-        self, pairs: PairSet, order: BatchOrder, *, start_step: int, rank: int, world_size: int
+        self,
+        pairs: PairSet,
+        order: BatchOrder,
+        *,
+        start_step: int,
+        rank: int,
+        world_size: int,
+        teacher_log_probs: torch.Tensor | None = None,
     ) -> None:
         super().__init__()
         if order.global_batch_size % world_size:
             raise ValueError(
                 f"global batch {order.global_batch_size} is not divisible by {world_size} processes"
             )
-        self.pairs, self.order = pairs, order
+        if teacher_log_probs is not None and teacher_log_probs.shape[0] != len(pairs):
+            raise ValueError(
+                f"{teacher_log_probs.shape[0]} cached teacher-KL targets for {len(pairs)} pairs"
+            )
+        self.pairs, self.order, self.teacher_log_probs = pairs, order, teacher_log_probs
         self.start_step, self.rank, self.world_size = start_step, rank, world_size
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -171,10 +183,13 @@ class PairBatches(IterableDataset):
         step = self.start_step
         while True:
             rows = self.order.rows(step)[mine]
-            yield {
+            batch = {
                 "labels": self.pairs.labels[rows],
                 "noise": self.pairs.noise[rows],
                 "tokens": self.pairs.tokens[rows],
                 "timestep_choice": self.order.timestep_choices(step)[mine],
             }
+            if self.teacher_log_probs is not None:
+                batch["teacher_log_probs"] = self.teacher_log_probs[rows]
+            yield batch
             step += 1

@@ -99,6 +99,11 @@ class DistillModule(pl.LightningModule):
             )
         if loss.teacher_kl_weight > 0 and pair_sampling is None:
             raise ValueError("loss.teacher_kl_weight > 0 needs the pairs' sampling settings")
+        if loss.cache_teacher_kl_targets and loss.teacher_kl_weight == 0:
+            raise ValueError(
+                "loss.cache_teacher_kl_targets caches the teacher-KL term's targets, but "
+                "loss.teacher_kl_weight is 0: set the weight or turn the cache off"
+            )
         if loss.perceptual_weight == 0 and student.split_token < student.geometry.num_tokens:
             raise ValueError(
                 f"loss.perceptual_weight is 0, so the embedding head is never trained, but "
@@ -141,10 +146,18 @@ class DistillModule(pl.LightningModule):
             perceptual_weight=self.loss.perceptual_weight,
         )
         total, logged = terms.total, {}
-        if kl_weight > 0:
+        if kl_weight > 0 and self.loss.cache_teacher_kl_targets:
+            if "teacher_log_probs" not in batch:
+                raise KeyError(
+                    "loss.cache_teacher_kl_targets is on but the batch has no "
+                    "'teacher_log_probs': give PairDataModule the cached targets"
+                )
+            target = batch["teacher_log_probs"]
+        elif kl_weight > 0:
             target = teacher_log_probs(
                 self.student.teacher, batch["labels"], batch["tokens"], self.pair_sampling
             )
+        if kl_weight > 0:
             kl = teacher_kl(trunk, target, boundary)
             total, logged = total + kl_weight * kl, {"train/teacher_kl": kl.detach()}
         self.log_dict(
@@ -207,9 +220,12 @@ class PairDataModule(pl.LightningDataModule):
         num_timesteps: int,
         seed: int,
         heldout_batch_size: int = 64,
+        teacher_log_probs: torch.Tensor | None = None,
     ) -> None:
+        """``teacher_log_probs``: the cached teacher-KL targets of ``train``, row by row."""
         super().__init__()
         self.train_pairs, self.heldout_pairs = train, heldout
+        self.teacher_log_probs = teacher_log_probs
         self.order = BatchOrder(len(train), global_batch_size, num_timesteps, seed)
         self.heldout_batch_size = heldout_batch_size
 
@@ -221,6 +237,7 @@ class PairDataModule(pl.LightningDataModule):
             start_step=trainer.global_step,  # restored from the checkpoint before this call
             rank=trainer.global_rank,
             world_size=trainer.world_size,
+            teacher_log_probs=self.teacher_log_probs,
         )
         return DataLoader(batches, batch_size=None, num_workers=0)
 

@@ -93,6 +93,12 @@ class LossSettings:
     # (given the pair's earlier tokens) to the student's logits without the noise-logit prior
     # (``teacher_kl``); needs student.noise_logit_scale.
     teacher_kl_weight: float = 0.0
+    # Compute that term's targets for every training pair once, before the first step, and
+    # serve them with the batches (``cached_teacher_log_probs``): they depend on the pair alone,
+    # and on llamagen-digits they are 0.3 of a step. Memory ``N x n x V`` float32 (4,000 pairs
+    # of llamagen-digits: 62 MB), refused over ``MAX_CACHED_TARGET_BYTES``. Off: one
+    # teacher-forcing forward per step (real teachers: V = 4,096 to 16,384 is far too big).
+    cache_teacher_kl_targets: bool = False
 
 
 def build_perceptual(settings: LossSettings) -> PerceptualDistance:
@@ -155,6 +161,45 @@ def teacher_log_probs(
     matching mapped the pairs' noise through), in one parallel forward
     (``dd.baselines.teacher_forcing_log_probs``)."""
     return teacher_forcing_log_probs(teacher, labels_B, tokens_BN, sampling)
+
+
+MAX_CACHED_TARGET_BYTES = 2 * 2**30
+
+
+@torch.no_grad()
+def cached_teacher_log_probs(
+    teacher: Teacher,
+    labels_N: torch.Tensor,
+    tokens_NN: torch.Tensor,
+    sampling: SamplingConfig,
+    *,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> torch.Tensor:
+    """``teacher_log_probs`` of every pair ``[N, n, V]`` float32 on the CPU, in batches of
+    ``batch_size`` (``loss.cache_teacher_kl_targets``). Row ``i`` is the same function of
+    pair ``i`` as the per-step targets; only float round-off of the batch's shape differs."""
+    num_pairs, num_tokens = tokens_NN.shape
+    needed = num_pairs * num_tokens * teacher.vocab_size * 4
+    if needed > MAX_CACHED_TARGET_BYTES:
+        raise ValueError(
+            f"caching the teacher-KL targets of {num_pairs} pairs takes {needed / 2**30:.1f} GiB "
+            f"([{num_pairs}, {num_tokens}, {teacher.vocab_size}] float32), over the "
+            f"{MAX_CACHED_TARGET_BYTES / 2**30:.0f} GiB limit: set loss.cache_teacher_kl_targets "
+            "false (one teacher forward per step instead)"
+        )
+    from tqdm.auto import tqdm
+
+    device = teacher.codebook.device
+    targets = torch.empty(num_pairs, num_tokens, teacher.vocab_size)
+    starts = range(0, num_pairs, batch_size)
+    for start in tqdm(starts, desc="teacher-KL targets", disable=not progress, leave=False):
+        rows = slice(start, start + batch_size)
+        log_p = teacher_log_probs(
+            teacher, labels_N[rows].to(device), tokens_NN[rows].to(device), sampling
+        )
+        targets[rows] = log_p.float().cpu()
+    return targets
 
 
 def teacher_kl(

@@ -132,7 +132,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     from dd.continuous_distill import ContinuousDistillModule
     from dd.data import load_pairs, pair_sampling, split_heldout
     from dd.distill import DistillModule, PairDataModule
-    from dd.losses import build_perceptual
+    from dd.losses import build_perceptual, cached_teacher_log_probs
     from dd.teacher_spec import load_teacher
     from teachers.protocol import ContinuousTeacher
 
@@ -166,12 +166,18 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     else:
         sampling = pair_sampling(recipe.pairs.folder)  # for the teacher-KL term
         module = DistillModule(*settings, run.global_batch_size, pair_sampling=sampling)
+    targets = None
+    if recipe.loss.cache_teacher_kl_targets:  # DistillModule refused it without the term
+        targets = cached_teacher_log_probs(
+            teacher, train_pairs.labels, train_pairs.tokens, sampling, progress=run.progress_bar
+        )
     data = PairDataModule(
         train_pairs,
         heldout,
         global_batch_size=run.global_batch_size,
         num_timesteps=len(student.timesteps),
         seed=run.seed,
+        teacher_log_probs=targets,
     )
     checkpoints = output / "checkpoints"
     trainer = make_trainer(run, output)

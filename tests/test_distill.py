@@ -19,9 +19,9 @@ from data_gen.config import (
     SamplingOverrides,
 )
 from data_gen.engine import run_generation
-from dd.data import BatchOrder, PairBatches, load_pairs, split_heldout
+from dd.data import BatchOrder, PairBatches, load_pairs, pair_sampling, split_heldout
 from dd.distill import DistillModule, OptimSettings, PairDataModule
-from dd.losses import LossSettings
+from dd.losses import LossSettings, cached_teacher_log_probs
 from dd.metrics.digits import feature_distance
 from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec, load_teacher
@@ -92,6 +92,27 @@ def test_ranks_take_disjoint_slices_of_the_global_batch(teacher, pair_folder):
         assert torch.equal(torch.cat([h[key] for h in halves]), whole[key])
 
 
+def test_cached_targets_travel_with_their_pairs(teacher, pair_folder):
+    """Row ``i`` of the cached teacher-KL targets is served with pair ``i``, on every rank and
+    after a resume (targets marked with their row index); a cache of another size is refused."""
+    pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
+    order = BatchOrder(len(pairs), GLOBAL_BATCH, len(TIMESTEPS), seed=0)
+    marked = torch.arange(len(pairs)).float().view(-1, 1, 1).expand(-1, 2, 3).contiguous()
+    for rank in (0, 1):
+        batches = iter(
+            PairBatches(
+                pairs, order, start_step=7, rank=rank, world_size=2, teacher_log_probs=marked
+            )
+        )
+        for _ in range(12):  # into the second epoch
+            batch = next(batches)
+            rows = batch["teacher_log_probs"][:, 0, 0].long()
+            assert torch.equal(pairs.tokens[rows], batch["tokens"])
+            assert torch.equal(pairs.noise[rows], batch["noise"])
+    with pytest.raises(ValueError, match="79 cached teacher-KL targets for 80 pairs"):
+        PairBatches(pairs, order, start_step=0, rank=0, world_size=1, teacher_log_probs=marked[1:])
+
+
 class LossRecorder(Callback):
     def __init__(self):
         self.losses: dict[int, float] = {}
@@ -110,17 +131,38 @@ class LossRecorder(Callback):
 
 
 CONSTANT = OptimSettings(lr=1e-3, lr_reference_batch=0)
+DIGITS_LOSS = LossSettings("digits")
 COSINE = OptimSettings(lr=1e-3, lr_reference_batch=0, schedule="cosine", warmup_steps=3)
 
 
-def fit(teacher, pair_folder, root, max_steps, *, resume_from=None, callbacks=(), optim=CONSTANT):
+def fit(
+    teacher,
+    pair_folder,
+    root,
+    max_steps,
+    *,
+    resume_from=None,
+    callbacks=(),
+    optim=CONSTANT,
+    loss=DIGITS_LOSS,
+):
     pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
     train, heldout = split_heldout(pairs, NUM_HELDOUT)
     torch.manual_seed(0)  # the new layers' initialisation
-    student = DDStudent(teacher, TIMESTEPS, SPLIT_TOKEN)
-    module = DistillModule(student, feature_distance, optim, LossSettings("digits"), GLOBAL_BATCH)
+    kl = loss.teacher_kl_weight > 0
+    student = DDStudent(teacher, TIMESTEPS, SPLIT_TOKEN, noise_logit_scale=2.5 if kl else None)
+    sampling = pair_sampling(pair_folder) if kl else None
+    module = DistillModule(student, feature_distance, optim, loss, GLOBAL_BATCH, sampling)
+    targets = None
+    if loss.cache_teacher_kl_targets:
+        targets = cached_teacher_log_probs(teacher, train.labels, train.tokens, sampling)
     data = PairDataModule(
-        train, heldout, global_batch_size=GLOBAL_BATCH, num_timesteps=len(TIMESTEPS), seed=0
+        train,
+        heldout,
+        global_batch_size=GLOBAL_BATCH,
+        num_timesteps=len(TIMESTEPS),
+        seed=0,
+        teacher_log_probs=targets,
     )
     recorder = LossRecorder()
     trainer = pl.Trainer(
@@ -177,6 +219,31 @@ def test_stop_and_resume_reproduces_the_loss_curve(teacher, pair_folder, tmp_pat
         expected = straight.losses[step]
         assert abs(resumed.losses[step] - expected) <= 1e-5 * max(1.0, abs(expected)), step
         assert resumed.lrs[step] == pytest.approx(straight.lrs[step], rel=1e-12), step
+
+
+def test_cached_teacher_kl_targets_train_as_the_per_step_ones(teacher, pair_folder, tmp_path):
+    """``loss.cache_teacher_kl_targets``: the targets computed once (batches of 256) give the
+    loss curve of the targets computed each step (batches of 8), to float round-off (1e-4 over
+    12 steps); the cache is refused without the term, and a batch without its targets raises."""
+    with_kl = LossSettings("digits", teacher_kl_weight=1.0)
+    cached = dataclasses.replace(with_kl, cache_teacher_kl_targets=True)
+    per_step = fit(teacher, pair_folder, tmp_path / "per_step", 12, loss=with_kl)[0].losses
+    from_cache = fit(teacher, pair_folder, tmp_path / "cached", 12, loss=cached)[0].losses
+    assert sorted(from_cache) == list(range(12))
+    for step, expected in per_step.items():
+        assert from_cache[step] == pytest.approx(expected, rel=1e-4), step
+    student = DDStudent(teacher, TIMESTEPS, SPLIT_TOKEN, noise_logit_scale=2.5)
+    no_term = dataclasses.replace(cached, teacher_kl_weight=0.0)
+    with pytest.raises(ValueError, match="teacher_kl_weight is 0"):
+        DistillModule(student, feature_distance, CONSTANT, no_term, GLOBAL_BATCH)
+    module = DistillModule(
+        student, feature_distance, CONSTANT, cached, GLOBAL_BATCH, pair_sampling(pair_folder)
+    )
+    pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
+    order = BatchOrder(len(pairs), GLOBAL_BATCH, len(TIMESTEPS), seed=0)
+    batch = next(iter(PairBatches(pairs, order, start_step=0, rank=0, world_size=1)))
+    with pytest.raises(KeyError, match="teacher_log_probs"):
+        module.training_step(batch, 0)
 
 
 def test_the_cosine_schedule_warms_up_then_decays_to_zero_at_max_steps(

@@ -7,11 +7,13 @@ from torch import nn
 
 from data_gen.config import FlowSettings
 from data_gen.pairs import map_noise
+from dd import losses
 from dd.distill import DistillModule, OptimSettings
 from dd.losses import (
     VGG16_FILE,
     LossSettings,
     LPIPSDistance,
+    cached_teacher_log_probs,
     dd_loss,
     teacher_kl,
     teacher_log_probs,
@@ -154,6 +156,24 @@ def test_teacher_log_probs_are_what_the_pairs_were_mapped_through(tiny_pairs):
     with_p = ((log_p + similarity).argmax(-1) == tokens).float().mean()
     without_p = (similarity.argmax(-1) == tokens).float().mean()
     assert with_p > 0.75 and without_p < 0.3, (with_p, without_p)
+
+
+def test_cached_targets_are_the_per_batch_targets_and_refuse_a_cache_too_big(
+    tiny_pairs, monkeypatch
+):
+    """``cached_teacher_log_probs`` in uneven batches of 3 equals ``teacher_log_probs`` of the
+    whole batch (float32 round-off of another batch shape: 1e-5); over the byte limit it raises
+    before computing, naming the size and the setting."""
+    teacher, labels, _, tokens = tiny_pairs
+    sampling = tiny_sampling("llamagen-digits")
+    cached = cached_teacher_log_probs(teacher, labels, tokens, sampling, batch_size=3)
+    expected = teacher_log_probs(teacher, labels, tokens, sampling)
+    assert cached.dtype == torch.float32 and cached.shape == expected.shape
+    torch.testing.assert_close(cached, expected, atol=1e-5, rtol=1e-5)
+    needed = tokens.numel() * teacher.vocab_size * 4
+    monkeypatch.setattr(losses, "MAX_CACHED_TARGET_BYTES", needed - 1)
+    with pytest.raises(ValueError, match=r"\[8, 64, 64\] float32.*cache_teacher_kl_targets"):
+        losses.cached_teacher_log_probs(teacher, labels, tokens, sampling)
 
 
 def test_teacher_kl_is_zero_at_the_teacher_and_ignores_the_prefix():

@@ -108,13 +108,13 @@ SKIPS = {
 # (1-step FID 8.25 against 9.34, docs/distillation.md, "LR schedule and EMA of short runs").
 DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
     "default": {
-        # 750 steps (the teacher-KL targets in one parallel forward: a step costs 0.74x what it
-        # did with the KV-cached session): 1-step FID 8.05 / 2-step 7.70 over seeds 0-2 of
-        # eval_students.py (450 steps: 8.91 / 8.13 by learning_curve.py; the paper's readout
-        # and loss: 16.43 / 13.61 after 800; docs/distillation.md, "Teacher-aligned readout and
-        # the teacher-KL term").
+        # 1,050 steps (the teacher-KL targets cached per pair: a step costs about 0.7x, so about
+        # the time 750 took): 1-step FID 7.75 / 2-step 7.35 over seeds 0-2 of eval_students.py,
+        # 8.70 / 8.00 over seeds 100-102 (750 steps: 8.05 / 7.70 and 9.16 / 8.54; 450: 8.91 /
+        # 8.13; the paper's readout and loss: 16.43 / 13.61 after 800; docs/distillation.md,
+        # "Teacher-aligned readout and the teacher-KL term").
         "llamagen-digits": DemoSettings(
-            num_pairs=4000, train_steps=750, global_batch_size=64, num_heldout=200, ema_decay=0.99,
+            num_pairs=4000, train_steps=1050, global_batch_size=64, num_heldout=200, ema_decay=0.99,
             lr=2e-3, cosine_warmup_steps=50,
             eval_per_class=100, fid_per_class=36, eval_batch_size=250,
             methods=COMMON_METHODS + SKIPS["llamagen-digits"],

@@ -178,7 +178,8 @@ def check_loss_settings(teacher: object, loss: LossSettings) -> None:
         if getattr(loss, key):
             raise ValueError(
                 f"loss.{key} is {getattr(loss, key)}, but a continuous-token teacher has no "
-                f"logits (no CE or teacher-KL term): set loss.{key}: 0 (and weigh "
+                f"logits (no CE or teacher-KL term): set loss.{key}: "
+                f"{'false' if key.startswith('cache') else 0} (and weigh "
                 "loss.token_mse_weight instead)"
             )
 

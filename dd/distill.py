@@ -146,19 +146,8 @@ class DistillModule(pl.LightningModule):
             perceptual_weight=self.loss.perceptual_weight,
         )
         total, logged = terms.total, {}
-        if kl_weight > 0 and self.loss.cache_teacher_kl_targets:
-            if "teacher_log_probs" not in batch:
-                raise KeyError(
-                    "loss.cache_teacher_kl_targets is on but the batch has no "
-                    "'teacher_log_probs': give PairDataModule the cached targets"
-                )
-            target = batch["teacher_log_probs"]
-        elif kl_weight > 0:
-            target = teacher_log_probs(
-                self.student.teacher, batch["labels"], batch["tokens"], self.pair_sampling
-            )
         if kl_weight > 0:
-            kl = teacher_kl(trunk, target, boundary)
+            kl = teacher_kl(trunk, self._teacher_kl_target(batch), boundary)
             total, logged = total + kl_weight * kl, {"train/teacher_kl": kl.detach()}
         self.log_dict(
             {
@@ -175,6 +164,20 @@ class DistillModule(pl.LightningModule):
             "cross_entropy": terms.cross_entropy,
             "perceptual": terms.perceptual,
         }
+
+    def _teacher_kl_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The teacher's ``log p`` of the batch's pairs: served with the batch when cached
+        (``loss.cache_teacher_kl_targets``), else one teacher-forcing forward now."""
+        if not self.loss.cache_teacher_kl_targets:
+            return teacher_log_probs(
+                self.student.teacher, batch["labels"], batch["tokens"], self.pair_sampling
+            )
+        if "teacher_log_probs" not in batch:
+            raise KeyError(
+                "loss.cache_teacher_kl_targets is on but the batch has no 'teacher_log_probs': "
+                "give PairDataModule the cached targets"
+            )
+        return batch["teacher_log_probs"]
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         """Held-out token agreement with the teacher's tokens at every training timestep."""

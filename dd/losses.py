@@ -169,8 +169,8 @@ MAX_CACHED_TARGET_BYTES = 2 * 2**30
 @torch.no_grad()
 def cached_teacher_log_probs(
     teacher: Teacher,
-    labels_N: torch.Tensor,
-    tokens_NN: torch.Tensor,
+    labels_B: torch.Tensor,
+    tokens_BN: torch.Tensor,
     sampling: SamplingConfig,
     *,
     batch_size: int = 256,
@@ -179,7 +179,7 @@ def cached_teacher_log_probs(
     """``teacher_log_probs`` of every pair ``[N, n, V]`` float32 on the CPU, in batches of
     ``batch_size`` (``loss.cache_teacher_kl_targets``). Row ``i`` is the same function of
     pair ``i`` as the per-step targets; only float round-off of the batch's shape differs."""
-    num_pairs, num_tokens = tokens_NN.shape
+    num_pairs, num_tokens = tokens_BN.shape
     needed = num_pairs * num_tokens * teacher.vocab_size * 4
     if needed > MAX_CACHED_TARGET_BYTES:
         raise ValueError(
@@ -196,7 +196,7 @@ def cached_teacher_log_probs(
     for start in tqdm(starts, desc="teacher-KL targets", disable=not progress, leave=False):
         rows = slice(start, start + batch_size)
         log_p = teacher_log_probs(
-            teacher, labels_N[rows].to(device), tokens_NN[rows].to(device), sampling
+            teacher, labels_B[rows].to(device), tokens_BN[rows].to(device), sampling
         )
         targets[rows] = log_p.float().cpu()
     return targets

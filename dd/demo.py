@@ -327,7 +327,7 @@ def evaluate_teacher(
     grid_labels = torch.tensor(GRID_LABELS)
     rows = []
     for method in methods:
-        images, _ = generate(method, samplers, grid_labels, base_seed=seed, batch_size=10)
+        images, _ = generate(method, samplers, grid_labels, seed=seed, batch_size=10)
         rows.append((f"{method.name} ({method.steps} st.)", images))
     grid = output / "grids" / f"{name}.png"
     grid.parent.mkdir(parents=True, exist_ok=True)
@@ -344,11 +344,11 @@ def evaluate_teacher(
         )  # fmt: skip
     results = evaluate_methods(
         methods, samplers, labels, space, reference,
-        base_seed=seed, batch_size=settings.eval_batch_size, fid_rows=fid_rows,
+        seed=seed, batch_size=settings.eval_batch_size, fid_rows=fid_rows,
         is_splits=IS_SPLITS, progress=progress,
     )  # fmt: skip
     alternated = forward_seconds_per_image(
-        samplers, methods, settings.eval_batch_size, base_seed=seed
+        samplers, methods, settings.eval_batch_size, seed=seed
     )
     return {
         "family": teacher.family,

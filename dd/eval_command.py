@@ -174,14 +174,14 @@ def run_eval(recipe: EvalRecipe) -> dict:
         labels,
         space,
         reference,
-        base_seed=recipe.seed,
+        seed=recipe.seed,
         batch_size=recipe.batch_size,
         fid_rows=fid_rows,
         is_splits=recipe.is_splits,
         progress=recipe.progress_bar,
     )
     alternated = forward_seconds_per_image(
-        samplers, methods, recipe.batch_size, base_seed=recipe.seed
+        samplers, methods, recipe.batch_size, seed=recipe.seed
     )
     return {
         "teacher": setup.teacher_name,

@@ -42,7 +42,13 @@ from dd.interleave import (
 )
 from dd.metrics.generative import FeatureStats, frechet_distance, inception_score, precision_recall
 from dd.metrics.spaces import FeatureSpace
-from dd.sampling import SampleRandomness, randomness_at, sample_tokens, sample_tokens_interleaved
+from dd.sampling import (
+    SampleRandomness,
+    randomness_at,
+    sample_tokens,
+    sample_tokens_interleaved,
+    seed_base,
+)
 from dd.student import DDStudent
 from teachers.protocol import (
     ContinuousSamplingConfig,
@@ -193,7 +199,7 @@ def continuous_method_tokens(
     labels: torch.Tensor,
     noise_BNC: torch.Tensor,
     indices: Sequence[int],
-    base_seed: int,
+    base: int,
 ) -> torch.Tensor:
     """Tokens ``[B, n, C]`` of one batch of a continuous-token teacher: the teacher's AR map and
     DD (Alg. 3) of the samples' noise; onestep* draws from the sample's own stream (the one its
@@ -207,7 +213,7 @@ def continuous_method_tokens(
         [
             independent_token_sampler(
                 tokens, token_labels, labels[row : row + 1].cpu(),
-                generator=torch.Generator().manual_seed(sample_seed(base_seed, index)),
+                generator=torch.Generator().manual_seed(sample_seed(base, index)),
             )
             for row, index in enumerate(indices)
         ]
@@ -227,27 +233,29 @@ def generate(
     samplers: Samplers,
     labels: torch.Tensor,
     *,
-    base_seed: int,
+    seed: int,
     batch_size: int,
     progress: bool = False,
     parts: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """(images ``[N, 3, H, W]`` in ``[0, 1]``, seconds per image) of ``labels [N]``; sample ``i``
-    uses ``randomness_at(base_seed, [i])`` whatever the batch size. ``parts``, when given,
+    uses ``randomness_at(seed_base(seed), [i])`` whatever the batch size (DD draws what
+    ``dd.sample`` draws with a generator seeded with ``seed``). ``parts``, when given,
     receives the seconds per image of each part: ``randomness`` (the per-sample seeded streams),
     ``model`` (every model call and token choice) and ``decode`` (tokens to images)."""
     teacher = samplers.teacher
     n = teacher.geometry.num_tokens
     code_dim = teacher.token_dim if samplers.continuous else int(teacher.codebook.shape[1])
     images, spent = [], dict.fromkeys(("randomness", "model", "decode"), 0.0)
+    base = seed_base(seed)
     starts = range(0, labels.shape[0], batch_size)
     for start in tqdm(starts, desc=method.name, disable=not progress, leave=False):
         batch = labels[start : start + batch_size]
         began = time.perf_counter()
         indices = range(start, start + len(batch))
-        randomness = randomness_at(base_seed, indices, n, code_dim)
+        randomness = randomness_at(base, indices, n, code_dim)
         drawn = time.perf_counter()
-        tokens = model_calls(method, samplers, batch, randomness, indices, base_seed)
+        tokens = model_calls(method, samplers, batch, randomness, indices, base)
         wait_for_device()
         modelled = time.perf_counter()
         images.append(teacher.decode_tokens(tokens).float().cpu())
@@ -267,12 +275,12 @@ def model_calls(
     labels: torch.Tensor,
     randomness: SampleRandomness,
     indices: range,
-    base_seed: int,
+    base: int,
 ) -> torch.Tensor:
     """Tokens of one batch: every model call and token choice of ``method``, nothing else."""
     if samplers.continuous:
         return continuous_method_tokens(
-            method, samplers, labels, randomness.noise_BNC, indices, base_seed
+            method, samplers, labels, randomness.noise_BNC, indices, base
         )
     return method_tokens(method, samplers, labels, randomness)
 
@@ -323,7 +331,7 @@ def forward_seconds_per_image(
     methods: Sequence[Method],
     batch_size: int,
     *,
-    base_seed: int,
+    seed: int,
     repeats: int = FORWARD_REPEATS,
 ) -> dict[str, float]:
     """Seconds per image of one full-sequence teacher forward (``"forward"``) and of the model
@@ -334,11 +342,12 @@ def forward_seconds_per_image(
     labels = torch.arange(batch_size) % teacher.num_classes
     indices = range(batch_size)
     code_dim = teacher.token_dim if samplers.continuous else int(teacher.codebook.shape[1])
-    randomness = randomness_at(base_seed, indices, teacher.geometry.num_tokens, code_dim)
+    base = seed_base(seed)
+    randomness = randomness_at(base, indices, teacher.geometry.num_tokens, code_dim)
     calls: dict[str, Callable[[], object]] = {"forward": teacher_forward(teacher, batch_size)}
     for method in (m for m in methods if m.kind == "dd"):
         calls[method.name] = functools.partial(
-            model_calls, method, samplers, labels, randomness, indices, base_seed
+            model_calls, method, samplers, labels, randomness, indices, base
         )
     return {name: s / batch_size for name, s in alternated_medians(calls, repeats).items()}
 
@@ -390,7 +399,7 @@ def evaluate_methods(
     space: FeatureSpace,
     reference: Reference,
     *,
-    base_seed: int,
+    seed: int,
     batch_size: int,
     fid_rows: torch.Tensor | None = None,
     is_splits: int,
@@ -404,7 +413,7 @@ def evaluate_methods(
     for method in tqdm(methods, desc="methods", disable=not progress):
         parts: dict[str, float] = {}
         images, seconds = generate(
-            method, samplers, labels, base_seed=base_seed, batch_size=batch_size,
+            method, samplers, labels, seed=seed, batch_size=batch_size,
             progress=progress, parts=parts,
         )  # fmt: skip
         if keep_images is not None:

@@ -2,7 +2,8 @@
 
 Writes every method's images as PNGs (``output/<method>/NNNN_classK.png``) and one labelled grid
 (``output/grid.png``: a row per method, a column per sample). Sample ``i`` uses the same
-per-sample randomness (``dd.sampling.randomness_at(seed, i)``) in every method, so DD 1-step
+per-sample randomness (``dd.sampling.randomness_at(seed_base(seed), i)``, what
+``dd.sample`` draws with a generator seeded with ``seed``) in every method, so DD 1-step
 and DD 2-step start from the same noise, and the teacher, skip-n and onestep* draw from the
 same uniforms. Methods as in ``dd eval`` (``dd.evaluate``).
 """
@@ -58,7 +59,7 @@ def run_sample(recipe: SampleRecipe) -> Path:
     rows = []
     for method in methods:
         images, _ = generate(
-            method, setup.samplers, labels, base_seed=recipe.seed, batch_size=len(labels)
+            method, setup.samplers, labels, seed=recipe.seed, batch_size=len(labels)
         )
         save_pngs(output / folder_name(method.name), images, recipe.labels)
         rows.append((f"{method.name} ({method.steps} st.)", images))

@@ -10,7 +10,8 @@ Alg. 4 (``interleave``, ``dd.interleave``): after DD step 1 the teacher regenera
 AR steps through its KV-cached session, then DD step 2.
 
 Randomness is seeded per sample: sample ``i`` of a call gets ``sample_seed(base, i)`` with
-``base`` drawn once from ``generator``; its noise and its per-token uniforms (the teacher's
+``base`` drawn once from ``generator`` (``stream_base``: never the seed itself, which would
+replay the pairs' noise); its noise and its per-token uniforms (the teacher's
 draws, by inverse CDF) come from that stream, so sample ``i``'s image does not depend on the
 batch size.
 """
@@ -47,8 +48,21 @@ def draw_randomness(
 ) -> SampleRandomness:
     """One seeded stream per sample index: ``base`` is drawn once from ``generator``, sample
     ``i`` draws its noise, then its uniforms, from ``sample_seed(base, i)``."""
-    base = int(torch.randint(2**SEED_BITS, (1,), generator=generator))
-    return randomness_at(base, range(num_samples), num_tokens, code_dim)
+    return randomness_at(stream_base(generator), range(num_samples), num_tokens, code_dim)
+
+
+def stream_base(generator: torch.Generator | None) -> int:
+    """The base of a call's per-sample streams, drawn from ``generator``: never a run's seed
+    itself. Pair generation gives sample ``i`` of seed ``s`` the stream ``sample_seed(s, i)``
+    (``data_gen.pairs.draw_sample``: a label draw, then the noise), so streams based at ``s``
+    would replay the training pairs' noise: 7 of every 8 values, one position over."""
+    return int(torch.randint(2**SEED_BITS, (1,), generator=generator))
+
+
+def seed_base(seed: int) -> int:
+    """``stream_base`` of a generator seeded with ``seed``: ``dd eval``, ``dd sample`` and
+    ``dd demo`` with ``seed`` draw what ``dd.sample(..., generator=manual_seed(seed))`` draws."""
+    return stream_base(torch.Generator().manual_seed(seed))
 
 
 def randomness_at(

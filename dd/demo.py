@@ -347,9 +347,7 @@ def evaluate_teacher(
         seed=seed, batch_size=settings.eval_batch_size, fid_rows=fid_rows,
         is_splits=IS_SPLITS, progress=progress,
     )  # fmt: skip
-    alternated = forward_seconds_per_image(
-        samplers, methods, settings.eval_batch_size, seed=seed
-    )
+    alternated = forward_seconds_per_image(samplers, methods, settings.eval_batch_size, seed=seed)
     return {
         "family": teacher.family,
         "num_tokens": teacher.geometry.num_tokens,

@@ -180,9 +180,7 @@ def run_eval(recipe: EvalRecipe) -> dict:
         is_splits=recipe.is_splits,
         progress=recipe.progress_bar,
     )
-    alternated = forward_seconds_per_image(
-        samplers, methods, recipe.batch_size, seed=recipe.seed
-    )
+    alternated = forward_seconds_per_image(samplers, methods, recipe.batch_size, seed=recipe.seed)
     return {
         "teacher": setup.teacher_name,
         "family": teacher.family,

@@ -129,7 +129,6 @@ def test_every_method_gives_the_same_images_whatever_the_batch_size(samplers):
         assert not torch.equal(other, whole), method.name
 
 
-
 def test_eval_seed_draws_what_dd_sample_draws_with_that_seed(samplers):
     """``dd eval/sample/demo --seed s`` and ``dd.sample(generator=manual_seed(s))``: one set of
     DD images (exactly: the same noise through the same calls)."""

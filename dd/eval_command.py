@@ -206,7 +206,8 @@ def format_table(result: dict) -> str:
     forward_ms = 1000 * result["one_forward_seconds_per_image"]
     alternated = result["alternated_seconds_per_image"]
     model_calls = "".join(
-        f"; {name} model calls {1000 * seconds:.2f} ms/image "
+        f"; {name if name.endswith('all-in') else name + ' model calls'} "
+        f"{1000 * seconds:.2f} ms/image "
         f"({seconds / result['one_forward_seconds_per_image']:.2f}x)"
         for name, seconds in alternated.items()
         if name != "forward"

@@ -325,18 +325,6 @@ def teacher_forward(teacher: Teacher | ContinuousTeacher, batch_size: int) -> Ca
     return lambda: teacher.logits_teacher_forcing(labels, tokens)
 
 
-def all_in_call(
-    method: Method, samplers: Samplers, labels: torch.Tensor, base: int, code_dim: int
-) -> torch.Tensor:
-    """Images of ``labels`` as ``generate`` makes them, in one batch: noise streams, model calls,
-    decoding."""
-    indices = range(labels.shape[0])
-    n = samplers.teacher.geometry.num_tokens
-    randomness = randomness_at(base, indices, n, code_dim)
-    tokens = model_calls(method, samplers, labels, randomness, indices, base)
-    return samplers.teacher.decode_tokens(tokens)
-
-
 @torch.no_grad()
 def forward_seconds_per_image(
     samplers: Samplers,
@@ -348,8 +336,8 @@ def forward_seconds_per_image(
 ) -> dict[str, float]:
     """Seconds per image of one full-sequence teacher forward (``"forward"``), of the model
     calls of every DD method (by name: the student forward and token choice, no noise drawing
-    and no decoding) and of the whole of it (``"<name> all-in"``: the per-sample noise
-    streams, the model calls and the decoding to images), timed alternately
+    and no decoding) and of the whole of it (``"<name> all-in"``: ``generate``, the per-sample
+    noise streams, the model calls and the decoding to images), timed alternately
     (``alternated_medians``) at ``batch_size`` on the same labels and randomness: the stage-2
     and stage-3 issues' speed ratios, side by side."""
     teacher = samplers.teacher
@@ -364,7 +352,7 @@ def forward_seconds_per_image(
             model_calls, method, samplers, labels, randomness, indices, base
         )
         calls[f"{method.name} all-in"] = functools.partial(
-            all_in_call, method, samplers, labels, base, code_dim
+            generate, method, samplers, labels, seed=seed, batch_size=batch_size
         )
     return {name: s / batch_size for name, s in alternated_medians(calls, repeats).items()}
 

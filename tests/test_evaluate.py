@@ -114,7 +114,6 @@ def test_forward_timing_covers_the_teacher_forward_and_every_dd_method(samplers)
     assert set(seconds) == {
         "forward", "dd 1-step", "dd 2-step", "dd 1-step all-in", "dd 2-step all-in"
     }  # fmt: skip
-    assert seconds["dd 1-step all-in"] > seconds["dd 1-step"]  # + noise streams and decoding
     assert all(value > 0 for value in seconds.values())
 
 

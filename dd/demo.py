@@ -53,6 +53,10 @@ IS_SPLITS = 1  # the digits classifier's IS over all samples (few samples per sp
 DD_LIMITS = {1: 0.5, 2: 0.35}  # the stage-3 issue's rule: DD k-step FID <= teacher + x gap
 ACCURACY_POINTS = 5.0  # the stage-3 issue: DD 1-step class accuracy within 5 points
 SPEED_RATIO = 1.2  # the stage-3 issue: DD 1-step seconds per image <= 1.2x one teacher forward
+SPEED_CHECKS = {  # timed key -> what the report calls it
+    "dd 1-step": "model call",
+    "dd 1-step all-in": "all-in (noise drawing, model call and decoding)",
+}
 
 
 @dataclass(frozen=True)
@@ -351,13 +355,16 @@ def evaluate_teacher(
         seed=seed, batch_size=settings.eval_batch_size, fid_rows=fid_rows,
         is_splits=IS_SPLITS, progress=progress,
     )  # fmt: skip
-    alternated = forward_seconds_per_image(samplers, methods, settings.eval_batch_size, seed=seed)
+    # The speed targets are DD 1-step's: only it is timed against the forward (15 rounds of
+    # every DD method would add a minute to var-digits' evaluation).
+    one_step = [m for m in methods if m.kind == "dd" and m.dd_steps == 1]
+    timing = forward_seconds_per_image(samplers, one_step, settings.eval_batch_size, seed=seed)
     return {
         "family": teacher.family,
         "num_tokens": teacher.geometry.num_tokens,
         "num_ar_steps": teacher.geometry.num_steps,
-        "one_forward_seconds_per_image": alternated["forward"],
-        "alternated_seconds_per_image": alternated,
+        "one_forward_seconds_per_image": timing.seconds_per_image["forward"],
+        **timing.as_json(),
         "details": results,
         "grid": str(grid.relative_to(output)),
         "num_samples": int(labels.shape[0]),
@@ -417,20 +424,17 @@ def stage3_checks(result: dict) -> list[str]:
             f"{verdict(points <= ACCURACY_POINTS)}"
         )
         forward = result["one_forward_seconds_per_image"]
-        model = result["alternated_seconds_per_image"]["dd 1-step"]  # timed with every DD row
-        lines.append(
-            f"DD 1-step model call {1000 * model:.2f} ms per image = {model / forward:.2f}x "
-            f"one teacher forward ({1000 * forward:.2f} ms), the two timed alternately, "
-            f"<= {SPEED_RATIO}x: {verdict(model / forward <= SPEED_RATIO)}"
-        )
-        all_in = result["alternated_seconds_per_image"].get("dd 1-step all-in")
-        if all_in is not None:
-            ratio = all_in / forward
-            lines.append(
-                f"DD 1-step all-in (noise drawing, model call and decoding) "
-                f"{1000 * all_in:.2f} ms per image = {ratio:.2f}x that forward, timed "
-                f"alternately with it, <= {SPEED_RATIO}x: {verdict(ratio <= SPEED_RATIO)}"
-            )
+        for key, what in SPEED_CHECKS.items():
+            ratio = result.get("to_forward", {}).get(key)
+            if ratio is not None:  # each ratio within one alternated round, then the median
+                seconds = result["alternated_seconds_per_image"][key]
+                lines.append(
+                    f"DD 1-step {what}: {ratio['median']:.2f}x one teacher forward, the ratio "
+                    f"within each of {result['timing_rounds']} rounds timed alternately, median "
+                    f"(quartiles {ratio['low']:.2f}x-{ratio['high']:.2f}x; median times "
+                    f"{1000 * seconds:.2f} and {1000 * forward:.2f} ms per image), "
+                    f"<= {SPEED_RATIO}x: {verdict(ratio['median'] <= SPEED_RATIO)}"
+                )
         decode = one.get("decode_seconds_per_image")
         if decode is not None:  # the all-in ratio of a model call costing exactly one forward
             lines.append(
@@ -463,8 +467,6 @@ def report_markdown(
     workers: int = 1,
     num_threads: int | None = None,
 ) -> str:
-    from dd.evaluate import FORWARD_REPEATS
-
     threads = torch.get_num_threads() if num_threads is None else num_threads
     side_by_side = (
         f"{workers} processes running stages side by side (timings share the CPU)"
@@ -489,7 +491,7 @@ def report_markdown(
             f"{result['num_samples']} samples ({result['fid_samples']} in FID and precision/"
             f"recall); one full-sequence teacher forward: {forward_ms:.2f} ms per image "
             "(timed alternately with the DD model calls, median of "
-            f"{FORWARD_REPEATS} rounds).",
+            f"{result['timing_rounds']} rounds).",
             "",
             "| method | steps | FID | IS | precision | recall | class accuracy | ms per image "
             "| of which model calls |",

@@ -180,14 +180,14 @@ def run_eval(recipe: EvalRecipe) -> dict:
         is_splits=recipe.is_splits,
         progress=recipe.progress_bar,
     )
-    alternated = forward_seconds_per_image(samplers, methods, recipe.batch_size, seed=recipe.seed)
+    timing = forward_seconds_per_image(samplers, methods, recipe.batch_size, seed=recipe.seed)
     return {
         "teacher": setup.teacher_name,
         "family": teacher.family,
         "num_tokens": teacher.geometry.num_tokens,
         "num_ar_steps": teacher.geometry.num_steps,
-        "one_forward_seconds_per_image": alternated["forward"],
-        "alternated_seconds_per_image": alternated,
+        "one_forward_seconds_per_image": timing.seconds_per_image["forward"],
+        **timing.as_json(),
         "sampling": dataclasses.asdict(samplers.sampling),
         "feature_space": space.name,
         "reference": reference_name,
@@ -207,14 +207,15 @@ def format_table(result: dict) -> str:
     alternated = result["alternated_seconds_per_image"]
     model_calls = "".join(
         f"; {name if name.endswith('all-in') else name + ' model calls'} "
-        f"{1000 * seconds:.2f} ms/image "
-        f"({seconds / result['one_forward_seconds_per_image']:.2f}x)"
-        for name, seconds in alternated.items()
-        if name != "forward"
+        f"{1000 * alternated[name]:.2f} ms/image ({ratio['median']:.2f}x, quartiles "
+        f"{ratio['low']:.2f}x-{ratio['high']:.2f}x)"
+        for name, ratio in result["to_forward"].items()
     )
+    rounds = result["timing_rounds"]
+    alternation = f" (medians of {rounds} rounds timed alternately with it)" if model_calls else ""
     lines = [
         f"{result['teacher']}: one full-sequence teacher forward {forward_ms:.2f} ms/image"
-        f"{model_calls}{' (timed alternately with it)' if model_calls else ''}",
+        f"{model_calls}{alternation}",
         "| method | steps | FID | IS | precision | recall | class acc. % | ms/image |",
         "|---|---|---|---|---|---|---|---|",
     ]

@@ -60,7 +60,11 @@ from teachers.sampling import map_continuous_noise
 
 MethodKind = Literal["teacher", "dd", "dd+teacher", "skip", "onestep*"]
 CONTINUOUS_KINDS = ("teacher", "dd", "onestep*")  # what is defined for continuous tokens
-FORWARD_REPEATS = 5  # timed rounds of the teacher forward and the DD model calls (after a warm-up)
+# Timed rounds of the teacher forward and the DD calls (after a warm-up). One call's time moves by
+# up to +-40% from round to round on a 2-core CPU: with 5 rounds the llamagen-digits all-in ratio
+# came out anywhere from 1.19x to 1.63x in runs of the same code; with 15, 1.35x-1.40x
+# (docs/evaluation.md, "Seconds per image").
+FORWARD_REPEATS = 15
 
 
 @dataclass(frozen=True)
@@ -306,11 +310,6 @@ def alternated_seconds(
     return seconds
 
 
-def alternated_medians(calls: Mapping[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Median seconds of each call over the rounds of ``alternated_seconds``."""
-    return {name: statistics.median(v) for name, v in alternated_seconds(calls, repeats).items()}
-
-
 def teacher_forward(teacher: Teacher | ContinuousTeacher, batch_size: int) -> Callable[[], None]:
     """ONE full-sequence teacher forward (teacher forcing, unguided) at ``batch_size``: the cost
     floor of a one-step generator built from the teacher's trunk. Continuous-token teachers:
@@ -325,6 +324,45 @@ def teacher_forward(teacher: Teacher | ContinuousTeacher, batch_size: int) -> Ca
     return lambda: teacher.logits_teacher_forcing(labels, tokens)
 
 
+@dataclass(frozen=True)
+class RatioSpread:
+    """A call's seconds over the forward's in the same round: the median and the quartiles over
+    the rounds (each ratio is taken within one round, so slow drifts of the machine cancel)."""
+
+    median: float
+    low: float  # first quartile
+    high: float  # third quartile
+
+    @classmethod
+    def of_rounds(cls, seconds: Sequence[float], forward: Sequence[float]) -> RatioSpread:
+        ratios = [a / b for a, b in zip(seconds, forward, strict=True)]
+        if len(ratios) < 2:
+            return cls(ratios[0], ratios[0], ratios[0])
+        low, median, high = statistics.quantiles(ratios, n=4, method="inclusive")
+        return cls(median, low, high)
+
+    def as_json(self) -> dict[str, float]:
+        return {"median": self.median, "low": self.low, "high": self.high}
+
+
+@dataclass(frozen=True)
+class ForwardTiming:
+    """``seconds_per_image``: the median of every timed call (``"forward"``, each DD method's
+    model calls by name, ``"<name> all-in"``); ``to_forward``: each DD call's ``RatioSpread``."""
+
+    seconds_per_image: dict[str, float]
+    to_forward: dict[str, RatioSpread]
+    rounds: int
+
+    def as_json(self) -> dict[str, object]:
+        """The keys ``dd eval`` and ``dd demo`` write beside ``one_forward_seconds_per_image``."""
+        return {
+            "alternated_seconds_per_image": self.seconds_per_image,
+            "to_forward": {name: ratio.as_json() for name, ratio in self.to_forward.items()},
+            "timing_rounds": self.rounds,
+        }
+
+
 @torch.no_grad()
 def forward_seconds_per_image(
     samplers: Samplers,
@@ -333,13 +371,13 @@ def forward_seconds_per_image(
     *,
     seed: int,
     repeats: int = FORWARD_REPEATS,
-) -> dict[str, float]:
+) -> ForwardTiming:
     """Seconds per image of one full-sequence teacher forward (``"forward"``), of the model
     calls of every DD method (by name: the student forward and token choice, no noise drawing
     and no decoding) and of the whole of it (``"<name> all-in"``: ``generate``, the per-sample
     noise streams, the model calls and the decoding to images), timed alternately
-    (``alternated_medians``) at ``batch_size`` on the same labels and randomness: the stage-2
-    and stage-3 issues' speed ratios, side by side."""
+    (``alternated_seconds``) at ``batch_size`` on the same labels and randomness: the stage-2
+    and stage-3 issues' speed ratios, side by side, round by round."""
     teacher = samplers.teacher
     labels = torch.arange(batch_size) % teacher.num_classes
     indices = range(batch_size)
@@ -354,7 +392,16 @@ def forward_seconds_per_image(
         calls[f"{method.name} all-in"] = functools.partial(
             generate, method, samplers, labels, seed=seed, batch_size=batch_size
         )
-    return {name: s / batch_size for name, s in alternated_medians(calls, repeats).items()}
+    seconds = alternated_seconds(calls, repeats)
+    return ForwardTiming(
+        {name: statistics.median(v) / batch_size for name, v in seconds.items()},
+        {
+            name: RatioSpread.of_rounds(v, seconds["forward"])
+            for name, v in seconds.items()
+            if name != "forward"
+        },
+        repeats,
+    )
 
 
 @dataclass(frozen=True)

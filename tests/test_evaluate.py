@@ -29,9 +29,9 @@ from dd.demo import (
 )
 from dd.evaluate import (
     Method,
+    RatioSpread,
     Reference,
     Samplers,
-    alternated_medians,
     alternated_seconds,
     forward_seconds_per_image,
     generate,
@@ -110,11 +110,23 @@ def samplers(request):
 
 def test_forward_timing_covers_the_teacher_forward_and_every_dd_method(samplers):
     methods = parse_methods(["teacher", "dd:1", "dd:2", "skip:1"], samplers)
-    seconds = forward_seconds_per_image(samplers, methods, batch_size=4, seed=0, repeats=1)
-    assert set(seconds) == {
-        "forward", "dd 1-step", "dd 2-step", "dd 1-step all-in", "dd 2-step all-in"
-    }  # fmt: skip
-    assert all(value > 0 for value in seconds.values())
+    timing = forward_seconds_per_image(samplers, methods, batch_size=4, seed=0, repeats=2)
+    timed = {"dd 1-step", "dd 2-step", "dd 1-step all-in", "dd 2-step all-in"}
+    assert set(timing.seconds_per_image) == timed | {"forward"} and set(timing.to_forward) == timed
+    assert all(value > 0 for value in timing.seconds_per_image.values())
+    assert timing.rounds == 2
+    for ratio in timing.to_forward.values():
+        assert 0 < ratio.low <= ratio.median <= ratio.high
+
+
+def test_ratio_spread_takes_each_ratio_within_its_round():
+    """Ratios 2, 3, 2, 5 round by round: median 2.5, quartiles 2 and 3.5 (inclusive method);
+    the ratio of the medians (3.5 / 1) would be another figure."""
+    spread = RatioSpread.of_rounds([2.0, 3.0, 4.0, 5.0], [1.0, 1.0, 2.0, 1.0])
+    assert (spread.low, spread.median, spread.high) == (2.0, 2.5, 3.5)
+    assert RatioSpread.of_rounds([3.0], [2.0]) == RatioSpread(1.5, 1.5, 1.5)
+    with pytest.raises(ValueError):
+        RatioSpread.of_rounds([1.0, 2.0], [1.0])  # a round without its forward
 
 
 def test_every_method_gives_the_same_images_whatever_the_batch_size(samplers):
@@ -380,6 +392,7 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     assert result["alternated_seconds_per_image"] == {
         "forward": result["one_forward_seconds_per_image"]
     }  # no DD method asked: only the forward is timed
+    assert result["to_forward"] == {} and result["timing_rounds"] >= 1
     assert [row["name"] for row in result["rows"]] == ["teacher", "skip-2"]
     assert [row["steps"] for row in result["rows"]] == [6, 4]
     for row in result["rows"]:
@@ -414,6 +427,11 @@ def test_stage3_checks_judge_every_target_of_the_issue():
                 "dd 1-step": 0.0011,
                 "dd 1-step all-in": 0.0013,
             },  # fmt: skip
+            "to_forward": {  # the verdicts read the round-by-round ratios, not the medians
+                "dd 1-step": {"median": 1.15, "low": 1.1, "high": 1.3},
+                "dd 1-step all-in": {"median": 1.25, "low": 1.2, "high": 1.3},
+            },
+            "timing_rounds": 15,
         }
     )
     text = "\n".join(lines)
@@ -421,10 +439,10 @@ def test_stage3_checks_judge_every_target_of_the_issue():
     assert "DD 1-step FID 10.00 <= teacher + 0.5 gap = 10.00: met" in text
     assert "DD 2-step FID 8.60 <= teacher + 0.35 gap = 8.50: NOT met" in text
     assert "class accuracy 93.0% within 5.0 points of the teacher's 99.0%: NOT met" in text
-    assert "model call 1.10 ms per image = 1.10x one teacher forward (1.00 ms)" in text
-    assert "timed alternately, <= 1.2x: met" in text
-    assert "decoding) 1.30 ms per image = 1.30x that forward, timed alternately" in text
-    assert "alternately with it, <= 1.2x: NOT met" in text
+    assert "DD 1-step model call: 1.15x one teacher forward, the ratio within each of 15" in text
+    assert "(quartiles 1.10x-1.30x; median times 1.10 and 1.00 ms per image), <= 1.2x: met" in text
+    assert "model call and decoding): 1.25x one teacher forward" in text
+    assert "(quartiles 1.20x-1.30x; median times 1.30 and 1.00 ms per image), <= 1.2x: NOT" in text
     assert "of which decoding 0.50 ms per image: a model call exactly as fast" in text
     assert "forward would be 1.50x all-in" in text
     assert "DD 2-step (8.60): 1 of 2" in text
@@ -432,16 +450,13 @@ def test_stage3_checks_judge_every_target_of_the_issue():
     assert stage3_checks({"details": details[:3], "one_forward_seconds_per_image": 1.0}) == []
 
 
-def test_alternated_medians_time_every_call_in_turn():
-    """One warm-up round, then ``repeats`` rounds calling each in the given order; medians."""
+def test_alternated_seconds_time_every_call_in_turn():
+    """One warm-up round, then ``repeats`` rounds calling each in the given order."""
     order = []
-    medians = alternated_medians(
-        {"a": lambda: order.append("a"), "b": lambda: order.append("b")}, repeats=3
-    )
+    alternated_seconds({"a": lambda: order.append("a"), "b": lambda: order.append("b")}, 3)
     assert order == ["a", "b"] * 4
-    assert set(medians) == {"a", "b"} and all(seconds >= 0 for seconds in medians.values())
     with pytest.raises(ValueError, match="repeats must be >= 1"):
-        alternated_medians({"a": lambda: None}, repeats=0)
+        alternated_seconds({"a": lambda: None}, repeats=0)
     seconds = alternated_seconds({"a": lambda: None, "b": lambda: time.sleep(0.002)}, repeats=5)
     assert [len(v) for v in seconds.values()] == [5, 5]  # one time per round, warm-up dropped
     assert min(seconds["b"]) >= 0.002

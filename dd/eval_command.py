@@ -206,7 +206,7 @@ def format_table(result: dict) -> str:
     forward_ms = 1000 * result["one_forward_seconds_per_image"]
     alternated = result["alternated_seconds_per_image"]
     model_calls = "".join(
-        f"; {name if name.endswith('all-in') else name + ' model calls'} "
+        f"; {name if name == 'decode' or name.endswith('all-in') else name + ' model calls'} "
         f"{1000 * alternated[name]:.2f} ms/image ({ratio['median']:.2f}x, quartiles "
         f"{ratio['low']:.2f}x-{ratio['high']:.2f}x)"
         for name, ratio in result["to_forward"].items()

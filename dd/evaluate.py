@@ -61,9 +61,10 @@ from teachers.sampling import map_continuous_noise
 MethodKind = Literal["teacher", "dd", "dd+teacher", "skip", "onestep*"]
 CONTINUOUS_KINDS = ("teacher", "dd", "onestep*")  # what is defined for continuous tokens
 # Timed rounds of the teacher forward and the DD calls (after a warm-up). One call's time moves by
-# up to +-40% from round to round on a 2-core CPU: with 5 rounds the llamagen-digits all-in ratio
-# came out anywhere from 1.19x to 1.63x in runs of the same code; with 15, 1.35x-1.40x
-# (docs/evaluation.md, "Seconds per image").
+# up to +-40% from round to round on a 2-core CPU, so the verdicts read the median over rounds of
+# the ratio within a round. Between runs it still moves: llamagen-digits' all-in ratio 1.37x-1.55x
+# over 5 runs of 5 rounds, 1.38x-1.55x of 15; its ratio of median times 1.28x-1.59x and
+# 1.39x-1.50x (benchmarks/timing_rounds.py; docs/evaluation.md, "Seconds per image").
 FORWARD_REPEATS = 15
 
 
@@ -348,7 +349,8 @@ class RatioSpread:
 @dataclass(frozen=True)
 class ForwardTiming:
     """``seconds_per_image``: the median of every timed call (``"forward"``, each DD method's
-    model calls by name, ``"<name> all-in"``); ``to_forward``: each DD call's ``RatioSpread``."""
+    model calls by name, ``"<name> all-in"``, ``"decode"``); ``to_forward``: the
+    ``RatioSpread`` of each call but the forward."""
 
     seconds_per_image: dict[str, float]
     to_forward: dict[str, RatioSpread]
@@ -375,7 +377,8 @@ def forward_seconds_per_image(
     """Seconds per image of one full-sequence teacher forward (``"forward"``), of the model
     calls of every DD method (by name: the student forward and token choice, no noise drawing
     and no decoding) and of the whole of it (``"<name> all-in"``: ``generate``, the per-sample
-    noise streams, the model calls and the decoding to images), timed alternately
+    noise streams, the model calls and the decoding to images), and of the decoding alone
+    (``"decode"``: the first DD method's tokens to images), timed alternately
     (``alternated_seconds``) at ``batch_size`` on the same labels and randomness: the stage-2
     and stage-3 issues' speed ratios, side by side, round by round."""
     teacher = samplers.teacher
@@ -392,6 +395,10 @@ def forward_seconds_per_image(
         calls[f"{method.name} all-in"] = functools.partial(
             generate, method, samplers, labels, seed=seed, batch_size=batch_size
         )
+    first = next((m for m in methods if m.kind == "dd"), None)
+    if first is not None:  # what the all-in call adds to the model calls, beside the noise
+        tokens = model_calls(first, samplers, labels, randomness, indices, base)
+        calls["decode"] = functools.partial(teacher.decode_tokens, tokens)
     seconds = alternated_seconds(calls, repeats)
     return ForwardTiming(
         {name: statistics.median(v) / batch_size for name, v in seconds.items()},

@@ -111,7 +111,7 @@ def samplers(request):
 def test_forward_timing_covers_the_teacher_forward_and_every_dd_method(samplers):
     methods = parse_methods(["teacher", "dd:1", "dd:2", "skip:1"], samplers)
     timing = forward_seconds_per_image(samplers, methods, batch_size=4, seed=0, repeats=2)
-    timed = {"dd 1-step", "dd 2-step", "dd 1-step all-in", "dd 2-step all-in"}
+    timed = {"dd 1-step", "dd 2-step", "dd 1-step all-in", "dd 2-step all-in", "decode"}
     assert set(timing.seconds_per_image) == timed | {"forward"} and set(timing.to_forward) == timed
     assert all(value > 0 for value in timing.seconds_per_image.values())
     assert timing.rounds == 2
@@ -430,6 +430,7 @@ def test_stage3_checks_judge_every_target_of_the_issue():
             "to_forward": {  # the verdicts read the round-by-round ratios, not the medians
                 "dd 1-step": {"median": 1.15, "low": 1.1, "high": 1.3},
                 "dd 1-step all-in": {"median": 1.25, "low": 1.2, "high": 1.3},
+                "decode": {"median": 0.3, "low": 0.25, "high": 0.35},
             },
             "timing_rounds": 15,
         }
@@ -443,8 +444,8 @@ def test_stage3_checks_judge_every_target_of_the_issue():
     assert "(quartiles 1.10x-1.30x; median times 1.10 and 1.00 ms per image), <= 1.2x: met" in text
     assert "model call and decoding): 1.25x one teacher forward" in text
     assert "(quartiles 1.20x-1.30x; median times 1.30 and 1.00 ms per image), <= 1.2x: NOT" in text
-    assert "of which decoding 0.50 ms per image: a model call exactly as fast" in text
-    assert "forward would be 1.50x all-in" in text
+    assert "of which decoding alone 0.30x one forward (timed in the same rounds; quartiles" in text
+    assert "0.25x-0.35x): a model call exactly as fast as the forward would be 1.30x all-in" in text
     assert "DD 2-step (8.60): 1 of 2" in text
     assert "against skip-62 (2 model calls) 300.00: met" in text and "skip-39" not in text
     assert stage3_checks({"details": details[:3], "one_forward_seconds_per_image": 1.0}) == []

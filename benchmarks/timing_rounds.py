@@ -42,24 +42,23 @@ def main() -> None:
         for rounds in args.rounds
     }
     print(f"{setup.teacher_name}, batch {args.batch_size}, {machine_description(args.threads)}")
-    with torch.no_grad():
-        for trial in range(args.trials):
-            for rounds in args.rounds:
-                timing = forward_seconds_per_image(
-                    samplers, one_step, args.batch_size, seed=0, repeats=rounds
-                )
-                seconds, forward = timing.seconds_per_image, timing.seconds_per_image["forward"]
-                row = found[rounds]
-                row["all-in"].append(timing.to_forward["dd 1-step all-in"].median)
-                row["all-in of medians"].append(seconds["dd 1-step all-in"] / forward)
-                row["model"].append(timing.to_forward["dd 1-step"].median)
-                row["model of medians"].append(seconds["dd 1-step"] / forward)
-                print(
-                    f"trial {trial}, {rounds} rounds: all-in {row['all-in'][-1]:.3f}x "
-                    f"(of medians {row['all-in of medians'][-1]:.3f}x), model call "
-                    f"{row['model'][-1]:.3f}x, forward {1000 * forward:.2f} ms/image",
-                    flush=True,
-                )
+    for trial in range(args.trials):
+        for rounds in args.rounds:
+            timing = forward_seconds_per_image(
+                samplers, one_step, args.batch_size, seed=0, repeats=rounds
+            )
+            seconds, forward = timing.seconds_per_image, timing.seconds_per_image["forward"]
+            row = found[rounds]
+            row["all-in"].append(timing.to_forward["dd 1-step all-in"].median)
+            row["all-in of medians"].append(seconds["dd 1-step all-in"] / forward)
+            row["model"].append(timing.to_forward["dd 1-step"].median)
+            row["model of medians"].append(seconds["dd 1-step"] / forward)
+            print(
+                f"trial {trial}, {rounds} rounds: all-in {row['all-in'][-1]:.3f}x "
+                f"(of medians {row['all-in of medians'][-1]:.3f}x), model call "
+                f"{row['model'][-1]:.3f}x, forward {1000 * forward:.2f} ms/image",
+                flush=True,
+            )
     print("\n| rounds | figure | trials | median | range |\n|---|---|---|---|---|")
     for rounds, row in found.items():
         for figure, values in row.items():

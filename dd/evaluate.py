@@ -60,11 +60,11 @@ from teachers.sampling import map_continuous_noise
 
 MethodKind = Literal["teacher", "dd", "dd+teacher", "skip", "onestep*"]
 CONTINUOUS_KINDS = ("teacher", "dd", "onestep*")  # what is defined for continuous tokens
-# Timed rounds of the teacher forward and the DD calls (after a warm-up). One call's time moves by
-# up to +-40% from round to round on a 2-core CPU, so the verdicts read the median over rounds of
-# the ratio within a round. Between runs it still moves: llamagen-digits' all-in ratio 1.37x-1.55x
-# over 5 runs of 5 rounds, 1.38x-1.55x of 15; its ratio of median times 1.28x-1.59x and
-# 1.39x-1.50x (benchmarks/timing_rounds.py; docs/evaluation.md, "Seconds per image").
+# Timed rounds of the teacher forward and the DD calls (after a warm-up). Calls' times move from
+# round to round on a 2-core CPU, so the verdicts read the median over rounds of the ratio within
+# a round. Between runs it still moves: llamagen-digits' all-in ratio 1.37x-1.55x over 5 runs of
+# 5 rounds, 1.38x-1.55x of 15; its ratio of median times 1.28x-1.59x and 1.39x-1.50x
+# (benchmarks/timing_rounds.py; docs/evaluation.md, "Seconds per image: rounds and ratios").
 FORWARD_REPEATS = 15
 
 
@@ -388,16 +388,16 @@ def forward_seconds_per_image(
     base = seed_base(seed)
     randomness = randomness_at(base, indices, teacher.geometry.num_tokens, code_dim)
     calls: dict[str, Callable[[], object]] = {"forward": teacher_forward(teacher, batch_size)}
-    for method in (m for m in methods if m.kind == "dd"):
+    dd_methods = [m for m in methods if m.kind == "dd"]
+    for method in dd_methods:
         calls[method.name] = functools.partial(
             model_calls, method, samplers, labels, randomness, indices, base
         )
         calls[f"{method.name} all-in"] = functools.partial(
             generate, method, samplers, labels, seed=seed, batch_size=batch_size
         )
-    first = next((m for m in methods if m.kind == "dd"), None)
-    if first is not None:  # what the all-in call adds to the model calls, beside the noise
-        tokens = model_calls(first, samplers, labels, randomness, indices, base)
+    if dd_methods:  # what the all-in call adds to the model calls, beside the noise
+        tokens = model_calls(dd_methods[0], samplers, labels, randomness, indices, base)
         calls["decode"] = functools.partial(teacher.decode_tokens, tokens)
     seconds = alternated_seconds(calls, repeats)
     return ForwardTiming(

@@ -257,3 +257,23 @@ def test_vq_encode_decode_shapes_for_tiny_layouts(ch_mult):
         quant, indices = vq.encode(torch.rand(2, 3, side, side) * 2 - 1)
         assert quant.shape == (2, 4, 4, 4) and indices.shape == (2, 16)
         torch.testing.assert_close(vq.decode_code(indices, (4, 4)), vq.decode(quant))
+
+
+def test_decoder_of_its_own_shape_and_its_validation():
+    base = VQConfig(codebook_size=64, codebook_embed_dim=4, ch=16, ch_mult=(1, 2), norm_groups=8)
+    light = VQConfig(**{**base.__dict__, "decoder_ch": 8, "decoder_num_res_blocks": 0})
+    assert not base.has_own_decoder and light.has_own_decoder
+    assert light.with_encoder_shaped_decoder() == base
+    full, lite = VQModel(base), VQModel(light)
+    # The encoder is untouched; the decoder is narrower and has one block per level fewer.
+    assert full.encoder.state_dict().keys() == lite.encoder.state_dict().keys()
+    assert lite.decoder.conv_in.out_channels == 16 and full.decoder.conv_in.out_channels == 32
+    assert [len(level.res) for level in lite.decoder.conv_blocks] == [1, 1]
+    assert [len(level.res) for level in full.decoder.conv_blocks] == [3, 3]
+    with torch.no_grad():
+        quant, _ = lite.encode(torch.rand(2, 3, 8, 8) * 2 - 1)
+        assert lite.decode(quant).shape == (2, 3, 8, 8)
+    with pytest.raises(ValueError, match="norm_groups=8"):
+        VQConfig(**{**base.__dict__, "decoder_ch": 12})
+    with pytest.raises(ValueError, match="decoder_num_res_blocks"):
+        VQConfig(**{**base.__dict__, "decoder_num_res_blocks": -1})

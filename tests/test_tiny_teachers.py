@@ -29,6 +29,7 @@ QUICK = TrainSettings(
     warmup_steps=1,
     dead_code_every=5,
     token_copies=1,
+    decoder_steps=12,
 )
 
 
@@ -78,6 +79,24 @@ def test_llamagen_trainers_lower_their_losses(digits_subset):
     assert _falls(gpt_record["losses"])
 
 
+def test_decoder_refit_keeps_the_tokens_and_lowers_its_loss(digits_subset):
+    from teachers.tiny.train_llamagen import encode_tokens, refit_decoder, train_vq
+
+    _, vq_config = llamagen_tiny_configs()
+    assert vq_config.has_own_decoder  # the shipped preset decodes with a refitted decoder
+    vq, _ = train_vq(digits_subset, vq_config.with_encoder_shaped_decoder(), QUICK, progress=False)
+    refit, record = refit_decoder(vq, vq_config, digits_subset, QUICK, progress=False)
+    assert _falls(record["losses"]) and refit.config == vq_config
+    images = digits_subset.images[:32]
+    assert torch.equal(encode_tokens(refit, images), encode_tokens(vq, images))
+    assert torch.equal(refit.codebook(), vq.codebook())
+    assert (
+        sum(p.numel() for p in refit.decoder.parameters())
+        < sum(p.numel() for p in vq.decoder.parameters()) / 3
+    )
+    assert not any(p.requires_grad for p in refit.parameters())
+
+
 def test_var_trainers_lower_their_losses(digits_subset):
     from teachers.tiny.train_var import (
         encode_tokens,
@@ -110,9 +129,11 @@ def test_cli_trains_a_folder_teacher_that_loads_by_name(tmp_path):
     out = tmp_path / "weights"
     argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir", str(data)]
     argv += ["--tokenizer-steps", "2", "--ar-steps", "2", "--ar-batch-size", "4", "--no-progress"]
+    argv += ["--decoder-steps", "2"]
     assert dd_main(argv) == 0
     entry = json.loads((out / "tiny.json").read_text())["llamagen-shapes"]
     assert "--data-dir" in entry["command"] and entry["record"]["wall_seconds"] > 0
+    assert "--decoder-steps 2" in entry["command"] and "decoder" in entry["record"]
     teacher = load_tiny_teacher("llamagen-shapes", weights_dir=out)
     assert teacher.num_classes == 2 and isinstance(teacher, Teacher)
 

@@ -173,16 +173,45 @@ class VQConfig:
     num_res_blocks: int = 2
     in_channels: int = 3
     norm_groups: int = 32
+    # The decoder's own base width and res blocks per level; None: the encoder's, as in every
+    # official checkpoint. The tiny teacher decodes with a lighter decoder refitted on its
+    # frozen codebook (``teachers.tiny.train_llamagen.refit_decoder``).
+    decoder_ch: int | None = None
+    decoder_num_res_blocks: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
         if not self.ch_mult:
             raise ValueError("ch_mult needs at least one level")
-        widths = [self.ch] + [self.ch * m for m in self.ch_mult]
-        if any(w % self.norm_groups for w in widths):
-            raise ValueError(
-                f"every width {widths} must be divisible by norm_groups={self.norm_groups}"
-            )
+        for ch in {self.ch, self.dec_ch}:
+            widths = [ch] + [ch * m for m in self.ch_mult]
+            if any(w % self.norm_groups for w in widths):
+                raise ValueError(
+                    f"every width {widths} must be divisible by norm_groups={self.norm_groups}"
+                )
+        if self.dec_num_res_blocks < 0:
+            raise ValueError(f"decoder_num_res_blocks must be >= 0, got {self.dec_num_res_blocks}")
+
+    @property
+    def dec_ch(self) -> int:
+        """The decoder's base width (``decoder_ch``, else the encoder's ``ch``)."""
+        return self.ch if self.decoder_ch is None else self.decoder_ch
+
+    @property
+    def dec_num_res_blocks(self) -> int:
+        """The decoder's res blocks per level, minus one as in the official code."""
+        if self.decoder_num_res_blocks is None:
+            return self.num_res_blocks
+        return self.decoder_num_res_blocks
+
+    @property
+    def has_own_decoder(self) -> bool:
+        """True when the decoder's shape differs from the encoder's (a refitted decoder)."""
+        return (self.dec_ch, self.dec_num_res_blocks) != (self.ch, self.num_res_blocks)
+
+    def with_encoder_shaped_decoder(self) -> VQConfig:
+        """This config with the decoder shaped like the encoder (the official layout)."""
+        return dataclasses.replace(self, decoder_ch=None, decoder_num_res_blocks=None)
 
     @property
     def downsample_factor(self) -> int:

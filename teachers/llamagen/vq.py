@@ -166,7 +166,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
     def __init__(self, config: VQConfig):
         super().__init__()
-        ch, mult, groups = config.ch, config.ch_mult, config.norm_groups
+        ch, mult, groups = config.dec_ch, config.ch_mult, config.norm_groups
         last = len(mult) - 1
         width = ch * mult[-1]
         self.conv_in = nn.Conv2d(config.z_channels, width, kernel_size=3, padding=1)
@@ -177,7 +177,7 @@ class Decoder(nn.Module):
                 Level(
                     width,
                     ch * mult[i],
-                    config.num_res_blocks + 1,
+                    config.dec_num_res_blocks + 1,
                     with_attn=i == last,
                     groups=groups,
                     resample=None if i == 0 else "up",

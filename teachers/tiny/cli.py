@@ -50,6 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tokenizer-steps", type=int, default=_DEFAULTS.tokenizer_steps)
     parser.add_argument("--ar-steps", type=int, default=_DEFAULTS.ar_steps)
     parser.add_argument(
+        "--decoder-steps",
+        type=int,
+        default=_DEFAULTS.decoder_steps,
+        help="llamagen only: steps of the lighter decoder's refit on the frozen codebook",
+    )
+    parser.add_argument(
         "--ar-batch-size", type=int, default=None, help="default: per family (see presets.py)"
     )
     parser.add_argument("--classifier-steps", type=int, default=None)
@@ -74,6 +80,7 @@ def _settings(args: argparse.Namespace) -> TrainSettings:
         "seed": args.seed,
         "tokenizer_steps": args.tokenizer_steps,
         "ar_steps": args.ar_steps,
+        "decoder_steps": args.decoder_steps,
     }
     if args.ar_batch_size is not None:
         overrides["ar_batch_size"] = args.ar_batch_size
@@ -89,6 +96,7 @@ def command_line(args: argparse.Namespace) -> str:
     for flag, value, default in (
         ("--tokenizer-steps", args.tokenizer_steps, _DEFAULTS.tokenizer_steps),
         ("--ar-steps", args.ar_steps, _DEFAULTS.ar_steps),
+        ("--decoder-steps", args.decoder_steps, _DEFAULTS.decoder_steps),
         ("--ar-batch-size", args.ar_batch_size, None),
         ("--classifier-steps", args.classifier_steps, None),
         ("--head", args.head, HEAD_KINDS[0]),

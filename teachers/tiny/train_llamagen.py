@@ -7,6 +7,10 @@ training losses, kept small:
   ``beta |z - sg(q)|^2`` on the L2-normalised latents, straight-through gradient to the
   encoder; codes are initialised from encoder outputs and codes unused for
   ``dead_code_every`` steps are restarted on random latents of the current batch.
+- Decoder refit (when the VQ config's decoder is shaped unlike its encoder): a fresh, lighter
+  decoder and ``post_quant_conv`` trained on the same reconstruction loss over the frozen
+  encoder's quantised codes, so tokens, codebook and GPT are unchanged; the tokenizer is first
+  trained with an encoder-shaped decoder, the official layout.
 - GPT: next-token cross-entropy with teacher forcing over ``[class, x_1..x_{n-1}]``; the
   label is replaced by the null class with ``class_dropout_prob`` (CFG at sampling time),
   drawn from the trainer's seeded generator (``drop_labels``).
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from teachers.data import ImageSet
 from teachers.llamagen import GPT, GPTConfig, VQConfig, VQModel
@@ -23,6 +28,7 @@ from teachers.tiny.common import (
     augmented_copies,
     code_usage,
     drop_labels,
+    optimise,
     perplexity,
     restart_codes,
     sample_batch,
@@ -30,6 +36,7 @@ from teachers.tiny.common import (
     token_cross_entropy,
     train_ar_model,
     train_tokenizer,
+    warmup_cosine_schedule,
 )
 from teachers.tiny.presets import TrainSettings
 
@@ -39,6 +46,11 @@ ENCODE_BATCH = 512
 def _latents(vq: VQModel, images: torch.Tensor) -> torch.Tensor:
     """L2-normalised pre-quantisation latents ``[B, C, h, w]`` (what the quantiser compares)."""
     return F.normalize(vq.quant_conv(vq.encoder(images)), dim=1)
+
+
+def reconstruction_loss(recon: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
+    """MSE + L1 between decoded and target images in ``[-1, 1]``."""
+    return F.mse_loss(recon, images) + F.l1_loss(recon, images)
 
 
 def vq_loss(
@@ -52,8 +64,7 @@ def vq_loss(
     codebook = F.mse_loss(q_BChw, z_BChw.detach())
     commitment = F.mse_loss(z_BChw, q_BChw.detach())
     quant_st = z_BChw + (q_BChw - z_BChw).detach()  # straight-through estimator
-    recon = vq.decode(quant_st)
-    reconstruction = F.mse_loss(recon, images) + F.l1_loss(recon, images)
+    reconstruction = reconstruction_loss(vq.decode(quant_st), images)
     loss = reconstruction + codebook + beta * commitment
     parts = {"rec": reconstruction.item(), "cb": codebook.item(), "commit": commitment.item()}
     return loss, parts, indices_Bhw, z_BChw.detach()
@@ -86,6 +97,43 @@ def train_vq(
         progress=progress,
     )
     return vq, record
+
+
+def refit_decoder(
+    vq: VQModel,
+    config: VQConfig,
+    train: ImageSet,
+    settings: TrainSettings,
+    *,
+    progress: bool = True,
+) -> tuple[VQModel, dict]:
+    """A ``VQModel(config)`` holding ``vq``'s encoder, ``quant_conv`` and codebook (frozen, so
+    every image keeps its tokens) and a fresh decoder + ``post_quant_conv`` of ``config``'s
+    shape, trained ``decoder_steps`` steps on the reconstruction loss of the quantised codes."""
+    generator = seeded_generator(settings.seed + 3)
+    refit = VQModel(config)
+    for part in ("encoder", "quant_conv", "quantize"):
+        getattr(refit, part).load_state_dict(getattr(vq, part).state_dict())
+    head = torch.nn.ModuleDict({"post": refit.post_quant_conv, "decoder": refit.decoder})
+    optimizer = torch.optim.AdamW(head.parameters(), lr=settings.tokenizer_lr, betas=(0.9, 0.99))
+    schedule = warmup_cosine_schedule(optimizer, settings, settings.decoder_steps)
+    refit.eval().requires_grad_(False)
+    head.train().requires_grad_(True)
+    losses = []
+    bar = tqdm(range(settings.decoder_steps), desc="llamagen decoder", disable=not progress)
+    for step in bar:
+        images, _ = sample_batch(
+            train, settings.tokenizer_batch_size, settings.max_shift, generator
+        )
+        with torch.no_grad():
+            quant_BChw, _ = vq.encode(images)
+        losses.append(
+            optimise(reconstruction_loss(refit.decode(quant_BChw), images), optimizer, schedule)
+        )
+        if (step + 1) % 50 == 0:
+            bar.set_postfix(rec=f"{losses[-1]:.4f}")
+    refit.eval().requires_grad_(False)
+    return refit, {"losses": losses}
 
 
 @torch.no_grad()
@@ -140,14 +188,18 @@ def train_llamagen(
     heldout: ImageSet | None = None,
     progress: bool = True,
 ) -> tuple[GPT, VQModel, dict]:
-    """Tokenizer, then GPT on the tokens of ``token_copies`` shifted copies of the train set."""
-    vq, vq_record = train_vq(train, vq_config, settings, progress=progress)
+    """Tokenizer (with an encoder-shaped decoder), GPT on the tokens of ``token_copies`` shifted
+    copies of the train set, then, if ``vq_config``'s decoder is shaped otherwise, its refit.
+    Reconstruction errors are recorded for the decoder trained with the tokenizer and, after
+    a refit, for the refitted one."""
+    vq, vq_record = train_vq(
+        train, vq_config.with_encoder_shaped_decoder(), settings, progress=progress
+    )
     generator = torch.Generator().manual_seed(settings.seed + 2)
     images, labels = augmented_copies(train, settings.token_copies, settings.max_shift, generator)
     tokens = encode_tokens(vq, images)
-    with torch.no_grad():
-        recon = vq.decode_code(tokens[: len(train)], (gpt_config.grid_size,) * 2)
-        vq_record["train_recon_mse"] = F.mse_loss(recon, train.images).item()
+    grid = (gpt_config.grid_size,) * 2
+    vq_record.update(_recon_errors(vq, tokens[: len(train)], train, heldout, grid))
     vq_record["train_code_perplexity"] = perplexity(code_usage(tokens, vq_config.codebook_size))
     held = None
     if heldout is not None:
@@ -155,4 +207,24 @@ def train_llamagen(
     gpt, gpt_record = train_gpt(
         tokens, labels, gpt_config, settings, heldout=held, progress=progress
     )
-    return gpt, vq, {"tokenizer": vq_record, "ar": gpt_record}
+    record = {"tokenizer": vq_record, "ar": gpt_record}
+    if vq_config.has_own_decoder:
+        vq, record["decoder"] = refit_decoder(vq, vq_config, train, settings, progress=progress)
+        record["decoder"].update(_recon_errors(vq, tokens[: len(train)], train, heldout, grid))
+    return gpt, vq, record
+
+
+@torch.no_grad()
+def _recon_errors(
+    vq: VQModel,
+    train_tokens: torch.Tensor,
+    train: ImageSet,
+    heldout: ImageSet | None,
+    grid: tuple[int, int],
+) -> dict[str, float]:
+    """Mean squared reconstruction errors of the train (and held-out) images through ``vq``."""
+    errors = {"train_recon_mse": F.mse_loss(vq.decode_code(train_tokens, grid), train.images)}
+    if heldout is not None:
+        recon = vq.decode_code(encode_tokens(vq, heldout.images), grid)
+        errors["heldout_recon_mse"] = F.mse_loss(recon, heldout.images)
+    return {key: value.item() for key, value in errors.items()}

@@ -43,8 +43,9 @@ def llamagen_tiny_configs(num_classes: int = DIGITS_NUM_CLASSES) -> tuple[GPTCon
         num_res_blocks=1,
         norm_groups=8,
         # The shipped decoder is refitted lighter on the frozen codebook (train_llamagen.py):
-        # ch 16 / 1 res block decoded at 0.24x of a GPT forward, ch 8 / 0 at 0.09x, with the
-        # same reconstruction error (docs/embedded_default.md, "The refitted decoder").
+        # the encoder-shaped one decoded at 0.36x of a GPT forward, this one at 0.13x
+        # (benchmarks/bench_student.py), with a slightly lower reconstruction error
+        # (docs/embedded_default.md, "The refitted decoder").
         decoder_ch=8,
         decoder_num_res_blocks=0,
     )

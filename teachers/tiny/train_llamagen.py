@@ -198,33 +198,32 @@ def train_llamagen(
     generator = torch.Generator().manual_seed(settings.seed + 2)
     images, labels = augmented_copies(train, settings.token_copies, settings.max_shift, generator)
     tokens = encode_tokens(vq, images)
-    grid = (gpt_config.grid_size,) * 2
-    vq_record.update(_recon_errors(vq, tokens[: len(train)], train, heldout, grid))
-    vq_record["train_code_perplexity"] = perplexity(code_usage(tokens, vq_config.codebook_size))
+    # Tokens of the train and held-out images (the refit keeps them): (tokens, images) pairs.
+    sets = {"train": (tokens[: len(train)], train.images)}
     held = None
     if heldout is not None:
         held = (encode_tokens(vq, heldout.images), heldout.labels)
+        sets["heldout"] = (held[0], heldout.images)
+    grid = (gpt_config.grid_size,) * 2
+    vq_record.update(_recon_errors(vq, sets, grid))
+    vq_record["train_code_perplexity"] = perplexity(code_usage(tokens, vq_config.codebook_size))
     gpt, gpt_record = train_gpt(
         tokens, labels, gpt_config, settings, heldout=held, progress=progress
     )
     record = {"tokenizer": vq_record, "ar": gpt_record}
     if vq_config.has_own_decoder:
         vq, record["decoder"] = refit_decoder(vq, vq_config, train, settings, progress=progress)
-        record["decoder"].update(_recon_errors(vq, tokens[: len(train)], train, heldout, grid))
+        record["decoder"].update(_recon_errors(vq, sets, grid))
     return gpt, vq, record
 
 
 @torch.no_grad()
 def _recon_errors(
-    vq: VQModel,
-    train_tokens: torch.Tensor,
-    train: ImageSet,
-    heldout: ImageSet | None,
-    grid: tuple[int, int],
+    vq: VQModel, sets: dict[str, tuple[torch.Tensor, torch.Tensor]], grid: tuple[int, int]
 ) -> dict[str, float]:
-    """Mean squared reconstruction errors of the train (and held-out) images through ``vq``."""
-    errors = {"train_recon_mse": F.mse_loss(vq.decode_code(train_tokens, grid), train.images)}
-    if heldout is not None:
-        recon = vq.decode_code(encode_tokens(vq, heldout.images), grid)
-        errors["heldout_recon_mse"] = F.mse_loss(recon, heldout.images)
-    return {key: value.item() for key, value in errors.items()}
+    """``<name>_recon_mse``: mean squared error of ``vq``'s decoding of each set's tokens
+    against its images."""
+    return {
+        f"{name}_recon_mse": F.mse_loss(vq.decode_code(tokens, grid), images).item()
+        for name, (tokens, images) in sets.items()
+    }

@@ -1,5 +1,7 @@
 """LlamaGen teacher internals on random tiny models: presets, RoPE, KV cache, session, sampler."""
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -13,6 +15,7 @@ from teachers.llamagen import (
 )
 from teachers.llamagen.rope import apply_rope
 from teachers.llamagen.session import cfg_active
+from teachers.llamagen.vq import AttnBlock
 from teachers.protocol import SamplingConfig, Teacher, TeacherSession, TokenGeometry
 from teachers.sampling import sample_tokens
 
@@ -261,15 +264,24 @@ def test_vq_encode_decode_shapes_for_tiny_layouts(ch_mult):
 
 def test_decoder_of_its_own_shape_and_its_validation():
     base = VQConfig(codebook_size=64, codebook_embed_dim=4, ch=16, ch_mult=(1, 2), norm_groups=8)
-    light = VQConfig(**{**base.__dict__, "decoder_ch": 8, "decoder_num_res_blocks": 0})
+    light = dataclasses.replace(
+        base, decoder_ch=8, decoder_num_res_blocks=0, decoder_attention=False
+    )
     assert not base.has_own_decoder and light.has_own_decoder
+    assert dataclasses.replace(base, decoder_attention=False).has_own_decoder
     assert light.with_encoder_shaped_decoder() == base
     full, lite = VQModel(base), VQModel(light)
-    # The encoder is untouched; the decoder is narrower and has one block per level fewer.
+    # The encoder is untouched; the decoder is narrower, has one block per level fewer and no
+    # attention (the mid block is res, res; no attention at the lowest level).
     assert full.encoder.state_dict().keys() == lite.encoder.state_dict().keys()
     assert lite.decoder.conv_in.out_channels == 16 and full.decoder.conv_in.out_channels == 32
     assert [len(level.res) for level in lite.decoder.conv_blocks] == [1, 1]
     assert [len(level.res) for level in full.decoder.conv_blocks] == [3, 3]
+    assert [len(level.attn) for level in lite.decoder.conv_blocks] == [0, 0]
+    assert [len(level.attn) for level in full.decoder.conv_blocks] == [3, 0]
+    assert [type(block).__name__ for block in lite.decoder.mid] == ["ResnetBlock"] * 2
+    assert not any(isinstance(m, AttnBlock) for m in lite.decoder.modules())
+    assert any(isinstance(m, AttnBlock) for m in lite.encoder.modules())
     with torch.no_grad():
         quant, _ = lite.encode(torch.rand(2, 3, 8, 8) * 2 - 1)
         assert lite.decode(quant).shape == (2, 3, 8, 8)

@@ -178,6 +178,10 @@ class VQConfig:
     # frozen codebook (``teachers.tiny.train_llamagen.refit_decoder``).
     decoder_ch: int | None = None
     decoder_num_res_blocks: int | None = None
+    # The decoder's attention blocks (the mid block's and the lowest level's), as in every
+    # official checkpoint; False: none (the mid block is then res-res). On the tiny teacher
+    # they were half of its decoding time (docs/embedded_default.md, "The refitted decoder").
+    decoder_attention: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "ch_mult", tuple(int(m) for m in self.ch_mult))
@@ -207,11 +211,14 @@ class VQConfig:
     @property
     def has_own_decoder(self) -> bool:
         """True when the decoder's shape differs from the encoder's (a refitted decoder)."""
-        return (self.dec_ch, self.dec_num_res_blocks) != (self.ch, self.num_res_blocks)
+        encoder_shaped = (self.ch, self.num_res_blocks, True)
+        return (self.dec_ch, self.dec_num_res_blocks, self.decoder_attention) != encoder_shaped
 
     def with_encoder_shaped_decoder(self) -> VQConfig:
         """This config with the decoder shaped like the encoder (the official layout)."""
-        return dataclasses.replace(self, decoder_ch=None, decoder_num_res_blocks=None)
+        return dataclasses.replace(
+            self, decoder_ch=None, decoder_num_res_blocks=None, decoder_attention=True
+        )
 
     @property
     def downsample_factor(self) -> int:

@@ -121,14 +121,13 @@ class Level(nn.Module):
         return x
 
 
-def _mid(channels: int, groups: int) -> nn.ModuleList:
-    return nn.ModuleList(
-        [
-            ResnetBlock(channels, channels, groups),
-            AttnBlock(channels, groups),
-            ResnetBlock(channels, channels, groups),
-        ]
-    )
+def _mid(channels: int, groups: int, *, with_attn: bool = True) -> nn.ModuleList:
+    """Res, attention, res (official); res, res without attention (``decoder_attention``)."""
+    blocks = nn.ModuleList([ResnetBlock(channels, channels, groups)])  # built in this order:
+    if with_attn:  # the parameters' random initialisation follows it
+        blocks.append(AttnBlock(channels, groups))
+    blocks.append(ResnetBlock(channels, channels, groups))
+    return blocks
 
 
 class Encoder(nn.Module):
@@ -170,7 +169,7 @@ class Decoder(nn.Module):
         last = len(mult) - 1
         width = ch * mult[-1]
         self.conv_in = nn.Conv2d(config.z_channels, width, kernel_size=3, padding=1)
-        self.mid = _mid(width, groups)
+        self.mid = _mid(width, groups, with_attn=config.decoder_attention)
         levels = []
         for i in reversed(range(len(mult))):  # conv_blocks.0 is the lowest resolution
             levels.append(
@@ -178,7 +177,7 @@ class Decoder(nn.Module):
                     width,
                     ch * mult[i],
                     config.dec_num_res_blocks + 1,
-                    with_attn=i == last,
+                    with_attn=config.decoder_attention and i == last,
                     groups=groups,
                     resample=None if i == 0 else "up",
                 )

@@ -179,8 +179,8 @@ class VQConfig:
     decoder_ch: int | None = None
     decoder_num_res_blocks: int | None = None
     # The decoder's attention blocks (the mid block's and the lowest level's), as in every
-    # official checkpoint; False: none (the mid block is then res-res). On the tiny teacher
-    # they were half of its decoding time (docs/embedded_default.md, "The refitted decoder").
+    # official checkpoint; False: none (the mid block is then res-res), as the tiny teacher
+    # decodes (docs/embedded_default.md, "The refitted decoder").
     decoder_attention: bool = True
 
     def __post_init__(self) -> None:

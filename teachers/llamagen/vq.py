@@ -260,7 +260,7 @@ class VQModel(nn.Module):
         height, width = grid
         codes_BNC = self.codebook()[indices_BN]
         # Contiguous NCHW, as the official get_codebook_entry returns: the permuted view is
-        # channels-last in memory, and the decoder then ran channels-last, 1.3x-1.5x slower on
-        # CPU (tiny decoder, batch 250 / 64; docs/embedded_default.md, "The refitted decoder").
+        # channels-last in memory, and the decoder then ran channels-last, slower on CPU (tiny
+        # decoder, batch 64: 10.8-11.8 ms against 7.0-7.1; docs/benchmarks.md).
         maps_BChw = codes_BNC.view(indices_BN.shape[0], height, width, -1).permute(0, 3, 1, 2)
         return self.decode(maps_BChw.contiguous())

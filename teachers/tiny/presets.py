@@ -43,9 +43,9 @@ def llamagen_tiny_configs(num_classes: int = DIGITS_NUM_CLASSES) -> tuple[GPTCon
         num_res_blocks=1,
         norm_groups=8,
         # The shipped decoder is refitted lighter on the frozen codebook (train_llamagen.py):
-        # the encoder-shaped one decoded at 0.36x of a GPT forward, ch 8 with one res block a
-        # level at 0.13x (benchmarks/bench_student.py); its attention blocks were about half of
-        # that, and dropping them left the reconstruction FID where it was
+        # benchmarks/bench_student.py at batch 64 timed the encoder-shaped one at 0.36x of a GPT
+        # forward, ch 8 with one res block a level at 0.13x, and the same without attention at
+        # about 0.09x-0.10x (0.07x-0.08x fed contiguous code maps), the reconstruction FID not worse
         # (docs/embedded_default.md, "The refitted decoder").
         decoder_ch=8,
         decoder_num_res_blocks=0,

@@ -1,0 +1,102 @@
+"""The tiny teachers' decoders fed channels-last code maps against contiguous NCHW ones.
+
+    python3 benchmarks/bench_decoder_layout.py --threads 1 --repeats 15
+
+Code maps built from looked-up tokens ``[B, n, C]`` are transposed views, channels-last in
+memory, and convolutions keep the layout they are given. The official LlamaGen
+``get_codebook_entry`` returns them contiguous and so does our ``VQModel.decode_code`` (since
+22f56ff); the training path (``LlamaGenTeacher.decode_embeddings``, the perceptual loss) and
+VAR's ``f_hat`` (a sum of per-scale maps in ``embed_to_fhat``) pass the layout on. This times,
+alternately in one run (``dd.evaluate.alternated_seconds``), the same decoder on the same
+values in both layouts: decoding at the evaluation batch (no grad: sampling), and a forward
+and backward at the training batch (the perceptual loss' path). Medians in ms per batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+from common import machine_description
+
+from dd.evaluate import alternated_seconds
+from teachers.tiny import load_tiny_teacher
+
+
+def code_map_BChw(teacher, tokens_BN: torch.Tensor) -> torch.Tensor:
+    """The decoder's input of ``tokens_BN`` as the training path builds it: a permuted
+    (LlamaGen) or summed (VAR) view that is channels-last in memory."""
+    if hasattr(teacher, "vae"):  # VAR: f_hat of the multi-scale embeddings
+        return teacher.vae.embeddings_to_fhat(teacher.codebook[tokens_BN])
+    height, width = teacher.geometry.image_grid
+    codes_BNC = teacher.codebook[tokens_BN]
+    return codes_BNC.reshape(-1, height, width, teacher.code_dim).permute(0, 3, 1, 2)
+
+
+def decoder_of(teacher):
+    """Code map -> image, the module every decode path ends in."""
+    return teacher.vae.fhat_to_unclamped_img if hasattr(teacher, "vae") else teacher.vq.decode
+
+
+def layout_rows(name: str, eval_batch: int, train_batch: int, repeats: int) -> list[str]:
+    """Table rows of teacher ``name``: both layouts, decoding and the training pass."""
+    teacher = load_tiny_teacher(name)
+    decode = decoder_of(teacher)
+    generator = torch.Generator().manual_seed(0)
+    shape = (eval_batch, teacher.geometry.num_tokens)
+    tokens_BN = torch.randint(teacher.vocab_size, shape, generator=generator)
+    with torch.no_grad():
+        maps = {"channels-last view": code_map_BChw(teacher, tokens_BN)}
+    maps["contiguous NCHW"] = maps["channels-last view"].contiguous()
+
+    def sampling(source: torch.Tensor):
+        def call():
+            with torch.no_grad():
+                decode(source)
+
+        return call
+
+    def training(source: torch.Tensor):
+        def call():
+            leaf = source.detach().requires_grad_(True)  # detach keeps the strides
+            decode(leaf).square().mean().backward()
+
+        return call
+
+    calls = {}
+    for layout, source in maps.items():
+        calls[("decode", layout)] = sampling(source)
+        calls[("train", layout)] = training(source[:train_batch])
+    seconds = alternated_seconds(calls, repeats)
+    rows = []
+    for layout, source in maps.items():
+        decode_ms = 1000 * statistics.median(seconds[("decode", layout)])
+        train_ms = 1000 * statistics.median(seconds[("train", layout)])
+        stride = tuple(source.stride())
+        rows.append(f"| {name} | {layout} {stride} | {decode_ms:.1f} | {train_ms:.1f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teachers", nargs="+", default=["llamagen-digits", "var-digits"])
+    parser.add_argument("--eval-batch", type=int, default=250, help="the demo's eval batch")
+    parser.add_argument("--train-batch", type=int, default=64, help="llamagen-digits' batch")
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    print(f"machine: {machine_description(args.threads)}, float32, CPU")
+    print(
+        f"| teacher | input (strides) | decode, batch {args.eval_batch} (ms) | forward + "
+        f"backward, batch {args.train_batch} (ms) |"
+    )
+    print("|---|---|---|---|")
+    for name in args.teachers:
+        for row in layout_rows(name, args.eval_batch, args.train_batch, args.repeats):
+            print(row)
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,14 @@ chosen timestep the input is the tokens predicted so far before its boundary and
 original noise* after it; the student's embedding output is the next step's data tokens as is
 (no nearest-code snap). ``dd.sample`` dispatches here for a ``ContinuousTeacher``.
 
+Alg. 4 (``sample_tokens_interleaved``): DD step 1, then the teacher's KV-cached session
+regenerates AR steps ``[first, second)`` after the kept prefix, then DD step 2 from timestep
+``second``. The teacher's sampler is the head's deterministic map of noise, so it maps the
+sample's *own* noise at those positions: the tokens it makes are the ones on the trajectory
+the student was trained on (the pairs are that map of that noise), and ``first == 0`` puts the
+teacher's own sample before the boundary (``teachers.sampling.map_continuous_noise`` of the
+same noise). The codebook version draws fresh uniforms instead (``dd.sampling``).
+
 ``independent_token_sampler``: DD's ``onestep*`` (paper Prop. 3.1, FACTS.md section 1) for
 continuous tokens: every position of a sample of class ``c`` is drawn independently and
 uniformly from the set of the teacher's tokens at that position over the pairs of class ``c``
@@ -20,8 +28,9 @@ from collections.abc import Sequence
 import torch
 
 from dd.continuous import ContinuousDDStudent, trajectory_input
+from dd.interleave import check_interleave
 from dd.sampling import draw_noise, resolve_steps
-from teachers.protocol import check_continuous_tokens, check_labels
+from teachers.protocol import ContinuousSamplingConfig, check_continuous_tokens, check_labels
 
 
 @torch.no_grad()
@@ -41,10 +50,56 @@ def sample_tokens(
     labels, noise_BNC = labels.to(device), noise_BNC.to(device, torch.float32)
     tokens_BNC = torch.zeros_like(noise_BNC)
     for step in timesteps:
-        boundary_B = torch.full((batch,), student.geometry.step_ranges[step][0], device=device)
-        inputs = trajectory_input(noise_BNC, tokens_BNC, boundary_B)
-        tokens_BNC = student(labels, inputs, boundary_B)
+        tokens_BNC = dd_step(student, labels, noise_BNC, tokens_BNC, step)
     return tokens_BNC
+
+
+def dd_step(
+    student: ContinuousDDStudent,
+    labels: torch.Tensor,
+    noise_BNC: torch.Tensor,
+    tokens_BNC: torch.Tensor,
+    step: int,
+) -> torch.Tensor:
+    """One DD step from AR step ``step``: ``tokens_BNC`` before its boundary, the noise after
+    it (Eq. 5) -> the whole predicted sequence (positions before the boundary as given)."""
+    boundary = student.geometry.step_ranges[step][0]
+    boundary_B = torch.full((labels.shape[0],), boundary, device=noise_BNC.device)
+    return student(labels, trajectory_input(noise_BNC, tokens_BNC, boundary_B), boundary_B)
+
+
+@torch.no_grad()
+def sample_tokens_interleaved(
+    student: ContinuousDDStudent,
+    labels: torch.Tensor,
+    noise_BNC: torch.Tensor,
+    interleave: str | Sequence[int],
+    *,
+    sampling: ContinuousSamplingConfig | None = None,
+) -> torch.Tensor:
+    """Alg. 4 from given noise -> tokens ``[B, n, C]``: DD step 1 (skipped when ``first == 0``),
+    the teacher (``sampling``; ``None``: its default) regenerating AR steps ``[first, second)``
+    from the same noise, DD step 2 from timestep ``second`` (module docstring)."""
+    check_labels(labels, student.num_classes)
+    geometry, teacher = student.geometry, student.teacher
+    batch = labels.shape[0]
+    check_continuous_tokens(
+        noise_BNC, student.code_dim, length=geometry.num_tokens, batch_size=batch, name="noise"
+    )
+    first, second = check_interleave(interleave, student.timesteps, geometry.num_steps)
+    device = teacher.device
+    labels, noise_BNC = labels.to(device), noise_BNC.to(device, torch.float32)
+    if first > 0:
+        tokens_BNC = sample_tokens(student, labels, noise_BNC, steps=1)
+    else:
+        tokens_BNC = torch.zeros_like(noise_BNC)
+    with teacher.start(labels, sampling) as session:
+        for step in range(second):
+            start, end = geometry.step_ranges[step]
+            if step >= first:
+                tokens_BNC[:, start:end] = session.next_tokens(noise_BNC[:, start:end])
+            session.accept(tokens_BNC[:, start:end])
+    return dd_step(student, labels, noise_BNC, tokens_BNC, second)
 
 
 @torch.no_grad()
@@ -53,12 +108,20 @@ def sample(
     labels: torch.Tensor,
     *,
     steps: int | Sequence[int] = 1,
+    interleave: str | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
+    sampling: ContinuousSamplingConfig | None = None,
 ) -> torch.Tensor:
-    """Images ``[B, 3, H, W]`` in ``[0, 1]`` from ``steps`` DD steps (Alg. 3)."""
+    """Images ``[B, 3, H, W]`` in ``[0, 1]`` from ``steps`` DD steps (Alg. 3), or from Alg. 4
+    over ``interleave`` with the teacher's ``sampling`` (then ``steps`` is ignored: the caller,
+    ``dd.sample``, checks it)."""
     check_labels(labels, student.num_classes)
     noise = draw_noise(labels.shape[0], student.geometry.num_tokens, student.code_dim, generator)
-    return student.teacher.decode_tokens(sample_tokens(student, labels, noise, steps))
+    if interleave is None:
+        tokens = sample_tokens(student, labels, noise, steps)
+    else:
+        tokens = sample_tokens_interleaved(student, labels, noise, interleave, sampling=sampling)
+    return student.teacher.decode_tokens(tokens)
 
 
 def independent_token_sampler(

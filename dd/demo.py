@@ -96,7 +96,8 @@ class DemoSettings:
 
 
 COMMON_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "onestep*")
-# Continuous tokens (FAR): no Alg. 4 interleave, no skip-n (dd.evaluate.CONTINUOUS_KINDS).
+# Continuous tokens (FAR): no skip-n (dd.evaluate.CONTINUOUS_KINDS). Alg. 4 runs for them in
+# dd eval / dd sample / dd.sample; the demo's FAR table keeps the rows its rules were set on.
 CONTINUOUS_METHODS = ("teacher", "dd:1", "dd:2", "onestep*")
 SKIPS = {
     "llamagen-digits": ("skip:26", "skip:39", "skip:62"),
@@ -286,25 +287,12 @@ def distil(name: str, settings: DemoSettings, pairs: Path, output: Path, progres
 
 
 def demo_samplers(student_folder: Path, pairs: Path):
-    """(``dd.evaluate.Samplers``, interleave preset key) of a student and its pair folder: as
-    ``dd eval``, and for a continuous-token teacher its sampling from the pairs' manifest and
-    the pairs' tokens for onestep*."""
-    from data_gen.shards import MANIFEST_NAME
-    from dd.checkpoint import load_student
-    from dd.data import load_pairs
+    """(``dd.evaluate.Samplers``, interleave preset key) of a student and its pair folder, as
+    ``dd eval`` builds them (``dd.eval_command.build_setup``)."""
     from dd.eval_command import build_setup
-    from dd.evaluate import Samplers
-    from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher
 
-    student = load_student(str(student_folder))
-    teacher = student.teacher
-    if not isinstance(teacher, ContinuousTeacher):
-        setup = build_setup(str(student_folder), None, str(pairs))
-        return setup.samplers, setup.preset_key
-    manifest = json.loads((pairs / MANIFEST_NAME).read_text())
-    sampling = ContinuousSamplingConfig(**manifest["settings"]["sampling"])
-    pair_set = load_pairs(pairs, teacher_fingerprint=teacher.fingerprint())
-    return Samplers(teacher, sampling, student, token_pool=(pair_set.tokens, pair_set.labels)), None
+    setup = build_setup(str(student_folder), None, str(pairs))
+    return setup.samplers, setup.preset_key
 
 
 def evaluate_teacher(

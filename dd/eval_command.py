@@ -20,7 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -30,6 +30,8 @@ from dd.config import parse_recipe
 from dd.teacher_spec import TeacherSpec
 
 DEFAULT_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "skip:1", "onestep*")
+# Continuous-token teachers have no skip-n (``dd.evaluate.CONTINUOUS_KINDS``).
+CONTINUOUS_DEFAULT_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "onestep*")
 Metric = Literal["auto", "digits", "inception"]
 DIGITS_SPLITS = ("train", "heldout")
 
@@ -41,7 +43,7 @@ class EvalRecipe:
     student: str | None = None  # a student checkpoint folder or a shipped student's name
     teacher: TeacherSpec | None = None  # without a student: the teacher and baselines only
     pairs: str | None = None  # the pair folder (onestep* frequencies, teacher sampling)
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str] | None = None  # None: DEFAULT_METHODS (CONTINUOUS_DEFAULT_METHODS)
     num_per_class: int = 100  # samples per class (balanced labels)
     fid_per_class: int | None = None  # FID and precision/recall on the first k per class
     seed: int = 0
@@ -71,13 +73,22 @@ class Setup:
     tiny: bool
 
 
-def pairs_sampling(folder: str | Path):
-    """The teacher's sampling settings a pair folder was generated with (its manifest)."""
+def pairs_sampling(folder: str | Path, *, continuous: bool = False):
+    """The teacher's sampling settings a pair folder was generated with (its manifest): a
+    ``SamplingConfig``, or a ``ContinuousSamplingConfig`` for a continuous-token teacher."""
     from data_gen.shards import MANIFEST_NAME
-    from teachers.protocol import SamplingConfig
+    from teachers.protocol import ContinuousSamplingConfig, SamplingConfig
 
     manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
-    return SamplingConfig(**manifest["settings"]["sampling"])
+    config = ContinuousSamplingConfig if continuous else SamplingConfig
+    return config(**manifest["settings"]["sampling"])
+
+
+def method_specs(given: list[str] | None, samplers) -> list[str]:
+    """The methods asked for, or the defaults of the teacher's kind."""
+    if given is not None:
+        return list(given)
+    return list(CONTINUOUS_DEFAULT_METHODS if samplers.continuous else DEFAULT_METHODS)
 
 
 def preset_key_of(spec: TeacherSpec) -> str | None:
@@ -93,6 +104,7 @@ def build_setup(
 ) -> Setup:
     from dd.baselines import frequencies_from_pairs
     from dd.checkpoint import SHIPPED_STUDENTS_DIR, load_student, read_card, shipped_students
+    from dd.data import load_pairs
     from dd.evaluate import Samplers
     from dd.teacher_spec import load_teacher
     from teachers.tiny import tiny_sampling
@@ -110,19 +122,22 @@ def build_setup(
     else:
         teacher = load_teacher(teacher_spec)
     from teachers.protocol import ContinuousTeacher
+    from teachers.tiny import TINY_SAMPLING
 
-    if isinstance(teacher, ContinuousTeacher):
-        raise ValueError(
-            "dd eval does not evaluate continuous-token teachers yet; use "
-            "`dd demo --teachers '[far-digits]'` or benchmarks/eval_far_student.py"
-        )
+    continuous = isinstance(teacher, ContinuousTeacher)
+    frequencies = token_pool = None
     if pairs is not None:
-        sampling = pairs_sampling(pairs)
-        frequencies = frequencies_from_pairs(pairs, teacher)
+        sampling = pairs_sampling(pairs, continuous=continuous)
+        if continuous:  # onestep* draws the pairs' own tokens (dd.continuous_sampling)
+            pair_set = load_pairs(pairs, teacher_fingerprint=teacher.fingerprint())
+            token_pool = (pair_set.tokens, pair_set.labels)
+        else:
+            frequencies = frequencies_from_pairs(pairs, teacher)
     else:
-        sampling = tiny_sampling(teacher_spec.tiny) if teacher_spec.tiny else None
-        frequencies = None
-    samplers = Samplers(teacher, sampling or teacher.default_sampling(), student, frequencies)
+        sampling = tiny_sampling(teacher_spec.tiny) if teacher_spec.tiny in TINY_SAMPLING else None
+    samplers = Samplers(
+        teacher, sampling or teacher.default_sampling(), student, frequencies, token_pool
+    )
     name = teacher_spec.tiny or teacher_spec.family
     return Setup(samplers, name, preset_key_of(teacher_spec), teacher_spec.tiny is not None)
 
@@ -160,7 +175,8 @@ def run_eval(recipe: EvalRecipe) -> dict:
     space, reference, reference_name = build_space_and_reference(recipe, setup.tiny)
     samplers = setup.samplers
     teacher = samplers.teacher
-    methods = parse_methods(recipe.methods, samplers, preset_key=setup.preset_key)
+    specs = method_specs(recipe.methods, samplers)
+    methods = parse_methods(specs, samplers, preset_key=setup.preset_key)
     labels = torch.arange(teacher.num_classes).repeat_interleave(recipe.num_per_class)
     fid_rows = None
     if recipe.fid_per_class is not None:

@@ -19,12 +19,14 @@ PRESET_PATTERN = re.compile(r"pre-trained-(\d+)-(\d+)")
 
 # Named presets per teacher: the paper's Table 2 settings, and the analogous ranges for the
 # tiny teachers (the same fractions of the 2nd timestep: all of it, its later half / last
-# steps). Tiny timesteps come from recipes/distill_tiny_*.yaml: LlamaGen (0, 20), VAR (0, 3).
+# steps). Tiny timesteps come from recipes/distill_tiny_*.yaml: LlamaGen (0, 20), VAR (0, 3),
+# FAR (0, 8).
 INTERLEAVE_PRESETS: dict[str, tuple[str, ...]] = {
     "var-d16": ("pre-trained-1-6", "pre-trained-4-6", "pre-trained-5-6"),  # timesteps (0, 5)
     "llamagen": ("pre-trained-1-81", "pre-trained-41-81", "pre-trained-61-81"),  # (0, 80)
     "llamagen-digits": ("pre-trained-1-21", "pre-trained-11-21", "pre-trained-16-21"),
     "var-digits": ("pre-trained-1-4", "pre-trained-2-4", "pre-trained-3-4"),
+    "far-digits": ("pre-trained-1-9", "pre-trained-5-9", "pre-trained-7-9"),
 }
 
 

@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from dd.config import parse_recipe
-from dd.eval_command import DEFAULT_METHODS
 from dd.teacher_spec import TeacherSpec
 
 
@@ -28,7 +27,7 @@ class SampleRecipe:
     student: str | None = None  # a student checkpoint folder or a shipped student's name
     teacher: TeacherSpec | None = None  # without a student: the teacher and baselines only
     pairs: str | None = None  # the pair folder (onestep* frequencies, teacher sampling)
-    methods: list[str] = field(default_factory=lambda: list(DEFAULT_METHODS))
+    methods: list[str] | None = None  # None: dd eval's defaults for the teacher's kind
     labels: list[int] = field(default_factory=lambda: list(range(10)))
     seed: int = 0
     output: str = "samples"
@@ -46,14 +45,15 @@ def folder_name(method_name: str) -> str:
 
 
 def run_sample(recipe: SampleRecipe) -> Path:
-    from dd.eval_command import build_setup
+    from dd.eval_command import build_setup, method_specs
     from dd.evaluate import generate, parse_methods
     from dd.grids import labelled_grid, save_pngs
 
     if recipe.num_threads is not None:
         torch.set_num_threads(recipe.num_threads)
     setup = build_setup(recipe.student, recipe.teacher, recipe.pairs)
-    methods = parse_methods(recipe.methods, setup.samplers, preset_key=setup.preset_key)
+    specs = method_specs(recipe.methods, setup.samplers)
+    methods = parse_methods(specs, setup.samplers, preset_key=setup.preset_key)
     labels = torch.tensor(recipe.labels)
     output = Path(recipe.output)
     rows = []

@@ -27,7 +27,12 @@ from data_gen.pairs import sample_seed
 from dd.interleave import check_interleave
 from dd.student import DDStudent
 from dd.trajectory import trajectory_input
-from teachers.protocol import ContinuousTeacher, SamplingConfig, check_labels
+from teachers.protocol import (
+    ContinuousSamplingConfig,
+    ContinuousTeacher,
+    SamplingConfig,
+    check_labels,
+)
 from teachers.sampling import sample_from_uniforms
 
 SEED_BITS = 62
@@ -226,7 +231,7 @@ def sample(
     steps: int | Sequence[int] | None = None,
     interleave: str | Sequence[int] | None = None,
     generator: torch.Generator | None = None,
-    sampling: SamplingConfig | None = None,
+    sampling: SamplingConfig | ContinuousSamplingConfig | None = None,
 ) -> torch.Tensor:
     """Images ``[B, 3, H, W]`` in ``[0, 1]``.
 
@@ -235,17 +240,27 @@ def sample(
       step 1 and DD step 2 (``"pre-trained-n-m"`` as in the paper's Table 2, or a 0-based
       ``(first, second)``; presets: ``dd.interleave.INTERLEAVE_PRESETS``); ``sampling`` is the
       teacher's (``None``: its ``default_sampling()``). ``steps`` must then be unset or 2.
+      A continuous-token teacher regenerates its range from the sample's own noise
+      (``dd.continuous_sampling``); a codebook teacher draws it with fresh uniforms.
 
     Sample ``i``'s randomness is its own seeded stream (``draw_randomness``): the same
     ``generator`` seed gives the same images whatever the batch size.
     """
+    if interleave is not None and steps not in (None, 2):
+        raise ValueError(
+            f"steps={steps!r} with interleave: Alg. 4 runs DD step 1, the teacher, then DD "
+            "step 2; leave steps unset (or 2)"
+        )
     if isinstance(student.teacher, ContinuousTeacher):  # no codebook (#13): dd.continuous_sampling
-        if interleave is not None:
-            raise ValueError("interleave (Alg. 4) is not implemented for continuous-token teachers")
         from dd.continuous_sampling import sample as sample_continuous
 
         return sample_continuous(
-            student, labels, steps=1 if steps is None else steps, generator=generator
+            student,
+            labels,
+            steps=1 if steps is None else steps,
+            interleave=interleave,
+            generator=generator,
+            sampling=sampling,
         )
     check_labels(labels, student.num_classes)
     geometry = student.geometry
@@ -253,11 +268,6 @@ def sample(
     if interleave is None:
         tokens = sample_tokens(student, labels, randomness.noise_BNC, 1 if steps is None else steps)
     else:
-        if steps not in (None, 2):
-            raise ValueError(
-                f"steps={steps!r} with interleave: Alg. 4 runs DD step 1, the teacher, then DD "
-                "step 2; leave steps unset (or 2)"
-            )
         tokens = sample_tokens_interleaved(
             student,
             labels,

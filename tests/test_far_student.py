@@ -1,10 +1,12 @@
 """DD over the continuous-token FAR teacher (dd/continuous*.py, teachers/far/student.py; #13), on
 the shipped ``far-digits``: Eq. 6 at every AR step, ``dd train``'s float pairs and a short real
-run whose loss falls, per-sample seeded sampling, checkpoints refusing another teacher,
-``onestep*`` for continuous tokens, and bad inputs."""
+run whose loss falls, per-sample seeded sampling, Alg. 4 (the teacher regenerating a range from
+the sample's own noise), ``dd eval`` / ``dd sample`` over it, checkpoints refusing another
+teacher, ``onestep*`` for continuous tokens, and bad inputs."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -15,6 +17,7 @@ from lightning.pytorch.callbacks import Callback
 import dd
 from data_gen.generate_command import main as generate_main
 from dd.checkpoint import load_student, save_student
+from dd.cli import main as dd_main
 from dd.continuous import (
     ContinuousDDStudent,
     check_loss_settings,
@@ -22,7 +25,12 @@ from dd.continuous import (
     trajectory_input,
 )
 from dd.continuous_distill import ContinuousDistillModule
-from dd.continuous_sampling import independent_token_sampler, sample_tokens
+from dd.continuous_sampling import (
+    dd_step,
+    independent_token_sampler,
+    sample_tokens,
+    sample_tokens_interleaved,
+)
 from dd.data import load_pairs, split_heldout
 from dd.distill import OptimSettings, PairDataModule
 from dd.losses import LossSettings
@@ -32,6 +40,7 @@ from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec
 from teachers.far import map_noise
 from teachers.protocol import ContinuousSamplingConfig
+from teachers.sampling import map_continuous_noise
 from teachers.tiny import load_tiny_teacher
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "generate_tiny_far.yaml"
@@ -172,6 +181,69 @@ def test_second_step_keeps_the_first_steps_prefix(student):
     two = sample_tokens(student, labels, noise, steps=2)
     assert one.dtype == torch.float32 and one.shape == (4, 16, 8)
     assert torch.equal(one[:, :8], two[:, :8]) and not torch.allclose(one[:, 8:], two[:, 8:])
+
+
+def test_alg4_regenerates_its_range_from_the_samples_own_noise(teacher, student):
+    """Alg. 4 over continuous tokens: before ``first`` DD step 1's tokens; on ``[first, second)``
+    the teacher's head map of the same noise given the tokens before it (checked against the
+    teacher-forcing pass, not the session); from ``second`` DD step 2 of that prefix. With
+    ``first = 0`` the prefix is the teacher's own sample of that noise."""
+    labels = torch.arange(4)
+    noise = draw_noise(4, 16, 8, torch.Generator().manual_seed(5))
+    sampling = ContinuousSamplingConfig(cfg_scale=2.0, head_steps=HEAD_STEPS)
+    full = sample_tokens_interleaved(student, labels, noise, (0, 8), sampling=sampling)
+    own = map_continuous_noise(teacher, labels, noise, sampling)
+    torch.testing.assert_close(full[:, :8], own[:, :8], atol=1e-5, rtol=0)
+    torch.testing.assert_close(full, dd_step(student, labels, noise, full, 8), atol=0, rtol=0)
+    late = sample_tokens_interleaved(student, labels, noise, "pre-trained-5-9", sampling=sampling)
+    one_step = sample_tokens(student, labels, noise, steps=1)
+    assert torch.equal(late[:, :4], one_step[:, :4])
+    forced = teacher.map_noise_teacher_forcing(labels, late, noise, sampling)
+    torch.testing.assert_close(late[:, 4:8], forced[:, 4:8], atol=1e-5, rtol=0)
+    assert not torch.allclose(late[:, 4:8], one_step[:, 4:8], atol=1e-3)
+
+    # batch-size invariance through the public API
+    def seeded():
+        return torch.Generator().manual_seed(1)
+
+    whole = dd.sample(student, labels, interleave=(4, 8), generator=seeded())
+    part = dd.sample(student, labels[:2], interleave=(4, 8), generator=seeded())
+    torch.testing.assert_close(whole[:2], part, atol=1e-5, rtol=0)
+    for bad, match in (((0, 16), "outside the sequence"), ((0, 5), "trained timestep"),
+                       ((8, 8), "outside the sequence")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            dd.sample(student, labels, interleave=bad)
+    with pytest.raises(ValueError, match="leave steps unset"):
+        dd.sample(student, labels, steps=1, interleave=(0, 8))
+    with pytest.raises(ValueError, match="noise must be"):
+        sample_tokens_interleaved(student, labels, noise[:, :8], (0, 8))
+
+
+def test_dd_eval_and_dd_sample_run_over_a_continuous_teacher(student, pair_folder, tmp_path):
+    """``dd eval`` / ``dd sample`` on a FAR student: the pairs' sampling settings, the teacher
+    kind's default methods (Alg. 4's far-digits presets, onestep* from the pairs' tokens, no
+    skip-n), and skip-n refused with a clear message."""
+    folder = save_student(student, tmp_path / "student", TeacherSpec(tiny=TEACHER))
+    report_path = tmp_path / "eval.json"
+    argv = ["eval", "--student", str(folder), "--pairs", str(pair_folder), "--num_per_class", "2",
+            "--batch_size", "8", "--is_splits", "1", "--output", str(report_path),
+            "--progress_bar", "false", "--num_threads", "1"]  # fmt: skip
+    assert dd_main(argv) == 0
+    report = json.loads(report_path.read_text())
+    assert report["family"] == "far" and report["sampling"]["head_steps"] == HEAD_STEPS
+    assert [row["name"] for row in report["rows"]] == [
+        "teacher", "dd 1-step", "dd 2-step", "dd+teacher pre-trained-1-9",
+        "dd+teacher pre-trained-5-9", "dd+teacher pre-trained-7-9", "onestep*",
+    ]  # fmt: skip
+    assert [row["steps"] for row in report["rows"]] == [16, 1, 2, 9, 6, 4, 1]
+    out = tmp_path / "samples"
+    argv = ["sample", "--student", str(folder), "--pairs", str(pair_folder), "--labels", "[3, 7]",
+            "--output", str(out)]  # fmt: skip
+    assert dd_main(argv) == 0 and (out / "grid.png").is_file()
+    assert sorted(p.name for p in (out / "dd_teacher_pre-trained-5-9").iterdir()) == [
+        "0000_class3.png", "0001_class7.png"
+    ]  # fmt: skip
+    assert dd_main([*argv[:-2], "--methods", "['skip:1']", "--output", str(out)]) == 1
 
 
 def test_checkpoint_round_trips_and_refuses_another_teacher(student, tmp_path):

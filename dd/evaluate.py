@@ -10,8 +10,9 @@ presets, ``dd.interleave``) or ``dd+teacher:pre-trained-n-m`` / ``dd+teacher:fir
 ``skip:N``, ``onestep*``.
 
 Continuous-token teachers (``teachers.protocol.ContinuousTeacher``, FAR): ``teacher``, ``dd:K``,
-``dd+teacher`` and ``onestep*`` (skip-n is not defined for them: there is no parallel
-prediction of the remaining tokens). The teacher, DD and Alg. 4 map the same per-sample noise
+``dd+teacher`` and ``onestep*`` (skip-n is not defined for them: it draws the skipped tokens
+from per-position distributions, which a continuous head does not give; docs/evaluation.md).
+The teacher, DD and Alg. 4 map the same per-sample noise
 (``teachers.sampling.map_continuous_noise``, ``dd.continuous_sampling``); onestep* is
 ``dd.continuous_sampling.independent_token_sampler`` over the pairs' tokens, one seeded stream
 per sample.

@@ -85,10 +85,20 @@ def pairs_sampling(folder: str | Path, *, continuous: bool = False):
 
 
 def method_specs(given: list[str] | None, samplers) -> list[str]:
-    """The methods asked for, or the defaults of the teacher's kind."""
+    """The methods asked for, or the defaults of the teacher's kind that its inputs allow: the
+    DD methods need a student, onestep* a pair folder (what is left out is said on stderr;
+    methods asked for by name fail with that reason instead)."""
     if given is not None:
         return list(given)
-    return list(CONTINUOUS_DEFAULT_METHODS if samplers.continuous else DEFAULT_METHODS)
+    defaults = CONTINUOUS_DEFAULT_METHODS if samplers.continuous else DEFAULT_METHODS
+    missing = {}
+    if samplers.student is None:
+        missing.update({spec: "no student" for spec in defaults if spec.startswith("dd")})
+    if samplers.frequencies is None and samplers.token_pool is None:
+        missing["onestep*"] = "no pair folder (pairs)"
+    for spec, reason in missing.items():
+        print(f"dd: default method {spec} left out: {reason}", file=sys.stderr)
+    return [spec for spec in defaults if spec not in missing]
 
 
 def preset_key_of(spec: TeacherSpec) -> str | None:

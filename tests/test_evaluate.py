@@ -27,6 +27,7 @@ from dd.demo import (
     stage3_checks,
     student_folder,
 )
+from dd.eval_command import CONTINUOUS_DEFAULT_METHODS, DEFAULT_METHODS, method_specs
 from dd.evaluate import (
     Method,
     RatioSpread,
@@ -222,6 +223,27 @@ def test_continuous_teacher_methods_batch_invariant_and_the_rest_refused():
         parse_methods(["skip:1"], samplers)
     with pytest.raises(ValueError, match="needs the teacher's tokens"):
         parse_methods(["onestep*"], Samplers(teacher, teacher.default_sampling(), student))
+
+
+def test_default_methods_follow_the_teacher_kind_and_the_inputs_given(capsys):
+    """``dd eval`` / ``dd sample`` defaults: skip-n only for codebook teachers; without a
+    student no DD method and without pairs no onestep*, each said on stderr; methods asked for
+    by name are kept as given (and fail in ``parse_methods`` with the reason)."""
+    teacher = load_tiny_teacher("llamagen-digits")
+    alone = Samplers(teacher, teacher.default_sampling())
+    assert method_specs(None, alone) == ["teacher", "skip:1"]
+    said = capsys.readouterr().err
+    assert "dd:1 left out: no student" in said and "onestep* left out: no pair folder" in said
+    assert method_specs(["dd:1"], alone) == ["dd:1"]
+    frequencies = torch.ones(10, teacher.geometry.num_tokens, teacher.vocab_size)
+    with_all = Samplers(teacher, teacher.default_sampling(), object(), frequencies)
+    assert method_specs(None, with_all) == list(DEFAULT_METHODS)
+    assert capsys.readouterr().err == ""
+    far = load_tiny_teacher("far-digits")
+    pool = (torch.zeros(2, 16, 8), torch.arange(2))
+    continuous = Samplers(far, far.default_sampling(), object(), token_pool=pool)
+    assert method_specs(None, continuous) == list(CONTINUOUS_DEFAULT_METHODS)
+    assert not any(spec.startswith("skip") for spec in CONTINUOUS_DEFAULT_METHODS)
 
 
 def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):

@@ -15,6 +15,12 @@ the student was trained on (the pairs are that map of that noise), and ``first =
 teacher's own sample before the boundary (``teachers.sampling.map_continuous_noise`` of the
 same noise). The codebook version draws fresh uniforms instead (``dd.sampling``).
 
+``skip_tokens``: the paper's ``skip-n`` baseline for continuous tokens, as ``dd.baselines`` defines
+it for codebook teachers: the teacher's session maps the noise of its first ``K - n - 1`` AR
+steps, then ONE teacher-forcing pass (``map_noise_teacher_forcing``; zeros stand for the tokens
+not yet made, as code 0 does there) maps the noise of every remaining position at once. The
+first filled step is exactly the teacher's; the later ones are conditioned on placeholders.
+
 ``independent_token_sampler``: DD's ``onestep*`` (paper Prop. 3.1, FACTS.md section 1) for
 continuous tokens: every position of a sample of class ``c`` is drawn independently and
 uniformly from the set of the teacher's tokens at that position over the pairs of class ``c``
@@ -30,7 +36,13 @@ import torch
 from dd.continuous import ContinuousDDStudent, trajectory_input
 from dd.interleave import check_interleave
 from dd.sampling import draw_noise, resolve_steps
-from teachers.protocol import ContinuousSamplingConfig, check_continuous_tokens, check_labels
+from teachers.protocol import (
+    ContinuousSamplingConfig,
+    ContinuousTeacher,
+    check_continuous_tokens,
+    check_labels,
+)
+from teachers.sampling import map_continuous_noise
 
 
 @torch.no_grad()
@@ -122,6 +134,47 @@ def sample(
     else:
         tokens = sample_tokens_interleaved(student, labels, noise, interleave, sampling=sampling)
     return student.teacher.decode_tokens(tokens)
+
+
+@torch.no_grad()
+def skip_tokens(
+    teacher: ContinuousTeacher,
+    labels: torch.Tensor,
+    noise_BNC: torch.Tensor,
+    skip_n: int,
+    sampling: ContinuousSamplingConfig | None = None,
+) -> torch.Tensor:
+    """``skip-n`` (module docstring) from given noise -> tokens ``[B, n, C]``; ``skip_n = 0`` is
+    the teacher's own map of the noise."""
+    geometry = teacher.geometry
+    num_steps = geometry.num_steps
+    if not 0 <= skip_n < num_steps:
+        raise ValueError(
+            f"skip_n={skip_n}: the teacher has {num_steps} AR steps, so 0 to {num_steps - 1} "
+            "of them can be skipped (at least the first runs)"
+        )
+    check_labels(labels, teacher.num_classes)
+    check_continuous_tokens(
+        noise_BNC, teacher.token_dim, length=geometry.num_tokens, batch_size=labels.shape[0],
+        name="noise",
+    )  # fmt: skip
+    sampling = sampling or teacher.default_sampling()
+    labels, noise_BNC = labels.to(teacher.device), noise_BNC.to(teacher.device, torch.float32)
+    if skip_n == 0:
+        return map_continuous_noise(teacher, labels, noise_BNC, sampling)
+    incremental_steps = num_steps - skip_n - 1
+    cut = geometry.step_ranges[incremental_steps][0]
+    tokens_BNC = torch.zeros_like(noise_BNC)  # the placeholders of the parallel pass
+    if incremental_steps:
+        with teacher.start(labels, sampling) as session:
+            for step in range(incremental_steps):
+                start, end = geometry.step_ranges[step]
+                tokens_BNC[:, start:end] = session.next_tokens(noise_BNC[:, start:end])
+                session.accept(tokens_BNC[:, start:end])
+    tokens_BNC[:, cut:] = teacher.map_noise_teacher_forcing(
+        labels, tokens_BNC, noise_BNC, sampling, start=cut
+    )
+    return tokens_BNC
 
 
 def independent_token_sampler(

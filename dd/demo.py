@@ -96,8 +96,8 @@ class DemoSettings:
 
 
 COMMON_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "onestep*")
-# Continuous tokens (FAR): no skip-n (dd.evaluate.CONTINUOUS_KINDS). Alg. 4 runs for them in
-# dd eval / dd sample / dd.sample; the demo's FAR table keeps the rows its rules were set on.
+# Continuous tokens (FAR): Alg. 4 and skip-n run for them in dd eval / dd sample; the demo's
+# FAR table keeps the rows its rules were set on.
 CONTINUOUS_METHODS = ("teacher", "dd:1", "dd:2", "onestep*")
 SKIPS = {
     "llamagen-digits": ("skip:26", "skip:39", "skip:62"),

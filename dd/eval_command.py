@@ -30,8 +30,6 @@ from dd.config import parse_recipe
 from dd.teacher_spec import TeacherSpec
 
 DEFAULT_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "skip:1", "onestep*")
-# Continuous-token teachers have no skip-n (``dd.evaluate.CONTINUOUS_KINDS``).
-CONTINUOUS_DEFAULT_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "onestep*")
 Metric = Literal["auto", "digits", "inception"]
 DIGITS_SPLITS = ("train", "heldout")
 
@@ -43,7 +41,7 @@ class EvalRecipe:
     student: str | None = None  # a student checkpoint folder or a shipped student's name
     teacher: TeacherSpec | None = None  # without a student: the teacher and baselines only
     pairs: str | None = None  # the pair folder (onestep* frequencies, teacher sampling)
-    methods: list[str] | None = None  # None: DEFAULT_METHODS (CONTINUOUS_DEFAULT_METHODS)
+    methods: list[str] | None = None  # None: DEFAULT_METHODS that the inputs allow
     num_per_class: int = 100  # samples per class (balanced labels)
     fid_per_class: int | None = None  # FID and precision/recall on the first k per class
     seed: int = 0
@@ -85,12 +83,12 @@ def pairs_sampling(folder: str | Path, *, continuous: bool = False):
 
 
 def method_specs(given: list[str] | None, samplers) -> list[str]:
-    """The methods asked for, or the defaults of the teacher's kind that its inputs allow: the
-    DD methods need a student, onestep* a pair folder (what is left out is said on stderr;
-    methods asked for by name fail with that reason instead)."""
+    """The methods asked for, or the ``DEFAULT_METHODS`` that the inputs allow: the DD methods
+    need a student, onestep* a pair folder (what is left out is said on stderr; methods asked
+    for by name fail with that reason instead)."""
     if given is not None:
         return list(given)
-    defaults = CONTINUOUS_DEFAULT_METHODS if samplers.continuous else DEFAULT_METHODS
+    defaults = DEFAULT_METHODS
     missing = {}
     if samplers.student is None:
         missing.update({spec: "no student" for spec in defaults if spec.startswith("dd")})

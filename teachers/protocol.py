@@ -385,9 +385,12 @@ class ContinuousTeacher(Protocol):
         tokens: torch.Tensor,
         noise: torch.Tensor,
         sampling: ContinuousSamplingConfig | None = None,
+        *,
+        start: int = 0,
     ) -> torch.Tensor:
-        """``[B, n, C]``: every position's head map of ``noise`` given the earlier ``tokens``
-        (one full-sequence pass; what a session fed ``tokens`` returns step by step)."""
+        """``[B, n - start, C]``: the head map of ``noise`` at positions ``start..n-1`` given the
+        earlier ``tokens`` (one full-sequence pass; what a session fed ``tokens`` returns step
+        by step). ``start`` spares the head's work on positions the caller does not need."""
         ...
 
     def decode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ from dd.demo import (
     stage3_checks,
     student_folder,
 )
-from dd.eval_command import CONTINUOUS_DEFAULT_METHODS, DEFAULT_METHODS, method_specs
+from dd.eval_command import DEFAULT_METHODS, method_specs
 from dd.evaluate import (
     Method,
     RatioSpread,
@@ -197,10 +197,9 @@ def test_bad_methods_are_refused(samplers):
     assert parse_methods(["teacher"], no_student) == [Method("teacher", steps, "teacher")]
 
 
-def test_continuous_teacher_methods_batch_invariant_and_the_rest_refused():
-    """far-digits (continuous tokens): teacher, DD 1-/2-step, Alg. 4 and onestep* give the same
-    images whatever the batch size; the teacher and DD map the same per-sample noise; skip-n
-    is refused."""
+def test_continuous_teacher_methods_batch_invariant():
+    """far-digits (continuous tokens): teacher, DD 1-/2-step, Alg. 4, skip-n and onestep* give
+    the same images whatever the batch size, and other images for another seed."""
     from dd.continuous import ContinuousDDStudent
 
     teacher = load_tiny_teacher("far-digits")
@@ -208,9 +207,10 @@ def test_continuous_teacher_methods_batch_invariant_and_the_rest_refused():
     student = ContinuousDDStudent(teacher, (0, 8), 0)
     pool = (torch.randn(20, teacher.geometry.num_tokens, teacher.token_dim), torch.arange(20) % 10)
     samplers = Samplers(teacher, teacher.default_sampling(), student, token_pool=pool)
-    methods = parse_methods([*CONTINUOUS_METHODS, "dd+teacher:pre-trained-5-9"], samplers)
+    specs = [*CONTINUOUS_METHODS, "dd+teacher:pre-trained-5-9", "skip:3"]
+    methods = parse_methods(specs, samplers)
     assert [(m.kind, m.steps) for m in methods] == [
-        ("teacher", 16), ("dd", 1), ("dd", 2), ("onestep*", 1), ("dd+teacher", 6)
+        ("teacher", 16), ("dd", 1), ("dd", 2), ("onestep*", 1), ("dd+teacher", 6), ("skip", 13)
     ]  # fmt: skip
     labels = torch.arange(5) % 10
     for method in methods:
@@ -219,16 +219,16 @@ def test_continuous_teacher_methods_batch_invariant_and_the_rest_refused():
         torch.testing.assert_close(whole, split, atol=1e-5, rtol=0, msg=method.name)
         other, _ = generate(method, samplers, labels, seed=4, batch_size=5)
         assert not torch.equal(other, whole), method.name
-    with pytest.raises(ValueError, match="not defined for a continuous-token teacher"):
-        parse_methods(["skip:1"], samplers)
+    with pytest.raises(ValueError, match="0 to 15 of the teacher's 16 AR steps"):
+        parse_methods(["skip:16"], samplers)
     with pytest.raises(ValueError, match="needs the teacher's tokens"):
         parse_methods(["onestep*"], Samplers(teacher, teacher.default_sampling(), student))
 
 
 def test_default_methods_follow_the_teacher_kind_and_the_inputs_given(capsys):
-    """``dd eval`` / ``dd sample`` defaults: skip-n only for codebook teachers; without a
-    student no DD method and without pairs no onestep*, each said on stderr; methods asked for
-    by name are kept as given (and fail in ``parse_methods`` with the reason)."""
+    """``dd eval`` / ``dd sample`` defaults, for both kinds of teacher: without a student no DD
+    method and without pairs no onestep*, each said on stderr; methods asked for by name are
+    kept as given (and fail in ``parse_methods`` with the reason)."""
     teacher = load_tiny_teacher("llamagen-digits")
     alone = Samplers(teacher, teacher.default_sampling())
     assert method_specs(None, alone) == ["teacher", "skip:1"]
@@ -242,8 +242,7 @@ def test_default_methods_follow_the_teacher_kind_and_the_inputs_given(capsys):
     far = load_tiny_teacher("far-digits")
     pool = (torch.zeros(2, 16, 8), torch.arange(2))
     continuous = Samplers(far, far.default_sampling(), object(), token_pool=pool)
-    assert method_specs(None, continuous) == list(CONTINUOUS_DEFAULT_METHODS)
-    assert not any(spec.startswith("skip") for spec in CONTINUOUS_DEFAULT_METHODS)
+    assert method_specs(None, continuous) == list(DEFAULT_METHODS)
 
 
 def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):

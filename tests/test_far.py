@@ -79,6 +79,11 @@ def test_kv_cached_map_equals_the_full_sequence_pass(teacher):
     tokens = map_noise(teacher, labels, noise, GUIDED)
     forced = teacher.map_noise_teacher_forcing(labels, tokens, noise, GUIDED)
     torch.testing.assert_close(forced, tokens, atol=SAME_ATOL, rtol=0)
+    later = teacher.map_noise_teacher_forcing(labels, tokens, noise, GUIDED, start=5)
+    torch.testing.assert_close(later, forced[:, 5:], atol=SAME_ATOL, rtol=0)
+    for bad in (-1, teacher.geometry.num_tokens):
+        with pytest.raises(ValueError, match="start must be in"):
+            teacher.map_noise_teacher_forcing(labels, tokens, noise, GUIDED, start=bad)
 
 
 def test_one_shortcut_step_is_told_the_whole_interval():

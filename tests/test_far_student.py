@@ -30,6 +30,7 @@ from dd.continuous_sampling import (
     independent_token_sampler,
     sample_tokens,
     sample_tokens_interleaved,
+    skip_tokens,
 )
 from dd.data import load_pairs, split_heldout
 from dd.distill import OptimSettings, PairDataModule
@@ -219,10 +220,32 @@ def test_alg4_regenerates_its_range_from_the_samples_own_noise(teacher, student)
         sample_tokens_interleaved(student, labels, noise[:, :8], (0, 8))
 
 
+def test_skip_n_maps_the_first_steps_then_fills_the_rest_in_one_parallel_pass(teacher):
+    """skip-n for continuous tokens: the first ``K - n`` AR steps are exactly the teacher's
+    tokens of the same noise (the last of them from the parallel pass, whose inputs before it
+    are all real); the later ones are the head map given placeholders, so they differ;
+    ``skip_n = 0`` is the teacher's map; out-of-range ``n`` and bad noise are refused."""
+    labels = torch.arange(4)
+    noise = draw_noise(4, 16, 8, torch.Generator().manual_seed(6))
+    sampling = ContinuousSamplingConfig(cfg_scale=2.0, head_steps=HEAD_STEPS)
+    own = map_continuous_noise(teacher, labels, noise, sampling)
+    assert torch.equal(skip_tokens(teacher, labels, noise, 0, sampling), own)
+    skipped = skip_tokens(teacher, labels, noise, 6, sampling)
+    torch.testing.assert_close(skipped[:, :10], own[:, :10], atol=1e-5, rtol=0)
+    assert not torch.allclose(skipped[:, 10:], own[:, 10:], atol=1e-3)
+    one_call = skip_tokens(teacher, labels, noise, 15, sampling)
+    torch.testing.assert_close(one_call[:, :1], own[:, :1], atol=1e-5, rtol=0)
+    for bad in (-1, 16):
+        with pytest.raises(ValueError, match="0 to 15 of them can be skipped"):
+            skip_tokens(teacher, labels, noise, bad, sampling)
+    with pytest.raises(ValueError, match="noise must be"):
+        skip_tokens(teacher, labels, noise[:, :8], 2, sampling)
+
+
 def test_dd_eval_and_dd_sample_run_over_a_continuous_teacher(student, pair_folder, tmp_path):
-    """``dd eval`` / ``dd sample`` on a FAR student: the pairs' sampling settings, the teacher
-    kind's default methods (Alg. 4's far-digits presets, onestep* from the pairs' tokens, no
-    skip-n), and skip-n refused with a clear message."""
+    """``dd eval`` / ``dd sample`` on a FAR student: the pairs' sampling settings, the default
+    methods (Alg. 4's far-digits presets, skip-1, onestep* from the pairs' tokens), and a bad
+    method refused with exit code 1."""
     folder = save_student(student, tmp_path / "student", TeacherSpec(tiny=TEACHER))
     report_path = tmp_path / "eval.json"
     argv = ["eval", "--student", str(folder), "--pairs", str(pair_folder), "--num_per_class", "2",
@@ -233,9 +256,9 @@ def test_dd_eval_and_dd_sample_run_over_a_continuous_teacher(student, pair_folde
     assert report["family"] == "far" and report["sampling"]["head_steps"] == HEAD_STEPS
     assert [row["name"] for row in report["rows"]] == [
         "teacher", "dd 1-step", "dd 2-step", "dd+teacher pre-trained-1-9",
-        "dd+teacher pre-trained-5-9", "dd+teacher pre-trained-7-9", "onestep*",
+        "dd+teacher pre-trained-5-9", "dd+teacher pre-trained-7-9", "skip-1", "onestep*",
     ]  # fmt: skip
-    assert [row["steps"] for row in report["rows"]] == [16, 1, 2, 9, 6, 4, 1]
+    assert [row["steps"] for row in report["rows"]] == [16, 1, 2, 9, 6, 4, 15, 1]
     out = tmp_path / "samples"
     argv = ["sample", "--student", str(folder), "--pairs", str(pair_folder), "--labels", "[3, 7]",
             "--output", str(out)]  # fmt: skip
@@ -243,7 +266,7 @@ def test_dd_eval_and_dd_sample_run_over_a_continuous_teacher(student, pair_folde
     assert sorted(p.name for p in (out / "dd_teacher_pre-trained-5-9").iterdir()) == [
         "0000_class3.png", "0001_class7.png"
     ]  # fmt: skip
-    assert dd_main([*argv[:-2], "--methods", "['skip:1']", "--output", str(out)]) == 1
+    assert dd_main([*argv[:-2], "--methods", "['skip:16']", "--output", str(out)]) == 1
 
 
 def test_checkpoint_round_trips_and_refuses_another_teacher(student, tmp_path):

@@ -89,8 +89,11 @@ class FARTeacher(FrozenTeacher):
         tokens: torch.Tensor,
         noise: torch.Tensor,
         sampling: ContinuousSamplingConfig | None = None,
+        *,
+        start: int = 0,
     ) -> torch.Tensor:
-        """Every position's head map of ``noise`` given the earlier ``tokens`` (one pass)."""
+        """The head map of ``noise`` at positions ``start..n-1`` given the earlier ``tokens`` (one
+        pass of the trunk over the sequence; the head runs on those positions only)."""
         sampling = self.default_sampling() if sampling is None else sampling
         labels = self.prepare_labels(labels)
         tokens = self.prepare_continuous(tokens)
@@ -98,20 +101,23 @@ class FARTeacher(FrozenTeacher):
         if noise.shape[0] != tokens.shape[0] or labels.shape[0] != tokens.shape[0]:
             raise ValueError("labels, tokens and noise must have the same batch size")
         b, n, c = tokens.shape
-        z_BnD = self.model.features(labels, tokens)
+        if not 0 <= start < n:
+            raise ValueError(f"start must be in [0, {n}), got {start}")
+        rows = b * (n - start)
+        z_BnD = self.model.features(labels, tokens)[:, start:]
         z_uncond = None
         if sampling.uses_cfg:
             null = torch.full_like(labels, self.null_class)
-            z_uncond = self.model.features(null, tokens).reshape(b * n, -1)
+            z_uncond = self.model.features(null, tokens)[:, start:].reshape(rows, -1)
         mapped = sample_head(
             self.model.head,
-            noise.reshape(b * n, c),
-            z_BnD.reshape(b * n, -1),
+            noise[:, start:].reshape(rows, c),
+            z_BnD.reshape(rows, -1),
             num_steps=sampling.head_steps,
             cfg_scale=sampling.cfg_scale,
             z_uncond_ND=z_uncond,
         )
-        return mapped.reshape(b, n, c)
+        return mapped.reshape(b, n - start, c)
 
     @torch.no_grad()
     def encode_images(self, images_01: torch.Tensor) -> torch.Tensor:

@@ -225,7 +225,7 @@ def test_continuous_teacher_methods_batch_invariant():
         parse_methods(["onestep*"], Samplers(teacher, teacher.default_sampling(), student))
 
 
-def test_default_methods_follow_the_teacher_kind_and_the_inputs_given(capsys):
+def test_default_methods_are_those_the_inputs_allow(capsys):
     """``dd eval`` / ``dd sample`` defaults, for both kinds of teacher: without a student no DD
     method and without pairs no onestep*, each said on stderr; methods asked for by name are
     kept as given (and fail in ``parse_methods`` with the reason)."""

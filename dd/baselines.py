@@ -107,6 +107,15 @@ def teacher_forcing_log_probs(
 
 
 @torch.no_grad()
+def check_skip_n(skip_n: int, num_steps: int) -> None:
+    """skip-n skips 0 to ``num_steps - 1`` of the teacher's AR steps (the first always runs)."""
+    if not 0 <= skip_n < num_steps:
+        raise ValueError(
+            f"skip_n={skip_n}: the teacher has {num_steps} AR steps, so 0 to {num_steps - 1} "
+            "of them can be skipped (at least the first runs)"
+        )
+
+
 def skip_tokens(
     teacher: Teacher,
     labels: torch.Tensor,
@@ -119,11 +128,7 @@ def skip_tokens(
     """``skip-n`` (see the module docstring) -> tokens ``[B, n]``."""
     geometry = teacher.geometry
     num_steps = geometry.num_steps
-    if not 0 <= skip_n < num_steps:
-        raise ValueError(
-            f"skip_n={skip_n}: the teacher has {num_steps} AR steps, so 0 to {num_steps - 1} "
-            "of them can be skipped (at least the first runs)"
-        )
+    check_skip_n(skip_n, num_steps)
     if fill not in ("sample", "argmax"):
         raise ValueError(f"fill must be 'sample' or 'argmax', got {fill!r}")
     check_labels(labels, teacher.num_classes)

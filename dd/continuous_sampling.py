@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 
+from dd.baselines import check_skip_n
 from dd.continuous import ContinuousDDStudent, trajectory_input
 from dd.interleave import check_interleave
 from dd.sampling import draw_noise, resolve_steps
@@ -148,11 +149,7 @@ def skip_tokens(
     the teacher's own map of the noise."""
     geometry = teacher.geometry
     num_steps = geometry.num_steps
-    if not 0 <= skip_n < num_steps:
-        raise ValueError(
-            f"skip_n={skip_n}: the teacher has {num_steps} AR steps, so 0 to {num_steps - 1} "
-            "of them can be skipped (at least the first runs)"
-        )
+    check_skip_n(skip_n, num_steps)
     check_labels(labels, teacher.num_classes)
     check_continuous_tokens(
         noise_BNC, teacher.token_dim, length=geometry.num_tokens, batch_size=labels.shape[0],

@@ -106,7 +106,6 @@ def teacher_forcing_log_probs(
     )
 
 
-@torch.no_grad()
 def check_skip_n(skip_n: int, num_steps: int) -> None:
     """skip-n skips 0 to ``num_steps - 1`` of the teacher's AR steps (the first always runs)."""
     if not 0 <= skip_n < num_steps:
@@ -116,6 +115,7 @@ def check_skip_n(skip_n: int, num_steps: int) -> None:
         )
 
 
+@torch.no_grad()
 def skip_tokens(
     teacher: Teacher,
     labels: torch.Tensor,

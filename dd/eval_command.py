@@ -88,15 +88,14 @@ def method_specs(given: list[str] | None, samplers) -> list[str]:
     for by name fail with that reason instead)."""
     if given is not None:
         return list(given)
-    defaults = DEFAULT_METHODS
     missing = {}
     if samplers.student is None:
-        missing.update({spec: "no student" for spec in defaults if spec.startswith("dd")})
+        missing.update({spec: "no student" for spec in DEFAULT_METHODS if spec.startswith("dd")})
     if samplers.frequencies is None and samplers.token_pool is None:
         missing["onestep*"] = "no pair folder (pairs)"
     for spec, reason in missing.items():
         print(f"dd: default method {spec} left out: {reason}", file=sys.stderr)
-    return [spec for spec in defaults if spec not in missing]
+    return [spec for spec in DEFAULT_METHODS if spec not in missing]
 
 
 def preset_key_of(spec: TeacherSpec) -> str | None:
@@ -115,7 +114,7 @@ def build_setup(
     from dd.data import load_pairs
     from dd.evaluate import Samplers
     from dd.teacher_spec import load_teacher
-    from teachers.tiny import tiny_sampling
+    from teachers.tiny import TINY_SAMPLING, tiny_sampling
 
     student = None
     if student_path is not None:
@@ -130,7 +129,6 @@ def build_setup(
     else:
         teacher = load_teacher(teacher_spec)
     from teachers.protocol import ContinuousTeacher
-    from teachers.tiny import TINY_SAMPLING
 
     continuous = isinstance(teacher, ContinuousTeacher)
     frequencies = token_pool = None

@@ -27,7 +27,7 @@ class SampleRecipe:
     student: str | None = None  # a student checkpoint folder or a shipped student's name
     teacher: TeacherSpec | None = None  # without a student: the teacher and baselines only
     pairs: str | None = None  # the pair folder (onestep* frequencies, teacher sampling)
-    methods: list[str] | None = None  # None: dd eval's defaults for the teacher's kind
+    methods: list[str] | None = None  # None: dd eval's defaults the inputs allow
     labels: list[int] = field(default_factory=lambda: list(range(10)))
     seed: int = 0
     output: str = "samples"

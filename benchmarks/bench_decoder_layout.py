@@ -10,12 +10,20 @@ VAR's ``f_hat`` (a sum of per-scale maps in ``embed_to_fhat``) pass the layout o
 alternately in one run (``dd.evaluate.alternated_seconds``), the same decoder on the same
 values in both layouts: decoding at the evaluation batch (no grad: sampling), and a forward
 and backward at the training batch (the perceptual loss' path). Medians in ms per batch.
+
+A third row per teacher keeps the channels-last view but runs every ``GroupNorm`` of the decoder
+on a contiguous copy, its output turned back to the input's layout (forward hooks, only for that
+call): PyTorch's CPU ``GroupNorm`` kernel is several times slower on channels-last input, while
+channels-last convolutions are faster, so this row shows what the mixed layout would save.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import functools
 import statistics
+from collections.abc import Iterator
 
 import torch
 from common import machine_description
@@ -39,6 +47,32 @@ def decoder_of(teacher):
     return teacher.vae.fhat_to_unclamped_img if hasattr(teacher, "vae") else teacher.vq.decode
 
 
+@contextlib.contextmanager
+def contiguous_group_norms(module: torch.nn.Module) -> Iterator[None]:
+    """Every ``GroupNorm`` under ``module`` normalises a contiguous copy of its input and hands
+    its output back in the input's memory format (channels-last in, channels-last out)."""
+    handles = []
+    layouts: list[bool] = []
+
+    def before(_norm, args):
+        (x,) = args
+        layouts.append(x.dim() == 4 and not x.is_contiguous())
+        return (x.contiguous(),)
+
+    def after(_norm, _args, output):
+        return output.contiguous(memory_format=torch.channels_last) if layouts.pop() else output
+
+    for norm in module.modules():
+        if isinstance(norm, torch.nn.GroupNorm):
+            handles.append(norm.register_forward_pre_hook(before))
+            handles.append(norm.register_forward_hook(after))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
 def layout_rows(name: str, eval_batch: int, train_batch: int, repeats: int) -> list[str]:
     """Table rows of teacher ``name``: both layouts, decoding and the training pass."""
     teacher = load_tiny_teacher(name)
@@ -50,24 +84,30 @@ def layout_rows(name: str, eval_batch: int, train_batch: int, repeats: int) -> l
         maps = {"channels-last view": code_map_BChw(teacher, tokens_BN)}
     maps["contiguous NCHW"] = maps["channels-last view"].contiguous()
 
-    def sampling(source: torch.Tensor):
+    mixed = "channels-last view, contiguous GroupNorm"
+    norms = {layout: contextlib.nullcontext for layout in maps}
+    maps[mixed] = maps["channels-last view"]
+    norms[mixed] = functools.partial(contiguous_group_norms, teacher)
+
+    def sampling(source: torch.Tensor, layout: str):
         def call():
-            with torch.no_grad():
+            with torch.no_grad(), norms[layout]():
                 decode(source)
 
         return call
 
-    def training(source: torch.Tensor):
+    def training(source: torch.Tensor, layout: str):
         def call():
             leaf = source.detach().requires_grad_(True)  # detach keeps the strides
-            decode(leaf).square().mean().backward()
+            with norms[layout]():
+                decode(leaf).square().mean().backward()
 
         return call
 
     calls = {}
     for layout, source in maps.items():
-        calls[("decode", layout)] = sampling(source)
-        calls[("train", layout)] = training(source[:train_batch])
+        calls[("decode", layout)] = sampling(source, layout)
+        calls[("train", layout)] = training(source[:train_batch], layout)
     seconds = alternated_seconds(calls, repeats)
     rows = []
     for layout, source in maps.items():

@@ -51,10 +51,12 @@ def guided_log_probs_all(
     sampling: SamplingConfig,
     step_of_token: torch.Tensor,
     num_steps: int,
+    first_token: int = 0,
 ) -> torch.Tensor:
-    """Log-probabilities of every position as the teacher's session forms them
-    (``SamplingConfig``'s rules: CFG constant or linear in the AR step, ``cfg_interval``,
-    temperature, top-k, top-p)."""
+    """Log-probabilities of positions ``first_token ..`` (``[B, N, V]`` scores of those
+    positions, ``step_of_token [N]`` their AR steps) as the teacher's session forms them
+    (``SamplingConfig``'s rules: CFG constant or linear in the AR step, ``cfg_interval`` by the
+    token's index in the whole sequence, temperature, top-k, top-p)."""
     logits = cond_BNV.float()
     if uncond_BNV is not None:
         if sampling.cfg_schedule == "linear":
@@ -63,7 +65,7 @@ def guided_log_probs_all(
         else:
             guided = uncond_BNV.float() + (logits - uncond_BNV.float()) * sampling.cfg_scale
             if sampling.cfg_interval > -1:  # token t >= 1 is guided while t - 1 <= interval
-                token_index = torch.arange(logits.shape[1], device=logits.device)
+                token_index = first_token + torch.arange(logits.shape[1], device=logits.device)
                 unguided = (token_index >= 1) & (token_index - 1 > sampling.cfg_interval)
                 guided = torch.where(unguided[:, None], logits, guided)
         logits = guided
@@ -103,6 +105,7 @@ def teacher_forcing_log_probs(
         sampling,
         step_of_token,
         geometry.num_steps,
+        first_token,
     )
 
 

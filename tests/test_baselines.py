@@ -46,25 +46,30 @@ def uniforms(teacher, count: int, seed: int) -> torch.Tensor:
 def test_teacher_forcing_log_probs_equal_the_session_stepped_through_the_tokens(named_teacher):
     """The one parallel forward (two with CFG) gives every token's guided log p as the KV-cached
     session does when it accepts the same tokens step by step (CFG schedule of the family,
-    temperature, top-k / top-p), to 1e-4 on the finite entries, with the same filtered codes."""
+    LlamaGen's cfg_interval, temperature, top-k / top-p), to 1e-4 on the finite entries, with
+    the same filtered codes; from a cut, the same rows as from token 0."""
     name, teacher = named_teacher
     labels = torch.arange(6) % teacher.num_classes
-    sampling = tiny_sampling(name)
-    tokens = teacher_tokens(teacher, labels, uniforms(teacher, 6, seed=2), sampling)
-    stepped = []
-    with teacher.start(labels, sampling) as session:
-        for start, end in teacher.geometry.step_ranges:
-            stepped.append(session.next_log_probs())
-            session.accept(tokens[:, start:end])
-    expected = torch.cat(stepped, dim=1)
-    parallel = teacher_forcing_log_probs(teacher, labels, tokens, sampling)
-    assert parallel.shape == expected.shape == (*tokens.shape, teacher.vocab_size)
-    assert torch.equal(torch.isfinite(parallel), torch.isfinite(expected))
-    finite = torch.isfinite(expected)
-    torch.testing.assert_close(parallel[finite], expected[finite], atol=1e-4, rtol=0)
-    cut = teacher.geometry.step_ranges[-2][0]
-    tail = teacher_forcing_log_probs(teacher, labels, tokens, sampling, cut)
-    torch.testing.assert_close(tail, parallel[:, cut:])
+    settings = [tiny_sampling(name)]
+    if name == "llamagen-digits":  # cfg_interval: guided up to token 11, then conditional only
+        settings.append(dataclasses.replace(settings[0], cfg_interval=10))
+    for sampling in settings:
+        tokens = teacher_tokens(teacher, labels, uniforms(teacher, 6, seed=2), sampling)
+        stepped = []
+        with teacher.start(labels, sampling) as session:
+            for start, end in teacher.geometry.step_ranges:
+                stepped.append(session.next_log_probs())
+                session.accept(tokens[:, start:end])
+        expected = torch.cat(stepped, dim=1)
+        parallel = teacher_forcing_log_probs(teacher, labels, tokens, sampling)
+        assert parallel.shape == expected.shape == (*tokens.shape, teacher.vocab_size)
+        assert torch.equal(torch.isfinite(parallel), torch.isfinite(expected))
+        finite = torch.isfinite(expected)
+        torch.testing.assert_close(parallel[finite], expected[finite], atol=1e-4, rtol=0)
+        # From a cut (skip-n's forward): the same rows, cfg_interval counted from token 0.
+        for cut in (teacher.geometry.step_ranges[2][0], teacher.geometry.step_ranges[-2][0]):
+            tail = teacher_forcing_log_probs(teacher, labels, tokens, sampling, cut)
+            torch.testing.assert_close(tail, parallel[:, cut:])
 
 
 def test_skip_zero_is_the_teachers_sampler_and_the_first_filled_step_is_exact(named_teacher):

@@ -215,8 +215,10 @@ def sample_tokens_interleaved(
     with teacher.start(labels, sampling) as session:
         for step in range(second):
             start, end = geometry.step_ranges[step]
-            log_probs = session.next_log_probs()
+            # The kept prefix is only fed: a lazy session (LlamaGen) runs it in one forward
+            # with the first regenerated step; VAR's runs each scale (its next input needs it).
             if step >= first:
+                log_probs = session.next_log_probs()
                 drawn = sample_from_uniforms(log_probs, uniforms_BN[:, start:end])
                 tokens_BN[:, start:end] = drawn.to(device)
             session.accept(tokens_BN[:, start:end])

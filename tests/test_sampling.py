@@ -14,6 +14,7 @@ from dd.sampling import (
     sample_tokens_interleaved,
 )
 from dd.student import DDStudent
+from teachers.sampling import sample_from_uniforms
 from teachers.sampling import sample_tokens as teacher_sample_tokens
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 
@@ -87,6 +88,43 @@ def test_interleaved_teacher_regenerates_exactly_its_range(student):
     )
     assert torch.equal(late[:, :kept], one_step[:, :kept])
     assert not torch.equal(late[:, kept:boundary], one_step[:, kept:boundary])
+
+
+def test_interleaved_teacher_prefills_the_kept_prefix_in_one_forward():
+    """LlamaGen's session runs accepted tokens lazily: Alg. 4 feeds DD's kept prefix without
+    asking for its log-probabilities, so the teacher's trunk runs once for the prefix and the
+    first regenerated token, then once per further token (``second - first`` passes, not
+    ``second``), and draws what stepping the session through the prefix draws (the two paths
+    differ by float round-off: at least 99% of the regenerated tokens equal)."""
+    teacher = load_tiny_teacher("llamagen-digits")
+    torch.manual_seed(0)
+    second = teacher.geometry.num_steps // 2
+    student = DDStudent(teacher, (0, second), teacher.geometry.step_ranges[second][0])
+    labels = torch.arange(8) % student.num_classes
+    randomness = draw_randomness(8, teacher.geometry.num_tokens, student.code_dim, None)
+    sampling = tiny_sampling("llamagen-digits")
+    first = second // 2
+    passes = []
+    hook = teacher.gpt.layers[0].register_forward_hook(lambda *_: passes.append(1))
+    try:
+        tokens = sample_tokens_interleaved(
+            student, labels, randomness.noise_BNC, (first, second),
+            uniforms_BN=randomness.uniforms_BN, sampling=sampling,
+        )  # fmt: skip
+    finally:
+        hook.remove()
+    assert len(passes) == second - first
+    stepped = sample_tokens(student, labels, randomness.noise_BNC, steps=1)
+    with teacher.start(labels, sampling) as session:
+        for step in range(second):
+            log_probs = session.next_log_probs()
+            start, end = teacher.geometry.step_ranges[step]
+            if step >= first:
+                stepped[:, start:end] = sample_from_uniforms(
+                    log_probs, randomness.uniforms_BN[:, start:end]
+                )
+            session.accept(stepped[:, start:end])
+    assert (tokens[:, first:second] == stepped[:, first:second]).float().mean() >= 0.99
 
 
 def test_interleaving_ranges_outside_the_sequence_or_trained_steps_are_refused(student):

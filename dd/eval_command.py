@@ -91,6 +91,8 @@ def method_specs(given: list[str] | None, samplers) -> list[str]:
     missing = {}
     if samplers.student is None:
         missing.update({spec: "no student" for spec in DEFAULT_METHODS if spec.startswith("dd")})
+    elif len(samplers.student.timesteps) < 2:
+        missing.update(dict.fromkeys(("dd:2", "dd+teacher"), "the student has one timestep"))
     if samplers.frequencies is None and samplers.token_pool is None:
         missing["onestep*"] = "no pair folder (pairs)"
     for spec, reason in missing.items():
@@ -167,8 +169,13 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
     if recipe.reference is None:
         raise ValueError("metric inception needs reference: an image folder or an .npz (mu, sigma)")
     path = Path(recipe.reference)
-    if path.suffix == ".npz":
+    if path.suffix.lower() == ".npz":
         return space, Reference(load_stats_npz(str(path))), str(path)
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"reference {path} is a file but not an .npz: give an image folder or an .npz "
+            "with mu and sigma"
+        )
     return space, Reference.from_images(space, load_image_folder(path)), str(path)
 
 

@@ -20,6 +20,7 @@ per sample.
 from __future__ import annotations
 
 import functools
+import re
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -140,9 +141,14 @@ def parse_methods(
                 )
             methods.append(Method("dd", count, f"dd {count}-step", dd_steps=count))
         elif kind == "dd+teacher":
+            if len(student.timesteps) < 2:
+                raise ValueError(
+                    f"method {spec!r} needs a student trained for two timesteps or more; this "
+                    f"one was trained for {student.timesteps}"
+                )
             if option:
-                parts = option.split("-")
-                given = (int(parts[0]), int(parts[1])) if option[0].isdigit() else option
+                numbers = re.fullmatch(r"(\d+)-(\d+)", option)  # a 0-based "first-second"
+                given = (int(numbers[1]), int(numbers[2])) if numbers else option
                 ranges = [parse_interleave(given)]
             else:
                 ranges = interleave_presets(student, preset_key)

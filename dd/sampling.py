@@ -180,7 +180,7 @@ def sample_tokens(
     timesteps = resolve_steps(student, steps)
     teacher, geometry = student.teacher, student.geometry
     device = teacher.codebook.device
-    labels, noise_BNC = labels.to(device), noise_BNC.to(device)
+    labels, noise_BNC = labels.to(device), noise_BNC.to(device, teacher.codebook.dtype)
     batch = labels.shape[0]
     tokens_BN = torch.zeros(batch, geometry.num_tokens, dtype=torch.long, device=device)
     for step in timesteps:
@@ -206,7 +206,7 @@ def sample_tokens_interleaved(
     first, second = check_interleave(interleave, student.timesteps, student.geometry.num_steps)
     teacher, geometry = student.teacher, student.geometry
     device = teacher.codebook.device
-    labels, noise_BNC = labels.to(device), noise_BNC.to(device)
+    labels, noise_BNC = labels.to(device), noise_BNC.to(device, teacher.codebook.dtype)
     if first > 0:
         tokens_BN = sample_tokens(student, labels, noise_BNC, steps=1)
     else:

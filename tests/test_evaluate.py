@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -27,7 +28,12 @@ from dd.demo import (
     stage3_checks,
     student_folder,
 )
-from dd.eval_command import DEFAULT_METHODS, method_specs
+from dd.eval_command import (
+    DEFAULT_METHODS,
+    EvalRecipe,
+    build_space_and_reference,
+    method_specs,
+)
 from dd.evaluate import (
     Method,
     RatioSpread,
@@ -48,6 +54,7 @@ from dd.metrics.generative import (
 )
 from dd.metrics.spaces import INCEPTION_WEIGHTS_FILE, DigitsSpace, InceptionSpace
 from dd.student import DDStudent
+from dd.teacher_spec import TeacherSpec
 from teachers.data import load_digits_split
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 
@@ -85,6 +92,10 @@ def test_npz_reference_and_generic_metric_behaviour(tmp_path):
     eye = torch.eye(10).repeat(10, 1) * 50
     assert inception_score(eye, splits=1) == pytest.approx(10.0, rel=1e-6)
     assert inception_score(eye[:, [0] * 10] * 0 + eye[:1], splits=1) == pytest.approx(1.0)
+    # Splits that do not divide N: exactly that many parts, sizes within one (np.array_split).
+    logits = torch.randn(25, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    expected = np.mean([inception_score(part, splits=1) for part in np.array_split(logits, 10)])
+    assert inception_score(logits, splits=10) == pytest.approx(expected, rel=1e-12)
 
 
 def test_missing_inception_weights_name_the_file_and_where_to_put_it(tmp_path, capsys):
@@ -185,10 +196,16 @@ def test_bad_methods_are_refused(samplers):
         (f"skip:{steps}", "can be skipped"),
         (f"dd+teacher:0-{steps}", "outside the sequence"),
         ("dd+teacher:0-1", "trained timestep"),
+        ("dd+teacher:2", "pre-trained-n-m"),
+        ("dd+teacher:10-20-30", "pre-trained-n-m"),
+        ("dd+teacher:1-x", "pre-trained-n-m"),
         ("fast", "unknown method"),
     ):
         with pytest.raises(ValueError, match=message):
             parse_methods([spec], samplers)
+    one_step = DDStudent(samplers.teacher, (0,), 0)
+    with pytest.raises(ValueError, match="two timesteps or more"):
+        parse_methods(["dd+teacher"], dataclasses.replace(samplers, student=one_step))
     no_student = Samplers(samplers.teacher, samplers.sampling)
     with pytest.raises(ValueError, match="needs a student"):
         parse_methods(["dd:1"], no_student)
@@ -236,12 +253,17 @@ def test_default_methods_are_those_the_inputs_allow(capsys):
     assert "dd:1 left out: no student" in said and "onestep* left out: no pair folder" in said
     assert method_specs(["dd:1"], alone) == ["dd:1"]
     frequencies = torch.ones(10, teacher.geometry.num_tokens, teacher.vocab_size)
-    with_all = Samplers(teacher, teacher.default_sampling(), object(), frequencies)
+    two_steps, one_step = SimpleNamespace(timesteps=(0, 20)), SimpleNamespace(timesteps=(0,))
+    with_all = Samplers(teacher, teacher.default_sampling(), two_steps, frequencies)
     assert method_specs(None, with_all) == list(DEFAULT_METHODS)
     assert capsys.readouterr().err == ""
+    single = Samplers(teacher, teacher.default_sampling(), one_step, frequencies)
+    assert "dd:2" not in method_specs(None, single)
+    assert "dd+teacher" not in method_specs(None, single)
+    assert "dd+teacher left out: the student has one timestep" in capsys.readouterr().err
     far = load_tiny_teacher("far-digits")
     pool = (torch.zeros(2, 16, 8), torch.arange(2))
-    continuous = Samplers(far, far.default_sampling(), object(), token_pool=pool)
+    continuous = Samplers(far, far.default_sampling(), two_steps, token_pool=pool)
     assert method_specs(None, continuous) == list(DEFAULT_METHODS)
 
 
@@ -364,6 +386,14 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     torch.save({"not": "tensors", "x": [1]}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="state dict of tensors"):
         InceptionSpace(tmp_path / "bad.pth")
+    # A reference that is a file but not .npz statistics: a clear error, not NotADirectoryError.
+    np.save(tmp_path / "stats.npy", np.zeros(3))
+    recipe = EvalRecipe(
+        teacher=TeacherSpec(tiny="var-digits"), metric="inception",
+        inception_weights=str(path), reference=str(tmp_path / "stats.npy"),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="not an .npz"):
+        build_space_and_reference(recipe, tiny=False)
 
 
 def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):

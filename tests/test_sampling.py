@@ -48,6 +48,7 @@ def test_second_step_keeps_the_first_steps_prefix(student):
     boundary = student.geometry.step_ranges[student.timesteps[1]][0]
     assert torch.equal(one[:, :boundary], two[:, :boundary])
     assert sample_tokens(student, labels, noise, steps=list(student.timesteps)).equal(two)
+    assert sample_tokens(student, labels, noise.double(), steps=1).equal(one)  # cast, not refused
 
 
 def test_bad_steps_and_labels_are_refused(student):

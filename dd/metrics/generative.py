@@ -50,12 +50,15 @@ def frechet_distance(a: FeatureStats, b: FeatureStats) -> float:
 
 
 def inception_score(logits: torch.Tensor, splits: int = IS_SPLITS) -> float:
-    """Mean over ``splits`` of ``exp(mean_x KL(p(y|x) || p(y)))`` from class logits ``[N, K]``."""
+    """Mean over ``splits`` of ``exp(mean_x KL(p(y|x) || p(y)))`` from class logits ``[N, K]``;
+    exactly ``splits`` parts of consecutive rows, their sizes differing by at most one
+    (``np.array_split``; ``chunk`` would make fewer, uneven parts when ``splits`` does not
+    divide ``N``)."""
     if logits.shape[0] < splits:
         raise ValueError(f"{logits.shape[0]} samples cannot make {splits} IS splits")
     log_p = logits.double().log_softmax(dim=1)
     scores = []
-    for part in log_p.chunk(splits):
+    for part in log_p.tensor_split(splits):
         log_marginal = part.exp().mean(0).log()
         kl = (part.exp() * (part - log_marginal)).sum(1).mean()
         scores.append(kl.exp().item())

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 import dd
-from dd.baselines import independent_token_sampler, token_frequencies
+from dd.baselines import ClassTokenTable, independent_token_sampler
 from dd.metrics.digits import class_accuracy, default_classifier, frechet_distance
 from dd.metrics.generative import precision_recall
 from teachers.data import load_digits_split
@@ -78,8 +78,8 @@ def evaluate(path: str, args, reference: torch.Tensor) -> dict[str, list[Row]]:
         started = time.perf_counter()
         tokens, images = sample_teacher(teacher, labels, tiny_sampling(name), seed=seed)
         add("teacher", images, (time.perf_counter() - started) / len(labels))
-        frequencies = token_frequencies(tokens, labels, teacher.num_classes, teacher.vocab_size)
-        independent = independent_token_sampler(frequencies, labels, seed=seed + 1)
+        table = ClassTokenTable.of(tokens, labels, teacher.num_classes, teacher.vocab_size)
+        independent = independent_token_sampler(table, labels, seed=seed + 1)
         with torch.no_grad():
             add("onestep*", teacher.decode_tokens(independent), float("nan"))
         grids = {"teacher": images}

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-from dd.baselines import independent_token_sampler, token_frequencies
+from dd.baselines import ClassTokenTable, independent_token_sampler
 from dd.metrics.digits import class_accuracy, frechet_distance
 from teachers.data import load_digits_split
 from teachers.protocol import SamplingConfig
@@ -94,8 +94,8 @@ def evaluate(name: str, args: argparse.Namespace, seed: int, reference_set, othe
         )
     )
     vocab_size = teacher.codebook.shape[0]
-    frequencies = token_frequencies(tokens, labels, teacher.num_classes, vocab_size)
-    independent = independent_token_sampler(frequencies, labels, seed=seed + 1)
+    table = ClassTokenTable.of(tokens, labels, teacher.num_classes, vocab_size)
+    independent = independent_token_sampler(table, labels, seed=seed + 1)
     with torch.no_grad():
         independent_images = teacher.decode_tokens(independent)
     rows.append(

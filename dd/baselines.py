@@ -13,7 +13,8 @@
   grows. ``skip_n=0`` skips nothing: the teacher's sampler, draw for draw.
 - ``onestep*``: every position drawn independently from the per-class, per-position token
   frequencies of the teacher's data (the pair shards): the best any generator without
-  dependencies between tokens can do (paper Prop. 3.1).
+  dependencies between tokens can do (paper Prop. 3.1). The frequencies are kept as the pairs'
+  sorted tokens (``ClassTokenTable``), never as a dense ``[classes, n, V]`` table.
 
 Every sampler takes per-sample ``uniforms [B, n]`` (``dd.sampling.draw_randomness``), one per
 token, and draws the token of position ``j`` by inverse CDF of ``uniforms[:, j]``: the same seed
@@ -22,6 +23,7 @@ gives the same images whatever the batch size.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -159,44 +161,90 @@ def skip_tokens(
     return tokens_BN
 
 
-def token_frequencies(
-    tokens: torch.Tensor, labels: torch.Tensor, num_classes: int, vocab_size: int
-) -> torch.Tensor:
-    """Per-class, per-position token frequencies ``[num_classes, n, V]`` (rows sum to 1)."""
-    n = tokens.shape[1]
-    counts = torch.zeros(num_classes, n, vocab_size)
-    positions = torch.arange(n).expand_as(tokens)
-    counts.index_put_(
-        (labels[:, None].expand_as(tokens), positions, tokens), torch.ones(()), accumulate=True
-    )
-    totals = counts.sum(-1, keepdim=True)
-    if (totals == 0).any():
-        missing = sorted({int(c) for c in (totals[:, 0, 0] == 0).nonzero().flatten()})
-        raise ValueError(f"no samples of classes {missing} to estimate frequencies from")
-    return counts / totals
+@dataclass(frozen=True)
+class ClassTokenTable:
+    """The pairs' tokens of every class, each position's sorted: ``sorted_tokens [N, n]`` holds
+    class ``c``'s rows at ``offsets[c] .. offsets[c + 1]``, each column sorted ascending within
+    them. Row ``floor(u * N_c)`` of position ``j`` is the inverse CDF at ``u`` of the class's
+    token frequencies at ``j`` (``N_c`` pairs of the class), so this table draws what the dense
+    ``[num_classes, n, V]`` frequency table would, in ``N * n`` small integers: that table is
+    17 GB of float32 for LlamaGen (1000 x 256 x 16384), 11 GB for VAR-d16 (1000 x 680 x 4096)."""
+
+    sorted_tokens: torch.Tensor  # [N, n], int16 (int32 for V > 32767)
+    offsets: torch.Tensor  # [num_classes + 1] long
+    vocab_size: int
+
+    @classmethod
+    def of(
+        cls, tokens: torch.Tensor, labels: torch.Tensor, num_classes: int, vocab_size: int
+    ) -> ClassTokenTable:
+        """From pair tokens ``[N, n]`` and labels ``[N]``; every class needs a pair."""
+        counts = torch.bincount(labels, minlength=num_classes)
+        if counts.numel() > num_classes or (counts == 0).any():
+            missing = (counts[:num_classes] == 0).nonzero().flatten().tolist()
+            raise ValueError(
+                f"labels must be in [0, {num_classes}) and every class needs pairs to estimate "
+                f"frequencies from; no pairs of classes {missing}"
+            )
+        dtype = torch.int16 if vocab_size <= torch.iinfo(torch.int16).max else torch.int32
+        grouped = tokens[labels.argsort(stable=True)].to(dtype)
+        offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
+        for first, end in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
+            grouped[first:end] = grouped[first:end].sort(dim=0).values
+        return cls(grouped, offsets, vocab_size)
+
+    @property
+    def num_classes(self) -> int:
+        return self.offsets.numel() - 1
+
+    def frequencies(self, label: int) -> torch.Tensor:
+        """Class ``label``'s token frequencies ``[n, V]`` (each row sums to 1)."""
+        rows = self.sorted_tokens[self.offsets[label] : self.offsets[label + 1]].long()
+        counts = torch.zeros(rows.shape[1], self.vocab_size)
+        counts.scatter_add_(1, rows.T, torch.ones(rows.T.shape))
+        return counts / rows.shape[0]
+
+    def draw(self, labels: torch.Tensor, uniforms_BN: torch.Tensor) -> torch.Tensor:
+        """Position ``j`` of sample ``b``: the inverse CDF at ``uniforms[b, j]`` of its class's
+        frequencies at ``j`` -> tokens ``[B, n]`` (long)."""
+        check_labels(labels, self.num_classes)
+        labels = labels.cpu()
+        first_B, count_B = self.offsets[labels], self.offsets[labels + 1] - self.offsets[labels]
+        # float64: u (float32) * N_c is exact, so floor() is the exact inverse-CDF row.
+        picks_BN = (uniforms_BN.cpu().double() * count_B[:, None]).floor().long()
+        rows_BN = first_B[:, None] + torch.minimum(picks_BN, count_B[:, None] - 1)
+        positions_BN = torch.arange(self.sorted_tokens.shape[1]).expand_as(rows_BN)
+        return self.sorted_tokens[rows_BN, positions_BN].long()
 
 
-def frequencies_from_pairs(folder: str | Path, teacher: Teacher) -> torch.Tensor:
-    """``token_frequencies`` of every pair in a finished pair folder of ``teacher``."""
-    from dd.data import load_pairs
+def token_table_from_pairs(folder: str | Path, teacher: Teacher) -> ClassTokenTable:
+    """The ``ClassTokenTable`` of every pair of a finished pair folder of ``teacher``, read
+    shard by shard (the noise is not kept: a pair folder's noise can exceed memory)."""
+    from dd.data import pair_records
 
-    pairs = load_pairs(folder, teacher_fingerprint=teacher.fingerprint())
     vocab_size = teacher.codebook.shape[0]
-    return token_frequencies(pairs.tokens, pairs.labels, teacher.num_classes, vocab_size)
+    dtype = torch.int16 if vocab_size <= torch.iinfo(torch.int16).max else torch.int32
+    labels, tokens = [], []
+    for record in pair_records(folder, teacher_fingerprint=teacher.fingerprint()):
+        labels.append(record["label"])
+        tokens.append(record["tokens"].to(dtype))
+    return ClassTokenTable.of(
+        torch.stack(tokens), torch.tensor(labels), teacher.num_classes, vocab_size
+    )
 
 
 def onestep_tokens(
-    frequencies: torch.Tensor, labels: torch.Tensor, uniforms_BN: torch.Tensor
+    table: ClassTokenTable, labels: torch.Tensor, uniforms_BN: torch.Tensor
 ) -> torch.Tensor:
-    """``onestep*``: tokens ``[B, n]``, position ``j`` drawn from ``frequencies[label, j]``."""
-    check_labels(labels, frequencies.shape[0])
-    return sample_from_uniforms(frequencies[labels.cpu()].log(), uniforms_BN)
+    """``onestep*``: tokens ``[B, n]``, position ``j`` drawn from the class's frequencies at
+    ``j`` by inverse CDF of ``uniforms_BN[:, j]``."""
+    return table.draw(labels, uniforms_BN)
 
 
 def independent_token_sampler(
-    frequencies: torch.Tensor, labels: torch.Tensor, *, seed: int = 0
+    table: ClassTokenTable, labels: torch.Tensor, *, seed: int = 0
 ) -> torch.Tensor:
     """``onestep*`` with uniforms from one generator seeded ``seed`` (for a fixed label list)."""
-    uniforms = torch.rand(labels.shape[0], frequencies.shape[1],
+    uniforms = torch.rand(labels.shape[0], table.sorted_tokens.shape[1],
                           generator=torch.Generator().manual_seed(seed))  # fmt: skip
-    return onestep_tokens(frequencies, labels, uniforms)
+    return onestep_tokens(table, labels, uniforms)

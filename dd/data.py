@@ -48,8 +48,9 @@ class PairSet:
         return PairSet(self.index[rows], self.labels[rows], self.noise[rows], self.tokens[rows])
 
 
-def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
-    """Every pair of a finished folder, checked against the teacher's fingerprint."""
+def pair_records(folder: str | Path, *, teacher_fingerprint: str) -> Iterator[dict]:
+    """The records of a finished folder, shard by shard (not in index order), each checked
+    against the teacher's fingerprint; the count against the manifest's once all are read."""
     folder = Path(folder)
     manifest_path = folder / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -69,18 +70,25 @@ def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
             f"{folder} holds pairs of teacher {theirs} ({manifest['teacher'].get('spec')}), "
             f"not of the teacher being distilled ({teacher_fingerprint})"
         )
-    records = []
+    count = 0
     for shard in sorted(folder.glob("shard-*.tar")):
         for record in read_shard(shard):
             if record["teacher"] != teacher_fingerprint:
                 raise ValueError(
                     f"{shard}: record {record['index']} is of teacher {record['teacher']}"
                 )
-            records.append(record)
+            count += 1
+            yield record
     expected = manifest["counts"]["num_pairs"]
-    if len(records) != expected:
-        raise ValueError(f"{folder}: {len(records)} records, the manifest says {expected}")
-    records.sort(key=lambda r: r["index"])
+    if count != expected:
+        raise ValueError(f"{folder}: {count} records, the manifest says {expected}")
+
+
+def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
+    """Every pair of a finished folder in memory, in index order (``pair_records``' checks)."""
+    records = sorted(
+        pair_records(folder, teacher_fingerprint=teacher_fingerprint), key=lambda r: r["index"]
+    )
     return PairSet(
         index=torch.tensor([r["index"] for r in records]),
         labels=torch.tensor([r["label"] for r in records]),

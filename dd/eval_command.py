@@ -93,7 +93,7 @@ def method_specs(given: list[str] | None, samplers) -> list[str]:
         missing.update({spec: "no student" for spec in DEFAULT_METHODS if spec.startswith("dd")})
     elif len(samplers.student.timesteps) < 2:
         missing.update(dict.fromkeys(("dd:2", "dd+teacher"), "the student has one timestep"))
-    if samplers.frequencies is None and samplers.token_pool is None:
+    if samplers.token_table is None and samplers.token_pool is None:
         missing["onestep*"] = "no pair folder (pairs)"
     for spec, reason in missing.items():
         print(f"dd: default method {spec} left out: {reason}", file=sys.stderr)
@@ -111,7 +111,7 @@ def preset_key_of(spec: TeacherSpec) -> str | None:
 def build_setup(
     student_path: str | None, teacher_spec: TeacherSpec | None, pairs: str | None
 ) -> Setup:
-    from dd.baselines import frequencies_from_pairs
+    from dd.baselines import token_table_from_pairs
     from dd.checkpoint import SHIPPED_STUDENTS_DIR, load_student, read_card, shipped_students
     from dd.data import load_pairs
     from dd.evaluate import Samplers
@@ -133,18 +133,18 @@ def build_setup(
     from teachers.protocol import ContinuousTeacher
 
     continuous = isinstance(teacher, ContinuousTeacher)
-    frequencies = token_pool = None
+    token_table = token_pool = None
     if pairs is not None:
         sampling = pairs_sampling(pairs, continuous=continuous)
         if continuous:  # onestep* draws the pairs' own tokens (dd.continuous_sampling)
             pair_set = load_pairs(pairs, teacher_fingerprint=teacher.fingerprint())
             token_pool = (pair_set.tokens, pair_set.labels)
         else:
-            frequencies = frequencies_from_pairs(pairs, teacher)
+            token_table = token_table_from_pairs(pairs, teacher)
     else:
         sampling = tiny_sampling(teacher_spec.tiny) if teacher_spec.tiny in TINY_SAMPLING else None
     samplers = Samplers(
-        teacher, sampling or teacher.default_sampling(), student, frequencies, token_pool
+        teacher, sampling or teacher.default_sampling(), student, token_table, token_pool
     )
     name = teacher_spec.tiny or teacher_spec.family
     return Setup(samplers, name, preset_key_of(teacher_spec), teacher_spec.tiny is not None)

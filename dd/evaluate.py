@@ -31,7 +31,7 @@ import torch
 from tqdm.auto import tqdm
 
 from data_gen.pairs import sample_seed
-from dd.baselines import onestep_tokens, skip_tokens, teacher_tokens
+from dd.baselines import ClassTokenTable, onestep_tokens, skip_tokens, teacher_tokens
 from dd.continuous_sampling import independent_token_sampler
 from dd.continuous_sampling import sample_tokens as continuous_dd_tokens
 from dd.continuous_sampling import sample_tokens_interleaved as continuous_interleaved_tokens
@@ -90,7 +90,7 @@ class Samplers:
     teacher: Teacher | ContinuousTeacher
     sampling: SamplingConfig | ContinuousSamplingConfig
     student: DDStudent | None = None  # or a dd.continuous.ContinuousDDStudent
-    frequencies: torch.Tensor | None = None  # onestep*: [num_classes, n, V]
+    token_table: ClassTokenTable | None = None  # onestep* of a codebook teacher: the pairs'
     # onestep* of a continuous-token teacher: the pairs' tokens [N, n, C] and labels [N]
     token_pool: tuple[torch.Tensor, torch.Tensor] | None = None
 
@@ -129,8 +129,8 @@ def parse_methods(
                 raise ValueError("method 'onestep*' needs the teacher's tokens (a pair folder)")
             methods.append(Method("onestep*", 1, "onestep*"))
         elif kind == "onestep*" and not option:
-            if samplers.frequencies is None:
-                raise ValueError("method 'onestep*' needs token frequencies (a pair folder)")
+            if samplers.token_table is None:
+                raise ValueError("method 'onestep*' needs the teacher's tokens (a pair folder)")
             methods.append(Method("onestep*", 1, "onestep*"))
         elif kind == "dd" and option.isdigit():
             count = int(option)
@@ -187,7 +187,7 @@ def method_tokens(
     if method.kind == "skip":
         return skip_tokens(teacher, labels, uniforms, method.skip_n, sampling)
     if method.kind == "onestep*":
-        return onestep_tokens(samplers.frequencies, labels, uniforms)
+        return onestep_tokens(samplers.token_table, labels, uniforms)
     if method.kind == "dd":
         return sample_tokens(samplers.student, labels, randomness.noise_BNC, method.dd_steps)
     return sample_tokens_interleaved(

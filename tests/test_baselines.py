@@ -1,5 +1,6 @@
 """Baselines (dd/baselines.py) on both tiny teachers: the teacher's sampler, skip-n, onestep*;
-batch-size invariance, skip-0 / skip-1 against the teacher, frequencies from real pair shards."""
+batch-size invariance, skip-0 / skip-1 against the teacher, onestep*'s token table from real
+pair shards and against the dense frequencies."""
 
 from __future__ import annotations
 
@@ -17,16 +18,17 @@ from data_gen.config import (
 )
 from data_gen.engine import run_generation
 from dd.baselines import (
-    frequencies_from_pairs,
+    ClassTokenTable,
     onestep_tokens,
     skip_tokens,
     teacher_forcing_log_probs,
     teacher_tokens,
-    token_frequencies,
+    token_table_from_pairs,
 )
 from dd.data import load_pairs
 from dd.sampling import draw_randomness
 from dd.teacher_spec import TeacherSpec
+from teachers.sampling import sample_from_uniforms
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -103,11 +105,12 @@ def test_every_baseline_is_batch_size_invariant(named_teacher):
     sampling = tiny_sampling(name)
     u_all, u_part = uniforms(teacher, 6, seed=2), uniforms(teacher, 2, seed=2)
     assert torch.equal(u_all[:2], u_part)
-    frequencies = torch.softmax(torch.randn(teacher.num_classes, u_all.shape[1], 64), -1)
+    pair_tokens = torch.randint(64, (40, u_all.shape[1]))
+    table = ClassTokenTable.of(pair_tokens, torch.arange(40) % 10, 10, 64)
     samplers = {
         "teacher": lambda lab, u: teacher_tokens(teacher, lab, u, sampling),
         "skip": lambda lab, u: skip_tokens(teacher, lab, u, 2, sampling),
-        "onestep*": lambda lab, u: onestep_tokens(frequencies, lab, u),
+        "onestep*": lambda lab, u: onestep_tokens(table, lab, u),
     }
     for method, sampler in samplers.items():
         whole, part = sampler(labels, u_all), sampler(labels[:2], u_part)
@@ -122,14 +125,44 @@ def test_bad_baseline_input_is_refused(named_teacher):
         skip_tokens(teacher, labels, u, teacher.geometry.num_steps)
     with pytest.raises(ValueError, match="class labels"):
         skip_tokens(teacher, labels + teacher.num_classes, u, 1)
-    frequencies = torch.full((teacher.num_classes, u.shape[1], 64), 1 / 64)
+    one_each = torch.zeros(10, u.shape[1], dtype=torch.long)
+    table = ClassTokenTable.of(one_each, torch.arange(10), 10, 64)
     with pytest.raises(ValueError, match="class labels"):
-        onestep_tokens(frequencies, labels - 1, u)
+        onestep_tokens(table, labels - 1, u)
+    with pytest.raises(ValueError, match=r"no pairs of classes \[9\]"):
+        ClassTokenTable.of(torch.zeros(9, 4, dtype=torch.long), torch.arange(9), 10, 64)
+
+
+def test_token_table_draws_the_inverse_cdf_of_the_dense_frequencies():
+    """The sorted-token table draws, for every uniform, the token the inverse CDF of the dense
+    per-class, per-position frequencies gives (computed here in float64, where the comparison
+    is exact): the same onestep* at N * n integers instead of classes * n * V floats."""
+    generator = torch.Generator().manual_seed(0)
+    num_classes, n, vocab = 3, 7, 50
+    tokens = torch.randint(vocab, (61, n), generator=generator) // 3  # uneven, some codes unused
+    labels = torch.randint(num_classes, (61,), generator=generator)
+    labels[:num_classes] = torch.arange(num_classes)
+    table = ClassTokenTable.of(tokens, labels, num_classes, vocab)
+    assert table.sorted_tokens.dtype == torch.int16 and table.num_classes == num_classes
+    dense = torch.zeros(num_classes, n, vocab, dtype=torch.float64)
+    dense.index_put_(
+        (labels[:, None].expand_as(tokens), torch.arange(n).expand_as(tokens), tokens),
+        torch.ones((), dtype=torch.float64), accumulate=True,
+    )  # fmt: skip
+    dense /= dense.sum(-1, keepdim=True)
+    for c in range(num_classes):
+        torch.testing.assert_close(table.frequencies(c), dense[c].float())
+    draw_labels = torch.arange(600) % num_classes
+    u = torch.rand(600, n, generator=generator)
+    u[:3] = torch.tensor([0.0, 0.5, 1 - 2**-24])[:, None]  # the ends and a midpoint
+    expected = sample_from_uniforms(dense[draw_labels].log(), u)
+    assert torch.equal(table.draw(draw_labels, u), expected)
 
 
 def test_onestep_frequencies_come_from_real_pair_shards(tmp_path):
-    """Frequencies from a real (small) pair folder: every row a distribution, equal to counting
-    the shards' tokens by hand; onestep* draws follow them (never a zero-frequency code)."""
+    """The token table of a real (small) pair folder, read shard by shard: each class's
+    frequencies equal counting the shards' tokens by hand; onestep* draws follow them (never a
+    zero-frequency code)."""
     name = "var-digits"
     teacher = load_tiny_teacher(name)
     folder = tmp_path / "pairs"
@@ -141,16 +174,15 @@ def test_onestep_frequencies_come_from_real_pair_shards(tmp_path):
         run=RunSettings(batch_size=10, accelerator="cpu", devices=1, progress_bar=False),
     )
     assert run_generation(recipe).complete
-    frequencies = frequencies_from_pairs(folder, teacher)
+    table = token_table_from_pairs(folder, teacher)
     pairs = load_pairs(folder, teacher_fingerprint=teacher.fingerprint())
-    assert frequencies.shape == (10, teacher.geometry.num_tokens, 64)
-    torch.testing.assert_close(frequencies.sum(-1), torch.ones(10, 130))
-    label, position = int(pairs.labels[0]), 5
-    same = pairs.tokens[pairs.labels == label, position]
-    expected = torch.bincount(same, minlength=64).float() / len(same)
-    torch.testing.assert_close(frequencies[label, position], expected)
-    assert torch.equal(frequencies, token_frequencies(pairs.tokens, pairs.labels, 10, 64))
+    assert table.sorted_tokens.shape == (20, teacher.geometry.num_tokens)
+    for label in range(10):
+        same = pairs.tokens[pairs.labels == label]
+        expected = torch.stack([torch.bincount(column, minlength=64) for column in same.T])
+        torch.testing.assert_close(table.frequencies(label), expected.float() / len(same))
     labels = torch.arange(10).repeat(20)
-    drawn = onestep_tokens(frequencies, labels, uniforms(teacher, len(labels), seed=3))
-    picked = frequencies[labels[:, None], torch.arange(130), drawn]
-    assert (picked > 0).all()
+    drawn = onestep_tokens(table, labels, uniforms(teacher, len(labels), seed=3))
+    for label in range(10):  # every drawn token is one the class's pairs hold at that position
+        held = table.frequencies(label)
+        assert (held[torch.arange(130), drawn[labels == label]] > 0).all()

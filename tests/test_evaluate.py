@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from dd.baselines import ClassTokenTable
 from dd.cli import main as dd_main
 from dd.demo import (
     COMMON_METHODS,
@@ -116,8 +117,9 @@ def samplers(request):
     second = teacher.geometry.num_steps // 2
     torch.manual_seed(0)
     student = DDStudent(teacher, (0, second), teacher.geometry.step_ranges[second][0])
-    frequencies = torch.softmax(torch.randn(10, teacher.geometry.num_tokens, 64), -1)
-    return Samplers(teacher, tiny_sampling(request.param), student, frequencies)
+    pair_tokens = torch.randint(64, (40, teacher.geometry.num_tokens))
+    table = ClassTokenTable.of(pair_tokens, torch.arange(40) % 10, 10, 64)
+    return Samplers(teacher, tiny_sampling(request.param), student, table)
 
 
 def test_forward_timing_covers_the_teacher_forward_and_every_dd_method(samplers):
@@ -209,7 +211,7 @@ def test_bad_methods_are_refused(samplers):
     no_student = Samplers(samplers.teacher, samplers.sampling)
     with pytest.raises(ValueError, match="needs a student"):
         parse_methods(["dd:1"], no_student)
-    with pytest.raises(ValueError, match="frequencies"):
+    with pytest.raises(ValueError, match="needs the teacher's tokens"):
         parse_methods(["onestep*"], no_student)
     assert parse_methods(["teacher"], no_student) == [Method("teacher", steps, "teacher")]
 
@@ -252,12 +254,14 @@ def test_default_methods_are_those_the_inputs_allow(capsys):
     said = capsys.readouterr().err
     assert "dd:1 left out: no student" in said and "onestep* left out: no pair folder" in said
     assert method_specs(["dd:1"], alone) == ["dd:1"]
-    frequencies = torch.ones(10, teacher.geometry.num_tokens, teacher.vocab_size)
+    table = ClassTokenTable.of(
+        torch.zeros(10, teacher.geometry.num_tokens, dtype=torch.long), torch.arange(10), 10, 64
+    )
     two_steps, one_step = SimpleNamespace(timesteps=(0, 20)), SimpleNamespace(timesteps=(0,))
-    with_all = Samplers(teacher, teacher.default_sampling(), two_steps, frequencies)
+    with_all = Samplers(teacher, teacher.default_sampling(), two_steps, table)
     assert method_specs(None, with_all) == list(DEFAULT_METHODS)
     assert capsys.readouterr().err == ""
-    single = Samplers(teacher, teacher.default_sampling(), one_step, frequencies)
+    single = Samplers(teacher, teacher.default_sampling(), one_step, table)
     assert "dd:2" not in method_specs(None, single)
     assert "dd+teacher" not in method_specs(None, single)
     assert "dd+teacher left out: the student has one timestep" in capsys.readouterr().err

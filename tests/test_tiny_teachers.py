@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from dd.baselines import independent_token_sampler, token_frequencies
+from dd.baselines import ClassTokenTable, independent_token_sampler
 from dd.cli import main as dd_main
 from teachers.data import load_digits_split
 from teachers.protocol import Teacher
@@ -141,8 +141,9 @@ def test_cli_trains_a_folder_teacher_that_loads_by_name(tmp_path):
 def test_independent_token_sampler_follows_frequencies():
     tokens = torch.tensor([[0, 1], [0, 2], [3, 3]])
     labels = torch.tensor([0, 0, 1])
-    freq = token_frequencies(tokens, labels, num_classes=2, vocab_size=4)
-    assert freq[0, 0].tolist() == [1, 0, 0, 0] and freq[0, 1].tolist() == [0, 0.5, 0.5, 0]
-    drawn = independent_token_sampler(freq, torch.tensor([0] * 200 + [1]), seed=0)
+    table = ClassTokenTable.of(tokens, labels, num_classes=2, vocab_size=4)
+    freq = table.frequencies(0)
+    assert freq[0].tolist() == [1, 0, 0, 0] and freq[1].tolist() == [0, 0.5, 0.5, 0]
+    drawn = independent_token_sampler(table, torch.tensor([0] * 200 + [1]), seed=0)
     assert (drawn[:200, 0] == 0).all() and set(drawn[:200, 1].tolist()) == {1, 2}
     assert drawn[200].tolist() == [3, 3]

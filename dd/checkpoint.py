@@ -20,7 +20,12 @@ import torch
 
 from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec, load_teacher
-from teachers.protocol import Teacher
+from teachers.protocol import (
+    ContinuousSamplingConfig,
+    ContinuousTeacher,
+    SamplingConfig,
+    Teacher,
+)
 
 WEIGHTS_FILE = "student.safetensors"
 CARD_FILE = "student.json"
@@ -51,6 +56,7 @@ def save_student(
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in student.student_state_dict().items()}
+    sampling = student.teacher_sampling
     card = {
         "format": CARD_FORMAT,
         "family": student.teacher.family,
@@ -61,6 +67,7 @@ def save_student(
         "noise_logit_prior": student.noise_logit_scale is not None,
         "sampling_noise_logit_scale": student.sampling_noise_logit_scale,
         "backbone_options": student.backbone_options,
+        "teacher_sampling": None if sampling is None else dataclasses.asdict(sampling),
         "record": record or {},
     }
     _write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
@@ -110,7 +117,23 @@ def load_student_folder(
     )
     state = load_file(str(folder / WEIGHTS_FILE), device=str(teacher.device))
     student.load_student_state_dict(state)
+    student.teacher_sampling = card_sampling(card, teacher)
     return student.eval()
+
+
+def card_sampling(
+    card: dict[str, Any], teacher: Teacher | ContinuousTeacher
+) -> SamplingConfig | ContinuousSamplingConfig | None:
+    """The teacher's sampling of the student's pairs: as recorded in the card; for a card
+    written before it was recorded (2026-12-07), a tiny teacher's ``TINY_SAMPLING``, which
+    the tiny pair recipes use (``recipes/generate_tiny_*.yaml``); else unknown (``None``)."""
+    from teachers.tiny import TINY_SAMPLING
+
+    recorded = card.get("teacher_sampling")
+    if recorded is not None:
+        continuous = isinstance(teacher, ContinuousTeacher)
+        return (ContinuousSamplingConfig if continuous else SamplingConfig)(**recorded)
+    return TINY_SAMPLING.get(card["teacher"].get("tiny"))
 
 
 # Students distilled by this project's recipes and shipped with it, one folder each.

@@ -31,7 +31,12 @@ from torch import nn
 from dd.losses import LossSettings, PerceptualDistance
 from dd.student import DDStudent
 from dd.trajectory import check_timesteps, data_mask
-from teachers.protocol import ContinuousTeacher, check_continuous_tokens, check_labels
+from teachers.protocol import (
+    ContinuousSamplingConfig,
+    ContinuousTeacher,
+    check_continuous_tokens,
+    check_labels,
+)
 
 
 def trajectory_input(
@@ -57,8 +62,10 @@ class ContinuousDDStudent(nn.Module):
 
     ``split_token``, ``noise_logit_scale`` and ``sampling_noise_logit_scale`` exist for
     ``DDStudent``'s signature (checkpoint cards): every position comes from the embedding head,
-    so they must be 0, ``None`` and ``None``.
+    so they must be 0, ``None`` and ``None``. ``teacher_sampling``: as ``DDStudent``'s.
     """
+
+    teacher_sampling: ContinuousSamplingConfig | None = None
 
     def __init__(
         self,

@@ -26,7 +26,7 @@ import torch
 from torch.utils.data import IterableDataset
 
 from data_gen.shards import MANIFEST_NAME, read_shard
-from teachers.protocol import SamplingConfig
+from teachers.protocol import ContinuousSamplingConfig, SamplingConfig
 
 SEED_STRIDE = 1_000_003  # separates the epoch-permutation and timestep streams of one seed
 
@@ -97,10 +97,14 @@ def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
     )
 
 
-def pair_sampling(folder: str | Path) -> SamplingConfig:
-    """The teacher's sampling settings a finished pair folder was made with (its manifest)."""
+def pair_sampling(
+    folder: str | Path, *, continuous: bool = False
+) -> SamplingConfig | ContinuousSamplingConfig:
+    """The teacher's sampling settings a pair folder was made with (its manifest): a
+    ``SamplingConfig``, or a ``ContinuousSamplingConfig`` for a continuous-token teacher."""
     manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
-    return SamplingConfig(**manifest["settings"]["sampling"])
+    config = ContinuousSamplingConfig if continuous else SamplingConfig
+    return config(**manifest["settings"]["sampling"])
 
 
 def _stored_tokens(tokens: torch.Tensor) -> torch.Tensor:

@@ -71,17 +71,6 @@ class Setup:
     tiny: bool
 
 
-def pairs_sampling(folder: str | Path, *, continuous: bool = False):
-    """The teacher's sampling settings a pair folder was generated with (its manifest): a
-    ``SamplingConfig``, or a ``ContinuousSamplingConfig`` for a continuous-token teacher."""
-    from data_gen.shards import MANIFEST_NAME
-    from teachers.protocol import ContinuousSamplingConfig, SamplingConfig
-
-    manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
-    config = ContinuousSamplingConfig if continuous else SamplingConfig
-    return config(**manifest["settings"]["sampling"])
-
-
 def method_specs(given: list[str] | None, samplers) -> list[str]:
     """The methods asked for, or the ``DEFAULT_METHODS`` that the inputs allow: the DD methods
     need a student, onestep* a pair folder (what is left out is said on stderr; methods asked
@@ -113,7 +102,7 @@ def build_setup(
 ) -> Setup:
     from dd.baselines import token_table_from_pairs
     from dd.checkpoint import SHIPPED_STUDENTS_DIR, load_student, read_card, shipped_students
-    from dd.data import load_pairs
+    from dd.data import load_pairs, pair_sampling
     from dd.evaluate import Samplers
     from dd.teacher_spec import load_teacher
     from teachers.tiny import TINY_SAMPLING, tiny_sampling
@@ -135,12 +124,14 @@ def build_setup(
     continuous = isinstance(teacher, ContinuousTeacher)
     token_table = token_pool = None
     if pairs is not None:
-        sampling = pairs_sampling(pairs, continuous=continuous)
+        sampling = pair_sampling(pairs, continuous=continuous)
         if continuous:  # onestep* draws the pairs' own tokens (dd.continuous_sampling)
             pair_set = load_pairs(pairs, teacher_fingerprint=teacher.fingerprint())
             token_pool = (pair_set.tokens, pair_set.labels)
         else:
             token_table = token_table_from_pairs(pairs, teacher)
+    elif student is not None:  # the settings of its pairs (recorded, or the tiny teacher's)
+        sampling = student.teacher_sampling
     else:
         sampling = tiny_sampling(teacher_spec.tiny) if teacher_spec.tiny in TINY_SAMPLING else None
     samplers = Samplers(

@@ -241,7 +241,9 @@ def sample(
     - ``interleave``: Alg. 4 instead, the teacher regenerating a range of AR steps between DD
       step 1 and DD step 2 (``"pre-trained-n-m"`` as in the paper's Table 2, or a 0-based
       ``(first, second)``; presets: ``dd.interleave.INTERLEAVE_PRESETS``); ``sampling`` is the
-      teacher's (``None``: its ``default_sampling()``). ``steps`` must then be unset or 2.
+      teacher's (``None``: ``student.teacher_sampling``, the settings of the student's pairs,
+      and without those the teacher's ``default_sampling()``). ``steps`` must then be unset or
+      2.
       A continuous-token teacher regenerates its range from the sample's own noise
       (``dd.continuous_sampling``); a codebook teacher draws it with fresh uniforms.
 
@@ -253,6 +255,8 @@ def sample(
             f"steps={steps!r} with interleave: Alg. 4 runs DD step 1, the teacher, then DD "
             "step 2; leave steps unset (or 2)"
         )
+    if sampling is None:  # the settings of the student's pairs (None: the teacher's default)
+        sampling = student.teacher_sampling
     if isinstance(student.teacher, ContinuousTeacher):  # no codebook (#13): dd.continuous_sampling
         from dd.continuous_sampling import sample as sample_continuous
 

@@ -15,7 +15,13 @@ import torch
 from torch import nn
 
 from dd.trajectory import apply_prefix, check_timesteps, data_mask
-from teachers.protocol import Teacher, add_code_scores_, check_labels, check_tokens
+from teachers.protocol import (
+    SamplingConfig,
+    Teacher,
+    add_code_scores_,
+    check_labels,
+    check_tokens,
+)
 
 NOISE_LOGIT_SCALE_KEY = "noise_logit_scale"
 
@@ -50,7 +56,13 @@ class DDStudent(nn.Module):
     argmax then follows the noise less than the flow map does: a mode-seeking sampler. The flow
     map's own kappa (``benchmarks/noise_logit_prior.py``, the recipe's initial value) restores it
     (docs/distillation.md, "Sampling kappa").
+
+    ``teacher_sampling``: the teacher's sampling settings of the pairs the student was distilled
+    on (set by ``dd train``, kept in the card; ``None``: unknown). Alg. 4's teacher steps draw
+    with them unless ``dd.sample`` is given others.
     """
+
+    teacher_sampling: SamplingConfig | None = None
 
     def __init__(
         self,

@@ -156,15 +156,17 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         sampling_noise_logit_scale=recipe.student.sampling_noise_logit_scale,
         backbone_options=recipe.student.backbone_options,
     )
+    continuous = isinstance(teacher, ContinuousTeacher)
+    student.teacher_sampling = pair_sampling(recipe.pairs.folder, continuous=continuous)
     initialised_from = None
     if recipe.student.init_from is not None:  # a resumed run's last.ckpt overrides this below
         initialised_from = initialise_from(student, recipe.student.init_from)
     # A continuous-token teacher (#13) gets the embedding-only student and its system.
     settings = (student, build_perceptual(recipe.loss), recipe.optim, recipe.loss)
-    if isinstance(teacher, ContinuousTeacher):
+    if continuous:
         module = ContinuousDistillModule(*settings, run.global_batch_size)
     else:
-        sampling = pair_sampling(recipe.pairs.folder)  # for the teacher-KL term
+        sampling = student.teacher_sampling  # for the teacher-KL term
         module = DistillModule(*settings, run.global_batch_size, pair_sampling=sampling)
     targets = None
     if recipe.loss.cache_teacher_kl_targets:  # DistillModule refused it without the term

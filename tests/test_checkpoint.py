@@ -1,5 +1,6 @@
 """Student checkpoints (dd/checkpoint.py): round trip, the teacher check, bad paths."""
 
+import dataclasses
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import dd
 from dd.checkpoint import CARD_FILE, save_student
 from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec
-from teachers.tiny import load_tiny_teacher
+from teachers.tiny import load_tiny_teacher, tiny_sampling
 
 
 @pytest.fixture(scope="module")
@@ -88,6 +89,34 @@ def test_the_sampling_kappa_replaces_the_learned_one_when_sampling_only(tmp_path
     ):
         with pytest.raises(ValueError, match="sampling_noise_logit_scale must be"):
             DDStudent(teacher, (0, 20), 64, **bad)
+
+
+def test_the_teacher_sampling_of_the_pairs_round_trips_and_drives_alg4(saved, tmp_path):
+    """The card keeps the teacher's sampling settings of the student's pairs; ``dd.sample``'s
+    Alg. 4 draws the teacher with them when given none. A card written before they were
+    recorded: a tiny teacher's ``TINY_SAMPLING`` (what its pair recipes use), else unknown."""
+    student, folder = saved
+    teacher = student.teacher
+    recorded = dataclasses.replace(tiny_sampling("var-digits"), cfg_scale=1.25)
+    student.teacher_sampling = recorded
+    try:
+        folder = save_student(student, tmp_path / "new", TeacherSpec(tiny="var-digits"))
+    finally:
+        student.teacher_sampling = None
+    loaded = dd.load_student(folder, teacher=teacher)
+    assert loaded.teacher_sampling == recorded
+    labels = torch.arange(4)
+
+    def interleaved(sampling=None):
+        generator = torch.Generator().manual_seed(0)
+        return dd.sample(loaded, labels, interleave=(1, 3), generator=generator, sampling=sampling)
+
+    assert torch.equal(interleaved(), interleaved(recorded))
+    assert not torch.equal(interleaved(), interleaved(teacher.default_sampling()))
+    card = json.loads((folder / CARD_FILE).read_text())
+    del card["teacher_sampling"]
+    (folder / CARD_FILE).write_text(json.dumps(card))
+    assert dd.load_student(folder, teacher=teacher).teacher_sampling == tiny_sampling("var-digits")
 
 
 def test_a_student_of_another_teacher_is_refused(saved):

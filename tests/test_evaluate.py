@@ -117,6 +117,7 @@ def samplers(request):
     second = teacher.geometry.num_steps // 2
     torch.manual_seed(0)
     student = DDStudent(teacher, (0, second), teacher.geometry.step_ranges[second][0])
+    student.teacher_sampling = tiny_sampling(request.param)  # as if distilled on such pairs
     pair_tokens = torch.randint(64, (40, teacher.geometry.num_tokens))
     table = ClassTokenTable.of(pair_tokens, torch.arange(40) % 10, 10, 64)
     return Samplers(teacher, tiny_sampling(request.param), student, table)
@@ -159,7 +160,8 @@ def test_every_method_gives_the_same_images_whatever_the_batch_size(samplers):
 
 def test_eval_seed_draws_what_dd_sample_draws_with_that_seed(samplers):
     """``dd eval/sample/demo --seed s`` and ``dd.sample(generator=manual_seed(s))``: one set of
-    DD images (exactly: the same noise through the same calls)."""
+    DD images (exactly: the same noise through the same calls), Alg. 4 included (its teacher
+    draws with the student's pair settings by default, as ``dd eval`` does)."""
     import dd
 
     labels = torch.arange(6) % 10
@@ -170,6 +172,11 @@ def test_eval_seed_draws_what_dd_sample_draws_with_that_seed(samplers):
             samplers.student, labels, steps=steps, generator=torch.Generator().manual_seed(7)
         )
         torch.testing.assert_close(evaluated, sampled.float(), atol=0, rtol=0)
+    (method,) = parse_methods(["dd+teacher:1-" + str(samplers.student.timesteps[1])], samplers)
+    evaluated, _ = generate(method, samplers, labels, seed=7, batch_size=4)
+    generator = torch.Generator().manual_seed(7)
+    sampled = dd.sample(samplers.student, labels, interleave=method.interleave, generator=generator)
+    torch.testing.assert_close(evaluated, sampled.float(), atol=0, rtol=0)
 
 
 def test_evaluation_noise_shares_no_values_with_the_pairs_of_the_same_seed():

@@ -25,6 +25,7 @@ from dd.checkpoint import read_card
 from dd.cli import main as dd_main
 from dd.config import dump_yaml, read_recipe
 from dd.config import parse_recipe as parse_any_recipe
+from dd.data import pair_sampling
 from dd.teacher_spec import TeacherSpec
 from dd.train_command import check_resumable, ema_state_dict
 from dd.train_recipe import TrainRecipe
@@ -118,6 +119,9 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path):
     assert (output / "recipe.yaml").is_file() and (output / "checkpoints" / "last.ckpt").is_file()
     student = dd.load_student(output / "student")
     assert student.timesteps == (0, 3)
+    recorded = read_card(output / "student")["teacher_sampling"]  # the pairs' teacher settings
+    assert recorded == dataclasses.asdict(pair_sampling(var_pairs)) != {}
+    assert student.teacher_sampling == pair_sampling(var_pairs)
     images = dd.sample(student, torch.arange(2), steps=2, generator=torch.Generator())
     assert images.shape == (2, 3, 16, 16)
     # The same command with a larger budget resumes from last.ckpt at step 4.

@@ -23,7 +23,7 @@ import functools
 import re
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -44,7 +44,7 @@ from dd.interleave import (
     preset_name,
 )
 from dd.metrics.generative import FeatureStats, frechet_distance, inception_score, precision_recall
-from dd.metrics.spaces import FeatureSpace
+from dd.metrics.spaces import FeatureSpace, embed_stream
 from dd.sampling import (
     SampleRandomness,
     randomness_at,
@@ -244,7 +244,7 @@ def wait_for_device() -> None:
 
 
 @torch.no_grad()
-def generate(
+def generate_batches(
     method: Method,
     samplers: Samplers,
     labels: torch.Tensor,
@@ -253,16 +253,17 @@ def generate(
     batch_size: int,
     progress: bool = False,
     parts: dict[str, float] | None = None,
-) -> tuple[torch.Tensor, float]:
-    """(images ``[N, 3, H, W]`` in ``[0, 1]``, seconds per image) of ``labels [N]``; sample ``i``
-    uses ``randomness_at(seed_base(seed), [i])`` whatever the batch size (DD draws what
-    ``dd.sample`` draws with a generator seeded with ``seed``). ``parts``, when given,
-    receives the seconds per image of each part: ``randomness`` (the per-sample seeded streams),
-    ``model`` (every model call and token choice) and ``decode`` (tokens to images)."""
+) -> Iterator[torch.Tensor]:
+    """The images ``[b, 3, H, W]`` in ``[0, 1]`` of ``labels [N]``, batch by batch (float32, on
+    the CPU); sample ``i`` uses ``randomness_at(seed_base(seed), [i])`` whatever the batch size
+    (DD draws what ``dd.sample`` draws with a generator seeded with ``seed``). ``parts``, when
+    given, receives after the last batch the seconds per image of each part: ``randomness``
+    (the per-sample seeded streams), ``model`` (every model call and token choice) and
+    ``decode`` (tokens to images); what the caller does between batches is not counted."""
     teacher = samplers.teacher
     n = teacher.geometry.num_tokens
     code_dim = teacher.token_dim if samplers.continuous else int(teacher.codebook.shape[1])
-    images, spent = [], dict.fromkeys(("randomness", "model", "decode"), 0.0)
+    spent = dict.fromkeys(("randomness", "model", "decode"), 0.0)
     base = seed_base(seed)
     starts = range(0, labels.shape[0], batch_size)
     for start in tqdm(starts, desc=method.name, disable=not progress, leave=False):
@@ -274,15 +275,37 @@ def generate(
         tokens = model_calls(method, samplers, batch, randomness, indices, base)
         wait_for_device()
         modelled = time.perf_counter()
-        images.append(teacher.decode_tokens(tokens).float().cpu())
+        images = teacher.decode_tokens(tokens).float().cpu()
         decoded = time.perf_counter()
         spent["randomness"] += drawn - began
         spent["model"] += modelled - drawn
         spent["decode"] += decoded - modelled
-    count = max(labels.shape[0], 1)
+        yield images
     if parts is not None:
+        count = max(labels.shape[0], 1)
         parts.update({part: seconds / count for part, seconds in spent.items()})
-    return torch.cat(images), sum(spent.values()) / count
+
+
+def generate(
+    method: Method,
+    samplers: Samplers,
+    labels: torch.Tensor,
+    *,
+    seed: int,
+    batch_size: int,
+    progress: bool = False,
+    parts: dict[str, float] | None = None,
+) -> tuple[torch.Tensor, float]:
+    """(images ``[N, 3, H, W]`` in ``[0, 1]``, seconds per image) of ``labels``: every batch of
+    ``generate_batches`` held at once (``parts`` as there)."""
+    spent: dict[str, float] = {}
+    batches = generate_batches(
+        method, samplers, labels, seed=seed, batch_size=batch_size, progress=progress, parts=spent
+    )
+    images = torch.cat(list(batches))
+    if parts is not None:
+        parts.update(spent)
+    return images, sum(spent.values())
 
 
 def model_calls(
@@ -437,7 +460,8 @@ class Reference:
 
 
 def score(
-    images_01: torch.Tensor,
+    features: torch.Tensor,
+    logits: torch.Tensor,
     labels: torch.Tensor,
     space: FeatureSpace,
     reference: Reference,
@@ -445,8 +469,8 @@ def score(
     fid_rows: torch.Tensor | None = None,
     is_splits: int,
 ) -> dict[str, float | None]:
-    """FID, IS, precision/recall (on ``fid_rows``, default all) and class accuracy (all)."""
-    features, logits = space.embed(images_01)
+    """FID, IS, precision/recall (on ``fid_rows``, default all) and class accuracy (all) from
+    the images' embeddings in ``space``."""
     subset = features if fid_rows is None else features[fid_rows]
     result: dict[str, float | None] = {
         "fid": frechet_distance(FeatureStats.of(subset), reference.stats),
@@ -474,21 +498,23 @@ def evaluate_methods(
     fid_rows: torch.Tensor | None = None,
     is_splits: int,
     progress: bool = True,
-    keep_images: Callable[[Method, torch.Tensor], None] | None = None,
 ) -> list[dict]:
     """One row per method: its name, kind, steps, metrics and seconds per image (in all; of the
     model calls alone: ``model_seconds_per_image``, without noise drawing and decoding; and of
-    the decoding alone: ``decode_seconds_per_image``)."""
+    the decoding alone: ``decode_seconds_per_image``). Each batch of images is embedded as it
+    comes (``embed_stream``): only features are kept, never all the images."""
     rows = []
     for method in tqdm(methods, desc="methods", disable=not progress):
         parts: dict[str, float] = {}
-        images, seconds = generate(
+        batches = generate_batches(
             method, samplers, labels, seed=seed, batch_size=batch_size,
             progress=progress, parts=parts,
         )  # fmt: skip
-        if keep_images is not None:
-            keep_images(method, images)
-        metrics = score(images, labels, space, reference, fid_rows=fid_rows, is_splits=is_splits)
+        features, logits = embed_stream(space, batches)
+        seconds = sum(parts.values())
+        metrics = score(
+            features, logits, labels, space, reference, fid_rows=fid_rows, is_splits=is_splits
+        )
         rows.append(
             {
                 "method": method.kind,

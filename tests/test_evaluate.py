@@ -53,7 +53,12 @@ from dd.metrics.generative import (
     load_stats_npz,
     precision_recall,
 )
-from dd.metrics.spaces import INCEPTION_WEIGHTS_FILE, DigitsSpace, InceptionSpace
+from dd.metrics.spaces import (
+    INCEPTION_WEIGHTS_FILE,
+    DigitsSpace,
+    InceptionSpace,
+    embed_stream,
+)
 from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec
 from teachers.data import load_digits_split
@@ -97,6 +102,20 @@ def test_npz_reference_and_generic_metric_behaviour(tmp_path):
     logits = torch.randn(25, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     expected = np.mean([inception_score(part, splits=1) for part in np.array_split(logits, 10)])
     assert inception_score(logits, splits=10) == pytest.approx(expected, rel=1e-12)
+
+
+def test_streamed_embedding_equals_embedding_all_images_at_once():
+    """``dd eval`` embeds each batch of images as it comes (``embed_stream``, re-cut into
+    ``EMBED_BATCH`` rows): exactly the features and logits of embedding them all at once,
+    for batch sizes that do not divide it."""
+    space = DigitsSpace()
+    images = load_digits_split("heldout").images_01()[:523]
+    whole = space.embed(images)
+    for size in (250, 7, 523):
+        streamed = embed_stream(space, images.split(size))
+        assert all(torch.equal(a, b) for a, b in zip(streamed, whole, strict=True)), size
+    with pytest.raises(ValueError, match="no images"):
+        embed_stream(space, [])
 
 
 def test_missing_inception_weights_name_the_file_and_where_to_put_it(tmp_path, capsys):

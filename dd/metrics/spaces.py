@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Protocol
 
@@ -45,6 +46,32 @@ def _in_batches(fn, images_01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
             f, lo = fn(batch)
             features.append(f.double().cpu())
             logits.append(lo.double().cpu())
+    return torch.cat(features), torch.cat(logits)
+
+
+def embed_stream(
+    space: FeatureSpace, batches: Iterable[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``space.embed`` of the concatenated ``batches`` without holding them all (50,000
+    ImageNet-size images are 39 GB of float32): re-cut into ``EMBED_BATCH`` rows, as ``embed``
+    cuts one tensor, so the features are exactly those of embedding the concatenation."""
+    features, logits, pending = [], [], []
+    held = 0
+    for batch in batches:
+        pending.append(batch)
+        held += batch.shape[0]
+        while held >= EMBED_BATCH:
+            joined = torch.cat(pending)
+            part_features, part_logits = space.embed(joined[:EMBED_BATCH])
+            features.append(part_features)
+            logits.append(part_logits)
+            pending, held = [joined[EMBED_BATCH:]], held - EMBED_BATCH
+    if held:
+        part_features, part_logits = space.embed(torch.cat(pending))
+        features.append(part_features)
+        logits.append(part_logits)
+    if not features:
+        raise ValueError("no images to embed")
     return torch.cat(features), torch.cat(logits)
 
 

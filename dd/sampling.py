@@ -26,7 +26,7 @@ import torch
 from data_gen.pairs import sample_seed
 from dd.interleave import check_interleave
 from dd.student import DDStudent
-from dd.trajectory import trajectory_input
+from dd.trajectory import data_mask, trajectory_input
 from teachers.protocol import (
     ContinuousSamplingConfig,
     ContinuousTeacher,
@@ -165,7 +165,10 @@ def dd_step(
     logits, embeddings = student(
         labels, inputs, boundary_B, tokens_BN, noise_logit_scale=student.sampling_noise_logit_scale
     )
-    return choose_tokens(student, logits, embeddings)
+    chosen = choose_tokens(student, logits, embeddings)
+    # Eq. 6 keeps the prefix's code vectors; copy its tokens too: the nearest code of a code
+    # vector is another code when two codebook rows coincide (to float round-off).
+    return torch.where(data_mask(boundary_B, student.geometry.num_tokens), tokens_BN, chosen)
 
 
 @torch.no_grad()

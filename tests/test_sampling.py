@@ -1,12 +1,15 @@
 """Few-step sampling (dd/sampling.py, Alg. 3 and 4) on both tiny teachers with untrained students:
 shapes and range, per-sample seeding, the prefix kept between steps, bad input."""
 
+import copy
+
 import pytest
 import torch
 
 import dd
 from dd.interleave import preset_name
 from dd.sampling import (
+    dd_step,
     draw_noise,
     draw_randomness,
     nearest_codes,
@@ -49,6 +52,25 @@ def test_second_step_keeps_the_first_steps_prefix(student):
     assert torch.equal(one[:, :boundary], two[:, :boundary])
     assert sample_tokens(student, labels, noise, steps=list(student.timesteps)).equal(two)
     assert sample_tokens(student, labels, noise.double(), steps=1).equal(one)  # cast, not refused
+
+
+def test_the_prefix_comes_back_as_given_even_with_coinciding_codes():
+    """Eq. 6: positions before the boundary are the given tokens. With two equal codebook
+    rows the embedding head's nearest code of a prefix code vector would be the lower index;
+    the step copies the prefix's tokens instead."""
+    teacher = copy.deepcopy(load_tiny_teacher("llamagen-digits"))
+    with torch.no_grad():  # the codebook is the L2-normalised embedding table
+        weight = teacher.vq.quantize.embedding.weight
+        weight[1] = weight[0]
+    assert torch.equal(teacher.codebook[1], teacher.codebook[0])
+    torch.manual_seed(0)
+    student = DDStudent(teacher, (0, 20), 0)  # every position from the embedding head
+    labels = torch.arange(3)
+    noise = draw_noise(3, teacher.geometry.num_tokens, student.code_dim, torch.Generator())
+    prefix = torch.ones(3, teacher.geometry.num_tokens, dtype=torch.long)  # code 1 everywhere
+    tokens = dd_step(student, labels, noise, prefix, 1)  # AR step 1: boundary after token 0
+    boundary = teacher.geometry.step_ranges[1][0]
+    assert torch.equal(tokens[:, :boundary], prefix[:, :boundary])
 
 
 def test_bad_steps_and_labels_are_refused(student):

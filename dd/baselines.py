@@ -161,6 +161,11 @@ def skip_tokens(
     return tokens_BN
 
 
+def token_dtype(vocab_size: int) -> torch.dtype:
+    """The smallest integer type of the table's codes: int16 up to 32,767 codes, else int32."""
+    return torch.int16 if vocab_size <= torch.iinfo(torch.int16).max else torch.int32
+
+
 @dataclass(frozen=True)
 class ClassTokenTable:
     """The pairs' tokens of every class, each position's sorted: ``sorted_tokens [N, n]`` holds
@@ -186,8 +191,7 @@ class ClassTokenTable:
                 f"labels must be in [0, {num_classes}) and every class needs pairs to estimate "
                 f"frequencies from; no pairs of classes {missing}"
             )
-        dtype = torch.int16 if vocab_size <= torch.iinfo(torch.int16).max else torch.int32
-        grouped = tokens[labels.argsort(stable=True)].to(dtype)
+        grouped = tokens[labels.argsort(stable=True)].to(token_dtype(vocab_size))
         offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])
         for first, end in zip(offsets[:-1].tolist(), offsets[1:].tolist(), strict=True):
             grouped[first:end] = grouped[first:end].sort(dim=0).values
@@ -223,11 +227,10 @@ def token_table_from_pairs(folder: str | Path, teacher: Teacher) -> ClassTokenTa
     from dd.data import pair_records
 
     vocab_size = teacher.codebook.shape[0]
-    dtype = torch.int16 if vocab_size <= torch.iinfo(torch.int16).max else torch.int32
     labels, tokens = [], []
     for record in pair_records(folder, teacher_fingerprint=teacher.fingerprint()):
         labels.append(record["label"])
-        tokens.append(record["tokens"].to(dtype))
+        tokens.append(record["tokens"].to(token_dtype(vocab_size)))
     return ClassTokenTable.of(
         torch.stack(tokens), torch.tensor(labels), teacher.num_classes, vocab_size
     )

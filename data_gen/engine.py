@@ -328,11 +328,15 @@ def run_generation(
         torch.set_num_threads(recipe.run.num_threads)
     if teacher is None:
         teacher = load_teacher(recipe.teacher, device="cpu")
+    sampling = recipe.sampling.resolve(teacher.default_sampling())
+    # The teacher's own checks of the settings (those of ``start``), before the folder is
+    # touched: a manifest stamped with settings the teacher refuses would block the fixed rerun.
+    with teacher.start(torch.zeros(1, dtype=torch.long), sampling):
+        pass
     identity = run_identity(teacher, recipe)
     folder = Path(recipe.output.folder)
     shards = plan_shards(recipe.pairs.num_pairs, recipe.output.shard_size)
     check_folder(folder, identity, shards)  # refuse early, before any process is launched
-    sampling = recipe.sampling.resolve(teacher.default_sampling())
     code_dim = identity.settings["code_dim"]  # C of the codebook, or of a continuous token
     dataset = SampleDataset(
         recipe.pairs, teacher.geometry.num_tokens, code_dim, teacher.num_classes

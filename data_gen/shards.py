@@ -11,7 +11,9 @@ A shard is written as ``.shard-K.tar.partial``, its receipt is written (atomical
 shard is renamed to ``shard-K.tar``: a ``shard-K.tar`` therefore always has a receipt, and a
 crash leaves at most a ``.partial`` file, which the next run deletes and regenerates.
 Tar members carry fixed metadata (mtime 0), so a shard's bytes depend only on its records:
-an interrupted-and-resumed run produces byte-identical shards to an uninterrupted one.
+an interrupted-and-resumed run produces byte-identical shards to an uninterrupted one (for a
+continuous-token teacher, only at the same batch size: its float tokens move by round-off
+with the batch, docs/pairs.md).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import hashlib
 import io
 import json
 import os
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,13 +143,19 @@ def sha256_file(path: str | Path) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    partial = path.with_name(f".{path.name}{PARTIAL_SUFFIX}")
-    with open(partial, "w") as handle:
-        json.dump(data, handle, indent=2, sort_keys=False)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(partial, path)
+    """Write a temporary file of this call's own (ranks finishing together may both finalize
+    the manifest: one shared temporary name made the slower ``os.replace`` fail), then rename."""
+    partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
+    try:
+        with open(partial, "w") as handle:  # mode from the umask, as the shards' files
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -254,6 +254,40 @@ def test_folder_of_other_settings_is_refused_with_both_keys(spec, teacher, refer
     assert message.count(teacher.fingerprint()) == 2
 
 
+def test_settings_the_teacher_refuses_leave_no_folder_behind(spec, teacher, tmp_path):
+    """The teacher's own check of the sampling settings runs before the folder is touched, so
+    the fixed recipe can run in the same folder afterwards."""
+    folder = tmp_path / "pairs"
+    bad = make_recipe(spec, folder)
+    var_only = dataclasses.replace(bad.sampling, cfg_schedule="linear")  # LlamaGen: constant
+    bad = dataclasses.replace(bad, sampling=var_only)
+    with pytest.raises(ValueError, match="constant scale"):
+        run_generation(bad, teacher=teacher)
+    assert not folder.exists()
+
+
+def test_ranks_finalizing_the_manifest_together_both_succeed(reference, monkeypatch):
+    """Every rank writes the manifest once all shards are published; a second writer that
+    renames between the first one's write and rename must not break it (one shared temporary
+    name made the first ``os.replace`` fail)."""
+    from data_gen import shards
+
+    path = reference / MANIFEST_NAME
+    manifest = json.loads(path.read_text())
+    replace, interleaved = os.replace, []
+
+    def other_rank_first(source, target):
+        if not interleaved:
+            interleaved.append(source)
+            shards.write_json_atomic(path, manifest)  # the other rank, in between
+        replace(source, target)
+
+    monkeypatch.setattr(shards.os, "replace", other_rank_first)
+    shards.write_json_atomic(path, manifest)
+    assert json.loads(path.read_text()) == manifest
+    assert not list(reference.glob(f".*{shards.PARTIAL_SUFFIX}"))
+
+
 def test_folder_of_another_teacher_is_refused_with_both_fingerprints(
     spec, teacher, reference, tmp_path
 ):

@@ -87,10 +87,16 @@ class DistillModule(pl.LightningModule):
         student: DDStudent, loss: LossSettings, pair_sampling: SamplingConfig | None = None
     ) -> None:
         """With ``perceptual_weight`` 0 the embedding head learns nothing (``dd_loss`` then skips
-        the decoder): refuse a split that would sample from it. The teacher-KL term needs the
-        noise-logit prior (it trains the logits without it) and the pairs' sampling settings."""
-        if loss.teacher_kl_weight < 0:
-            raise ValueError(f"loss.teacher_kl_weight must be >= 0, got {loss.teacher_kl_weight}")
+        the decoder), and with no CE and no teacher-KL term the logits head learns nothing:
+        refuse a split that would sample from either. The teacher-KL term needs the noise-logit
+        prior (it trains the logits without it) and the pairs' sampling settings."""
+        if loss.ce_weight == 0 and loss.teacher_kl_weight == 0 and student.split_token > 0:
+            raise ValueError(
+                f"loss.ce_weight and loss.teacher_kl_weight are 0, so the logits head is never "
+                f"trained, but student.split_token is {student.split_token}: tokens before it "
+                "would come from that head. Set student.split_token to 0 (the embedding head "
+                "everywhere) or give the CE term a weight"
+            )
         if loss.teacher_kl_weight > 0 and student.noise_logit_scale is None:
             raise ValueError(
                 "loss.teacher_kl_weight > 0 trains the student's logits without the noise-logit "

@@ -100,6 +100,17 @@ class LossSettings:
     # teacher-forcing forward per step (real teachers: V = 4,096 to 16,384 is far too big).
     cache_teacher_kl_targets: bool = False
 
+    def __post_init__(self) -> None:
+        weights = {
+            "ce_weight": self.ce_weight,
+            "perceptual_weight": self.perceptual_weight,
+            "token_mse_weight": self.token_mse_weight,
+            "teacher_kl_weight": self.teacher_kl_weight,
+        }
+        for name, value in weights.items():
+            if not value >= 0:  # a negative weight would climb its term
+                raise ValueError(f"loss.{name} must be >= 0, got {value}")
+
 
 def build_perceptual(settings: LossSettings) -> PerceptualDistance:
     if settings.perceptual == "lpips_vgg":

@@ -86,13 +86,19 @@ def check_resumable(recipe: TrainRecipe, output: Path) -> None:
         )
 
 
-def make_trainer(run: RunSection, output: Path):
+def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = False):
     """The Trainer of ``dd train`` (also timed by ``benchmarks/bench_train.py``): EMA through
     Lightning's ``EMAWeightAveraging``, step checkpoints with ``last.ckpt``, gradient clipping,
     precision and strategy from the recipe. Its bars start at tqdm's own ``TQDM_POSITION``
-    line, as every other bar does (``dd demo``'s worker processes set it)."""
+    line, as every other bar does (``dd demo``'s worker processes set it).
+
+    ``unused_parameters``: some trainable parameters get no gradient (a head whose loss term
+    is off), which DDP must be told. The EMA averages parameters only: averaging the buffers
+    (AR-step boundaries, level ids, masks) rounds integer ones down (at decay 0.9999, 126 of
+    0..680), which moved validation's boundaries."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.strategies import DDPStrategy
 
     bars = []
     if run.progress_bar:  # Lightning's bars take lines 2k and 2k+1 for process_position k
@@ -103,7 +109,11 @@ def make_trainer(run: RunSection, output: Path):
         accelerator=run.accelerator,
         devices=run.devices,
         num_nodes=run.num_nodes,
-        strategy=run.strategy,
+        strategy=(
+            DDPStrategy(find_unused_parameters=True)
+            if run.strategy == "ddp" and unused_parameters
+            else run.strategy
+        ),
         precision=run.precision,
         max_steps=run.max_steps,
         gradient_clip_val=run.gradient_clip_norm,
@@ -112,7 +122,7 @@ def make_trainer(run: RunSection, output: Path):
         num_sanity_val_steps=0,
         enable_progress_bar=run.progress_bar,
         callbacks=[
-            EMAWeightAveraging(decay=run.ema_decay),
+            EMAWeightAveraging(decay=run.ema_decay, use_buffers=False),
             ModelCheckpoint(
                 dirpath=output / "checkpoints",
                 every_n_train_steps=run.checkpoint_every_steps,
@@ -182,7 +192,8 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         teacher_log_probs=targets,
     )
     checkpoints = output / "checkpoints"
-    trainer = make_trainer(run, output)
+    # With no perceptual term dd_loss never runs the embedding head (DistillModule's check).
+    trainer = make_trainer(run, output, unused_parameters=recipe.loss.perceptual_weight == 0)
     last = checkpoints / LAST_CHECKPOINT
     if last.is_file() and checkpoint_step(last) >= run.max_steps:
         # A finished run: fitting again would run no step, and Lightning's EMA callback would

@@ -72,6 +72,26 @@ class RunSection:
     num_threads: int | None = None
     progress_bar: bool = True
 
+    def __post_init__(self) -> None:
+        counts = {
+            "global_batch_size": self.global_batch_size,
+            "max_steps": self.max_steps,
+            "devices": self.devices,
+            "num_nodes": self.num_nodes,
+            "val_every_steps": self.val_every_steps,
+            "checkpoint_every_steps": self.checkpoint_every_steps,
+        }
+        for name, value in counts.items():
+            if value < 1:
+                raise ValueError(f"run.{name} must be >= 1, got {value}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"run.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.gradient_clip_norm > 0:
+            raise ValueError(
+                f"run.gradient_clip_norm must be > 0 (Lightning turns clipping off silently "
+                f"otherwise), got {self.gradient_clip_norm}"
+            )
+
 
 @dataclass(frozen=True)
 class TrainRecipe:

@@ -183,6 +183,37 @@ def fit(
     return recorder, trainer
 
 
+def test_the_ema_of_dd_train_leaves_integer_buffers_exact(teacher, pair_folder, tmp_path):
+    """``dd train``'s Trainer averages parameters only. Averaging buffers too rounded integer
+    ones down (``decay * b + (1 - decay) * b`` copied back into int64): at decay 0.9999 the
+    AR-step boundary 22 became 21 in validation and in the module after ``fit``."""
+    from dd.train_command import make_trainer
+    from dd.train_recipe import RunSection
+
+    pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
+    train, heldout = split_heldout(pairs, NUM_HELDOUT)
+    torch.manual_seed(0)
+    module = DistillModule(
+        DDStudent(teacher, (0, 22), 64), feature_distance, CONSTANT, DIGITS_LOSS, GLOBAL_BATCH
+    )
+    seen = []
+
+    class Boundaries(Callback):
+        def on_validation_batch_start(self, trainer, pl_module, *args):
+            seen.append(pl_module.boundaries.tolist())
+
+    run = RunSection(
+        global_batch_size=GLOBAL_BATCH, max_steps=3, ema_decay=0.9999, accelerator="cpu",
+        val_every_steps=2, checkpoint_every_steps=100, progress_bar=False,
+    )  # fmt: skip
+    trainer = make_trainer(run, tmp_path)
+    trainer.callbacks.append(Boundaries())
+    data = PairDataModule(train, heldout, global_batch_size=GLOBAL_BATCH, num_timesteps=2, seed=0)
+    trainer.fit(module, datamodule=data)
+    assert seen and all(boundaries == [0, 22] for boundaries in seen)
+    assert module.boundaries.tolist() == [0, 22]
+
+
 def test_a_short_run_lowers_the_loss_and_logs_token_agreement(teacher, pair_folder, tmp_path):
     """30 steps (about 4 epochs of 64 pairs, batch 8, EMA on): the mean of the last 5 steps is
     below the first 5 for the total by 20% and for each term (measured here: total 3.74 -> 2.72)."""

@@ -117,6 +117,10 @@ def test_a_zero_perceptual_weight_skips_the_decoder_and_is_refused_with_an_embed
     DistillModule(student, never, optim, settings, 4)  # logits head everywhere: accepted
     with pytest.raises(ValueError, match="embedding head is never trained"):
         DistillModule(DDStudent(teacher, (0, 20), 20), never, optim, settings, 4)
+    no_ce = LossSettings("digits", ce_weight=0.0)  # the mirror: the logits head learns nothing
+    DistillModule(DDStudent(teacher, (0, 20), 0), never, optim, no_ce, 4)  # embedding head only
+    with pytest.raises(ValueError, match="logits head is never trained"):
+        DistillModule(DDStudent(teacher, (0, 20), 20), never, optim, no_ce, 4)
 
 
 def test_a_short_real_optimisation_lowers_both_losses(tiny_pairs):

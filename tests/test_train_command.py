@@ -78,6 +78,16 @@ def test_overrides_apply_and_unknown_keys_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_recipe(["--recipe", str(bad)])
     assert "max_step" in capsys.readouterr().err
+    for override, message in (
+        (["--run.global_batch_size", "0"], "run.global_batch_size must be >= 1"),
+        (["--run.val_every_steps", "0"], "run.val_every_steps must be >= 1"),
+        (["--run.gradient_clip_norm", "-1"], "run.gradient_clip_norm must be > 0"),
+        (["--run.ema_decay", "1"], "run.ema_decay must be in [0, 1)"),
+        (["--loss.ce_weight", "-1"], "loss.ce_weight must be >= 0"),
+    ):
+        with pytest.raises(SystemExit):
+            parse_recipe(["--recipe", str(path), *override])
+        assert message in capsys.readouterr().err, override
 
 
 def test_print_config_is_the_dry_run(capsys):
@@ -191,6 +201,20 @@ def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):
     double = dd.load_student(two / "student").student_state_dict()
     for name, tensor in single.items():
         torch.testing.assert_close(double[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
+
+
+def test_ddp_trains_without_the_perceptual_term(var_pairs, tmp_path):
+    """With loss.perceptual_weight 0 the embedding head gets no gradient; DDP is told so
+    (it failed at the second step: "parameters that were not used in producing the loss")."""
+    command = [sys.executable, "-m", "dd.cli", "train", *train_argv(var_pairs, tmp_path, 3)]
+    command += ["--run.devices", "2", "--run.strategy", "ddp", "--run.accelerator", "cpu"]
+    command += ["--loss.perceptual_weight", "0"]  # the tiny var recipe samples logits only
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert (tmp_path / "student" / "student.safetensors").is_file()
 
 
 def test_a_cosine_run_resumes_only_with_its_own_length(tmp_path):

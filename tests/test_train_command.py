@@ -143,6 +143,10 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path):
     weights = output / "student" / "student.safetensors"
     before = weights.read_bytes()
     ema = ema_state_dict(output / "checkpoints" / "last.ckpt")
+    checkpoint = torch.load(output / "checkpoints" / "last.ckpt", weights_only=True)
+    for key in ("state_dict", "current_model_state"):  # the frozen teacher is not stored
+        names = list(checkpoint[key])
+        assert names and not any(name.startswith("student.teacher.") for name in names)
     for name, tensor in dd.load_student(output / "student").backbone.state_dict().items():
         torch.testing.assert_close(tensor, ema[f"student.backbone.{name}"], atol=0, rtol=0)
     assert dd_main(["train", *train_argv(var_pairs, output, 4), "--run.max_steps", "6"]) == 0

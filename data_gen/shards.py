@@ -215,8 +215,13 @@ class OpenShard:
         return receipt
 
     def abort(self) -> None:
+        """Drop the partial shard. The tar writer is closed first (it ends the stream into the
+        still-open file): closing only the file left the writer to fail when collected."""
         try:
-            self._handle.close()
+            try:
+                self._writer.close()
+            finally:
+                self._handle.close()
         finally:
             self.partial_path.unlink(missing_ok=True)
 

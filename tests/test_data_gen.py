@@ -266,6 +266,25 @@ def test_settings_the_teacher_refuses_leave_no_folder_behind(spec, teacher, tmp_
     assert not folder.exists()
 
 
+def test_an_aborted_shard_leaves_no_file_and_no_error_behind(tmp_path, monkeypatch):
+    """abort() closes the tar writer before the file: closing only the file left the writer
+    to raise "write to closed file" when garbage-collected."""
+    import gc
+    import sys
+
+    from data_gen.shards import OpenShard, RunIdentity, encode_record
+
+    caught = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda raised: caught.append(raised.exc_value))
+    identity = RunIdentity("teacher", "family", {})
+    shard = OpenShard(tmp_path, plan_shards(4, 4)[0], identity)
+    shard.write(encode_record(0, 1, torch.zeros(2, 3), torch.zeros(2, dtype=torch.int16), "t"))
+    shard.abort()
+    del shard
+    gc.collect()
+    assert caught == [] and list(tmp_path.iterdir()) == []
+
+
 def test_ranks_finalizing_the_manifest_together_both_succeed(reference, monkeypatch):
     """Every rank writes the manifest once all shards are published; a second writer that
     renames between the first one's write and rename must not break it (one shared temporary

@@ -18,6 +18,7 @@ with the batch, docs/pairs.md).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import io
@@ -218,10 +219,10 @@ class OpenShard:
         """Drop the partial shard. The tar writer is closed first (it ends the stream into the
         still-open file): closing only the file left the writer to fail when collected."""
         try:
-            try:
+            # A failing close (the disk that failed the run) must not hide the original error.
+            with contextlib.suppress(OSError, ValueError):
                 self._writer.close()
-            finally:
-                self._handle.close()
+            self._handle.close()
         finally:
             self.partial_path.unlink(missing_ok=True)
 

@@ -183,7 +183,9 @@ class ClassTokenTable:
     def of(
         cls, tokens: torch.Tensor, labels: torch.Tensor, num_classes: int, vocab_size: int
     ) -> ClassTokenTable:
-        """From pair tokens ``[N, n]`` and labels ``[N]``; every class needs a pair."""
+        """From pair tokens ``[N, n]`` and labels ``[N]`` (kept on the CPU); every class needs a
+        pair."""
+        tokens, labels = tokens.cpu(), labels.cpu()
         counts = torch.bincount(labels, minlength=num_classes)
         if counts.numel() > num_classes or (counts == 0).any():
             missing = (counts[:num_classes] == 0).nonzero().flatten().tolist()

@@ -104,6 +104,7 @@ def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = Fal
     if run.progress_bar:  # Lightning's bars take lines 2k and 2k+1 for process_position k
         bars = [TQDMProgressBar(process_position=int(os.environ.get("TQDM_POSITION", 0)) // 2)]
 
+    many = run.devices * run.num_nodes != 1  # "auto" picks DDP then (devices -1: all of them)
     return pl.Trainer(
         default_root_dir=output,
         accelerator=run.accelerator,
@@ -111,7 +112,7 @@ def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = Fal
         num_nodes=run.num_nodes,
         strategy=(
             DDPStrategy(find_unused_parameters=True)
-            if run.strategy == "ddp" and unused_parameters
+            if unused_parameters and (run.strategy == "ddp" or (run.strategy == "auto" and many))
             else run.strategy
         ),
         precision=run.precision,

@@ -73,10 +73,11 @@ class RunSection:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
+        if self.devices < 1 and self.devices != -1:
+            raise ValueError(f"run.devices must be >= 1, or -1 for all, got {self.devices}")
         counts = {
             "global_batch_size": self.global_batch_size,
             "max_steps": self.max_steps,
-            "devices": self.devices,
             "num_nodes": self.num_nodes,
             "val_every_steps": self.val_every_steps,
             "checkpoint_every_steps": self.checkpoint_every_steps,
@@ -86,10 +87,10 @@ class RunSection:
                 raise ValueError(f"run.{name} must be >= 1, got {value}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"run.ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not self.gradient_clip_norm > 0:
+        if not self.gradient_clip_norm >= 0:
             raise ValueError(
-                f"run.gradient_clip_norm must be > 0 (Lightning turns clipping off silently "
-                f"otherwise), got {self.gradient_clip_norm}"
+                f"run.gradient_clip_norm must be >= 0 (0: no clipping; Lightning treated a "
+                f"negative norm as 0 silently), got {self.gradient_clip_norm}"
             )
 
 

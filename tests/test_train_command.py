@@ -81,7 +81,8 @@ def test_overrides_apply_and_unknown_keys_are_refused(tmp_path, capsys):
     for override, message in (
         (["--run.global_batch_size", "0"], "run.global_batch_size must be >= 1"),
         (["--run.val_every_steps", "0"], "run.val_every_steps must be >= 1"),
-        (["--run.gradient_clip_norm", "-1"], "run.gradient_clip_norm must be > 0"),
+        (["--run.gradient_clip_norm", "-1"], "run.gradient_clip_norm must be >= 0"),
+        (["--run.devices", "0"], "run.devices must be >= 1, or -1"),
         (["--run.ema_decay", "1"], "run.ema_decay must be in [0, 1)"),
         (["--loss.ce_weight", "-1"], "loss.ce_weight must be >= 0"),
     ):
@@ -209,9 +210,11 @@ def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):
 
 def test_ddp_trains_without_the_perceptual_term(var_pairs, tmp_path):
     """With loss.perceptual_weight 0 the embedding head gets no gradient; DDP is told so
-    (it failed at the second step: "parameters that were not used in producing the loss")."""
+    (it failed at the second step: "parameters that were not used in producing the loss"),
+    also when the recipe leaves the strategy to Lightning ("auto", the default)."""
     command = [sys.executable, "-m", "dd.cli", "train", *train_argv(var_pairs, tmp_path, 3)]
-    command += ["--run.devices", "2", "--run.strategy", "ddp", "--run.accelerator", "cpu"]
+    # "auto" (the default) picks DDP for 2 devices; "ddp" takes the same path in make_trainer.
+    command += ["--run.devices", "2", "--run.strategy", "auto", "--run.accelerator", "cpu"]
     command += ["--loss.perceptual_weight", "0"]  # the tiny var recipe samples logits only
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(

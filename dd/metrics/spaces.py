@@ -60,12 +60,15 @@ def embed_stream(
     for batch in batches:
         pending.append(batch)
         held += batch.shape[0]
-        while held >= EMBED_BATCH:
-            joined = torch.cat(pending)
-            part_features, part_logits = space.embed(joined[:EMBED_BATCH])
+        if held < EMBED_BATCH:
+            continue
+        joined = torch.cat(pending)  # once per batch: every whole chunk of it, then the rest
+        whole = held - held % EMBED_BATCH
+        for start in range(0, whole, EMBED_BATCH):
+            part_features, part_logits = space.embed(joined[start : start + EMBED_BATCH])
             features.append(part_features)
             logits.append(part_logits)
-            pending, held = [joined[EMBED_BATCH:]], held - EMBED_BATCH
+        pending, held = [joined[whole:]], held - whole
     if held:
         part_features, part_logits = space.embed(torch.cat(pending))
         features.append(part_features)

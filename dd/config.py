@@ -37,15 +37,26 @@ def _instantiate(parser: ArgumentParser, namespace, schema: type[T]) -> T:
     return schema(**{f.name: built[f.name] for f in dataclasses.fields(schema)})
 
 
+PRINT_CONFIG = "--print_config"
+
+
 def parse_recipe(schema: type[T], argv: Sequence[str], *, prog: str) -> tuple[T, str]:
-    """(recipe, resolved YAML) from command-line arguments; exits with a message on errors."""
+    """(recipe, resolved YAML) from command-line arguments; exits with a message on errors.
+    ``--print_config`` (the dry run) prints the resolved recipe and exits once the sections'
+    own checks have passed (jsonargparse's action would print before them)."""
     parser = recipe_parser(schema, prog=prog, description=schema.__doc__ or "")
-    namespace = parser.parse_args(list(argv))
+    argv = list(argv)
+    dry_run = PRINT_CONFIG in argv
+    namespace = parser.parse_args([arg for arg in argv if arg != PRINT_CONFIG])
     try:  # the sections' own checks (``__post_init__``) speak as parse errors
         recipe = _instantiate(parser, namespace, schema)
     except ValueError as error:
         parser.error(str(error))
-    return recipe, parser.dump(namespace, skip_none=False)
+    resolved = parser.dump(namespace, skip_none=False)
+    if dry_run:
+        print(resolved, end="")
+        raise SystemExit(0)
+    return recipe, resolved
 
 
 def recipe_from_dict(schema: type[T], data: Mapping[str, Any]) -> T:

@@ -97,6 +97,12 @@ def test_print_config_is_the_dry_run(capsys):
     assert info.value.code == 0
     printed = capsys.readouterr().out
     assert "teacher:" in printed and "global_batch_size:" in printed
+    # The dry run checks what the run would: a bad value is refused, not printed.
+    with pytest.raises(SystemExit) as info:
+        dd_main(["train", "--recipe", str(RECIPES[0]), "--run.ema_decay", "1.5", "--print_config"])
+    assert info.value.code != 0
+    refused = capsys.readouterr()
+    assert "run.ema_decay must be in [0, 1)" in refused.err and "ema_decay:" not in refused.out
 
 
 @pytest.fixture(scope="module")

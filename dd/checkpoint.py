@@ -127,12 +127,12 @@ def card_sampling(
     """The teacher's sampling of the student's pairs: as recorded in the card; for a card
     written before it was recorded (2026-12-07), a tiny teacher's ``TINY_SAMPLING``, which
     the tiny pair recipes use (``recipes/generate_tiny_*.yaml``); else unknown (``None``)."""
+    from dd.data import sampling_from_dict
     from teachers.tiny import TINY_SAMPLING
 
     recorded = card.get("teacher_sampling")
     if recorded is not None:
-        continuous = isinstance(teacher, ContinuousTeacher)
-        return (ContinuousSamplingConfig if continuous else SamplingConfig)(**recorded)
+        return sampling_from_dict(recorded, continuous=isinstance(teacher, ContinuousTeacher))
     return TINY_SAMPLING.get(card["teacher"].get("tiny"))
 
 

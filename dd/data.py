@@ -103,8 +103,14 @@ def pair_sampling(
     """The teacher's sampling settings a pair folder was made with (its manifest): a
     ``SamplingConfig``, or a ``ContinuousSamplingConfig`` for a continuous-token teacher."""
     manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
-    config = ContinuousSamplingConfig if continuous else SamplingConfig
-    return config(**manifest["settings"]["sampling"])
+    return sampling_from_dict(manifest["settings"]["sampling"], continuous=continuous)
+
+
+def sampling_from_dict(
+    data: dict, *, continuous: bool
+) -> SamplingConfig | ContinuousSamplingConfig:
+    """Stored sampling settings (a manifest's, a student card's) as the config of their kind."""
+    return (ContinuousSamplingConfig if continuous else SamplingConfig)(**data)
 
 
 def _stored_tokens(tokens: torch.Tensor) -> torch.Tensor:

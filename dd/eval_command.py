@@ -105,7 +105,7 @@ def build_setup(
     from dd.data import load_pairs, pair_sampling
     from dd.evaluate import Samplers
     from dd.teacher_spec import load_teacher
-    from teachers.tiny import TINY_SAMPLING, tiny_sampling
+    from teachers.tiny import TINY_SAMPLING
 
     student = None
     if student_path is not None:
@@ -133,7 +133,7 @@ def build_setup(
     elif student is not None:  # the settings of its pairs (recorded, or the tiny teacher's)
         sampling = student.teacher_sampling
     else:
-        sampling = tiny_sampling(teacher_spec.tiny) if teacher_spec.tiny in TINY_SAMPLING else None
+        sampling = TINY_SAMPLING.get(teacher_spec.tiny)
     samplers = Samplers(
         teacher, sampling or teacher.default_sampling(), student, token_table, token_pool
     )

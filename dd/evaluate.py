@@ -294,18 +294,15 @@ def generate(
     seed: int,
     batch_size: int,
     progress: bool = False,
-    parts: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, float]:
     """(images ``[N, 3, H, W]`` in ``[0, 1]``, seconds per image) of ``labels``: every batch of
-    ``generate_batches`` held at once (``parts`` as there)."""
-    spent: dict[str, float] = {}
+    ``generate_batches`` held at once."""
+    parts: dict[str, float] = {}
     batches = generate_batches(
-        method, samplers, labels, seed=seed, batch_size=batch_size, progress=progress, parts=spent
+        method, samplers, labels, seed=seed, batch_size=batch_size, progress=progress, parts=parts
     )
     images = torch.cat(list(batches))
-    if parts is not None:
-        parts.update(spent)
-    return images, sum(spent.values())
+    return images, sum(parts.values())
 
 
 def model_calls(

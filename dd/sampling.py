@@ -26,7 +26,7 @@ import torch
 from data_gen.pairs import sample_seed
 from dd.interleave import check_interleave
 from dd.student import DDStudent
-from dd.trajectory import data_mask, trajectory_input
+from dd.trajectory import trajectory_input
 from teachers.protocol import (
     ContinuousSamplingConfig,
     ContinuousTeacher,
@@ -158,9 +158,8 @@ def dd_step(
     and the original noise after it (Alg. 3) -> the whole predicted sequence. Positions before
     the boundary come back as given (Eq. 6)."""
     codebook = student.teacher.codebook
-    boundary_B = torch.full(
-        (labels.shape[0],), student.geometry.step_ranges[step][0], device=codebook.device
-    )
+    boundary = student.geometry.step_ranges[step][0]
+    boundary_B = torch.full((labels.shape[0],), boundary, device=codebook.device)
     inputs = trajectory_input(noise_BNC, tokens_BN, codebook, boundary_B)
     logits, embeddings = student(
         labels, inputs, boundary_B, tokens_BN, noise_logit_scale=student.sampling_noise_logit_scale
@@ -168,7 +167,8 @@ def dd_step(
     chosen = choose_tokens(student, logits, embeddings)
     # Eq. 6 keeps the prefix's code vectors; copy its tokens too: the nearest code of a code
     # vector is another code when two codebook rows coincide (to float round-off).
-    return torch.where(data_mask(boundary_B, student.geometry.num_tokens), tokens_BN, chosen)
+    chosen[:, :boundary] = tokens_BN[:, :boundary]
+    return chosen
 
 
 @torch.no_grad()

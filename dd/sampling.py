@@ -18,6 +18,7 @@ batch size.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -95,6 +96,8 @@ def draw_noise(
 def resolve_steps(student: DDStudent, steps: int | Sequence[int]) -> tuple[int, ...]:
     """``steps=m``: the first ``m`` training timesteps; or an explicit subset of them."""
     trained = student.timesteps
+    if isinstance(steps, (bool, str, float)):  # True would be read as 1, "12" as (1, 2)
+        raise TypeError(f"steps={steps!r}: give a count (int) or a sequence of AR step indices")
     if isinstance(steps, int):
         if not 1 <= steps <= len(trained):
             raise ValueError(
@@ -102,7 +105,10 @@ def resolve_steps(student: DDStudent, steps: int | Sequence[int]) -> tuple[int, 
                 f"{len(trained)} steps are possible"
             )
         return trained[:steps]
-    chosen = tuple(int(k) for k in steps)
+    chosen = tuple(steps)
+    if any(isinstance(k, (bool, float)) for k in chosen):  # int() would read 1.5 as 1
+        raise TypeError(f"steps={steps!r}: AR step indices are integers")
+    chosen = tuple(operator.index(k) for k in chosen)  # also numpy and 0-dim tensor ints
     unknown = [k for k in chosen if k not in trained]
     if not chosen or unknown or chosen[0] != trained[0] or list(chosen) != sorted(set(chosen)):
         raise ValueError(

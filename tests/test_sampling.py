@@ -83,6 +83,19 @@ def test_bad_steps_and_labels_are_refused(student):
         dd.sample(student, labels, steps=[student.timesteps[1]])
     with pytest.raises(ValueError, match="class labels"):
         dd.sample(student, labels + student.num_classes, steps=1)
+    # Values Python would coerce: True as 1 step, "12" as AR steps (1, 2), 1.5 as step 1.
+    for wrong in (True, "12", 2.0, [0, 1.5], [0, True]):
+        with pytest.raises(TypeError, match="steps="):
+            dd.sample(student, labels, steps=wrong)
+    assert torch.equal(  # index-like ints are accepted as the ints they are
+        dd.sample(
+            student,
+            labels,
+            steps=[torch.tensor(student.timesteps[0]), student.timesteps[1]],
+            generator=torch.Generator().manual_seed(5),
+        ),
+        dd.sample(student, labels, steps=2, generator=torch.Generator().manual_seed(5)),
+    )
 
 
 def test_interleaved_teacher_regenerates_exactly_its_range(student):

@@ -19,7 +19,7 @@ from data_gen.config import (
     SamplingOverrides,
 )
 from data_gen.engine import run_generation
-from dd.data import BatchOrder, PairBatches, load_pairs, pair_sampling, split_heldout
+from dd.data import SEED_STRIDE, BatchOrder, PairBatches, load_pairs, pair_sampling, split_heldout
 from dd.distill import DistillModule, OptimSettings, PairDataModule
 from dd.losses import LossSettings, cached_teacher_log_probs
 from dd.metrics.digits import feature_distance
@@ -79,6 +79,11 @@ def test_batch_order_covers_each_epoch_once_and_ranks_partition_it():
     assert epoch.unique().numel() == 18  # 3 batches of 6 distinct rows, 2 dropped
     assert not torch.equal(order.rows(0), order.rows(3))  # a new permutation per epoch
     assert torch.equal(order.rows(4), BatchOrder(20, 6, 2, 3).rows(4))
+    # The definition: the epoch's permutation drawn from (seed, epoch), cut into batches.
+    drawn = torch.randperm(20, generator=torch.Generator().manual_seed(3 * SEED_STRIDE + 1))
+    assert torch.equal(order.rows(4), drawn[6:12])
+    order.rows(4).fill_(0)  # a caller's batch is its own copy of the kept permutation
+    assert torch.equal(order.rows(4), drawn[6:12])
 
 
 def test_ranks_take_disjoint_slices_of_the_global_batch(teacher, pair_folder):

@@ -98,6 +98,21 @@ def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
     )
 
 
+def pair_identity(folder: str | Path) -> dict | None:
+    """What a finished folder's pairs are (their teacher, settings and count, which fix every
+    record), read from its manifest; ``None`` without one. ``dd train`` compares it on resume."""
+    manifest_path = Path(folder) / MANIFEST_NAME
+    if not manifest_path.is_file():
+        return None
+    manifest = json.loads(manifest_path.read_text())
+    return {
+        "teacher": manifest["teacher"]["fingerprint"],
+        "settings_key": manifest["settings_key"],
+        "num_pairs": manifest["counts"]["num_pairs"],
+        "status": manifest.get("status"),
+    }
+
+
 def pair_sampling(
     folder: str | Path, *, continuous: bool = False
 ) -> SamplingConfig | ContinuousSamplingConfig:

@@ -10,6 +10,7 @@ same command resumes from ``last.ckpt``; the final student (EMA weights) is writ
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import platform
@@ -26,6 +27,7 @@ from dd.train_recipe import RunSection, TrainRecipe
 
 log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
+PAIRS_IDENTITY = "pairs.json"  # which pairs the run trains on (dd.data.pair_identity)
 
 
 def checkpoint_step(path: Path) -> int:
@@ -84,6 +86,20 @@ def check_resumable(recipe: TrainRecipe, output: Path) -> None:
             f"{output} holds a run started with another recipe ({saved}); resuming it would "
             f"change {'; '.join(changed)}. Give a new run.output, or delete {output} to start over"
         )
+    # The same pairs.folder path may hold other pairs by now (regenerated with another seed or
+    # count): the held-out split and the batch order would change under the resumed steps.
+    trained_on = output / PAIRS_IDENTITY
+    if trained_on.is_file():
+        from dd.data import pair_identity
+
+        before_pairs = json.loads(trained_on.read_text())
+        now = pair_identity(recipe.pairs.folder)
+        if now != before_pairs:
+            raise ValueError(
+                f"{recipe.pairs.folder} no longer holds the pairs {output} was trained on "
+                f"({trained_on}: {before_pairs}; now {now}). Give a new run.output, or the "
+                "original pairs"
+            )
 
 
 def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = False):
@@ -141,7 +157,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     from dd.checkpoint import initialise_from, save_student
     from dd.continuous import check_loss_settings, student_class
     from dd.continuous_distill import ContinuousDistillModule
-    from dd.data import load_pairs, pair_sampling, split_heldout
+    from dd.data import load_pairs, pair_identity, pair_sampling, split_heldout
     from dd.distill import DistillModule, PairDataModule
     from dd.losses import build_perceptual, cached_teacher_log_probs
     from dd.teacher_spec import load_teacher
@@ -156,6 +172,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     (output / "recipe.yaml").write_text(resolved_yaml)
     teacher = load_teacher(recipe.teacher)
     pairs = load_pairs(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
+    (output / PAIRS_IDENTITY).write_text(json.dumps(pair_identity(recipe.pairs.folder)) + "\n")
     train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout, recipe.pairs.num_train)
     pl.seed_everything(run.seed, workers=True)  # the new layers' initialisation
     check_loss_settings(teacher, recipe.loss)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,17 +106,20 @@ def test_print_config_is_the_dry_run(capsys):
     assert "run.ema_decay must be in [0, 1)" in refused.err and "ema_decay:" not in refused.out
 
 
+def generate_recipe(folder: Path, seed: int) -> GenerateRecipe:
+    return GenerateRecipe(
+        teacher=TeacherSpec(tiny="var-digits"),
+        sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling("var-digits"))),
+        pairs=PairSettings(num_pairs=48, seed=seed),
+        output=OutputSettings(folder=str(folder), shard_size=24),
+        run=RunSettings(batch_size=24, accelerator="cpu", devices=1, progress_bar=False),
+    )
+
+
 @pytest.fixture(scope="module")
 def var_pairs(tmp_path_factory) -> Path:
     pairs = tmp_path_factory.mktemp("train") / "pairs"
-    recipe = GenerateRecipe(
-        teacher=TeacherSpec(tiny="var-digits"),
-        sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling("var-digits"))),
-        pairs=PairSettings(num_pairs=48, seed=0),
-        output=OutputSettings(folder=str(pairs), shard_size=24),
-        run=RunSettings(batch_size=24, accelerator="cpu", devices=1, progress_bar=False),
-    )
-    assert run_generation(recipe).complete
+    assert run_generation(generate_recipe(pairs, seed=0)).complete
     return pairs
 
 
@@ -165,6 +169,24 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path):
             ["train", *train_argv(var_pairs, output, 6), "--optim.lr", "5e-4", "--run.seed", "1"]
         )
     assert (output / "recipe.yaml").read_text() == saved
+
+
+def test_a_run_resumes_only_on_the_pairs_it_started_with(var_pairs, tmp_path):
+    """The same pairs.folder path regenerated with another seed between two runs of one
+    output: resuming would split and order other pairs, so it is refused, naming both."""
+    pairs = tmp_path / "pairs"
+    shutil.copytree(var_pairs, pairs)
+    output = tmp_path / "run"
+    assert dd_main(["train", *train_argv(pairs, output, 2)]) == 0
+    shutil.rmtree(pairs)
+    recipe = generate_recipe(pairs, seed=1)
+    assert run_generation(recipe).complete
+    with pytest.raises(ValueError, match="no longer holds the pairs"):
+        dd_main(["train", *train_argv(pairs, output, 4)])
+    shutil.rmtree(pairs)
+    shutil.copytree(var_pairs, pairs)  # the original pairs back: the run resumes
+    assert dd_main(["train", *train_argv(pairs, output, 4)]) == 0
+    assert '"steps": 4' in (output / "student" / "student.json").read_text()
 
 
 def test_init_from_starts_from_a_saved_student_of_the_same_teacher(var_pairs, tmp_path):

@@ -31,7 +31,13 @@ import torch
 from tqdm.auto import tqdm
 
 from data_gen.pairs import sample_seed
-from dd.baselines import ClassTokenTable, onestep_tokens, skip_tokens, teacher_tokens
+from dd.baselines import (
+    ClassTokenTable,
+    check_skip_n,
+    onestep_tokens,
+    skip_tokens,
+    teacher_tokens,
+)
 from dd.continuous_sampling import independent_token_sampler
 from dd.continuous_sampling import sample_tokens as continuous_dd_tokens
 from dd.continuous_sampling import sample_tokens_interleaved as continuous_interleaved_tokens
@@ -159,11 +165,10 @@ def parse_methods(
                 methods.append(Method("dd+teacher", calls, name, interleave=(first, second)))
         elif kind == "skip" and option.isdigit():
             skip_n = int(option)
-            if not 0 <= skip_n < geometry.num_steps:
-                raise ValueError(
-                    f"method {spec!r}: 0 to {geometry.num_steps - 1} of the teacher's "
-                    f"{geometry.num_steps} AR steps can be skipped"
-                )
+            try:
+                check_skip_n(skip_n, geometry.num_steps)
+            except ValueError as error:
+                raise ValueError(f"method {spec!r}: {error}") from None
             methods.append(
                 Method("skip", geometry.num_steps - skip_n, f"skip-{skip_n}", skip_n=skip_n)
             )

@@ -29,11 +29,18 @@ from data_gen.config import (
 )
 from data_gen.engine import ShardWriter, run_generation
 from data_gen.pairs import draw_sample, map_noise, sample_seed
-from data_gen.shards import MANIFEST_NAME, ShardError, plan_shards, read_shard, sha256_file
+from data_gen.shards import (
+    MANIFEST_NAME,
+    ShardError,
+    plan_shards,
+    read_shard,
+    sha256_file,
+)
 from data_gen.verify import verify_folder
 from dd.config import dump_yaml
 from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.tiny.registry import tiny_sampling
+from tests.shard_edit import rewrite_shard
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NUM_PAIRS, SHARD_SIZE, SEED = 40, 16, 7
@@ -320,6 +327,30 @@ def test_folder_of_another_teacher_is_refused_with_both_fingerprints(
     assert f"this run {teacher.fingerprint()}, folder {other}" in str(error.value)
     report = verify_folder(folder, teacher=teacher, num_records=4)
     assert not report.ok
+
+
+def test_verify_shards_finds_records_altered_under_consistent_hashes(teacher, reference, tmp_path):
+    """A shard rewritten with one token, one label and one noise value changed, its receipt
+    and manifest updated to match (so the file checks pass): the re-map names the token's
+    record, the (seed, index) draw names the other two."""
+    folder = tmp_path / "altered"
+    shutil.copytree(reference, folder)
+    path = folder / "shard-000000.tar"
+    records = list(read_shard(path))
+    token_record, label_record, noise_record = records[1], records[4], records[9]
+    token_record["tokens"][5] = (int(token_record["tokens"][5]) + 1) % teacher.vocab_size
+    label_record["label"] = (label_record["label"] + 1) % NUM_CLASSES
+    noise_record["noise"][3, 2] += 0.5
+    rewrite_shard(folder, 0, records)
+
+    report = verify_folder(folder, teacher=teacher, num_records=NUM_PAIRS)
+    assert not report.ok and report.shards_checked == 3  # every file check passed
+    assert token_record["index"] in report.records_with_mismatch and report.token_mismatches >= 1
+    drawn = [p for p in report.problems if "label/noise differ" in p]
+    assert drawn == [
+        f"record {r['index']}: label/noise differ from what (seed {SEED}, index) draws"
+        for r in (label_record, noise_record)
+    ]
 
 
 def test_truncated_shard_is_named(spec, teacher, reference, tmp_path):

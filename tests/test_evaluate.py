@@ -264,7 +264,8 @@ def test_continuous_teacher_methods_batch_invariant():
         torch.testing.assert_close(whole, split, atol=1e-5, rtol=0, msg=method.name)
         other, _ = generate(method, samplers, labels, seed=4, batch_size=5)
         assert not torch.equal(other, whole), method.name
-    with pytest.raises(ValueError, match="'skip:16': skip_n=16: the teacher has 16 AR steps, so 0 to 15"):
+    refused = "'skip:16': skip_n=16: the teacher has 16 AR steps, so 0 to 15"
+    with pytest.raises(ValueError, match=refused):
         parse_methods(["skip:16"], samplers)
     with pytest.raises(ValueError, match="needs the teacher's tokens"):
         parse_methods(["onestep*"], Samplers(teacher, teacher.default_sampling(), student))

@@ -22,6 +22,7 @@ from data_gen.verify import verify_folder
 from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.far import map_noise
 from teachers.protocol import ContinuousSamplingConfig
+from tests.shard_edit import rewrite_shard
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "generate_tiny_far.yaml"
 NUM_PAIRS, SHARD_SIZE, SEED, HEAD_STEPS = 6, 4, 3, 2
@@ -63,6 +64,14 @@ def test_dd_generate_writes_the_heads_noise_to_token_map(tmp_path):
     torch.testing.assert_close(stored, whole, atol=OTHER_BATCH_ATOL, rtol=0)
     report = verify_folder(folder, teacher=teacher, num_records=NUM_PAIRS)
     assert report.ok and report.tokens_checked == NUM_PAIRS * n, report.summary()
+    # One token moved by 1e-3 (above the re-map's tolerance), the shard's hashes updated to
+    # match: the re-map names that record and nothing else.
+    edited = list(read_shard(folder / "shard-000001.tar"))
+    edited[1]["tokens"][7, 0] += 1e-3
+    rewrite_shard(folder, 1, edited)
+    report = verify_folder(folder, teacher=teacher, num_records=NUM_PAIRS)
+    assert not report.ok and report.problems == [], report.summary()
+    assert report.records_with_mismatch == [edited[1]["index"]] and report.token_mismatches >= 1
 
 
 def test_head_steps_do_not_apply_to_a_discrete_teacher():

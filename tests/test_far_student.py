@@ -182,6 +182,15 @@ def test_second_step_keeps_the_first_steps_prefix(student):
     two = sample_tokens(student, labels, noise, steps=2)
     assert one.dtype == torch.float32 and one.shape == (4, 16, 8)
     assert torch.equal(one[:, :8], two[:, :8]) and not torch.allclose(one[:, 8:], two[:, 8:])
+    # Eq. 5's input by hand: step 1 the noise alone, step 2 step 1's tokens before the
+    # boundary and the sample's own noise after it; other noise there gives other tokens.
+    with torch.no_grad():
+        assert torch.equal(one, student(labels, noise, torch.zeros(4, dtype=torch.long)))
+        at_8 = torch.full((4,), 8)
+        expected = student(labels, torch.cat([one[:, :8], noise[:, 8:]], dim=1), at_8)
+        assert torch.equal(two, expected)
+        other = torch.cat([one[:, :8], torch.randn_like(noise[:, 8:])], dim=1)
+        assert not torch.allclose(student(labels, other, at_8)[:, 8:], two[:, 8:])
 
 
 def test_alg4_regenerates_its_range_from_the_samples_own_noise(teacher, student):

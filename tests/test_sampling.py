@@ -9,6 +9,7 @@ import torch
 import dd
 from dd.interleave import preset_name
 from dd.sampling import (
+    choose_tokens,
     dd_step,
     draw_noise,
     draw_randomness,
@@ -52,6 +53,33 @@ def test_second_step_keeps_the_first_steps_prefix(student):
     assert torch.equal(one[:, :boundary], two[:, :boundary])
     assert sample_tokens(student, labels, noise, steps=list(student.timesteps)).equal(two)
     assert sample_tokens(student, labels, noise.double(), steps=1).equal(one)  # cast, not refused
+
+
+def test_each_step_sees_the_kept_prefix_and_the_samples_own_noise(student):
+    """Alg. 3 with Eq. 5's input built here by hand: step 1 sees the noise alone; step 2 the
+    code vectors of step 1's tokens before its boundary and the sample's own noise after it.
+    Other noise after the boundary gives other tokens there (the input matters)."""
+    labels = torch.arange(4) % student.num_classes
+    n, width = student.geometry.num_tokens, student.code_dim
+    noise = draw_noise(4, n, width, torch.Generator().manual_seed(2))
+    boundary = student.geometry.step_ranges[student.timesteps[1]][0]
+    kappa = student.sampling_noise_logit_scale
+
+    def by_hand(inputs, tokens, at):
+        with torch.no_grad():
+            logits, embeddings = student(
+                labels, inputs, torch.full((4,), at), tokens, noise_logit_scale=kappa
+            )
+        return choose_tokens(student, logits, embeddings)
+
+    one = sample_tokens(student, labels, noise, steps=1)
+    assert torch.equal(one, by_hand(noise, torch.zeros(4, n, dtype=torch.long), 0))
+    two = sample_tokens(student, labels, noise, steps=2)
+    codes = student.teacher.codebook[one[:, :boundary]]
+    expected = by_hand(torch.cat([codes, noise[:, boundary:]], dim=1), one, boundary)
+    assert torch.equal(two[:, boundary:], expected[:, boundary:])
+    other = torch.cat([codes, torch.randn_like(noise[:, boundary:])], dim=1)
+    assert not torch.equal(by_hand(other, one, boundary)[:, boundary:], two[:, boundary:])
 
 
 def test_the_prefix_comes_back_as_given_even_with_coinciding_codes():

@@ -87,7 +87,7 @@ class FrozenTeacher(nn.Module):
     def prepare_labels(self, labels: torch.Tensor, *, allow_null: bool = False) -> torch.Tensor:
         """Checked class labels ``[B]`` on ``device`` (``ValueError`` if bad)."""
         check_labels(labels, self.num_classes, allow_null=allow_null)
-        return labels.to(self.device)
+        return labels.to(self.device, torch.long)  # uint8/int16 labels: embedding lookups need long
 
     def prepare_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
         """Checked full token sequences ``[B, n]`` (long) on ``device``."""
@@ -95,7 +95,8 @@ class FrozenTeacher(nn.Module):
         return tokens.to(self.device, torch.long)
 
     def prepare_embeddings(self, embeddings: torch.Tensor) -> torch.Tensor:
-        """Checked per-token embeddings ``[B, n, C]`` on ``device`` (the autograd graph kept)."""
+        """Checked per-token embeddings ``[B, n, C]`` on ``device`` in the weights' dtype (the
+        autograd graph kept): float64 or bf16 embeddings decode like float32 ones."""
         n, dim = self.geometry.num_tokens, self.code_dim
         if (
             not isinstance(embeddings, torch.Tensor)
@@ -105,7 +106,7 @@ class FrozenTeacher(nn.Module):
         ):
             shape = tuple(embeddings.shape) if isinstance(embeddings, torch.Tensor) else embeddings
             raise ValueError(f"embeddings must be float [B, {n}, {dim}], got {shape}")
-        return embeddings.to(self.device)
+        return embeddings.to(self.device, next(self.parameters()).dtype)
 
     def start(self, labels: torch.Tensor, sampling: SamplingConfig | None = None) -> TeacherSession:
         """Open an incremental session for ``labels [B]`` (``None`` = ``default_sampling()``)."""

@@ -161,6 +161,12 @@ def test_decode_paths_agree_and_the_embedding_path_is_differentiable(teacher):
         teacher.decode_tokens(tokens.float())
     with pytest.raises(ValueError, match="embeddings must be"):
         teacher.decode_embeddings(embeddings.detach()[:, 1:])
+    for dtype in (torch.float64, torch.bfloat16):  # cast to the weights' dtype, not refused
+        other = teacher.decode_embeddings(embeddings.detach().to(dtype))
+        assert other.dtype == images.dtype
+        # bf16 codes are off by up to 2^-8 relative before the decoder
+        tolerance = DECODE_ATOL if dtype == torch.float64 else 0.05
+        torch.testing.assert_close(other, images, atol=tolerance, rtol=0)
 
 
 def test_teacher_forcing_matches_the_sessions_first_step(teacher):
@@ -194,6 +200,12 @@ def test_bad_labels_raise_value_errors(teacher):
             teacher.logits_teacher_forcing(labels, tokens)
     with pytest.raises(ValueError, match="labels"):  # sampling never takes the null class
         teacher.start(torch.tensor([0, teacher.null_class]))
+    labels = labels_for(teacher)  # any integer dtype is read as the class indices it holds
+    expected = teacher.logits_teacher_forcing(labels, tokens)
+    for dtype in (torch.uint8, torch.int16):
+        torch.testing.assert_close(
+            teacher.logits_teacher_forcing(labels.to(dtype), tokens), expected, atol=0, rtol=0
+        )
 
 
 def test_fingerprint_is_stable_and_16_hex_chars(teacher):

@@ -17,6 +17,8 @@ so that checkpoints load with ``load_state_dict(strict=True)``.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol, runtime_checkable
 
@@ -76,6 +78,17 @@ class TokenGeometry:
         return cls(tuple((p, p) for p in patch_nums), (patch_nums[-1], patch_nums[-1]))
 
 
+def check_finite(config: object, names: Sequence[str]) -> None:
+    """Refuse NaN and infinite settings: NaN passes every ``<``/``>`` check and then surfaces
+    as a token error far away (NaN guidance), infinite temperature as uniform draws."""
+    for name in names:
+        value = getattr(config, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be finite, got {value}")
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How the teacher turns logits into the next-step distribution.
@@ -104,10 +117,11 @@ class SamplingConfig:
             raise ValueError(
                 f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}"
             )
+        check_finite(self, ("cfg_scale", "cfg_interval", "temperature", "top_p"))
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 = off), got {self.top_k}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be an integer >= 0 (0 = off), got {self.top_k!r}")
         if not 0.0 < self.top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
 
@@ -312,8 +326,10 @@ class ContinuousSamplingConfig:
     head_steps: int = 8
 
     def __post_init__(self) -> None:
-        if not isinstance(self.head_steps, int) or self.head_steps < 1:
-            raise ValueError(f"head_steps must be an integer >= 1, got {self.head_steps!r}")
+        steps = self.head_steps
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ValueError(f"head_steps must be an integer >= 1, got {steps!r}")
+        check_finite(self, ("cfg_scale",))
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
 

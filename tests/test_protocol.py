@@ -1,9 +1,17 @@
 """The Teacher protocol's own pieces: geometry, sampling settings, logit filtering."""
 
+import math
+
 import pytest
 import torch
 
-from teachers.protocol import SamplingConfig, TokenGeometry, add_code_scores_, check_labels
+from teachers.protocol import (
+    ContinuousSamplingConfig,
+    SamplingConfig,
+    TokenGeometry,
+    add_code_scores_,
+    check_labels,
+)
 from teachers.sampling import filter_logits
 
 
@@ -27,11 +35,34 @@ def test_llamagen_geometry_is_one_token_per_step():
         ({"top_k": -1}, "top_k"),
         ({"top_p": 0.0}, "top_p"),
         ({"cfg_schedule": "cosine"}, "cfg_schedule"),
+        # NaN passes every comparison; inf temperature would draw uniformly; 2.5 codes
+        ({"temperature": math.nan}, "temperature must be finite"),
+        ({"temperature": math.inf}, "temperature must be finite"),
+        ({"cfg_scale": math.nan}, "cfg_scale must be finite"),
+        ({"cfg_interval": math.inf}, "cfg_interval must be finite"),
+        ({"top_p": math.nan}, "top_p must be finite"),
+        ({"top_k": 2.5}, "top_k must be an integer"),
+        ({"top_k": True}, "top_k must be an integer"),
     ],
 )
 def test_sampling_config_rejects_bad_values(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SamplingConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"head_steps": 0}, "head_steps"),
+        ({"head_steps": True}, "head_steps"),
+        ({"cfg_scale": -1.0}, "cfg_scale must be >= 0"),
+        ({"cfg_scale": math.nan}, "cfg_scale must be finite"),
+        ({"cfg_scale": math.inf}, "cfg_scale must be finite"),
+    ],
+)
+def test_continuous_sampling_config_rejects_bad_values(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        ContinuousSamplingConfig(**kwargs)
 
 
 def test_check_labels_names_bad_labels():

@@ -17,7 +17,7 @@ from teachers.llamagen.rope import apply_rope
 from teachers.llamagen.session import cfg_active
 from teachers.llamagen.vq import AttnBlock
 from teachers.protocol import SamplingConfig, Teacher, TeacherSession, TokenGeometry
-from teachers.sampling import sample_tokens
+from teachers.sampling import filter_logits, sample_tokens
 
 # Official parameter counts (LlamaGen README / gpt.py comments), at 256 px.
 OFFICIAL_PARAMS = {"B": 111e6, "L": 343e6, "XL": 775e6, "XXL": 1.4e9, "3B": 3.1e9}
@@ -139,6 +139,13 @@ def test_guided_log_probs_follow_the_official_formula(teacher):
     expected = torch.log_softmax(guided.masked_fill(guided < kth, float("-inf")), dim=-1)
     torch.testing.assert_close(log_probs, expected, atol=1e-5, rtol=1e-5)
     assert torch.isfinite(log_probs).sum(-1).tolist() == [20, 20]
+    # top-p alone: the session passes it on (the rule itself: tests/test_protocol.py)
+    with teacher.start(
+        labels, SamplingConfig(cfg_scale=2.0, temperature=0.7, top_p=0.5)
+    ) as nucleus:
+        expected = filter_logits(guided, top_p=0.5).log_softmax(dim=-1)
+        assert torch.isinf(expected).any()
+        torch.testing.assert_close(nucleus.next_log_probs()[:, 0], expected, atol=1e-5, rtol=1e-5)
 
 
 def test_cfg_interval_follows_official_decode_step_rule():

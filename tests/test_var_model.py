@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from teachers.protocol import SamplingConfig
-from teachers.sampling import sample_tokens
+from teachers.sampling import filter_logits, sample_tokens
 from teachers.var import (
     README_FID_SAMPLING,
     VAR,
@@ -154,6 +154,21 @@ def test_top_k_top_p_and_cfg_ramp():
         teacher.start(labels, UNGUIDED) as plain,
     ):
         torch.testing.assert_close(guided.next_log_probs(), plain.next_log_probs())
+    # Scale 2 of 4: t = cfg * 2 / 3, (1 + t) cond - t uncond, then top-p alone (the session
+    # must pass it on), from teacher-forced logits of the same prefix.
+    tokens = random_tokens(teacher, 2)
+    cond = teacher.logits_teacher_forcing(labels, tokens)
+    uncond = teacher.logits_teacher_forcing(torch.full_like(labels, teacher.null_class), tokens)
+    start, end = teacher.geometry.step_ranges[2]
+    t = 3.0 * 2 / (teacher.geometry.num_steps - 1)
+    guided = (1 + t) * cond[:, start:end] - t * uncond[:, start:end]
+    expected = filter_logits(guided, top_p=0.6).log_softmax(dim=-1)
+    assert torch.isinf(expected).any()  # top-p 0.6 removes codes here
+    ramp = SamplingConfig(cfg_scale=3.0, cfg_schedule="linear", top_p=0.6)
+    with teacher.start(labels, ramp) as session:
+        for step in range(2):
+            session.accept(tokens[:, slice(*teacher.geometry.step_ranges[step])])
+        torch.testing.assert_close(session.next_log_probs(), expected, atol=1e-4, rtol=0)
 
 
 def test_seeded_sampling_is_reproducible():

@@ -116,6 +116,24 @@ def test_session_tears_down_cache_on_error():
         session.next_log_probs()
 
 
+def test_a_scale_that_fails_after_filling_the_cache_closes_the_session(monkeypatch):
+    """Out of memory in the head after the blocks cached the scale: a retry would cache it
+    twice and silently shift every later scale, so the session refuses it."""
+    teacher = tiny_teacher()
+    session = teacher.start(torch.tensor([1]), UNGUIDED)
+    session.accept(torch.zeros(1, 1, dtype=torch.long))
+
+    def out_of_memory(*args):
+        raise MemoryError("head")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(teacher.var, "get_logits", out_of_memory)
+        with pytest.raises(MemoryError):
+            session.next_log_probs()
+    with pytest.raises(RuntimeError, match="closed"):
+        session.next_log_probs()
+
+
 def test_bad_inputs_raise():
     teacher = tiny_teacher()
     with pytest.raises(ValueError, match=r"\[0, 10\)"):

@@ -85,17 +85,24 @@ class VARSession:
         """Guided log-probabilities ``[B, p_k^2, V]`` of every token of scale ``k``, float32."""
         self._check_open()
         if self._log_probs is None:
-            var = self.teacher.var
-            h = var.run_blocks(self._x_BlC, self.cond_BD, None, self.cache)
-            logits = var.get_logits(h, self.cond_BD)
-            B, K = self.batch_size, self.teacher.geometry.num_steps
-            if self.guided:
-                logits = guide_logits(logits[:B], logits[B:], self.sampling, self._step, K)
-            if self.sampling.temperature != 1.0:
-                logits = logits / self.sampling.temperature
-            logits = filter_logits(logits, top_k=self.sampling.top_k, top_p=self.sampling.top_p)
-            self._log_probs = logits.float().log_softmax(dim=-1)
+            try:
+                self._log_probs = self._run_scale()
+            except BaseException:  # e.g. out of memory after the KV cache took this scale:
+                self.close()  # a retry would run the scale twice; refuse it ("closed")
+                raise
         return self._log_probs
+
+    def _run_scale(self) -> torch.Tensor:
+        var = self.teacher.var
+        h = var.run_blocks(self._x_BlC, self.cond_BD, None, self.cache)
+        logits = var.get_logits(h, self.cond_BD)
+        B, K = self.batch_size, self.teacher.geometry.num_steps
+        if self.guided:
+            logits = guide_logits(logits[:B], logits[B:], self.sampling, self._step, K)
+        if self.sampling.temperature != 1.0:
+            logits = logits / self.sampling.temperature
+        logits = filter_logits(logits, top_k=self.sampling.top_k, top_p=self.sampling.top_p)
+        return logits.float().log_softmax(dim=-1)
 
     @torch.no_grad()
     def accept(self, tokens: torch.Tensor) -> None:

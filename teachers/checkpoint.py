@@ -27,7 +27,10 @@ def read_state_dict(path: str | Path) -> dict[str, object]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
-        return dict(load_file(str(path), device="cpu"))
+        try:
+            return dict(load_file(str(path), device="cpu"))
+        except Exception as error:  # noqa: BLE001 - re-raised with the file named
+            raise CheckpointError(f"cannot read {path} as safetensors: {error}") from error
     try:
         loaded = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
@@ -40,9 +43,11 @@ def read_state_dict(path: str | Path) -> dict[str, object]:
 
 
 def unwrap(
-    raw: Mapping[str, object], wrapper_paths: Iterable[tuple[str, ...]]
+    raw: Mapping[str, object], wrapper_paths: Iterable[tuple[str, ...]], *, source: str
 ) -> dict[str, torch.Tensor]:
-    """Follow the first wrapper path present in ``raw``; a bare state dict passes through."""
+    """Follow the first wrapper path present in ``raw``; a bare state dict passes through.
+    Neither (no tensor at the top level): a ``CheckpointError`` naming the top-level keys."""
+    wrapper_paths = tuple(wrapper_paths)
     for key_path in wrapper_paths:
         node: object = raw
         for key in key_path:
@@ -52,7 +57,14 @@ def unwrap(
         else:
             if isinstance(node, Mapping):
                 return {k: v for k, v in node.items() if isinstance(v, torch.Tensor)}
-    return {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in raw.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        accepted = ", ".join("/".join(path) for path in wrapper_paths) or "none"
+        raise CheckpointError(
+            f"{source} holds no tensors at its top level and none of the wrappers this family "
+            f"reads ({accepted}); its top-level keys: {_preview(set(map(str, raw)))}"
+        )
+    return tensors
 
 
 def load_strict(

@@ -103,6 +103,20 @@ def test_missing_file(tmp_path, var_config):
         )
 
 
+def test_unknown_wrapper_and_truncated_safetensors_are_named(tmp_path, var_config, var_state):
+    """A state dict under a wrapper VAR never writes is named by its top-level keys (it used to
+    be called a VQVAE file); a truncated safetensors file is a CheckpointError naming it."""
+    wrapped = tmp_path / "var_model.pth"
+    torch.save({"model": var_state, "epoch": 3}, wrapped)
+    with pytest.raises(CheckpointError, match=r"no tensors at its top level.*keys: epoch, model"):
+        load_var(wrapped, var_config)
+    whole = fixture_path("var_{tag}.safetensors").read_bytes()
+    truncated = tmp_path / "var_cut.safetensors"
+    truncated.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(CheckpointError, match=r"var_cut.safetensors as safetensors"):
+        load_var(truncated, var_config)
+
+
 def test_pickled_code_is_refused(tmp_path, var_config):
     path = tmp_path / "var_pickled.pth"
     torch.save({"model": VAR(var_config)}, path)  # a whole module: needs unpickling code

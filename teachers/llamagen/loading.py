@@ -162,7 +162,7 @@ def load_gpt(
         raise FileNotFoundError(f"GPT checkpoint file not found: {path}")
     config = resolve_gpt_config(config, path)
     _check_official_name(path, config)  # before reading a multi-GB file
-    state_dict = unwrap(read_state_dict(path), WRAPPERS)
+    state_dict = unwrap(read_state_dict(path), WRAPPERS, source=str(path))
     freqs_cis = state_dict.pop("freqs_cis", None)
     if freqs_cis is not None and freqs_cis.shape[0] != config.seq_len:
         raise CheckpointError(
@@ -209,7 +209,7 @@ def load_vq(
     if config is None and path.name in OFFICIAL_VQ_CHECKPOINTS:
         config = OFFICIAL_VQ_CHECKPOINTS[path.name]
     config = resolve_vq_config(config)
-    state_dict = unwrap(read_state_dict(path), WRAPPERS)
+    state_dict = unwrap(read_state_dict(path), WRAPPERS, source=str(path))
     vq = _build(VQModel, config, device)
     load_strict(
         vq, state_dict, source=str(path), diagnose=lambda _m, _u: _vq_cause(state_dict, config)

@@ -102,7 +102,7 @@ def load_var(
 ) -> VAR:
     """A :class:`VAR` in eval mode with the weights of ``path`` (strict)."""
     config = VARConfig.preset(config) if isinstance(config, str) else config
-    state = _strip_compiled_prefix(unwrap(read_state_dict(path), VAR_WRAPPERS))
+    state = _strip_compiled_prefix(unwrap(read_state_dict(path), VAR_WRAPPERS, source=str(path)))
     model = VAR(config)
     load_strict(model, state, source=str(path), diagnose=diagnose_var(state, config))
     return model.to(device).eval().requires_grad_(False)
@@ -117,7 +117,7 @@ def load_vqvae(
     zeros of the model's shape when its scale count differs, as the official loader does.
     """
     config = VQVAEConfig.preset(config) if isinstance(config, str) else config
-    state = _strip_compiled_prefix(unwrap(read_state_dict(path), VQVAE_WRAPPERS))
+    state = _strip_compiled_prefix(unwrap(read_state_dict(path), VQVAE_WRAPPERS, source=str(path)))
     model = VQVAE(config)
     own_hits = model.quantize.ema_vocab_hit_SV
     hits = state.get(_EMA_HITS_KEY)

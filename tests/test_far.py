@@ -26,7 +26,11 @@ from teachers.far import (
     sample_head,
 )
 from teachers.far.config import AutoencoderConfig, FARConfig
-from teachers.far.sampling import draw_noise, head_step_size
+from teachers.far.sampling import (
+    SHORTCUT_MAX_SIZED_STEPS,
+    draw_noise,
+    head_step_size,
+)
 from teachers.far.shortcut import self_consistency_targets, shortcut_loss
 from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher
 from teachers.shipped import WEIGHTS_DIR
@@ -92,6 +96,31 @@ def test_one_shortcut_step_is_told_the_whole_interval():
     assert head_step_size(True, 50) == 0.0 and head_step_size(False, 1) == 0.0
 
 
+def test_the_sampler_gives_the_head_its_times_and_step_size():
+    """FAR Appendix B's Euler steps: step ``i`` of ``M`` at ``t = i / M`` with ``d = 1 / M``
+    (``d = 0`` beyond 16 steps or for a flow head); guidance mixes the two halves."""
+    seen = []
+
+    class Spy(torch.nn.Module):
+        uses_step_size = True
+
+        def forward(self, x, t, d, z):
+            seen.append((t[0].item(), d[0].item(), x.shape[0]))
+            return z[:, :2]  # the velocity: the condition's first two entries
+
+    z = torch.tensor([[1.0, 2.0, 0.0]]).repeat(3, 1)
+    out = sample_head(Spy(), torch.zeros(3, 2), z, num_steps=4)
+    assert seen == [(0.0, 0.25, 3), (0.25, 0.25, 3), (0.5, 0.25, 3), (0.75, 0.25, 3)]
+    torch.testing.assert_close(out, z[:, :2])  # 4 steps of 1/4 along a constant velocity
+    seen.clear()
+    guided = sample_head(Spy(), torch.zeros(3, 2), z, num_steps=2, cfg_scale=3.0, z_uncond_ND=0 * z)
+    assert seen == [(0.0, 0.5, 6), (0.5, 0.5, 6)]  # [cond; uncond] in one call
+    torch.testing.assert_close(guided, 3.0 * z[:, :2])  # v_u + 3 (v_c - v_u), v_u = 0
+    seen.clear()
+    sample_head(Spy(), torch.zeros(3, 2), z, num_steps=SHORTCUT_MAX_SIZED_STEPS + 1)
+    assert {d for _, d, _ in seen} == {0.0}
+
+
 def test_self_consistency_target_has_no_gradient_and_comes_from_the_ema_head():
     model = debug_model()
     ema = copy.deepcopy(model)
@@ -111,15 +140,20 @@ def test_self_consistency_target_has_no_gradient_and_comes_from_the_ema_head():
         v1 = ema.head(x, t, d, z)
         v2 = ema.head(x + 0.25 * v1, t + 0.25, d, z)
     torch.testing.assert_close(target, (v1 + v2) / 2, atol=1e-6, rtol=0)
-    with torch.no_grad():  # changing the online head does not move the target
-        for p in model.head.parameters():
-            p.mul_(3.0)
-    assert torch.equal(self_consistency_targets(ema.head, x, t, d, z, settings), target)
-    # In the full loss, gradients reach the online head only, never the EMA head.
+    # In the full loss the targets come from the EMA head (both evaluations of Eq. 8, on the
+    # self-consistency rows), and gradients reach the online head only, never the EMA head.
     tokens = torch.randn(64, c, generator=generator)
+    ema_calls = []
+
+    def ema_head(*inputs):
+        ema_calls.append(inputs[0].shape[0])
+        return ema.head(*inputs)
+
     loss, parts = shortcut_loss(
-        model.head, ema.head, tokens, z.detach().repeat(11, 1)[:64], settings, generator
+        model.head, ema_head, tokens, z.detach().repeat(11, 1)[:64], settings, generator
     )
+    num_consistency = int(64 * settings.self_consistency_fraction)
+    assert num_consistency > 0 and ema_calls == [num_consistency, num_consistency]
     loss.backward()
     assert "consistency" in parts and "flow" in parts
     assert all(p.grad is None for p in ema.parameters())

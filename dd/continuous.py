@@ -119,6 +119,8 @@ class ContinuousDDStudent(nn.Module):
                 f"boundary {tuple(boundary_B.shape)} must be [B] like labels "
                 f"{tuple(labels_B.shape)}"
             )
+        if boundary_B.dtype.is_floating_point or boundary_B.dtype == torch.bool:
+            raise ValueError(f"boundary must be integer token positions, got {boundary_B.dtype}")
         if bool(((boundary_B < 0) | (boundary_B > n)).any()):
             raise ValueError(f"boundary must be in [0, {n}], got {boundary_B.tolist()}")
         device = self.teacher.device
@@ -189,6 +191,11 @@ def check_loss_settings(teacher: object, loss: LossSettings) -> None:
                 f"{'false' if key.startswith('cache') else 0} (and weigh "
                 "loss.token_mse_weight instead)"
             )
+    if loss.perceptual_weight == 0 and loss.token_mse_weight == 0:
+        raise ValueError(
+            "loss.perceptual_weight and loss.token_mse_weight are 0: the loss is 0 and the "
+            "student would learn nothing; give either term a weight"
+        )
 
 
 def student_class(teacher: object) -> type[DDStudent] | type[ContinuousDDStudent]:

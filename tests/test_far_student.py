@@ -338,6 +338,11 @@ def test_bad_inputs_are_refused(teacher, student):
         check_loss_settings(teacher, LossSettings("digits"))
     with pytest.raises(ValueError, match="token_mse_weight"):
         check_loss_settings(load_tiny_teacher("llamagen-digits"), LOSS)
+    nothing = LossSettings("digits", ce_weight=0.0, perceptual_weight=0.0, token_mse_weight=0.0)
+    with pytest.raises(ValueError, match="the loss is 0"):  # it trained nothing, silently
+        check_loss_settings(teacher, nothing)
+    with pytest.raises(ValueError, match="integer token positions"):  # 0.5 was read as a mask
+        student(labels, torch.zeros(2, 16, 8), torch.tensor([0.5, 3.7]))
 
 
 def test_the_shipped_student_loads_by_name_and_draws_recognisable_digits():

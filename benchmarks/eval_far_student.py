@@ -4,8 +4,9 @@
 
 For every seed, in one run, ``--per-class`` samples per class (100: 1,000 a seed):
 
-- teacher: the FAR teacher's own AR sampler (``teachers.far.sample_continuous_tokens``, its
-  default sampling: 8 head steps per token, CFG 2), Gaussian noise from the seed;
+- teacher: the FAR teacher's own AR sampler (``teachers.far.sample_continuous_tokens``) with
+  the settings ``--pairs`` was made with (the shipped pairs: 8 head steps per token, CFG 2),
+  Gaussian noise from the seed;
 - onestep*: every position of a class-``c`` sample drawn independently from the set of the
   teacher's tokens at that position over the class-``c`` pairs of ``--pairs`` (DD's onestep*
   for continuous tokens, ``dd.continuous_sampling.independent_token_sampler``);
@@ -31,7 +32,7 @@ from common import machine_description
 
 import dd
 from dd.continuous_sampling import independent_token_sampler
-from dd.data import load_pairs
+from dd.data import load_pairs, pair_sampling
 from dd.metrics.digits import class_accuracy, default_classifier, frechet_distance
 from teachers.data import load_digits_split
 from teachers.far import sample_continuous_tokens
@@ -81,6 +82,8 @@ def main() -> None:
     student = dd.load_student(args.student)
     teacher = student.teacher
     pairs = load_pairs(args.pairs, teacher_fingerprint=teacher.fingerprint())
+    sampling = pair_sampling(args.pairs, continuous=True)  # the teacher the student learnt
+    teacher_row = f"teacher ({sampling.head_steps} head steps)"
     reference = load_digits_split("train").images_01()
     labels = balanced_labels(teacher.num_classes, args.per_class)
     fid_rows = first_per_class(labels, args.fid_per_class)
@@ -97,7 +100,7 @@ def main() -> None:
         )
 
     def teacher_images(batch, generator):
-        tokens = sample_continuous_tokens(teacher, batch, generator=generator)
+        tokens = sample_continuous_tokens(teacher, batch, sampling, generator=generator)
         return teacher.decode_tokens(tokens)
 
     def onestep_images(batch, generator):
@@ -105,7 +108,7 @@ def main() -> None:
         return teacher.decode_tokens(tokens)
 
     for seed in args.seeds:
-        add("teacher (8 head steps)", *timed_batches(teacher_images, labels, seed))
+        add(teacher_row, *timed_batches(teacher_images, labels, seed))
         add("onestep*", *timed_batches(onestep_images, labels, seed))
         for steps in (1, 2):
             images = timed_batches(
@@ -117,7 +120,7 @@ def main() -> None:
         f"{machine_description(torch.get_num_threads())}; student {args.student}; seeds "
         f"{args.seeds}; {len(labels)} samples a seed; FID on {len(fid_rows)} vs the train split"
     )
-    teacher_fid = statistics.fmean(r["fid"] for r in rows["teacher (8 head steps)"])
+    teacher_fid = statistics.fmean(r["fid"] for r in rows[teacher_row])
     gap = statistics.fmean(r["fid"] for r in rows["onestep*"]) - teacher_fid
     print("| method | FID | class accuracy | within-class spread | ms per image | gap rule |")
     print("|---|---|---|---|---|---|")

@@ -193,6 +193,16 @@ def test_bad_inputs_raise_clear_errors(teacher):
         ContinuousSamplingConfig(cfg_scale=-1.0)
     with pytest.raises(ValueError, match="head_kind"):
         FARConfig(head_kind="diffusion")
+    for bad, message in (
+        ({"num_heads": 0}, "num_heads must be >= 1"),  # was a ZeroDivisionError
+        ({"dim": 0}, "dim must be >= 1"),
+        ({"mlp_ratio": -1.0}, "mlp_ratio must be > 0"),
+        ({"class_dropout_prob": 1.5}, "class_dropout_prob must be in"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            FARConfig(**bad)
+    with pytest.raises(ValueError, match="head_batch_mul must be an integer"):
+        ShortcutSettings(head_batch_mul=2.5)
     with pytest.raises(ValueError, match="unknown FAR preset"):
         far_preset("huge")
     with pytest.raises(ValueError, match="resolution"):

@@ -68,11 +68,16 @@ class FARConfig:
     def __post_init__(self) -> None:
         if self.head_kind not in HEAD_KINDS:
             raise ValueError(f"head_kind must be one of {HEAD_KINDS}, got {self.head_kind!r}")
-        if self.dim % self.num_heads:
-            raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
-        for name in ("token_dim", "grid_size", "num_classes", "depth", "head_width", "head_depth"):
+        counts = ("token_dim", "grid_size", "num_classes", "dim", "depth", "num_heads")
+        for name in (*counts, "head_width", "head_depth"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} not divisible by num_heads {self.num_heads}")
+        if not self.mlp_ratio > 0:
+            raise ValueError(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if not 0.0 <= self.class_dropout_prob < 1.0:
+            raise ValueError(f"class_dropout_prob must be in [0, 1), got {self.class_dropout_prob}")
 
     @property
     def num_tokens(self) -> int:
@@ -103,8 +108,9 @@ class ShortcutSettings:
     ema_decay: float = 0.999
 
     def __post_init__(self) -> None:
-        if self.head_batch_mul < 1:
-            raise ValueError(f"head_batch_mul must be >= 1, got {self.head_batch_mul}")
+        multiple = self.head_batch_mul
+        if isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1:
+            raise ValueError(f"head_batch_mul must be an integer >= 1, got {multiple!r}")
         if not 0.0 <= self.self_consistency_fraction < 1.0:
             raise ValueError(
                 f"self_consistency_fraction must be in [0, 1), got {self.self_consistency_fraction}"

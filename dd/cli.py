@@ -47,11 +47,13 @@ RECIPE_COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="dd", description="Distilled Decoding for AR image models"
+        prog="dd", description="Distilled Decoding for AR image models", allow_abbrev=False
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
-        command_parser = sub.add_parser(name, help=help_text, description=help_text)
+        command_parser = sub.add_parser(
+            name, help=help_text, description=help_text, allow_abbrev=False
+        )
         command_parser.set_defaults(_module=module_name)
         importlib.import_module(module_name).add_arguments(command_parser)
     for name, (_, help_text) in RECIPE_COMMANDS.items():

@@ -26,7 +26,10 @@ T = TypeVar("T")
 
 def recipe_parser(schema: type, *, prog: str, description: str = "") -> ArgumentParser:
     """A parser whose options are the fields of ``schema`` (nested sections as dotted keys)."""
-    parser = ArgumentParser(prog=prog, description=description, exit_on_error=True)
+    # allow_abbrev=False: argparse would read a misspelt --pairs.num_pair as --pairs.num_pairs
+    parser = ArgumentParser(
+        prog=prog, description=description, exit_on_error=True, allow_abbrev=False
+    )
     parser.add_argument("--recipe", "--config", action=ActionConfigFile, help="YAML recipe file")
     parser.add_class_arguments(schema, nested_key=None, fail_untyped=True)
     return parser

@@ -79,6 +79,13 @@ def test_overrides_apply_and_unknown_keys_are_refused(tmp_path, capsys):
     with pytest.raises(SystemExit):
         parse_recipe(["--recipe", str(bad)])
     assert "max_step" in capsys.readouterr().err
+    # A prefix of a key is a typo, not that key (argparse would expand it: run.max_step -> 7)
+    with pytest.raises(SystemExit):
+        parse_recipe(["--recipe", str(path), "--run.max_step", "7"])
+    assert "unrecognized arguments: --run.max_step" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        dd_main(["demo", "--out", str(tmp_path / "demo"), "--quick"])
+    assert "unrecognized arguments: --out" in capsys.readouterr().err
     for override, message in (
         (["--run.global_batch_size", "0"], "run.global_batch_size must be >= 1"),
         (["--run.val_every_steps", "0"], "run.val_every_steps must be >= 1"),

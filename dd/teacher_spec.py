@@ -23,7 +23,9 @@ import torch
 
 from teachers.protocol import Teacher
 from teachers.registry import FAMILIES, FamilySpec, load_family_teacher
-from teachers.tiny.registry import TINY_TEACHERS, load_tiny_teacher
+from teachers.tiny.registry import TINY_CONTINUOUS_TEACHERS, TINY_TEACHERS, load_tiny_teacher
+
+SHIPPED_TINY = (*TINY_TEACHERS, *TINY_CONTINUOUS_TEACHERS)
 
 FAMILY_FIELDS = ("preset", "tokenizer_preset", "checkpoint", "tokenizer_checkpoint")
 
@@ -44,7 +46,7 @@ class TeacherSpec:
         if (self.tiny is None) == (self.family is None):
             raise ValueError(
                 "teacher: give exactly one of 'tiny' (a shipped tiny teacher: "
-                f"{list(TINY_TEACHERS)}) or 'family' ({list(FAMILIES)})"
+                f"{list(SHIPPED_TINY)}) or 'family' ({list(FAMILIES)})"
             )
         if self.tiny is not None:
             others = [name for name in FAMILY_FIELDS if getattr(self, name) is not None]
@@ -53,11 +55,15 @@ class TeacherSpec:
                     "teacher: 'tiny' names a complete teacher; "
                     f"remove {others or ['official_args']}"
                 )
+            if self.tiny not in SHIPPED_TINY:
+                raise ValueError(
+                    f"teacher: unknown tiny teacher {self.tiny!r}; shipped: {list(SHIPPED_TINY)}"
+                )
             return
         if self.family not in FAMILIES:
             raise ValueError(
                 f"teacher: unknown family {self.family!r}; known families: {list(FAMILIES)}, "
-                f"or a shipped tiny teacher via 'tiny': {list(TINY_TEACHERS)}"
+                f"or a shipped tiny teacher via 'tiny': {list(SHIPPED_TINY)}"
             )
         if self.checkpoint is None or self.tokenizer_checkpoint is None:
             raise ValueError(

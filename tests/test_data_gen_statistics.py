@@ -3,7 +3,7 @@
 AR flow matching pushes N(0, I) onto each step's guided distribution (DD Sec. 3.2), so the
 tokens of generated pairs must be distributed as the teacher's own samples with the same labels
 and settings. Test: the statistic is the total-variation distance between the two data sets'
-per-position token frequencies, averaged over the 16 positions; its null distribution comes
+per-position token frequencies, averaged over the 64 positions; its null distribution comes
 from permutations of the pooled sequences (whole sequences are exchanged, so within-sequence
 dependence is kept). The pairs pass if the permutation p-value is >= ALPHA. The same test must
 reject samples drawn with another CFG scale (it has power at this sample size). Seeds are

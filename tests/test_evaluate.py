@@ -69,7 +69,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 def test_fid_from_statistics_equals_torchmetrics_and_npz_statistics():
     """Our Frechet distance in the digits space = torchmetrics' (same features) to 1e-4
-    relative; an ``.npz`` of the reference's mu/sigma gives the same FID as its images."""
+    relative (an ``.npz`` reference: ``test_inception_space_reads_a_local_weights_file``)."""
     train, heldout = load_digits_split("train").images_01(), load_digits_split("heldout")
     generated = heldout.images_01()[:200]
     space = DigitsSpace()
@@ -94,6 +94,16 @@ def test_npz_reference_and_generic_metric_behaviour(tmp_path):
     # precision/recall: a set against itself is all inside; a far-away set is all outside
     assert precision_recall(real, real) == (1.0, 1.0)
     assert precision_recall(real, real + 100.0) == (0.0, 0.0)
+    # ... and a generator covering one of two real modes: precise, half the recall. Fresh
+    # draws of mode A fall inside its k-NN balls 0.94-1.0 of the time (seeds 0-4); the real
+    # points of mode B lie outside every generated ball: recall 0.475-0.5.
+    generator = torch.Generator().manual_seed(0)
+    mode_a = torch.randn(100, 2, generator=generator)
+    mode_b = torch.randn(100, 2, generator=generator) + torch.tensor([50.0, 0.0])
+    precision, recall = precision_recall(
+        torch.cat([mode_a, mode_b]), torch.randn(100, 2, generator=generator)
+    )
+    assert precision >= 0.9 and 0.4 <= recall <= 0.5
     # IS: confident and uniform over K classes -> K; always the same class -> 1
     eye = torch.eye(10).repeat(10, 1) * 50
     assert inception_score(eye, splits=1) == pytest.approx(10.0, rel=1e-6)
@@ -425,6 +435,14 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     )  # fmt: skip
     with pytest.raises(ValueError, match="not an .npz"):
         build_space_and_reference(recipe, tiny=False)
+    # An .npz of a folder's mu and sigma (the ADM format) is the same reference as the folder.
+    folder = Reference.from_images(space, torch.rand(8, 3, 16, 16, generator=torch.Generator()))
+    np.savez(tmp_path / "ref.npz", mu=folder.stats.mu, sigma=folder.stats.sigma)
+    npz_recipe = dataclasses.replace(recipe, reference=str(tmp_path / "ref.npz"))
+    _, from_npz, name = build_space_and_reference(npz_recipe, tiny=False)
+    assert name.endswith("ref.npz") and from_npz.features is None  # no precision/recall
+    fid = frechet_distance(FeatureStats.of(features), folder.stats)
+    assert frechet_distance(FeatureStats.of(features), from_npz.stats) == pytest.approx(fid)
 
 
 def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):

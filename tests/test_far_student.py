@@ -35,10 +35,11 @@ from dd.continuous_sampling import (
 from dd.data import load_pairs, split_heldout
 from dd.distill import OptimSettings, PairDataModule
 from dd.losses import LossSettings
-from dd.metrics.digits import class_accuracy, feature_distance
+from dd.metrics.digits import class_accuracy, feature_distance, frechet_distance
 from dd.sampling import draw_noise
 from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec
+from teachers.data import load_digits_split
 from teachers.far import map_noise
 from teachers.protocol import ContinuousSamplingConfig
 from teachers.sampling import map_continuous_noise
@@ -346,12 +347,15 @@ def test_bad_inputs_are_refused(teacher, student):
 
 
 def test_the_shipped_student_loads_by_name_and_draws_recognisable_digits():
-    """``dd.load_student("far-digits")`` (dd/weights/far-digits): 1-step samples of 5 per class
-    are recognised by the digits classifier at >= 90% (measured 99.0% on 3 x 1,000 samples,
-    docs/far.md)."""
+    """``dd.load_student("far-digits")`` (dd/weights/far-digits): 1- and 2-step samples of 20
+    per class are recognised by the digits classifier at >= 95% and have FID <= 14 against the
+    train split (digits features). Measured at seeds 0-4: accuracy 98-100%, FID 9.4-10.8."""
     student = load_student("far-digits")
     assert isinstance(student, ContinuousDDStudent) and student.teacher.family == "far"
     assert student.timesteps == TIMESTEPS
-    labels = torch.arange(10).repeat_interleave(5)
-    images = dd.sample(student, labels, steps=1, generator=torch.Generator().manual_seed(0))
-    assert class_accuracy(images, labels) >= 0.9
+    labels = torch.arange(10).repeat_interleave(20)
+    reference = load_digits_split("train").images_01()
+    for steps in (1, 2):
+        images = dd.sample(student, labels, steps=steps, generator=torch.Generator().manual_seed(0))
+        assert class_accuracy(images, labels) >= 0.95, steps
+        assert frechet_distance(images, reference) <= 14.0, steps

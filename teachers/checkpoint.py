@@ -107,3 +107,15 @@ def _preview(keys: set[str], limit: int = 8) -> str:
     shown = sorted(keys)[:limit]
     more = f", ... (+{len(keys) - limit} more)" if len(keys) > limit else ""
     return ", ".join(shown) + more
+
+
+def build_empty(
+    factory: Callable[[object], nn.Module], config: object, device: torch.device | str
+) -> nn.Module:
+    """``factory(config)`` built on the ``meta`` device and given uninitialised storage on
+    ``device``: no random initialisation of weights a strict load overwrites anyway (seconds
+    and a second copy of the weights for a large model). Every parameter and buffer must then
+    come from the checkpoint, which ``load_strict`` enforces."""
+    with torch.device("meta"):
+        module = factory(config)
+    return module.to_empty(device=device)

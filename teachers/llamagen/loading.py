@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 
-from teachers.checkpoint import CheckpointError, load_strict, read_state_dict, unwrap
+from teachers.checkpoint import (
+    CheckpointError,
+    build_empty,
+    load_strict,
+    read_state_dict,
+    unwrap,
+)
 from teachers.llamagen.config import (
     GPT_PRESETS,
     OFFICIAL_GPT_CHECKPOINTS,
@@ -145,14 +151,6 @@ def _check_official_name(path: Path, config: GPTConfig) -> None:
         )
 
 
-def _build(
-    factory: type[torch.nn.Module], config: object, device: torch.device | str
-) -> torch.nn.Module:
-    with torch.device("meta"):
-        module = factory(config)
-    return module.to_empty(device=device)
-
-
 def load_gpt(
     path: str | Path, config: GPTConfig | str | None = None, *, device: torch.device | str = "cpu"
 ) -> GPT:
@@ -170,7 +168,7 @@ def load_gpt(
             f"{config.seq_len} (class token + {config.grid_size}x{config.grid_size}): "
             "wrong grid size"
         )
-    gpt = _build(GPT, config, device)
+    gpt = build_empty(GPT, config, device)
     load_strict(
         gpt, state_dict, source=str(path), diagnose=lambda _m, _u: _gpt_cause(state_dict, config)
     )
@@ -210,7 +208,7 @@ def load_vq(
         config = OFFICIAL_VQ_CHECKPOINTS[path.name]
     config = resolve_vq_config(config)
     state_dict = unwrap(read_state_dict(path), WRAPPERS, source=str(path))
-    vq = _build(VQModel, config, device)
+    vq = build_empty(VQModel, config, device)
     load_strict(
         vq, state_dict, source=str(path), diagnose=lambda _m, _u: _vq_cause(state_dict, config)
     )

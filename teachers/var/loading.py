@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from teachers.checkpoint import load_strict, read_state_dict, unwrap
+from teachers.checkpoint import build_empty, load_strict, read_state_dict, unwrap
 from teachers.var.config import VARConfig, VQVAEConfig
 from teachers.var.model import VAR
 from teachers.var.teacher import VARTeacher
@@ -103,9 +103,9 @@ def load_var(
     """A :class:`VAR` in eval mode with the weights of ``path`` (strict)."""
     config = VARConfig.preset(config) if isinstance(config, str) else config
     state = _strip_compiled_prefix(unwrap(read_state_dict(path), VAR_WRAPPERS, source=str(path)))
-    model = VAR(config)
+    model = build_empty(VAR, config, device)
     load_strict(model, state, source=str(path), diagnose=diagnose_var(state, config))
-    return model.to(device).eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
 def load_vqvae(
@@ -118,7 +118,7 @@ def load_vqvae(
     """
     config = VQVAEConfig.preset(config) if isinstance(config, str) else config
     state = _strip_compiled_prefix(unwrap(read_state_dict(path), VQVAE_WRAPPERS, source=str(path)))
-    model = VQVAE(config)
+    model = build_empty(VQVAE, config, device)
     own_hits = model.quantize.ema_vocab_hit_SV
     hits = state.get(_EMA_HITS_KEY)
     if (
@@ -129,7 +129,7 @@ def load_vqvae(
     ):
         state[_EMA_HITS_KEY] = torch.zeros_like(own_hits)
     load_strict(model, state, source=str(path), diagnose=diagnose_vqvae(state, config))
-    return model.to(device).eval().requires_grad_(False)
+    return model.eval().requires_grad_(False)
 
 
 def load_var_teacher(

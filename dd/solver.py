@@ -1,9 +1,9 @@
 """Time schedules and the multistep DPM-Solver++ for the AR flow-matching ODE.
 
-The flow of DD (FACTS.md section 1) is `x_t = (1 - t) x_0 + t c`: t = 0 is noise, t = 1 is
+The flow of DD (DD paper Sec. 3.2) is `x_t = (1 - t) x_0 + t c`: t = 0 is noise, t = 1 is
 data. In DPM-Solver notation `x_t = alpha_t m + sigma_t eps` with `alpha_t = t`,
 `sigma_t = 1 - t` and log signal-to-noise ratio `lambda_t = log(alpha_t / sigma_t)`
-(FACTS.md section 5). The solver works in the data-prediction form (DPM-Solver++, Lu et al.
+(DD paper Appendix C). The solver works in the data-prediction form (DPM-Solver++, Lu et al.
 2022, Algorithm 2): it integrates the ODE exactly in its linear part and approximates the
 data prediction `m(x, t)` by a polynomial in lambda through the last 1-3 evaluations.
 
@@ -18,6 +18,10 @@ from collections.abc import Callable
 from typing import Literal
 
 import torch
+
+# The D2 term of the order-3 update (multistep_coefficients): 2 from the exact integral; the
+# official DPM-Solver code uses 1, which makes the update order 2 (tests/test_flow.py).
+THIRD_ORDER_D2_FACTOR = 2.0
 
 Spacing = Literal["logsnr", "time"]
 SPACINGS: tuple[str, ...] = ("logsnr", "time")
@@ -65,7 +69,7 @@ def dpm_solver_pp(
 
     `data_prediction(x, t)` returns m(x, t), the posterior mean of the data. One evaluation
     per step (the last time is never evaluated), so NFE = len(times) - 1. Warm-up as in
-    FACTS.md section 5: the first step is order 1, the second order 2.
+    the official multistep solver: the first step is order 1, the second order 2.
     """
     if order not in range(1, MAX_SOLVER_ORDER + 1):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
@@ -93,16 +97,17 @@ def multistep_coefficients(h: float, earlier_h: list[float], *, alpha_next: floa
     """Weights k_i of the data predictions m_0 (newest), m_1, m_2 in one DPM-Solver++ step.
 
     `h` is this step's lambda increment, `earlier_h` the increments of the previous steps
-    (newest first); their count + 1 is the step's order. Expanding FACTS.md section 5:
+    (newest first); their count + 1 is the step's order. Expanding the multistep updates of
+    DPM-Solver++ (Lu et al. 2022; the official code's ``multistep_dpm_solver_*_update``):
     - order 1: x' = (sigma'/sigma) x - alpha' phi1 m0
     - order 2: ... - 0.5 alpha' phi1 D1, D1 = (m0 - m1) / r0, r0 = h0 / h
     - order 3: ... + alpha' phi2 D1 - 2 alpha' phi3 D2 with D1 = D1_0 + r0/(r0+r1) (D1_0 - D1_1),
       D2 = (D1_0 - D1_1) / (r0 + r1), D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1.
     D1 ~ h m' and D2 ~ h^2 m''/2 (Taylor in lambda about the current point). The exact
     integral of the m'' u^2/2 term is alpha' m'' int_0^h e^{-(h-u)} u^2/2 du
-    = -alpha' phi3 h^2 m'' = -2 alpha' phi3 D2. FACTS.md section 5 writes -alpha' phi3 D2,
-    half of that: tests/test_flow.py measures global order 2 for it and order 3 for this form
-    (error / 8 per halving of h).
+    = -alpha' phi3 h^2 m'' = -2 alpha' phi3 D2 (``THIRD_ORDER_D2_FACTOR``). The official code
+    writes -alpha' phi3 D2, half of that: ``tests/test_flow.py`` measures global order 2 for it
+    and order 3 for this form (error / 4 and / 8 per halving of h).
     """
     phi1 = math.expm1(-h)
     if not earlier_h:
@@ -124,7 +129,8 @@ def multistep_coefficients(h: float, earlier_h: list[float], *, alpha_next: floa
     phi2 = phi1 / h + 1.0
     phi3 = phi2 / h - 0.5
     weights = [
-        alpha_next * phi2 * a - 2.0 * alpha_next * phi3 * b for a, b in zip(d1, d2, strict=True)
+        alpha_next * phi2 * a - THIRD_ORDER_D2_FACTOR * alpha_next * phi3 * b
+        for a, b in zip(d1, d2, strict=True)
     ]
     weights[0] -= alpha_next * phi1
     return weights

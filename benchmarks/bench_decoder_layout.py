@@ -15,6 +15,10 @@ A third row per teacher keeps the channels-last view but runs every ``GroupNorm`
 on a contiguous copy, its output turned back to the input's layout (forward hooks, only for that
 call): PyTorch's CPU ``GroupNorm`` kernel is several times slower on channels-last input, while
 channels-last convolutions are faster, so this row shows what the mixed layout would save.
+Each teacher's rows end with the largest difference between the mixed row's images and the
+channels-last ones, and the share of the channels-last decode spent in ``native_group_norm``
+(``torch.profiler``). Then the two kernels alone, alternated, in both layouts: ``GroupNorm``
+(8 groups) and a 32-to-32 3x3 convolution at the decoders' shapes.
 """
 
 from __future__ import annotations
@@ -115,7 +119,58 @@ def layout_rows(name: str, eval_batch: int, train_batch: int, repeats: int) -> l
         train_ms = 1000 * statistics.median(seconds[("train", layout)])
         stride = tuple(source.stride())
         rows.append(f"| {name} | {layout} {stride} | {decode_ms:.1f} | {train_ms:.1f} |")
+    with torch.no_grad():
+        plain = decode(maps["channels-last view"])
+        with norms[mixed]():
+            difference = (decode(maps[mixed]) - plain).abs().max().item()
+    rows.append(f"{name}: mixed against channels-last images, max |difference| {difference:.1e}")
+    share = norm_share(sampling(maps["channels-last view"], "channels-last view"))
+    rows.append(f"{name}: native_group_norm share of the channels-last decode {share:.0%}")
     return rows
+
+
+def norm_share(call) -> float:
+    """The share of ``call``'s CPU time (self time of every op) in ``native_group_norm``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()  # warm-up
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        call()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    return sum(e.self_cpu_time_total for e in events if e.key == "aten::native_group_norm") / total
+
+
+def kernel_rows(batch: int, repeats: int) -> list[str]:
+    """``GroupNorm`` and a 3x3 convolution alone, channels-last against contiguous input."""
+    generator = torch.Generator().manual_seed(0)
+    calls, shapes = {}, {}
+    for channels in (16, 32):
+        x = torch.randn(batch, channels, 16, 16, generator=generator)
+        norm = torch.nn.GroupNorm(8, channels)
+        for layout, source in (
+            ("contiguous", x),
+            ("channels-last", x.to(memory_format=torch.channels_last)),
+        ):
+            calls[(f"GroupNorm [{batch}, {channels}, 16, 16]", layout)] = functools.partial(
+                norm, source
+            )
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1)
+    x = torch.randn(batch, 32, 16, 16, generator=generator)
+    conv_last = torch.nn.Conv2d(32, 32, 3, padding=1).to(memory_format=torch.channels_last)
+    conv_last.load_state_dict(conv.state_dict())
+    calls[(f"conv 3x3 32->32 [{batch}, 32, 16, 16]", "contiguous")] = functools.partial(conv, x)
+    calls[(f"conv 3x3 32->32 [{batch}, 32, 16, 16]", "channels-last")] = functools.partial(
+        conv_last, x.to(memory_format=torch.channels_last)
+    )
+    with torch.no_grad():
+        seconds = alternated_seconds(calls, repeats)
+    for (kernel, layout), values in seconds.items():
+        shapes.setdefault(kernel, {})[layout] = 1000 * statistics.median(values)
+    return [
+        f"| {kernel} | {ms['channels-last']:.2f} | {ms['contiguous']:.2f} |"
+        for kernel, ms in shapes.items()
+    ]
 
 
 def main() -> None:
@@ -136,6 +191,10 @@ def main() -> None:
     for name in args.teachers:
         for row in layout_rows(name, args.eval_batch, args.train_batch, args.repeats):
             print(row)
+    print("| kernel | channels-last (ms) | contiguous (ms) |")
+    print("|---|---|---|")
+    for row in kernel_rows(args.eval_batch, args.repeats):
+        print(row)
 
 
 if __name__ == "__main__":

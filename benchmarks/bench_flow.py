@@ -72,7 +72,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
 
-    num_layers, dim, num_heads, ffn_hidden = 24, 1024, 16, 2816  # LlamaGen-L (FACTS.md s. 2)
+    num_layers, dim, num_heads, ffn_hidden = 24, 1024, 16, 2816  # LlamaGen-L (LlamaGen gpt.py)
     stack = nn.Sequential(*[Block(dim, num_heads, ffn_hidden) for _ in range(num_layers)]).eval()
     num_tokens = args.batch_size * args.seq_len
 

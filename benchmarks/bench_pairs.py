@@ -46,7 +46,7 @@ from data_gen.shards import OpenShard, RunIdentity, ShardRange, encode_record
 from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.sampling import sample_tokens
 
-# (name, tokens, code_dim, vocab) of the release teachers (FACTS.md sections 2 and 3).
+# (name, tokens, code_dim, vocab) of the release teachers (docs/teachers.md).
 RECORD_SHAPES = (("VAR-d16", 680, 32, 4096), ("LlamaGen-L", 256, 8, 16384))
 
 

@@ -21,7 +21,7 @@ steps, then ONE teacher-forcing pass (``map_noise_teacher_forcing``; zeros stand
 not yet made, as code 0 does there) maps the noise of every remaining position at once. The
 first filled step is exactly the teacher's; the later ones are conditioned on placeholders.
 
-``independent_token_sampler``: DD's ``onestep*`` (paper Prop. 3.1, FACTS.md section 1) for
+``independent_token_sampler``: DD's ``onestep*`` (DD paper Sec. 5.1 and Prop. 3.1) for
 continuous tokens: every position of a sample of class ``c`` is drawn independently and
 uniformly from the set of the teacher's tokens at that position over the pairs of class ``c``
 (the empirical per-class, per-position marginal).

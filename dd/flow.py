@@ -2,7 +2,7 @@
 
 At one AR step the teacher gives a categorical p over the codebook rows c_1..c_V. DD treats p
 as a mixture of Diracs in R^C and transports N(0, I) onto it along `x_t = (1-t) x_0 + t c`
-(FACTS.md section 1, equation 3 of the paper):
+(DD paper Sec. 3.2, Eq. 3):
 
     w_j(x, t) = softmax_j( log p_j - ||x - t c_j||^2 / (2 (1-t)^2) )    posterior weights
     m(x, t)   = sum_j w_j c_j                                           posterior mean
@@ -98,7 +98,7 @@ def posterior_mean(
 def velocity(
     x: torch.Tensor, log_probs: torch.Tensor, codebook: torch.Tensor, t: float
 ) -> torch.Tensor:
-    """V(x, t) = (m - x) / (1 - t), the flow-matching velocity (FACTS.md section 1)."""
+    """V(x, t) = (m - x) / (1 - t), the flow-matching velocity (DD paper Eq. 3)."""
     return (posterior_mean(x, log_probs, codebook, t) - x) / (1.0 - t)
 
 

@@ -38,7 +38,8 @@ class DDStudent(nn.Module):
     saved with the student: ``student_state_dict``), the training ``timesteps`` (AR step
     indices, 0-based, starting at 0) and ``split_token``: when sampling, positions before it
     take the logits head's argmax and positions from it the embedding head's nearest code
-    (FACTS.md section 1; LlamaGen-B 80, LlamaGen-L 130, VAR-d16 the first 5 scales).
+    (DD paper App. B; the released DD code, github.com/imagination-research/distilled-decoding,
+    uses LlamaGen-B 80, LlamaGen-L 130, VAR-d16 the first 5 scales).
 
     ``noise_logit_scale`` (``None``: the paper's student) adds a learned ``kappa * <x_i, c_j>``
     to the logits of token ``i`` from its own input ``x_i`` (the noise that decides it):

@@ -1,7 +1,7 @@
 """The recipe of a distillation run (``dd train --recipe recipes/distill_*.yaml``).
 
 Typed sections, parsed by jsonargparse from the dataclass signatures (one source of truth for
-defaults, help and validation; unknown keys are refused). Paper settings: FACTS.md section 1.
+defaults, help and validation; unknown keys are refused). Paper settings: DD paper Sec. 5.1, App. C.
 """
 
 from __future__ import annotations

@@ -199,7 +199,7 @@ class Teacher(Protocol):
         ...
 
     def default_sampling(self) -> SamplingConfig:
-        """The family's sampling defaults (FACTS.md sections 2 and 3)."""
+        """The family's sampling defaults (DD paper App. C; docs/teachers.md)."""
         ...
 
     def fingerprint(self) -> str:
@@ -309,7 +309,7 @@ def check_tokens(
 # draws its tokens by running the per-token head's sampler from Gaussian noise. With a
 # deterministic head sampler (Euler steps of a flow / shortcut head) that sampler *is* a
 # deterministic noise -> token map per step, so DD's pairs (noise, tokens) exist without a
-# codebook (FACTS.md section 4). The session below exposes exactly that map.
+# codebook (FAR Sec. 3.3 and App. B; docs/far.md). The session below exposes exactly that map.
 
 
 @dataclass(frozen=True)

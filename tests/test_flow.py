@@ -172,7 +172,7 @@ def test_posterior_matches_the_unexpanded_formula_and_identities():
     t = 0.6
     direct = torch.softmax(
         log_probs - (x[:, None, :] - t * codebook).square().sum(-1) / (2 * (1 - t) ** 2), -1
-    )  # FACTS.md eq. (3) as written
+    )  # DD paper Eq. 3 as written
     torch.testing.assert_close(posterior_weights(x, log_probs, codebook, t), direct)
     mean = posterior_mean(x, log_probs, codebook, t)
     torch.testing.assert_close(mean, direct @ codebook)

@@ -1,4 +1,4 @@
-"""FAR (Fast AutoRegressive, FACTS.md section 4): continuous-token AR generation with a
+"""FAR (Fast AutoRegressive, FAR paper Sec. 3.3): continuous-token AR generation with a
 shortcut head, as FAR-Causal; the teacher behind ``teachers.protocol.ContinuousTeacher``.
 
 No FAR code is public: this is an independent implementation from the paper and the shortcut

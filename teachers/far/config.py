@@ -90,7 +90,8 @@ class FARConfig:
 
 @dataclass(frozen=True)
 class ShortcutSettings:
-    """The shortcut objective (shortcut models, Frans et al. 2024; FACTS.md section 4).
+    """The shortcut objective (FAR Sec. 3.3; shortcut models, Frans et al. 2024, whose released
+    code is github.com/kvfrans/shortcut-models).
 
     - ``head_batch_mul``: every condition ``z_i`` is used this many times per step with fresh
       noise and times (MAR's ``diffusion_batch_mul``), cheap because the head is small;

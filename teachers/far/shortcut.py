@@ -5,7 +5,7 @@ Convention (shortcut models, Frans et al. 2024): ``x_t = (1 - t) x_0 + t x_1`` w
 
 - Flow matching (FAR Eq. 4-6 at ``d = 0``): ``|| v(x_t, t, 0) - (x_1 - x_0) ||^2``,
   ``t ~ U[0, 1)``.
-- Self-consistency (FAR Eq. 7-8, FACTS.md section 4): one step of size ``2d`` equals two steps
+- Self-consistency (FAR Eq. 7-8; Frans et al. 2024): one step of size ``2d`` equals two steps
   of size ``d``: ``s(x_t, t, 2d) ~ (s'(x_t, t, d) + s'(x'_{t+d}, t+d, d)) / 2`` with
   ``x'_{t+d} = x_t + d s'(x_t, t, d)``, where ``s'`` is the EMA head and the target carries no
   gradient. ``2d`` is a power of two (``ShortcutSettings.num_step_levels``) and ``t`` lies on

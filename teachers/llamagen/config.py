@@ -260,8 +260,9 @@ class VQConfig:
         return cls(**args)
 
 
-# Official ``GPT_models`` sizes at 256 px (FACTS.md section 2); ``GPTConfig.preset`` sets the
-# token grid. ``debug``: the shapes of the parity fixture (dim 64, 2 layers, 4 heads).
+# Official ``GPT_models`` sizes at 256 px (LlamaGen autoregressive/models/gpt.py);
+# ``GPTConfig.preset`` sets the token grid. ``debug``: the shapes of the parity fixture (dim 64,
+# 2 layers, 4 heads).
 GPT_PRESETS: dict[str, GPTConfig] = {
     "B": GPTConfig(n_layer=12, n_head=12, dim=768),
     "L": GPTConfig(n_layer=24, n_head=16, dim=1024),

@@ -1,4 +1,4 @@
-"""LlamaGen's 2D rotary position embedding (FACTS.md section 2).
+"""LlamaGen's 2D rotary position embedding (official autoregressive/models/gpt.py).
 
 Each head's ``head_dim`` channels form ``head_dim / 2`` rotation pairs of *adjacent*
 channels ``(2i, 2i+1)``. The first half of the pairs rotate by the token's row index, the

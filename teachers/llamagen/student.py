@@ -1,4 +1,4 @@
-"""The DD student's LlamaGen backbone, built from the teacher's own modules (FACTS.md section 1).
+"""The DD student's LlamaGen backbone, built from the teacher's own modules (DD paper App. B).
 
 Sequence ``[class, x_1 .. x_n]`` (n + 1 positions, the teacher's full RoPE table), plain causal
 mask. ``x_i`` is a continuous C-dim input: noise or a codebook vector (Eq. 5), projected by a

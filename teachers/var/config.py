@@ -1,4 +1,4 @@
-"""Typed configs of VAR and its multi-scale VQVAE, with named presets (FACTS.md section 3).
+"""Typed configs of VAR and its multi-scale VQVAE, with named presets (docs/teachers.md).
 
 Only inputs are stored; derived values (token count, scale ranges, image size) are
 properties. ``from_official_args`` takes the keyword arguments of the official constructors

@@ -1,4 +1,4 @@
-"""The VAR transformer: next-scale prediction with AdaLN blocks (FACTS.md section 3).
+"""The VAR transformer: next-scale prediction with AdaLN blocks (VAR models/var.py, basic_var.py).
 
 Sequence of ``L = sum(p^2)`` positions: scale 0 is the start token
 ``class_emb(label) + pos_start``; scale ``k > 0`` is ``word_embed`` of the next-scale input

@@ -1,4 +1,4 @@
-"""VAR's multi-scale residual quantiser (VAR paper Alg. 1 and 2; FACTS.md section 3).
+"""VAR's multi-scale residual quantiser (VAR paper Alg. 1 and 2; official models/quant.py).
 
 Encoding goes coarse to fine: area-downsample the residual to scale ``k``'s grid, take the
 nearest codes (plain L2), upsample their embeddings bicubically to the last grid, apply the

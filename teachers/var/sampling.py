@@ -2,7 +2,7 @@
 
 Plain sampling is the family-independent ``teachers.sampling.sample_tokens`` over the
 teacher's session (images: ``teacher.decode_tokens``); with these settings it reproduces the
-official ``autoregressive_infer_cfg`` (FACTS.md section 3), whose ``top_k=1`` is
+official ``autoregressive_infer_cfg`` (VAR models/var.py), whose ``top_k=1`` is
 ``sample_tokens(..., greedy=True)``.
 """
 

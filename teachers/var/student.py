@@ -1,4 +1,4 @@
-"""The DD student's VAR backbone, built from the teacher's own modules (FACTS.md section 1).
+"""The DD student's VAR backbone, built from the teacher's own modules (DD paper App. B).
 
 Sequence ``[start, x_1 .. x_n]`` (n + 1 positions; the position table grows by one row, the
 start's, copied from the teacher's first). ``x_i`` is the continuous Cvae-dim input of token

@@ -23,9 +23,7 @@ import torch
 
 from teachers.protocol import Teacher
 from teachers.registry import FAMILIES, FamilySpec, load_family_teacher
-from teachers.tiny.registry import TINY_CONTINUOUS_TEACHERS, TINY_TEACHERS, load_tiny_teacher
-
-SHIPPED_TINY = (*TINY_TEACHERS, *TINY_CONTINUOUS_TEACHERS)
+from teachers.tiny.registry import known_tiny_teachers, load_tiny_teacher
 
 FAMILY_FIELDS = ("preset", "tokenizer_preset", "checkpoint", "tokenizer_checkpoint")
 
@@ -45,8 +43,8 @@ class TeacherSpec:
     def __post_init__(self) -> None:
         if (self.tiny is None) == (self.family is None):
             raise ValueError(
-                "teacher: give exactly one of 'tiny' (a shipped tiny teacher: "
-                f"{list(SHIPPED_TINY)}) or 'family' ({list(FAMILIES)})"
+                "teacher: give exactly one of 'tiny' (a tiny teacher of tiny.json: "
+                f"{known_tiny_teachers()}) or 'family' ({list(FAMILIES)})"
             )
         if self.tiny is not None:
             others = [name for name in FAMILY_FIELDS if getattr(self, name) is not None]
@@ -55,15 +53,13 @@ class TeacherSpec:
                     "teacher: 'tiny' names a complete teacher; "
                     f"remove {others or ['official_args']}"
                 )
-            if self.tiny not in SHIPPED_TINY:
-                raise ValueError(
-                    f"teacher: unknown tiny teacher {self.tiny!r}; shipped: {list(SHIPPED_TINY)}"
-                )
+            if self.tiny not in (known := known_tiny_teachers()):
+                raise ValueError(f"teacher: unknown tiny teacher {self.tiny!r}; known: {known}")
             return
         if self.family not in FAMILIES:
             raise ValueError(
                 f"teacher: unknown family {self.family!r}; known families: {list(FAMILIES)}, "
-                f"or a shipped tiny teacher via 'tiny': {list(SHIPPED_TINY)}"
+                f"or a tiny teacher via 'tiny': {known_tiny_teachers()}"
             )
         if self.checkpoint is None or self.tokenizer_checkpoint is None:
             raise ValueError(

@@ -378,9 +378,17 @@ def test_shard_without_receipt_or_outside_the_plan_is_refused(spec, teacher, ref
         run_generation(make_recipe(spec, folder), teacher=teacher)
 
 
-def test_unknown_teachers_list_the_known_ones(tmp_path):
+def test_unknown_teachers_list_the_known_ones(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="unknown tiny teacher 'nope'.*'far-digits-flow'"):
         TeacherSpec(tiny="nope")  # refused by the spec (a dry run), every shipped name listed
+    # A teacher `dd train-teacher --data-dir` wrote into tiny.json is known too.
+    from teachers.tiny import registry
+
+    shipped = registry.read_metadata()
+    extended = {**shipped, "llamagen-shapes": shipped["llamagen-digits"]}
+    monkeypatch.setattr(registry, "read_metadata", lambda weights_dir=None: extended)
+    assert TeacherSpec(tiny="llamagen-shapes").tiny == "llamagen-shapes"
+    monkeypatch.undo()
     with pytest.raises(ValueError, match=r"known families: \['llamagen', 'var'\].*far-digits"):
         TeacherSpec(family="mar", checkpoint="a", tokenizer_checkpoint="b")
     with pytest.raises(FileNotFoundError, match="teacher.checkpoint"):

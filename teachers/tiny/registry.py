@@ -40,6 +40,13 @@ def tiny_sampling(name: str) -> SamplingConfig:
     return TINY_SAMPLING[name]
 
 
+def known_tiny_teachers(weights_dir: str | Path | None = None) -> list[str]:
+    """The teachers ``load_tiny_teacher`` can load: the entries of ``tiny.json`` of a teacher
+    family, the shipped ones and any ``dd train-teacher`` wrote there."""
+    metadata = read_metadata(weights_dir)
+    return sorted(name for name, entry in metadata.items() if entry.get("family") in TINY_FAMILIES)
+
+
 def load_tiny_teacher(
     name: str, *, weights_dir: str | Path | None = None, device: torch.device | str = "cpu"
 ) -> Teacher:
@@ -47,8 +54,8 @@ def load_tiny_teacher(
     ``"far-digits"`` / ``"far-digits-flow"``), frozen, eval mode."""
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
     metadata = read_metadata(weights_dir)
-    known = sorted(k for k, v in metadata.items() if v.get("family") in TINY_FAMILIES)
-    if name not in metadata or name not in known:
+    known = known_tiny_teachers(weights_dir)
+    if name not in known:
         raise ValueError(
             f"unknown tiny teacher {name!r}; known: {known or list(TINY_TEACHERS)}"
             + ("" if known else f" (none trained yet in {weights_dir})")

@@ -124,7 +124,7 @@ class ContinuousDDStudent(nn.Module):
         if bool(((boundary_B < 0) | (boundary_B > n)).any()):
             raise ValueError(f"boundary must be in [0, {n}], got {boundary_B.tolist()}")
         device = self.teacher.device
-        labels_B, inputs_BNC = labels_B.to(device), inputs_BNC.to(device, torch.float32)
+        labels_B, inputs_BNC = labels_B.to(device, torch.long), inputs_BNC.to(device, torch.float32)
         is_data_BN = data_mask(boundary_B.to(device), n)
         embeddings_BTC = self.backbone(labels_B, inputs_BNC, is_data_BN)
         # Position 0 is the class position; i + 1 predicts token i. Eq. 6: the prefix as given.

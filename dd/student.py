@@ -158,6 +158,7 @@ class DDStudent(nn.Module):
         ``sampling_noise_logit_scale``)."""
         n = self.geometry.num_tokens
         check_labels(labels_B, self.num_classes)
+        labels_B = labels_B.long()  # uint8/int16 labels: the class embedding needs long
         if inputs_BNC.dim() != 3 or tuple(inputs_BNC.shape[1:]) != (n, self.code_dim):
             raise ValueError(
                 f"inputs must be [B, {n}, {self.code_dim}], got {tuple(inputs_BNC.shape)}"

@@ -342,6 +342,8 @@ def test_bad_inputs_are_refused(teacher, student):
     nothing = LossSettings("digits", ce_weight=0.0, perceptual_weight=0.0, token_mse_weight=0.0)
     with pytest.raises(ValueError, match="the loss is 0"):  # it trained nothing, silently
         check_loss_settings(teacher, nothing)
+    eight_bit = dd.sample(student, labels.to(torch.uint8), generator=torch.Generator())
+    assert torch.equal(eight_bit, dd.sample(student, labels, generator=torch.Generator()))
     with pytest.raises(ValueError, match="integer token positions"):  # 0.5 was read as a mask
         student(labels, torch.zeros(2, 16, 8), torch.tensor([0.5, 3.7]))
 

@@ -115,6 +115,10 @@ def test_bad_steps_and_labels_are_refused(student):
     for wrong in (True, "12", 2.0, [0, 1.5], [0, True]):
         with pytest.raises(TypeError, match="steps="):
             dd.sample(student, labels, steps=wrong)
+    assert torch.equal(  # labels of any integer dtype are the classes they hold
+        dd.sample(student, labels.to(torch.uint8), generator=torch.Generator().manual_seed(5)),
+        dd.sample(student, labels, generator=torch.Generator().manual_seed(5)),
+    )
     assert torch.equal(  # index-like ints are accepted as the ints they are
         dd.sample(
             student,

@@ -138,6 +138,29 @@ def test_cli_trains_a_folder_teacher_that_loads_by_name(tmp_path):
     assert teacher.num_classes == 2 and isinstance(teacher, Teacher)
 
 
+def test_cli_refuses_counts_that_train_nothing_and_a_folder_named_digits(tmp_path, capsys):
+    """A step count of 0 or less trained nothing and recorded a loss of 0 (the classifier's 0
+    became its default); a --data-dir named 'digits' took the shipped files' names."""
+    base = ["train-teacher", "--out", str(tmp_path / "weights"), "--dry-run"]
+    for family, flag in (
+        ("llamagen", "--ar-steps"),
+        ("var", "--tokenizer-steps"),
+        ("llamagen", "--decoder-steps"),
+        ("far", "--ar-batch-size"),
+        ("classifier", "--classifier-steps"),
+    ):
+        for value in ("0", "-5"):
+            with pytest.raises(SystemExit):
+                dd_main([*base, "--family", family, flag, value])
+            assert f"{flag}: must be an integer >= 1, got {value}" in capsys.readouterr().err
+    digits = tmp_path / "digits"
+    (digits / "a").mkdir(parents=True)
+    with pytest.raises(ValueError, match="a folder named 'digits'"):
+        dd_main(["train-teacher", "--family", "classifier", "--out", str(tmp_path / "w")]
+                + ["--data-dir", str(digits), "--no-progress"])  # fmt: skip
+    assert not (tmp_path / "w" / "tiny.json").exists()
+
+
 def test_independent_token_sampler_follows_frequencies():
     tokens = torch.tensor([[0, 1], [0, 2], [3, 3]])
     labels = torch.tensor([0, 0, 1])

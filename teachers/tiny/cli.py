@@ -43,22 +43,34 @@ _DEFAULTS = TrainSettings()
 VAR_AR_BATCH_SIZE = 32  # 130 tokens per image: half LlamaGen's 64 images, about the same tokens
 
 
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a step count or batch size of 0 or less would train
+    nothing and record a loss of 0)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--out", required=True, type=Path, help="folder for weights + tiny.json")
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    parser.add_argument("--tokenizer-steps", type=int, default=_DEFAULTS.tokenizer_steps)
-    parser.add_argument("--ar-steps", type=int, default=_DEFAULTS.ar_steps)
+    parser.add_argument("--tokenizer-steps", type=positive_int, default=_DEFAULTS.tokenizer_steps)
+    parser.add_argument("--ar-steps", type=positive_int, default=_DEFAULTS.ar_steps)
     parser.add_argument(
         "--decoder-steps",
-        type=int,
+        type=positive_int,
         default=_DEFAULTS.decoder_steps,
         help="llamagen only: steps of the lighter decoder's refit on the frozen codebook",
     )
     parser.add_argument(
-        "--ar-batch-size", type=int, default=None, help="default: per family (see presets.py)"
+        "--ar-batch-size",
+        type=positive_int,
+        default=None,
+        help="default: per family (see presets.py)",
     )
-    parser.add_argument("--classifier-steps", type=int, default=None)
+    parser.add_argument("--classifier-steps", type=positive_int, default=None)
     parser.add_argument(
         "--head",
         choices=HEAD_KINDS,
@@ -111,6 +123,11 @@ def command_line(args: argparse.Namespace) -> str:
 def _load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]:
     if args.data_dir is None:
         return load_digits_split("train"), load_digits_split("heldout"), "digits"
+    if args.data_dir.name == "digits":  # its files and tiny.json names would be the shipped ones
+        raise ValueError(
+            f"--data-dir {args.data_dir}: a folder named 'digits' would take the bundled data's "
+            "names (and overwrite the shipped teachers or evaluator in --out); rename it"
+        )
     return load_image_folder(args.data_dir), None, args.data_dir.name
 
 
@@ -184,7 +201,7 @@ def run(args: argparse.Namespace) -> int:
     if args.family == "classifier":
         from teachers.tiny.train_classifier import CLASSIFIER_STEPS, train_classifier
 
-        steps = args.classifier_steps or CLASSIFIER_STEPS
+        steps = CLASSIFIER_STEPS if args.classifier_steps is None else args.classifier_steps
         model, losses = train_classifier(train, steps=steps, seed=args.seed, progress=progress)
         name = CLASSIFIER_NAME if data_name == "digits" else f"classifier-{data_name}"
         file_name = CLASSIFIER_FILE if data_name == "digits" else f"{name}.safetensors"

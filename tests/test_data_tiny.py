@@ -45,6 +45,14 @@ def test_random_shift_keeps_shape_and_background():
     shifted = random_shift(images, 1, torch.Generator().manual_seed(0))
     assert shifted.shape == images.shape
     assert (shifted == 1).sum() == (images == 1).sum()  # the bright pixel stays inside
+    # Each image moves by its own offset in [-1, 1]^2 (not all stay put), and the edge the
+    # shift uncovers is background: a bright border moves inward, -1 comes in behind it.
+    positions = {tuple((image[0] == 1).nonzero()[0].tolist()) for image in shifted}
+    assert len(positions) > 1 and all(abs(r - 8) <= 1 and abs(c - 8) <= 1 for r, c in positions)
+    border = -torch.ones(64, 3, 16, 16)
+    border[:, :, 0, :] = 1
+    moved = random_shift(border, 1, torch.Generator().manual_seed(1))
+    assert set(moved.unique().tolist()) == {-1.0, 1.0}  # the fill is -1, never 0
 
 
 def _write_png(path, value, size=(10, 12)):

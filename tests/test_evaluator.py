@@ -39,6 +39,17 @@ def test_fid_separates_real_from_noise(heldout):
     floor = frechet_distance(heldout.images_01(), train.images_01())
     noise = frechet_distance(torch.rand(360, 3, 16, 16), train.images_01())
     assert floor < 10 and noise > 20 * floor
+    # Images the evaluator would misread are refused: uint8 (read as floats up to 255) and
+    # [-1, 1] (read as darker images) gave a wrong FID without an error.
+    real = heldout.images_01()
+    for wrong, message in (
+        ((real * 255).round().to(torch.uint8), "float images"),
+        (real * 2 - 1, r"must be in \[0, 1\]"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            frechet_distance(wrong, train.images_01())
+        with pytest.raises(ValueError, match=message):
+            class_accuracy(wrong, heldout.labels)
 
 
 def test_fid_extractor_takes_uint8_and_float(heldout):

@@ -176,6 +176,17 @@ def predict(
     return torch.cat([classifier(b).argmax(dim=1) for b in _batches(images_01, batch_size)])
 
 
+def check_unit_images(images: torch.Tensor, name: str) -> None:
+    """The evaluator reads float images in ``[0, 1]``: uint8 images were cast to floats up to
+    255 and ``[-1, 1]`` images read as darker ones, each giving a wrong FID without an error."""
+    if not images.dtype.is_floating_point:
+        raise ValueError(f"{name} must be float images in [0, 1], got dtype {images.dtype}")
+    if images.numel() and (images.min() < 0 or images.max() > 1):
+        raise ValueError(
+            f"{name} must be in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]"
+        )
+
+
 def class_accuracy(
     images_01: torch.Tensor,
     labels: torch.Tensor,
@@ -184,6 +195,7 @@ def class_accuracy(
     batch_size: int = DEFAULT_EVAL_BATCH,
 ) -> float:
     """Fraction of images the classifier assigns to their intended ``labels``."""
+    check_unit_images(images_01, "images")
     if labels.shape != (images_01.shape[0],):
         raise ValueError(f"labels {tuple(labels.shape)} do not match {images_01.shape[0]} images")
     predicted = predict(images_01, classifier, batch_size=batch_size)
@@ -200,6 +212,9 @@ def frechet_distance(
 ) -> float:
     """FID between two image sets in the classifier's feature space (torchmetrics)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
+
+    check_unit_images(generated_01, "generated")
+    check_unit_images(reference_01, "reference")
 
     extractor = FIDFeatureExtractor(classifier or default_classifier())
     metric = FrechetInceptionDistance(feature=extractor, normalize=True)

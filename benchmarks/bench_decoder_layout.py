@@ -77,8 +77,11 @@ def contiguous_group_norms(module: torch.nn.Module) -> Iterator[None]:
             handle.remove()
 
 
-def layout_rows(name: str, eval_batch: int, train_batch: int, repeats: int) -> list[str]:
-    """Table rows of teacher ``name``: both layouts, decoding and the training pass."""
+def layout_rows(
+    name: str, eval_batch: int, train_batch: int, repeats: int
+) -> tuple[list[str], list[str]]:
+    """Table rows of teacher ``name`` (every layout, decoding and the training pass) and its
+    notes (the images' difference, the GroupNorm share)."""
     teacher = load_tiny_teacher(name)
     decode = decoder_of(teacher)
     generator = torch.Generator().manual_seed(0)
@@ -123,10 +126,12 @@ def layout_rows(name: str, eval_batch: int, train_batch: int, repeats: int) -> l
         plain = decode(maps["channels-last view"])
         with norms[mixed]():
             difference = (decode(maps[mixed]) - plain).abs().max().item()
-    rows.append(f"{name}: mixed against channels-last images, max |difference| {difference:.1e}")
     share = norm_share(sampling(maps["channels-last view"], "channels-last view"))
-    rows.append(f"{name}: native_group_norm share of the channels-last decode {share:.0%}")
-    return rows
+    notes = [
+        f"- {name}: mixed against channels-last images, max |difference| {difference:.1e}",
+        f"- {name}: native_group_norm share of the channels-last decode {share:.0%}",
+    ]
+    return rows, notes
 
 
 def norm_share(call) -> float:
@@ -188,9 +193,14 @@ def main() -> None:
         f"backward, batch {args.train_batch} (ms) |"
     )
     print("|---|---|---|---|")
+    notes = []
     for name in args.teachers:
-        for row in layout_rows(name, args.eval_batch, args.train_batch, args.repeats):
-            print(row)
+        rows, teacher_notes = layout_rows(name, args.eval_batch, args.train_batch, args.repeats)
+        print("\n".join(rows))
+        notes += teacher_notes
+    print()
+    print("\n".join(notes))
+    print()
     print("| kernel | channels-last (ms) | contiguous (ms) |")
     print("|---|---|---|")
     for row in kernel_rows(args.eval_batch, args.repeats):

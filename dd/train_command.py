@@ -154,6 +154,7 @@ def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = Fal
 def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     import lightning.pytorch as pl
 
+    from data_gen.shards import write_json_atomic
     from dd.checkpoint import initialise_from, save_student
     from dd.continuous import check_loss_settings, student_class
     from dd.continuous_distill import ContinuousDistillModule
@@ -172,7 +173,9 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     (output / "recipe.yaml").write_text(resolved_yaml)
     teacher = load_teacher(recipe.teacher)
     pairs = load_pairs(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
-    (output / PAIRS_IDENTITY).write_text(json.dumps(pair_identity(recipe.pairs.folder)) + "\n")
+    # Every DDP rank writes the same content; atomically, so a rank's resume check never
+    # reads a half-written file.
+    write_json_atomic(output / PAIRS_IDENTITY, pair_identity(recipe.pairs.folder))
     train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout, recipe.pairs.num_train)
     pl.seed_everything(run.seed, workers=True)  # the new layers' initialisation
     check_loss_settings(teacher, recipe.loss)

@@ -8,13 +8,16 @@ these two functions, so neither has to import the other.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
 METADATA_FILE = "tiny.json"
+LOCK_FILE = ".tiny.json.lock"  # held while an entry is written (write_metadata_entry)
 SHIPPED_FILE_MODE = 0o644  # mkstemp creates 0600; the file is shipped package data
 
 
@@ -27,16 +30,40 @@ def read_metadata(weights_dir: str | Path | None = None) -> dict:
 
 
 def write_metadata_entry(name: str, entry: dict, weights_dir: str | Path) -> Path:
-    """Set ``name``'s entry of ``<weights_dir>/tiny.json`` (atomic replace, other entries kept)."""
+    """Set ``name``'s entry of ``<weights_dir>/tiny.json`` (atomic replace, other entries kept).
+    Two runs writing into one folder at once (e.g. both FAR heads on two cores) take turns: the
+    read-modify-replace holds an exclusive lock, else the later replace dropped the other's
+    entry."""
     weights_dir = Path(weights_dir)
     weights_dir.mkdir(parents=True, exist_ok=True)
-    metadata = read_metadata(weights_dir)
-    metadata[name] = entry
     path = weights_dir / METADATA_FILE
-    fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".tiny.", suffix=".json")
-    with os.fdopen(fd, "w") as handle:
-        json.dump(dict(sorted(metadata.items())), handle, indent=2)
-        handle.write("\n")
-    os.chmod(tmp, SHIPPED_FILE_MODE)
-    os.replace(tmp, path)
+    with _exclusive(weights_dir / LOCK_FILE):
+        metadata = read_metadata(weights_dir)
+        metadata[name] = entry
+        fd, tmp = tempfile.mkstemp(dir=weights_dir, prefix=".tiny.", suffix=".json")
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(dict(sorted(metadata.items())), handle, indent=2)
+                handle.write("\n")
+            os.chmod(tmp, SHIPPED_FILE_MODE)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
     return path
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``lock_path`` for the block (POSIX; elsewhere no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock
+        yield
+        return
+    with open(lock_path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

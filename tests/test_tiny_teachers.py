@@ -170,3 +170,36 @@ def test_independent_token_sampler_follows_frequencies():
     drawn = independent_token_sampler(table, torch.tensor([0] * 200 + [1]), seed=0)
     assert (drawn[:200, 0] == 0).all() and set(drawn[:200, 1].tolist()) == {1, 2}
     assert drawn[200].tolist() == [3, 3]
+
+
+def test_two_writers_of_one_tiny_json_keep_both_entries(tmp_path, monkeypatch):
+    """Two runs finishing together in one --out: each reads tiny.json, adds its entry and
+    replaces the file. Without the lock the second replace dropped the first entry; the
+    barrier makes both reads happen first whenever nothing keeps them apart."""
+    import threading
+
+    from teachers import shipped
+
+    both_read = threading.Barrier(2, timeout=2)
+    read = shipped.read_metadata
+
+    def read_together(weights_dir=None):
+        metadata = read(weights_dir)
+        try:
+            both_read.wait()  # with the lock, the other writer cannot get here: it times out
+        except threading.BrokenBarrierError:
+            pass
+        return metadata
+
+    monkeypatch.setattr(shipped, "read_metadata", read_together)
+    writers = [
+        threading.Thread(target=shipped.write_metadata_entry, args=(name, {"n": i}, tmp_path))
+        for i, name in enumerate(("far-a", "far-b"))
+    ]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join()
+    monkeypatch.undo()
+    assert shipped.read_metadata(tmp_path) == {"far-a": {"n": 0}, "far-b": {"n": 1}}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny.json.lock", "tiny.json"]

@@ -109,7 +109,6 @@ def pair_identity(folder: str | Path) -> dict | None:
         "teacher": manifest["teacher"]["fingerprint"],
         "settings_key": manifest["settings_key"],
         "num_pairs": manifest["counts"]["num_pairs"],
-        "status": manifest.get("status"),
     }
 
 

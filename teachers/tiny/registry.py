@@ -43,7 +43,10 @@ def tiny_sampling(name: str) -> SamplingConfig:
 def known_tiny_teachers(weights_dir: str | Path | None = None) -> list[str]:
     """The teachers ``load_tiny_teacher`` can load: the entries of ``tiny.json`` of a teacher
     family, the shipped ones and any ``dd train-teacher`` wrote there."""
-    metadata = read_metadata(weights_dir)
+    return _teacher_names(read_metadata(weights_dir))
+
+
+def _teacher_names(metadata: dict) -> list[str]:
     return sorted(name for name, entry in metadata.items() if entry.get("family") in TINY_FAMILIES)
 
 
@@ -54,7 +57,7 @@ def load_tiny_teacher(
     ``"far-digits"`` / ``"far-digits-flow"``), frozen, eval mode."""
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
     metadata = read_metadata(weights_dir)
-    known = known_tiny_teachers(weights_dir)
+    known = _teacher_names(metadata)  # tiny.json read once
     if name not in known:
         raise ValueError(
             f"unknown tiny teacher {name!r}; known: {known or list(TINY_TEACHERS)}"

@@ -6,8 +6,11 @@
     python3 benchmarks/bench_student.py --teacher var-d16 --batch-size 4 --repeats 3
 
 A one-step DD sample is one student forward (``dd.sampling.sample_tokens`` with ``steps=1``:
-the forward, the prefix rule, the argmax / nearest-code choice) plus the decoder; the floor it
-is held to is one full-sequence teacher forward (``logits_teacher_forcing``). Both are timed
+the forward, the prefix rule, the argmax / nearest-code choice, each head run only at the
+tokens it chooses) plus the decoder; the floor it is held to is one full-sequence teacher
+forward (``logits_teacher_forcing``). Also timed beside them: the same step with both heads at
+every token, as ``choose_tokens`` reads the full outputs (how ``dd_step`` ran before each head
+was restricted to its own tokens). All are timed
 in the same run, alternating call by call, median of ``--repeats``; the DD step / forward ratio
 is also taken round by round (each step against the forward just before it) with its quartiles,
 which a slow spell of a shared machine moves less. Also timed: the two other parts of
@@ -30,7 +33,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from dd.checkpoint import load_student
 from dd.evaluate import alternated_seconds, teacher_forward
-from dd.sampling import randomness_at, sample_tokens
+from dd.sampling import choose_tokens, randomness_at, sample_tokens
 from dd.student import DDStudent
 from teachers.llamagen import GPT, GPTConfig, LlamaGenTeacher, VQConfig, VQModel
 from teachers.tiny import load_tiny_teacher
@@ -101,6 +104,15 @@ def main() -> None:
     def one_step():
         sample_tokens(student, labels, noise, steps=1)
 
+    boundary_B = torch.zeros(batch, dtype=torch.long)
+    no_prefix = torch.zeros(batch, geometry.num_tokens, dtype=torch.long)
+
+    def full_heads_step():  # step 1 with both heads at every token, then choose_tokens
+        with torch.no_grad():
+            kappa = student.sampling_noise_logit_scale
+            outputs = student(labels, noise, boundary_B, no_prefix, noise_logit_scale=kappa)
+            choose_tokens(student, *outputs)
+
     def decode():
         with torch.no_grad():
             teacher.decode_tokens(tokens)
@@ -115,7 +127,13 @@ def main() -> None:
 
     flops = {"teacher": flops_per_image(one_forward), "decode": flops_per_image(decode)}
     seconds = alternated_seconds(
-        {"teacher": one_forward, "student": one_step, "decode": decode, "noise": draw},
+        {
+            "teacher": one_forward,
+            "student": one_step,
+            "full heads": full_heads_step,
+            "decode": decode,
+            "noise": draw,
+        },
         args.repeats,
     )
     median = {name: statistics.median(values) for name, values in seconds.items()}
@@ -129,6 +147,10 @@ def main() -> None:
     print("|---|---|")
     print(f"| one full-sequence teacher forward | {1000 * median['teacher']:.1f} |")
     print(f"| one DD step (student forward + token choice) | {1000 * median['student']:.1f} |")
+    print(
+        f"| one DD step with both heads at every token (``choose_tokens`` of the full outputs) "
+        f"| {1000 * median['full heads']:.1f} |"
+    )
     print(f"| decoder | {1000 * median['decode']:.1f} |")
     print(f"| per-sample seeded noise streams (noise + uniforms) | {1000 * median['noise']:.1f} |")
     print(
@@ -139,6 +161,11 @@ def main() -> None:
     print(
         f"round-by-round ratio over {len(paired)} rounds: median {quartiles[1]:.3f}, quartiles "
         f"{quartiles[0]:.3f} .. {quartiles[2]:.3f}"
+    )
+    heads = [a / b for a, b in zip(seconds["student"], seconds["full heads"], strict=True)]
+    print(
+        "DD step / the step with both heads everywhere, round by round: median "
+        f"{statistics.median(heads):.3f} (each head only where it chooses: dd.sampling.dd_step)"
     )
     floor = 1 + (median["decode"] + median["noise"]) / median["teacher"]
     all_in = (median["student"] + median["decode"] + median["noise"]) / median["teacher"]

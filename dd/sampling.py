@@ -162,19 +162,28 @@ def dd_step(
 ) -> torch.Tensor:
     """One DD step from AR step ``step``: the kept prefix of ``tokens_BN`` before its boundary
     and the original noise after it (Alg. 3) -> the whole predicted sequence. Positions before
-    the boundary come back as given (Eq. 6)."""
+    the boundary come back as given (Eq. 6): their tokens are copied, not re-chosen (the
+    nearest code of a code vector is another code when two codebook rows coincide).
+
+    Each head runs only where it chooses (``choose_tokens``' rule): the logits from the
+    boundary to ``split_token``, the embeddings from there to the end. The tokens are those of
+    the full outputs (``tests/test_sampling.py``)."""
     codebook = student.teacher.codebook
     boundary = student.geometry.step_ranges[step][0]
+    split = max(boundary, student.split_token)
     boundary_B = torch.full((labels.shape[0],), boundary, device=codebook.device)
     inputs = trajectory_input(noise_BNC, tokens_BN, codebook, boundary_B)
     logits, embeddings = student(
-        labels, inputs, boundary_B, tokens_BN, noise_logit_scale=student.sampling_noise_logit_scale
+        labels,
+        inputs,
+        boundary_B,
+        tokens_BN,
+        noise_logit_scale=student.sampling_noise_logit_scale,
+        logits_tokens=range(boundary, split),
+        embedding_tokens=range(split, student.geometry.num_tokens),
     )
-    chosen = choose_tokens(student, logits, embeddings)
-    # Eq. 6 keeps the prefix's code vectors; copy its tokens too: the nearest code of a code
-    # vector is another code when two codebook rows coincide (to float round-off).
-    chosen[:, :boundary] = tokens_BN[:, :boundary]
-    return chosen
+    chosen = [tokens_BN[:, :boundary], logits.argmax(-1), nearest_codes(embeddings, codebook)]
+    return torch.cat(chosen, dim=1)
 
 
 @torch.no_grad()

@@ -21,6 +21,7 @@ from teachers.protocol import (
     add_code_scores_,
     check_labels,
     check_tokens,
+    head_positions,
 )
 
 NOISE_LOGIT_SCALE_KEY = "noise_logit_scale"
@@ -153,9 +154,19 @@ class DDStudent(nn.Module):
         prefix_tokens_BN: torch.Tensor,
         *,
         noise_logit_scale: float | None = None,
+        logits_tokens: range | None = None,
+        embedding_tokens: range | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``noise_logit_scale``: kappa instead of the learned one (the sampler passes
-        ``sampling_noise_logit_scale``)."""
+        ``sampling_noise_logit_scale``).
+
+        ``logits_tokens`` / ``embedding_tokens`` (``range`` of token indices; ``None``: all
+        ``n``): that head's outputs at those tokens only, ``[B, len(range), V]`` /
+        ``[B, len(range), C]``, equal to the full outputs' slices (the heads act token by
+        token). Sampling reads each head only where it chooses (``dd.sampling.dd_step``): on
+        LlamaGen-B the ``[B, n, V]`` logits are 13% of a forward's multiply-adds, and 16 MB an
+        image in float32. A range must not start before a sample's boundary: the prefix is
+        given (Eq. 6), there is nothing to compute."""
         n = self.geometry.num_tokens
         check_labels(labels_B, self.num_classes)
         labels_B = labels_B.long()  # uint8/int16 labels: the class embedding needs long
@@ -170,13 +181,45 @@ class DDStudent(nn.Module):
             )
         check_tokens(prefix_tokens_BN, self.vocab_size, length=n, batch_size=labels_B.shape[0])
         is_data_BN = data_mask(boundary_B, n)
-        logits_BTV, embeddings_BTC = self.backbone(labels_B, inputs_BNC, is_data_BN)
-        # Position 0 is the family's extra (class / start) position; i + 1 predicts token i.
-        logits_BNV = logits_BTV[:, 1:]
-        # In place (no second [B, n, V] tensor); kappa 0 (the trunk alone) adds nothing.
+        if logits_tokens is None and embedding_tokens is None:
+            # Position 0 is the family's extra (class / start) position; i + 1 predicts token i.
+            logits_BTV, embeddings_BTC = self.backbone(labels_B, inputs_BNC, is_data_BN)
+            logits_BNV, embeddings_BNC = logits_BTV[:, 1:], embeddings_BTC[:, 1:]
+            self._add_noise_logit_prior(logits_BNV, inputs_BNC, noise_logit_scale)
+            return apply_prefix(
+                logits_BNV, embeddings_BNC, inputs_BNC, prefix_tokens_BN, boundary_B
+            )
+        logits_at = self._tokens_after_prefix(logits_tokens, boundary_B)
+        embeddings_at = self._tokens_after_prefix(embedding_tokens, boundary_B)
+        logits_BNV, embeddings_BNC = self.backbone(
+            labels_B,
+            inputs_BNC,
+            is_data_BN,
+            logits_positions=range(logits_at.start + 1, logits_at.stop + 1),
+            embedding_positions=range(embeddings_at.start + 1, embeddings_at.stop + 1),
+        )
+        self._add_noise_logit_prior(
+            logits_BNV, inputs_BNC[:, logits_at.start : logits_at.stop], noise_logit_scale
+        )
+        return logits_BNV, embeddings_BNC
+
+    def _add_noise_logit_prior(
+        self, logits_BNV: torch.Tensor, inputs_BNC: torch.Tensor, noise_logit_scale: float | None
+    ) -> None:
+        """``logits += kappa <x_i, c_j>`` in place (no second ``[B, n, V]`` tensor); kappa 0
+        (the trunk alone) adds nothing."""
         if self.noise_logit_scale is not None and noise_logit_scale != 0.0:
             kappa = self.noise_logit_scale if noise_logit_scale is None else noise_logit_scale
             add_code_scores_(logits_BNV, kappa * inputs_BNC, self.teacher.codebook)
-        return apply_prefix(
-            logits_BNV, embeddings_BTC[:, 1:], inputs_BNC, prefix_tokens_BN, boundary_B
-        )
+
+    def _tokens_after_prefix(self, tokens: range | None, boundary_B: torch.Tensor) -> range:
+        """``tokens`` (``None``: all), refused unless it starts at or after every boundary."""
+        n = self.geometry.num_tokens
+        tokens = range(n) if tokens is None else tokens
+        head_positions(tokens, n)  # a step-1 range within [0, n]
+        if tokens and boundary_B.numel() and tokens.start < int(boundary_B.max()):
+            raise ValueError(
+                f"head tokens {tokens} start before a boundary ({int(boundary_B.max())}): the "
+                "prefix is given (Eq. 6)"
+            )
+        return tokens

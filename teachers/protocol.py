@@ -230,6 +230,11 @@ class Teacher(Protocol):
         ``i``. At initialisation position 0's logits are the teacher's unguided first-step
         logits (the one place both compute the same function). A family may take keyword
         options (LlamaGen: ``teacher_aligned``); called without any, its default.
+
+        Keywords ``logits_positions`` and ``embedding_positions`` (``range`` of those n + 1
+        positions, ``head_positions``; ``None``: all): each head runs at its positions only
+        and returns ``[B, len(range), V]`` / ``[B, len(range), C]``, the same values as the
+        full outputs' slices. Sampling reads each head where it chooses tokens (``DDStudent``).
         """
         ...
 
@@ -255,6 +260,18 @@ def add_code_scores_(
     batch, _, vocab = logits_BNV.shape
     codebook_BCV = codebook_VC.T.to(logits_BNV.dtype).expand(batch, -1, vocab)
     return logits_BNV.baddbmm_(vectors_BNC.to(logits_BNV.dtype), codebook_BCV, alpha=alpha)
+
+
+def head_positions(positions: range | None, length: int) -> slice:
+    """The slice of a backbone's ``length`` output positions that a head runs at: ``positions``
+    (a ``range`` with step 1 inside ``[0, length]``; empty is allowed) or ``None`` for all."""
+    if positions is None:
+        return slice(0, length)
+    if not isinstance(positions, range) or positions.step != 1:
+        raise ValueError(f"head positions must be a range with step 1, got {positions!r}")
+    if not 0 <= positions.start <= positions.stop <= length:
+        raise ValueError(f"head positions {positions} must lie within [0, {length}]")
+    return slice(positions.start, positions.stop)
 
 
 def clamp_straight_through(x: torch.Tensor, low: float, high: float) -> torch.Tensor:

@@ -18,6 +18,7 @@ from dd.sampling import (
     sample_tokens_interleaved,
 )
 from dd.student import DDStudent
+from dd.trajectory import trajectory_input
 from teachers.sampling import sample_from_uniforms
 from teachers.sampling import sample_tokens as teacher_sample_tokens
 from teachers.tiny import load_tiny_teacher, tiny_sampling
@@ -80,6 +81,40 @@ def test_each_step_sees_the_kept_prefix_and_the_samples_own_noise(student):
     assert torch.equal(two[:, boundary:], expected[:, boundary:])
     other = torch.cat([codes, torch.randn_like(noise[:, boundary:])], dim=1)
     assert not torch.equal(by_hand(other, one, boundary)[:, boundary:], two[:, boundary:])
+
+
+@pytest.mark.parametrize("name", ["llamagen-digits", "var-digits"])
+def test_a_dd_step_chooses_what_the_full_outputs_choose(name):
+    """``dd_step`` runs each head only where it chooses (logits from the boundary to the split,
+    embeddings after); its tokens are ``choose_tokens``' of the full outputs, the prefix copied.
+    Splits before, at, after the second boundary and at the end; a noise-logit prior and a
+    sampling kappa; weights moved off their zero initialisation. Exact: argmax of values
+    equal to 1e-5 (tests/test_student.py) gives the same token unless two nearly tie."""
+    teacher = load_tiny_teacher(name)
+    geometry = teacher.geometry
+    n, second = geometry.num_tokens, geometry.num_steps // 2
+    labels = torch.arange(6) % teacher.num_classes
+    noise = draw_noise(6, n, teacher.code_dim, torch.Generator().manual_seed(5))
+    zeros = torch.zeros(6, n, dtype=torch.long)
+    for split in (0, geometry.step_ranges[second][0], geometry.step_ranges[second + 1][0], n):
+        torch.manual_seed(6)
+        student = DDStudent(teacher, (0, second), split, 1.5, sampling_noise_logit_scale=2.0)
+        with torch.no_grad():
+            for parameter in student.backbone.parameters():
+                parameter.add_(0.05 * torch.randn_like(parameter))
+        one = dd_step(student, labels, noise, zeros, 0)
+        two = dd_step(student, labels, noise, one, second)
+        for step, prefix, tokens in ((0, zeros, one), (second, one, two)):
+            start = geometry.step_ranges[step][0]
+            boundary = torch.full((6,), start)
+            inputs = trajectory_input(noise, prefix, teacher.codebook, boundary)
+            with torch.no_grad():
+                logits, embeddings = student(
+                    labels, inputs, boundary, prefix, noise_logit_scale=2.0
+                )
+            expected = choose_tokens(student, logits, embeddings)
+            expected[:, :start] = prefix[:, :start]
+            assert torch.equal(tokens, expected), (split, step)
 
 
 def test_the_prefix_comes_back_as_given_even_with_coinciding_codes():

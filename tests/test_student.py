@@ -213,3 +213,86 @@ def test_the_noise_logit_prior_adds_kappa_times_code_similarity(teacher):
     assert "noise_logit_scale" in with_prior.student_state_dict()
     with pytest.raises(ValueError, match="noise-logit prior"):
         plain.load_student_state_dict(with_prior.student_state_dict())
+
+
+def perturbed_student(teacher, options: dict | None = None) -> DDStudent:
+    """A tiny student with a noise-logit prior whose zero-initialised parts (flags, the
+    own-position term) are made to matter: every weight moved by a little noise."""
+    torch.manual_seed(3)
+    second = teacher.geometry.num_steps // 2
+    student = DDStudent(
+        teacher,
+        (0, second),
+        teacher.geometry.step_ranges[second][0],
+        noise_logit_scale=1.5,
+        backbone_options=options,
+    ).eval()
+    with torch.no_grad():
+        for parameter in student.backbone.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    return student
+
+
+@pytest.mark.parametrize(
+    ("name", "options"),
+    [
+        ("llamagen-digits", None),
+        ("llamagen-digits", {"teacher_aligned": False}),
+        ("var-digits", None),
+    ],
+)
+def test_heads_at_given_tokens_are_the_full_outputs_slices(name, options):
+    """``logits_tokens`` / ``embedding_tokens``: each head at its tokens only gives the full
+    outputs' slices (prior included; LlamaGen's shifted readout and own-position term across
+    the slice's start), empty ranges included. Tolerance 1e-5: a product over fewer rows may
+    round differently."""
+    teacher = load_tiny_teacher(name)
+    student = perturbed_student(teacher, options)
+    labels, noise, tokens = random_batch(teacher, seed=4)
+    n = teacher.geometry.num_tokens
+    for start in (0, teacher.geometry.step_ranges[2][0]):
+        boundary = torch.full((BATCH_SIZE,), start)
+        inputs = trajectory_input(noise, tokens, teacher.codebook, boundary)
+        with torch.no_grad():
+            full_logits, full_embeddings = student(labels, inputs, boundary, tokens)
+        spans = [
+            (range(start, n), range(start, n)),
+            (range(start, start + 5), range(start + 3, n)),
+            (range(start + 1, start + 2), range(n, n)),
+            (range(n, n), range(start, start)),
+        ]
+        for logits_tokens, embedding_tokens in spans:
+            with torch.no_grad():
+                logits, embeddings = student(
+                    labels,
+                    inputs,
+                    boundary,
+                    tokens,
+                    logits_tokens=logits_tokens,
+                    embedding_tokens=embedding_tokens,
+                )
+            assert logits.shape == (BATCH_SIZE, len(logits_tokens), teacher.vocab_size)
+            assert embeddings.shape == (BATCH_SIZE, len(embedding_tokens), teacher.code_dim)
+            at_logits = slice(logits_tokens.start, logits_tokens.stop)
+            at_embeddings = slice(embedding_tokens.start, embedding_tokens.stop)
+            torch.testing.assert_close(logits, full_logits[:, at_logits], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(
+                embeddings, full_embeddings[:, at_embeddings], rtol=1e-5, atol=1e-5
+            )
+
+
+def test_head_tokens_before_the_boundary_or_outside_the_sequence_are_refused(teacher, student):
+    labels, noise, tokens = random_batch(teacher)
+    n = teacher.geometry.num_tokens
+    start = teacher.geometry.step_ranges[1][0]
+    boundary = torch.full((BATCH_SIZE,), start)
+    inputs = trajectory_input(noise, tokens, teacher.codebook, boundary)
+    for logits_tokens, message in [
+        (range(0, n), "start before a boundary"),
+        (range(start, n + 1), "within"),
+        (range(start, n, 2), "step 1"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            student(labels, inputs, boundary, tokens, logits_tokens=logits_tokens)
+    with pytest.raises(ValueError, match="start before a boundary"):  # None: all n tokens
+        student(labels, inputs, boundary, tokens, logits_tokens=range(start, n))

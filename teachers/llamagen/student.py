@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from teachers.llamagen.gpt import GPT
-from teachers.protocol import add_code_scores_
+from teachers.protocol import add_code_scores_, head_positions
 
 NUM_FLAGS = 2  # 0 = noise, 1 = data
 
@@ -78,8 +78,18 @@ class LlamaGenStudentBackbone(nn.Module):
         self.train()
 
     def forward(
-        self, labels_B: torch.Tensor, inputs_BNC: torch.Tensor, is_data_BN: torch.Tensor
+        self,
+        labels_B: torch.Tensor,
+        inputs_BNC: torch.Tensor,
+        is_data_BN: torch.Tensor,
+        *,
+        logits_positions: range | None = None,
+        embedding_positions: range | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads at all ``n + 1`` positions, or each at its ``range`` only (the contract:
+        ``Teacher.student_backbone``)."""
+        at_logits = head_positions(logits_positions, self.num_tokens + 1)
+        at_embeddings = head_positions(embedding_positions, self.num_tokens + 1)
         image_BND = self.input_proj(inputs_BNC) + self.flag_embedding(is_data_BN.long())
         h_BTD = torch.cat([self.cls_embedding(labels_B), image_BND], dim=1)  # T = n + 1
         rope_TP2 = self.freqs_cis[: h_BTD.shape[1]]
@@ -87,13 +97,16 @@ class LlamaGenStudentBackbone(nn.Module):
             h_BTD = layer(h_BTD, rope_TP2)  # causal attention over the whole sequence
         normed_BTD = self.norm(h_BTD)
         if not self.teacher_aligned:  # position i: the teacher's head for token i + 1
-            logits_BTV = self.output(normed_BTD).float()
+            logits_BTV = self.output(normed_BTD[:, at_logits]).float()
         else:  # position i >= 1 reads the head at i - 1 (shifted before the head: D << V)
             shifted_BTD = torch.cat([normed_BTD[:, :1], normed_BTD[:, :-1]], dim=1)
-            logits_BTV = self.output(shifted_BTD).float()
-            own_BNC = self.own_position_code(normed_BTD[:, 1:])
-            add_code_scores_(logits_BTV[:, 1:], own_BNC, self.codebook_VC)
-        embeddings_BTC = self.embedding_out(self.embedding_norm(h_BTD)).float()
+            logits_BTV = self.output(shifted_BTD[:, at_logits]).float()
+            # The own-position term of positions >= 1 (position 0 has no input of its own).
+            first_own = max(at_logits.start, 1)
+            own_BNC = self.own_position_code(normed_BTD[:, first_own : at_logits.stop])
+            own_logits_BNV = logits_BTV[:, first_own - at_logits.start :]
+            add_code_scores_(own_logits_BNV, own_BNC, self.codebook_VC)
+        embeddings_BTC = self.embedding_out(self.embedding_norm(h_BTD[:, at_embeddings])).float()
         return logits_BTV, embeddings_BTC
 
 

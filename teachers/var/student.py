@@ -20,6 +20,7 @@ import copy
 import torch
 from torch import nn
 
+from teachers.protocol import head_positions
 from teachers.var.model import VAR, level_ids
 
 NUM_FLAGS = 2  # 0 = noise, 1 = data
@@ -72,8 +73,18 @@ class VARStudentBackbone(nn.Module):
         self.train()
 
     def forward(
-        self, labels_B: torch.Tensor, inputs_BNC: torch.Tensor, is_data_BN: torch.Tensor
+        self,
+        labels_B: torch.Tensor,
+        inputs_BNC: torch.Tensor,
+        is_data_BN: torch.Tensor,
+        *,
+        logits_positions: range | None = None,
+        embedding_positions: range | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both heads at all ``n + 1`` positions, or each at its ``range`` only (the contract:
+        ``Teacher.student_backbone``)."""
+        at_logits = head_positions(logits_positions, self.num_tokens + 1)
+        at_embeddings = head_positions(embedding_positions, self.num_tokens + 1)
         cond_BD = self.class_emb(labels_B)
         start_B1C = cond_BD.unsqueeze(1) + self.pos_start
         x_BTC = torch.cat([start_B1C, self.word_embed(inputs_BNC.float())], dim=1)
@@ -85,6 +96,8 @@ class VARStudentBackbone(nn.Module):
         for block, flag in zip(self.blocks, self.flag_embeddings, strict=True):
             x_BTC = block(x_BTC + flag(flags_BT), cond, bias)
         h_BTC = x_BTC.float()
-        logits_BTV = self.head(self.head_nm(h_BTC, cond_BD)).float()
-        embeddings_BTC = self.embedding_out(self.embedding_head_nm(h_BTC, cond_BD)).float()
+        # The AdaLN heads act position by position: a slice's outputs are the full outputs'.
+        logits_BTV = self.head(self.head_nm(h_BTC[:, at_logits], cond_BD)).float()
+        embedding_input_BTC = self.embedding_head_nm(h_BTC[:, at_embeddings], cond_BD)
+        embeddings_BTC = self.embedding_out(embedding_input_BTC).float()
         return logits_BTV, embeddings_BTC

@@ -94,6 +94,9 @@ class FlowSettings:
         }
 
 
+MAX_SEED = 2**64  # a seed and a sample index enter data_gen.pairs.sample_seed as 8 bytes each
+
+
 @dataclass(frozen=True)
 class PairSettings:
     """What the data set is: sample ``i`` depends only on (teacher, settings, seed, i)."""
@@ -108,8 +111,8 @@ class PairSettings:
     def __post_init__(self) -> None:
         if self.num_pairs < 1:
             raise ValueError(f"pairs.num_pairs must be >= 1, got {self.num_pairs}")
-        if self.seed < 0:
-            raise ValueError(f"pairs.seed must be >= 0, got {self.seed}")
+        if not 0 <= self.seed < MAX_SEED:  # checked before the folder is stamped with it
+            raise ValueError(f"pairs.seed must be in [0, 2**64), got {self.seed}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import hashlib
 
 import torch
 
-from data_gen.config import FlowSettings, LabelDistribution
+from data_gen.config import MAX_SEED, FlowSettings, LabelDistribution
 from dd.flow import flow_match_tokens
 from teachers.protocol import (
     ContinuousSamplingConfig,
@@ -41,8 +41,10 @@ CONTINUOUS_TOKENS_DTYPE = torch.float32  # stored continuous tokens [n, C]
 
 def sample_seed(seed: int, index: int) -> int:
     """A 63-bit generator seed from (global seed, global index); independent across indices."""
-    if seed < 0 or index < 0:
-        raise ValueError(f"seed and index must be >= 0, got seed={seed}, index={index}")
+    if not (0 <= seed < MAX_SEED and 0 <= index < MAX_SEED):
+        raise ValueError(
+            f"seed and index must be in [0, 2**64), got seed={seed}, index={index} (8 bytes each)"
+        )
     message = SEED_DOMAIN + seed.to_bytes(8, "little") + index.to_bytes(8, "little")
     digest = hashlib.sha256(message).digest()
     return int.from_bytes(digest[:8], "little") >> (64 - SEED_BITS)

@@ -334,7 +334,10 @@ def prepare_folder(
 
     Finished shards are verified against their receipts (a mismatch is an error naming the
     shard, never silently regenerated); leftovers of a crash (``.partial`` files, receipts
-    without a shard) are removed; an ``in_progress`` manifest is written if none exists.
+    without a shard) are removed; an ``in_progress`` manifest is written unless the folder is
+    complete: a ``complete`` manifest whose shard was deleted (to regenerate it) becomes
+    ``in_progress`` too, so that readers and ``dd demo`` do not take the folder as finished if
+    the regeneration stops.
     """
     folder.mkdir(parents=True, exist_ok=True)
     check_folder(folder, identity, shards)
@@ -354,7 +357,8 @@ def prepare_folder(
             receipt_path.unlink(missing_ok=True)  # receipt written, crash before the rename
             pending.append(shard.shard)
     manifest_path = folder / MANIFEST_NAME
-    if not manifest_path.exists() or read_json(manifest_path).get("status") != "complete":
+    finished = manifest_path.exists() and read_json(manifest_path).get("status") == "complete"
+    if pending or not finished:
         write_json_atomic(manifest_path, {**manifest_base, "status": "in_progress", "shards": []})
     return pending
 

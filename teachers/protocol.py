@@ -78,15 +78,18 @@ class TokenGeometry:
         return cls(tuple((p, p) for p in patch_nums), (patch_nums[-1], patch_nums[-1]))
 
 
-def check_finite(config: object, names: Sequence[str]) -> None:
+def set_finite_floats(config: object, names: Sequence[str]) -> None:
     """Refuse NaN and infinite settings: NaN passes every ``<``/``>`` check and then surfaces
-    as a token error far away (NaN guidance), infinite temperature as uniform draws."""
+    as a token error far away (NaN guidance), infinite temperature as uniform draws. Set the
+    numbers as ``float`` (on a frozen dataclass): ``cfg_scale=2`` and ``2.0`` are one setting,
+    and a pair folder's settings key (a hash of their JSON) must not tell them apart."""
     for name in names:
         value = getattr(config, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ValueError(f"{name} must be a number, got {value!r}")
         if not math.isfinite(value):
             raise ValueError(f"{name} must be finite, got {value}")
+        object.__setattr__(config, name, float(value))
 
 
 @dataclass(frozen=True)
@@ -117,7 +120,7 @@ class SamplingConfig:
             raise ValueError(
                 f"cfg_schedule must be 'constant' or 'linear', got {self.cfg_schedule!r}"
             )
-        check_finite(self, ("cfg_scale", "cfg_interval", "temperature", "top_p"))
+        set_finite_floats(self, ("cfg_scale", "cfg_interval", "temperature", "top_p"))
         if self.temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {self.temperature}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
@@ -346,7 +349,7 @@ class ContinuousSamplingConfig:
         steps = self.head_steps
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
             raise ValueError(f"head_steps must be an integer >= 1, got {steps!r}")
-        check_finite(self, ("cfg_scale",))
+        set_finite_floats(self, ("cfg_scale",))
         if self.cfg_scale < 0:
             raise ValueError(f"cfg_scale must be >= 0, got {self.cfg_scale}")
 

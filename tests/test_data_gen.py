@@ -27,7 +27,7 @@ from data_gen.config import (
     RunSettings,
     SamplingOverrides,
 )
-from data_gen.engine import ShardWriter, run_generation
+from data_gen.engine import ShardWriter, run_generation, run_identity
 from data_gen.pairs import draw_sample, map_noise, sample_seed
 from data_gen.shards import (
     MANIFEST_NAME,
@@ -39,6 +39,7 @@ from data_gen.shards import (
 from data_gen.verify import verify_folder
 from dd.config import dump_yaml
 from dd.teacher_spec import TeacherSpec, load_teacher
+from teachers.protocol import SamplingConfig
 from teachers.tiny.registry import tiny_sampling
 from tests.shard_edit import rewrite_shard
 
@@ -122,6 +123,33 @@ def test_sample_depends_only_on_seed_and_index():
     assert torch.equal(balanced[10][1], noise)
     half = draw_sample(3, 10, noise_dtype=torch.float16, **shape)[1]
     assert half.dtype == torch.float16 and torch.equal(half, noise.half())
+
+
+def test_seeds_past_eight_bytes_are_refused_before_a_folder_is_stamped():
+    """``sample_seed`` hashes the seed as 8 bytes: 2**64 raised an OverflowError inside the
+    generation, after the folder was stamped with it (the fixed rerun was then refused)."""
+    assert PairSettings(seed=2**64 - 1).seed == 2**64 - 1
+    with pytest.raises(ValueError, match=r"pairs.seed must be in \[0, 2\*\*64\)"):
+        PairSettings(seed=2**64)
+    with pytest.raises(ValueError, match="seed and index"):
+        sample_seed(2**64, 0)
+    with pytest.raises(ValueError, match="seed and index"):
+        sample_seed(0, -1)
+
+
+def test_an_integer_setting_is_its_float(spec, teacher):
+    """``cfg_scale=2`` and ``2.0`` are one setting: one settings key (their JSON differed, so
+    the API's resume of a folder made with the other was refused with no differing key)."""
+    recipe = make_recipe(spec, "unused")
+    keys = {
+        run_identity(teacher, dataclasses.replace(recipe, sampling=sampling)).settings_key
+        for sampling in (
+            dataclasses.replace(recipe.sampling, temperature=1, top_p=1),
+            dataclasses.replace(recipe.sampling, temperature=1.0, top_p=1.0),
+        )
+    }
+    assert len(keys) == 1
+    assert isinstance(recipe.sampling.resolve(SamplingConfig()).cfg_scale, float)
 
 
 def test_shards_are_global_index_ranges():
@@ -241,11 +269,46 @@ def test_interrupted_run_resumes_to_the_same_data_set(spec, teacher, reference, 
     assert sorted(p.name for p in folder.glob("shard-*.tar")) == ["shard-000000.tar"]
     assert not list(folder.glob(".*.partial"))  # the open shard was discarded
     assert json.loads((folder / MANIFEST_NAME).read_text())["status"] == "in_progress"
-    # A hard kill leaves a partial file, or a receipt whose shard was never renamed.
+    # A hard kill leaves a partial file, or a receipt whose shard was never renamed. The
+    # resume removes both before it writes: a finished shard's partial file is never reopened,
+    # and the next crash (after shard 1) shows that shard 2's stale receipt is gone.
     (folder / ".shard-000001.tar.partial").write_bytes(b"half a shard")
+    (folder / ".shard-000000.tar.partial").write_bytes(b"a stale copy of a finished shard")
     shutil.copy(reference / "shard-000002.json", folder / "shard-000002.json")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_generation(recipe, teacher=teacher, callbacks=[CrashAfterShards(1)])
+    assert not list(folder.glob(".*.partial"))
+    assert sorted(p.name for p in folder.glob("shard-*")) == [
+        "shard-000000.json",
+        "shard-000000.tar",
+        "shard-000001.json",
+        "shard-000001.tar",
+    ]
     result = run_generation(recipe, teacher=teacher)
     assert result.complete
+    assert_same_data_set(folder, reference)
+
+
+class CrashAtStart(Callback):
+    def on_predict_start(self, trainer, pl_module) -> None:
+        raise RuntimeError("simulated crash")
+
+
+def test_a_complete_folder_missing_a_shard_is_in_progress_until_regenerated(
+    spec, teacher, reference, tmp_path
+):
+    """A deleted shard of a complete folder (what the corrupt-shard error asks for): the
+    regeneration marks the manifest in progress before it writes, so a crash leaves a folder
+    that readers (and ``dd demo``) do not take as finished."""
+    folder = tmp_path / "regenerated"
+    shutil.copytree(reference, folder)
+    (folder / "shard-000001.tar").unlink()
+    (folder / "shard-000001.json").unlink()
+    recipe = make_recipe(spec, folder)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_generation(recipe, teacher=teacher, callbacks=[CrashAtStart()])
+    assert json.loads((folder / MANIFEST_NAME).read_text())["status"] == "in_progress"
+    assert run_generation(recipe, teacher=teacher).complete
     assert_same_data_set(folder, reference)
 
 

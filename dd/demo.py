@@ -86,6 +86,15 @@ class DemoSettings:
     cosine_warmup_steps: int | None = None
 
     def __post_init__(self) -> None:
+        # Refused here, before pair generation: later they fail only after minutes of work.
+        for key in ("num_pairs", "train_steps", "global_batch_size", "eval_per_class"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.eval_batch_size < 1 or (self.fid_per_class is not None and self.fid_per_class < 1):
+            raise ValueError(
+                f"eval_batch_size ({self.eval_batch_size}) and fid_per_class "
+                f"({self.fid_per_class}) must be >= 1"
+            )
         if self.num_heldout >= self.num_pairs or self.global_batch_size > (
             self.num_pairs - self.num_heldout
         ):
@@ -202,16 +211,14 @@ class DemoRecipe:
 
 
 def make_pairs(name: str, settings: DemoSettings, output: Path, progress: bool) -> Path:
-    """Pairs through ``dd generate``'s engine (a finished folder is reused as it is)."""
+    """Pairs through ``dd generate``'s engine. A finished folder is reused through the engine
+    too: it checks the folder's teacher and settings against today's recipe (a changed recipe
+    is refused, never mixed), verifies every shard and regenerates a deleted one."""
     from data_gen.config import GenerateRecipe
     from data_gen.engine import run_generation
-    from data_gen.shards import MANIFEST_NAME
     from dd.config import read_recipe
 
     folder = output / "pairs" / f"{name}-{settings.num_pairs}"
-    manifest = folder / MANIFEST_NAME
-    if manifest.is_file() and json.loads(manifest.read_text()).get("status") == "complete":
-        return folder
     recipe = read_recipe(GenerateRecipe, RECIPES_DIR / f"generate_{RECIPE_STEM[name]}.yaml")
     recipe = dataclasses.replace(
         recipe,
@@ -686,14 +693,23 @@ def main(argv: list[str]) -> int:
     argv = ["--preset=quick" if arg == "--quick" else arg for arg in argv]
     recipe, _ = parse_recipe(DemoRecipe, argv, prog="dd demo")
     unknown = sorted(set(recipe.teachers) - set(DEMO_TEACHERS))
-    if unknown:
-        print(f"dd demo: unknown teachers {unknown}; known: {list(DEMO_TEACHERS)}", file=sys.stderr)
+    if unknown or not recipe.teachers or len(set(recipe.teachers)) < len(recipe.teachers):
+        print(
+            f"dd demo: give one or more distinct teachers among {list(DEMO_TEACHERS)}, got "
+            f"{recipe.teachers}",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        settings = recipe.settings()
+    except ValueError as error:
+        print(f"dd demo: {error}", file=sys.stderr)
         return 1
     quiet_lightning()
     began = time.perf_counter()
     report = run_demo(
         recipe.output,
-        recipe.settings(),
+        settings,
         preset=recipe.preset,
         seed=recipe.seed,
         progress=recipe.progress_bar,

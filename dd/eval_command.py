@@ -101,7 +101,7 @@ def build_setup(
     student_path: str | None, teacher_spec: TeacherSpec | None, pairs: str | None
 ) -> Setup:
     from dd.baselines import token_table_from_pairs
-    from dd.checkpoint import SHIPPED_STUDENTS_DIR, load_student, read_card, shipped_students
+    from dd.checkpoint import load_student, read_card, student_folder
     from dd.data import load_pairs, pair_sampling
     from dd.evaluate import Samplers
     from dd.teacher_spec import load_teacher
@@ -109,12 +109,8 @@ def build_setup(
 
     student = None
     if student_path is not None:
-        student = load_student(student_path)
-        folder = (
-            SHIPPED_STUDENTS_DIR / student_path
-            if student_path in shipped_students()
-            else Path(student_path)
-        )
+        folder = student_folder(student_path)  # the one resolution of a name or a folder
+        student = load_student(folder)
         teacher_spec = TeacherSpec(**read_card(folder)["teacher"])
         teacher = student.teacher
     else:

@@ -32,6 +32,7 @@ from dd.demo import (
 from dd.eval_command import (
     DEFAULT_METHODS,
     EvalRecipe,
+    build_setup,
     build_space_and_reference,
     method_specs,
 )
@@ -281,6 +282,21 @@ def test_continuous_teacher_methods_batch_invariant():
         parse_methods(["onestep*"], Samplers(teacher, teacher.default_sampling(), student))
 
 
+def test_a_local_folder_named_like_a_shipped_student_is_that_folder(tmp_path, monkeypatch):
+    """``dd eval --student var-digits`` with a folder ``./var-digits`` loads that folder's
+    student (``dd.checkpoint.student_folder``); its card names the teacher too (the card of the
+    shipped var-digits student was read, so a llamagen student ran under VAR's name)."""
+    from dd.checkpoint import save_student
+
+    teacher = load_tiny_teacher("llamagen-digits")
+    student = DDStudent(teacher, (0, 20), teacher.geometry.step_ranges[20][0])
+    save_student(student, tmp_path / "var-digits", TeacherSpec(tiny="llamagen-digits"))
+    monkeypatch.chdir(tmp_path)
+    setup = build_setup("var-digits", None, None)
+    assert setup.samplers.student.teacher.family == "llamagen"
+    assert (setup.teacher_name, setup.preset_key) == ("llamagen-digits", "llamagen-digits")
+
+
 def test_default_methods_are_those_the_inputs_allow(capsys):
     """``dd eval`` / ``dd sample`` defaults, for both kinds of teacher: without a student no DD
     method and without pairs no onestep*, each said on stderr; methods asked for by name are
@@ -363,6 +379,11 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
     written = shard.stat().st_mtime_ns
     make_pairs("var-digits", toy["var-digits"], tmp_path, progress=False)
     assert shard.stat().st_mtime_ns == written
+    content = shard.read_bytes()  # a deleted shard (and its receipt) is made again, the same
+    shard.unlink()
+    shard.with_suffix(".json").unlink()
+    make_pairs("var-digits", toy["var-digits"], tmp_path, progress=False)
+    assert shard.read_bytes() == content
     assert report_json({}) == {"teachers": {}}
 
     # Two worker processes, stages side by side: the same quality rows (every stage seeded).
@@ -472,10 +493,17 @@ def test_demo_presets_overrides_and_unknown_teachers(capsys):
     settings = DemoRecipe(preset="quick", train_steps=5, teachers=["var-digits"]).settings()
     assert list(settings) == ["var-digits"] and settings["var-digits"].train_steps == 5
     assert settings["var-digits"].num_pairs == DEMO_PRESETS["quick"]["var-digits"].num_pairs
-    assert dd_main(["demo", "--quick", "--teachers", "[mnist-digits]"]) == 1
-    assert "unknown teachers" in capsys.readouterr().err
+    for teachers in ("[mnist-digits]", "[]", "[var-digits, var-digits]"):
+        assert dd_main(["demo", "--quick", "--teachers", teachers, "--output", "/nonexistent"]) == 1
+        assert "one or more distinct teachers" in capsys.readouterr().err
+    # Refused before any stage runs (they failed after pair generation, or after training).
+    for option in ("--train_steps", "--eval_per_class"):
+        assert dd_main(["demo", "--quick", option, "0", "--output", "/nonexistent"]) == 1
+        assert f"{option[2:]} must be >= 1, got 0" in capsys.readouterr().err
     with pytest.raises(ValueError, match="too few"):
         DemoSettings(10, 1, 8, 8, 1, None, 1, ("teacher",))
+    with pytest.raises(ValueError, match="fid_per_class"):
+        DemoSettings(100, 1, 8, 8, 1, 0, 1, ("teacher",))
 
 
 def test_dd_eval_writes_json_with_timings(tmp_path):

@@ -12,7 +12,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
+import stat
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,17 @@ CARD_FORMAT = 1
 
 
 def _write_atomically(path: Path, write) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(handle)
+    """``write(temporary)`` then rename over ``path``; the temporary's name is this call's own.
+    Its mode is that of a file opened under the umask: ``mkstemp`` and safetensors'
+    ``save_file`` both create 0600 files, which left students unreadable to the rest of a
+    team on shared storage."""
+    temporary = str(path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial"))
     try:
+        with open(temporary, "x"):  # created as any file of this process is
+            pass
+        mode = stat.S_IMODE(os.stat(temporary).st_mode)
         write(temporary)
+        os.chmod(temporary, mode)
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):

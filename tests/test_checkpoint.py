@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -39,6 +41,20 @@ def test_round_trip_gives_the_same_samples(saved):
     assert torch.equal(first, again)
     card = json.loads((folder / CARD_FILE).read_text())
     assert card["teacher"] == {"tiny": "var-digits"} and card["record"] == {"seed": 0}
+
+
+def test_saved_files_follow_the_umask_and_leave_no_temporary(saved, tmp_path):
+    """A student on shared storage is readable by the group and others under umask 022
+    (``mkstemp`` made both files 0600)."""
+    student, _ = saved
+    previous = os.umask(0o022)
+    try:
+        folder = save_student(student, tmp_path / "shared", TeacherSpec(tiny="var-digits"))
+    finally:
+        os.umask(previous)
+    assert sorted(p.name for p in folder.iterdir()) == [CARD_FILE, "student.safetensors"]
+    for path in folder.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
 
 
 def test_the_noise_logit_prior_round_trips(tmp_path):

@@ -161,6 +161,28 @@ def test_cli_refuses_counts_that_train_nothing_and_a_folder_named_digits(tmp_pat
     assert not (tmp_path / "w" / "tiny.json").exists()
 
 
+def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, capsys):
+    """``--dry-run`` passed a missing --data-dir and printed the digits' 10 classes, and for
+    the classifier the AR settings it ignores."""
+    from PIL import Image
+
+    base = ["train-teacher", "--out", str(tmp_path / "weights"), "--dry-run"]
+    with pytest.raises(FileNotFoundError):
+        dd_main([*base, "--family", "var", "--data-dir", str(tmp_path / "missing")])
+    data = tmp_path / "shapes"
+    for name in ("a", "b", "c"):
+        (data / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (9, 9, 9)).save(data / name / "0.png")
+    capsys.readouterr()
+    assert dd_main([*base, "--family", "var", "--data-dir", str(data)]) == 0
+    printed = capsys.readouterr().out
+    assert '"num_classes": 3' in printed and "num_classes=3" in printed
+    assert dd_main([*base, "--family", "classifier", "--classifier-steps", "7"]) == 0
+    printed = capsys.readouterr().out
+    assert '"classifier_steps": 7' in printed and "ar_steps" not in printed
+    assert not (tmp_path / "weights").exists()
+
+
 def test_independent_token_sampler_follows_frequencies():
     tokens = torch.tensor([[0, 1], [0, 2], [3, 3]])
     labels = torch.tensor([0, 0, 1])

@@ -171,24 +171,40 @@ def _train_far(args, settings, train, heldout, data_name, progress, out, entry):
     return name
 
 
+def _dry_run(
+    args: argparse.Namespace, settings: TrainSettings, train: ImageSet, data_name: str
+) -> int:
+    """Print what ``run`` would train: the data, the settings the family uses and its configs
+    for the data's classes (the classifier uses its step count and seed only)."""
+    num_classes = train.num_classes
+    if args.family == "classifier":
+        from teachers.tiny.train_classifier import CLASSIFIER_STEPS
+
+        steps = CLASSIFIER_STEPS if args.classifier_steps is None else args.classifier_steps
+        used, configs = {"classifier_steps": steps, "seed": args.seed}, ()
+    else:
+        used = settings.to_dict()
+        configs = {
+            "llamagen": llamagen_tiny_configs,
+            "var": var_tiny_configs,
+            "far": lambda n: (*far_tiny_configs(n, head_kind=args.head), ShortcutSettings()),
+        }[args.family](num_classes)
+    data = {"name": data_name, "images": len(train), "num_classes": num_classes}
+    print(json.dumps({"command": command_line(args), "data": data, "settings": used}, indent=2))
+    for config in configs:
+        print(config)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = _settings(args)
     progress = not args.no_progress
+    train, heldout, data_name = _load_data(args)  # the dry run checks the data too
     if args.dry_run:
-        configs = {
-            "llamagen": llamagen_tiny_configs,
-            "var": var_tiny_configs,
-            "classifier": lambda: (),
-            "far": lambda: (*far_tiny_configs(head_kind=args.head), ShortcutSettings()),
-        }[args.family]()
-        print(json.dumps({"command": command_line(args), "settings": settings.to_dict()}, indent=2))
-        for config in configs:
-            print(config)
-        return 0
-    train, heldout, data_name = _load_data(args)
+        return _dry_run(args, settings, train, data_name)
     out: Path = args.out
     start = time.perf_counter()
     entry: dict = {

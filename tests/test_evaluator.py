@@ -34,6 +34,26 @@ def test_evaluator_is_deterministic(heldout):
     assert fid_a == fid_b
 
 
+def test_a_classifier_of_another_data_set_loads_with_its_own_config(tmp_path):
+    """``load_classifier(path)`` takes the config of the entry beside the file (the shipped
+    entry's 10 classes did not fit a 3-class classifier: its strict load failed)."""
+    from PIL import Image
+
+    from dd.cli import main as dd_main
+
+    data = tmp_path / "shapes"
+    for index, name in enumerate(("a", "b", "c")):
+        (data / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (80 * index, 0, 0)).save(data / name / "0.png")
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "classifier", "--out", str(out), "--data-dir", str(data)]
+    assert dd_main([*argv, "--classifier-steps", "2", "--no-progress"]) == 0
+    model = load_classifier(out / "classifier-shapes.safetensors")
+    assert model.config.num_classes == 3 and not model.training
+    with pytest.raises(FileNotFoundError, match="no classifier entry for other.safetensors"):
+        load_classifier(out / "other.safetensors")
+
+
 def test_fid_separates_real_from_noise(heldout):
     train = load_digits_split("train")
     floor = frechet_distance(heldout.images_01(), train.images_01())

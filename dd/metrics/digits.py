@@ -139,14 +139,23 @@ def classifier_path() -> Path:
 
 
 def load_classifier(path: str | Path | None = None) -> DigitsClassifier:
-    """The shipped (or a given) classifier, frozen, in eval mode; its config from ``tiny.json``."""
+    """The shipped classifier, or the one at ``path`` (a weights file that ``dd train-teacher
+    --family classifier --out DIR`` wrote), frozen, in eval mode. Its config is that of the
+    entry of ``tiny.json`` beside the file that names it (a classifier of another data set has
+    other classes: the shipped entry's config would not fit it)."""
     path = Path(path) if path is not None else classifier_path()
-    entry = read_metadata().get(CLASSIFIER_NAME)
-    if entry is None:
+    metadata = read_metadata(path.parent)
+    named = [
+        entry
+        for entry in metadata.values()
+        if entry.get("family") == "classifier" and entry["files"]["classifier"] == path.name
+    ]
+    if not named:
         raise FileNotFoundError(
-            f"no '{CLASSIFIER_NAME}' entry in {WEIGHTS_DIR / METADATA_FILE}: train it with "
-            "`dd train-teacher --family classifier`"
+            f"no classifier entry for {path.name} in {path.parent / METADATA_FILE}: train it "
+            "with `dd train-teacher --family classifier --out DIR`"
         )
+    entry = named[0]
     model = DigitsClassifier(ClassifierConfig(**entry["configs"]["classifier"]))
     state = {k: v.float() for k, v in read_state_dict(path).items()}
     load_strict(model, state, source=str(path))

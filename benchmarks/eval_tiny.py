@@ -134,7 +134,13 @@ def describe(sampling: SamplingConfig) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--teachers", nargs="+", default=["llamagen-digits", "var-digits"])
+    parser.add_argument(
+        "--teachers",
+        nargs="+",
+        choices=("llamagen-digits", "var-digits"),
+        default=["llamagen-digits", "var-digits"],
+        help="codebook teachers (far-digits' rows: benchmarks/eval_far_student.py)",
+    )
     parser.add_argument("--per-class", type=int, default=100, help="teacher samples per class")
     parser.add_argument("--fid-per-class", type=int, default=36, help="images per class in FID")
     parser.add_argument(
@@ -155,6 +161,13 @@ def main() -> None:
     parser.add_argument("--grid", default=None, help="folder for sample grid PNGs")
     parser.add_argument("--weights-dir", default=None, help="default: the shipped weights")
     args = parser.parse_args()
+    if not 1 <= args.fid_per_class <= args.per_class:
+        # Fewer would put fewer images in the sampled rows' FID than in the floor row's, and
+        # FID's bias depends on the count.
+        parser.error(
+            f"--fid-per-class {args.fid_per_class} must be between 1 and --per-class "
+            f"{args.per_class}"
+        )
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     splits = {"train": load_digits_split("train"), "heldout": load_digits_split("heldout")}
@@ -162,6 +175,12 @@ def main() -> None:
     other_name = "heldout" if args.reference == "train" else "train"
     # The same count in every FID row: 36 per class of the non-reference split.
     other_all = splits[other_name]
+    fewest = int(torch.bincount(other_all.labels).min())
+    if args.fid_per_class > fewest:
+        parser.error(
+            f"--fid-per-class {args.fid_per_class}: the {other_name} split's floor row has at "
+            f"most {fewest} images per class"
+        )
     keep = first_per_class(other_all.labels, args.fid_per_class)
     other = RealImages(other_name, other_all.images[keep], other_all.labels[keep])
     floor = (

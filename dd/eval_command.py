@@ -7,8 +7,10 @@ scores it against a reference in one feature space:
   reference is a digits split (``train`` by default, or ``heldout``); class accuracy too;
 - ``metric: inception`` (automatic for real teachers): torch-fidelity's InceptionV3 from a local
   weights file (``inception_weights``; a clear error names the file when it is missing); the
-  reference is an image folder or an ``.npz`` with ``mu`` and ``sigma`` (the ADM format; its
-  precision/recall are then not computed, since they need the reference's features).
+  reference is an image folder (embedded batch by batch) or an ``.npz`` with ``mu`` and
+  ``sigma`` (the ADM format). Precision/recall need the reference's features: an ADM reference
+  batch's ``arr_0`` images are embedded for them (FID keeps its published ``mu`` and
+  ``sigma``); an ``.npz`` of statistics alone gives them as null.
 
 Also timed: one full-sequence teacher forward (the cost floor of a one-step generator). The
 teacher's sampling settings are the pairs' (their manifest), else the tiny teacher's
@@ -59,6 +61,15 @@ class EvalRecipe:
             raise ValueError("give exactly one of student (a checkpoint) or teacher (a spec)")
         if self.num_per_class < 1 or self.batch_size < 1:
             raise ValueError("num_per_class and batch_size must be >= 1")
+        # Checked before any sampling: they failed (or scored fewer rows) only after it.
+        per_class = self.fid_per_class
+        if per_class is not None and not 1 <= per_class <= self.num_per_class:
+            raise ValueError(
+                f"fid_per_class must be null or in [1, num_per_class = {self.num_per_class}], "
+                f"got {per_class}"
+            )
+        if self.is_splits < 1:
+            raise ValueError(f"is_splits must be >= 1, got {self.is_splits}")
 
 
 @dataclass
@@ -141,7 +152,12 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
     """(feature space, reference, description) for a recipe."""
     from dd.evaluate import Reference
     from dd.metrics.generative import load_stats_npz
-    from dd.metrics.spaces import DigitsSpace, InceptionSpace, load_image_folder
+    from dd.metrics.spaces import (
+        DigitsSpace,
+        InceptionSpace,
+        iter_image_folder,
+        iter_uint8_images,
+    )
 
     metric = recipe.metric if recipe.metric != "auto" else ("digits" if tiny else "inception")
     if metric == "digits":
@@ -157,13 +173,35 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
         raise ValueError("metric inception needs reference: an image folder or an .npz (mu, sigma)")
     path = Path(recipe.reference)
     if path.suffix.lower() == ".npz":
-        return space, Reference(load_stats_npz(str(path))), str(path)
+        stats = load_stats_npz(str(path))
+        images = load_npz_images(path)
+        if images is None:  # statistics only: FID, no precision/recall
+            return space, Reference(stats), str(path)
+        # An ADM reference batch: FID from its published mu and sigma, precision/recall from
+        # its images' features (one Inception pass over them, as the ADM evaluator does).
+        return space, Reference.from_batches(space, iter_uint8_images(images), stats), str(path)
     if path.exists() and not path.is_dir():
         raise ValueError(
             f"reference {path} is a file but not an .npz: give an image folder or an .npz "
             "with mu and sigma"
         )
-    return space, Reference.from_images(space, load_image_folder(path)), str(path)
+    return space, Reference.from_batches(space, iter_image_folder(path), None), str(path)
+
+
+def load_npz_images(path: Path):
+    """The ``arr_0`` images ``[N, H, W, 3]`` uint8 of an ADM reference batch, or ``None``."""
+    import numpy as np
+
+    with np.load(path, allow_pickle=False) as data:
+        if "arr_0" not in data.files:
+            return None
+        images = data["arr_0"]
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(
+            f"{path}: arr_0 must be uint8 images [N, H, W, 3] (an ADM reference batch), got "
+            f"{images.dtype} {images.shape}"
+        )
+    return images
 
 
 def run_eval(recipe: EvalRecipe) -> dict:

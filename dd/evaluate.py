@@ -23,7 +23,7 @@ import functools
 import re
 import statistics
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -459,6 +459,16 @@ class Reference:
     def from_images(cls, space: FeatureSpace, images_01: torch.Tensor) -> Reference:
         features, _ = space.embed(images_01)
         return cls(FeatureStats.of(features), features)
+
+    @classmethod
+    def from_batches(
+        cls, space: FeatureSpace, batches: Iterable[torch.Tensor], stats: FeatureStats | None
+    ) -> Reference:
+        """The features of images given batch by batch (``embed_stream``: an image folder, an
+        ADM reference batch's images), with their own statistics unless ``stats`` are given
+        (an ADM ``.npz``'s published ``mu`` and ``sigma``)."""
+        features, _ = embed_stream(space, batches)
+        return cls(FeatureStats.of(features) if stats is None else stats, features)
 
 
 def score(

@@ -109,10 +109,22 @@ def test_npz_reference_and_generic_metric_behaviour(tmp_path):
     eye = torch.eye(10).repeat(10, 1) * 50
     assert inception_score(eye, splits=1) == pytest.approx(10.0, rel=1e-6)
     assert inception_score(eye[:, [0] * 10] * 0 + eye[:1], splits=1) == pytest.approx(1.0)
-    # Splits that do not divide N: exactly that many parts, sizes within one (np.array_split).
+    # Splits that do not divide N: exactly that many parts, sizes within one (np.array_split),
+    # of the rows in torch-fidelity's shuffled order.
     logits = torch.randn(25, 10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
-    expected = np.mean([inception_score(part, splits=1) for part in np.array_split(logits, 10)])
+    shuffled = logits[np.random.RandomState(2020).permutation(25)]
+    expected = np.mean([inception_score(part, splits=1) for part in np.array_split(shuffled, 10)])
     assert inception_score(logits, splits=10) == pytest.approx(expected, rel=1e-12)
+    # Samples in class order (as dd eval makes them): each split must still see every class.
+    # torch-fidelity's own score of the same logits (splits divide N: the same parts).
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    by_class = torch.eye(10).repeat_interleave(10, dim=0) * 50
+    assert inception_score(by_class, splits=10) > 5.0
+    fidelity = isc_features_to_metric(by_class, splits=10)["inception_score_mean"]
+    assert inception_score(by_class, splits=10) == pytest.approx(fidelity, rel=1e-9)
+    with pytest.raises(ValueError, match="IS splits"):
+        inception_score(logits, splits=0)
 
 
 def test_streamed_embedding_equals_embedding_all_images_at_once():
@@ -282,6 +294,21 @@ def test_continuous_teacher_methods_batch_invariant():
         parse_methods(["onestep*"], Samplers(teacher, teacher.default_sampling(), student))
 
 
+def test_eval_counts_are_refused_before_any_sampling():
+    """fid_per_class -1 scored 990 of 1,000 rows; is_splits 0 failed after the first method's
+    samples."""
+    spec = TeacherSpec(tiny="var-digits")
+    for changes, message in (
+        ({"fid_per_class": -1}, "fid_per_class"),
+        ({"fid_per_class": 0}, "fid_per_class"),
+        ({"fid_per_class": 101}, "fid_per_class"),
+        ({"is_splits": 0}, "is_splits"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            EvalRecipe(teacher=spec, **changes)
+    assert EvalRecipe(teacher=spec, fid_per_class=100, is_splits=1).fid_per_class == 100
+
+
 def test_a_local_folder_named_like_a_shipped_student_is_that_folder(tmp_path, monkeypatch):
     """``dd eval --student var-digits`` with a folder ``./var-digits`` loads that folder's
     student (``dd.checkpoint.student_folder``); its card names the teacher too (the card of the
@@ -442,12 +469,32 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     images = torch.rand(3, 3, 16, 16)
     features, logits = space.embed(images)
     assert features.shape == (3, 2048) and logits.shape == (3, 1008)
+    # Each row is the network's output for that image as uint8 (the values are ~1e-7 with
+    # random weights: compared relatively, so another image's features or zeros fail).
+    random_net.load_state_dict(torch.load(path, weights_only=True))
+    random_net.features_list = ["2048", "logits_unbiased"]
+    with torch.no_grad():
+        direct, direct_logits = random_net.eval()((images * 255).round().to(torch.uint8))
+    torch.testing.assert_close(features, direct.double(), rtol=1e-5, atol=0)
+    torch.testing.assert_close(logits, direct_logits.double(), rtol=1e-5, atol=0)
+    assert not torch.allclose(features[0], features[1], rtol=1e-3, atol=0)
     again, _ = space.embed(images[:1])
-    torch.testing.assert_close(again, features[:1], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(again, features[:1], rtol=1e-5, atol=0)
     assert inception_score(logits, splits=1) >= 1.0
+    # Images the network would misread: refused, not clamped (NaN became black).
+    for bad, message in ((images * 2 - 1, r"in \[0, 1\]"), (images * float("nan"), "NaN")):
+        with pytest.raises(ValueError, match=message):
+            space.embed(bad)
     torch.save({"not": "tensors", "x": [1]}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="state dict of tensors"):
         InceptionSpace(tmp_path / "bad.pth")
+    # A wrong file under the right name: an HTML page, a truncated download, another network.
+    (tmp_path / "page.pth").write_text("<html>Not Found</html>")
+    (tmp_path / "cut.pth").write_bytes(path.read_bytes()[:100_000])
+    torch.save({"fc.weight": torch.zeros(2, 2)}, tmp_path / "other.pth")
+    for name, reason in (("page", "when loading"), ("cut", "when loading"), ("other", "fit")):
+        with pytest.raises(ValueError, match=f"not torch-fidelity's InceptionV3.*{reason}"):
+            InceptionSpace(tmp_path / f"{name}.pth")
     # A reference that is a file but not .npz statistics: a clear error, not NotADirectoryError.
     np.save(tmp_path / "stats.npy", np.zeros(3))
     recipe = EvalRecipe(
@@ -464,6 +511,42 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     assert name.endswith("ref.npz") and from_npz.features is None  # no precision/recall
     fid = frechet_distance(FeatureStats.of(features), folder.stats)
     assert frechet_distance(FeatureStats.of(features), from_npz.stats) == pytest.approx(fid)
+    # An image folder, embedded batch by batch (grey and RGBA files read as RGB), equals the
+    # same images embedded at once; an ADM reference batch's arr_0 gives the same features,
+    # with its published statistics kept for FID.
+    from PIL import Image
+
+    pixels = (torch.rand(5, 16, 16, 3, generator=torch.Generator().manual_seed(3)) * 255).byte()
+    pixels[3] = pixels[3, :, :, :1]  # a grey image, saved as mode L below
+    images_dir = tmp_path / "images"
+    images_dir.mkdir()
+    for index, array in enumerate(pixels.numpy()):
+        image = Image.fromarray(array)
+        image = image.convert("L") if index == 3 else image.convert("RGBA") if index == 4 else image
+        image.save(images_dir / f"{index:02d}.png")
+    monkeypatch.setattr("dd.metrics.spaces.EMBED_BATCH", 2)  # several batches of the folder
+    whole = space.embed(pixels.permute(0, 3, 1, 2).double() / 255)[0]
+    by_folder = build_space_and_reference(
+        dataclasses.replace(recipe, reference=str(images_dir)), tiny=False
+    )[1]
+    torch.testing.assert_close(by_folder.features, whole, rtol=1e-5, atol=0)
+    np.savez(tmp_path / "adm.npz", arr_0=pixels.numpy(), mu=stats_mu(5), sigma=np.eye(2048))
+    adm = build_space_and_reference(
+        dataclasses.replace(recipe, reference=str(tmp_path / "adm.npz")), tiny=False
+    )[1]
+    torch.testing.assert_close(adm.features, whole, rtol=1e-5, atol=0)
+    assert np.array_equal(adm.stats.mu, stats_mu(5)) and np.array_equal(
+        adm.stats.sigma, np.eye(2048)
+    )
+    Image.fromarray(pixels[0, :8].numpy()).save(images_dir / "99_small.png")
+    with pytest.raises(ValueError, match=r"99_small.png is 16x8 but 00.png is 16x16"):
+        build_space_and_reference(
+            dataclasses.replace(recipe, reference=str(images_dir)), tiny=False
+        )
+
+
+def stats_mu(value: float) -> np.ndarray:
+    return np.full(2048, value, dtype=np.float64)
 
 
 def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):

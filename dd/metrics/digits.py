@@ -186,10 +186,13 @@ def predict(
 
 
 def check_unit_images(images: torch.Tensor, name: str) -> None:
-    """The evaluator reads float images in ``[0, 1]``: uint8 images were cast to floats up to
-    255 and ``[-1, 1]`` images read as darker ones, each giving a wrong FID without an error."""
+    """The evaluators read float images in ``[0, 1]``: uint8 images were cast to floats up to
+    255, ``[-1, 1]`` images read as darker ones (the Inception path clamped them) and NaN as
+    black, each giving a wrong FID without an error."""
     if not images.dtype.is_floating_point:
         raise ValueError(f"{name} must be float images in [0, 1], got dtype {images.dtype}")
+    if not bool(torch.isfinite(images).all()):  # NaN passes both comparisons below
+        raise ValueError(f"{name} hold NaN or infinite values (a diverged model?)")
     if images.numel() and (images.min() < 0 or images.max() > 1):
         raise ValueError(
             f"{name} must be in [0, 1], got values in [{images.min():.3g}, {images.max():.3g}]"

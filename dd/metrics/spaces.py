@@ -16,11 +16,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
 import torch
+
+from dd.metrics.digits import check_unit_images
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_WEIGHTS_URL = (  # torch-fidelity's release (download it where there is internet)
@@ -119,25 +121,35 @@ class InceptionSpace:
     def __init__(self, weights: str | Path | None = None, device: str = "cpu") -> None:
         path = inception_weights_path(weights)
         # Checked as plain tensors first (weights_only=True): torch-fidelity itself then reads
-        # the same file, and must never unpickle anything else.
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        # the same file, and must never unpickle anything else. A wrong file (an HTML page, a
+        # truncated download, another network) is a ValueError naming the file it should be:
+        # torch's own messages suggested weights_only=False, or listed kilobytes of keys.
+        wrong = (
+            f"{path} is not torch-fidelity's InceptionV3 weights file {INCEPTION_WEIGHTS_FILE} "
+            f"(from {INCEPTION_WEIGHTS_URL})"
+        )
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # unpickling refused, truncated archive, not a torch file
+            raise ValueError(f"{wrong}: {type(error).__name__} when loading it") from error
         if not isinstance(state, dict) or not all(torch.is_tensor(v) for v in state.values()):
-            raise ValueError(f"{path} is not a state dict of tensors")
+            raise ValueError(f"{wrong}: not a state dict of tensors")
         from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
 
-        self.network = (
-            FeatureExtractorInceptionV3(
+        try:
+            network = FeatureExtractorInceptionV3(
                 name="inception-v3-compat",
                 features_list=[INCEPTION_FEATURES, INCEPTION_LOGITS],
                 feature_extractor_weights_path=str(path),
             )
-            .eval()
-            .to(device)
-        )
+        except RuntimeError as error:  # load_state_dict: missing or unexpected keys, shapes
+            raise ValueError(f"{wrong}: its tensors do not fit InceptionV3") from error
+        self.network = network.eval().to(device)
         self.device = device
 
     def _one(self, images_01: torch.Tensor):
-        uint8 = (images_01.clamp(0, 1) * 255).round().to(torch.uint8).to(self.device)
+        check_unit_images(images_01, "images")  # clamping hid [-1, 1] images; NaN became black
+        uint8 = (images_01 * 255).round().to(torch.uint8).to(self.device)
         features, logits = self.network(uint8)
         return features, logits
 
@@ -145,16 +157,46 @@ class InceptionSpace:
         return _in_batches(self._one, images_01)
 
 
-def load_image_folder(folder: str | Path, limit: int | None = None) -> torch.Tensor:
-    """Images ``[N, 3, H, W]`` in ``[0, 1]`` from a folder of PNG/JPEG files (sorted by name;
-    all of one size)."""
-    import numpy as np
-    from PIL import Image
-
+def image_folder_files(folder: str | Path, limit: int | None = None) -> list[Path]:
+    """The PNG/JPEG files of ``folder``, sorted by name (the first ``limit``)."""
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in (".png", ".jpg", ".jpeg"))
     if not files:
         raise FileNotFoundError(f"no .png/.jpg images in {folder}")
-    files = files[:limit] if limit else files
-    arrays = [np.asarray(Image.open(p).convert("RGB")) for p in files]
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+    return files[:limit] if limit else files
+
+
+def iter_image_folder(
+    folder: str | Path, limit: int | None = None, batch_size: int = EMBED_BATCH
+) -> Iterator[torch.Tensor]:
+    """Images ``[b, 3, H, W]`` in ``[0, 1]`` of a folder (``image_folder_files``), batch by
+    batch (``embed_stream``): a whole folder of 50,000 ImageNet-size images held as float32
+    is 39 GB. Converted to RGB (grey and alpha images too); every image must have the first
+    one's size (an error names the file that does not)."""
+    import numpy as np
+    from PIL import Image
+
+    size = None
+    files = image_folder_files(folder, limit)
+    for start in range(0, len(files), batch_size):
+        arrays = []
+        for path in files[start : start + batch_size]:
+            with Image.open(path) as image:
+                array = np.asarray(image.convert("RGB"))
+            if size is None:
+                size = array.shape
+            if array.shape != size:
+                raise ValueError(
+                    f"{path} is {array.shape[1]}x{array.shape[0]} but {files[0].name} is "
+                    f"{size[1]}x{size[0]}: a reference folder holds images of one size"
+                )
+            arrays.append(array)
+        yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
+
+
+def iter_uint8_images(images_NHWC, batch_size: int = EMBED_BATCH) -> Iterator[torch.Tensor]:
+    """``[N, H, W, 3]`` uint8 images (an ADM reference batch's ``arr_0``) as ``[b, 3, H, W]``
+    floats in ``[0, 1]``, batch by batch."""
+    for start in range(0, len(images_NHWC), batch_size):
+        batch = torch.from_numpy(images_NHWC[start : start + batch_size])
+        yield batch.permute(0, 3, 1, 2).float() / 255

@@ -251,7 +251,7 @@ def describe_difference(ours: dict[str, Any], theirs: dict[str, Any], prefix: st
         a, b = ours.get(key), theirs.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
             out += describe_difference(a, b, f"{prefix}{key}.")
-        elif a != b:
+        elif a != b or type(a) is not type(b):  # 2 == 2.0, but their JSON (the key) differs
             out.append(f"{prefix}{key}: this run {a!r}, folder {b!r}")
     return out
 

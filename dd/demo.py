@@ -95,6 +95,13 @@ class DemoSettings:
                 f"eval_batch_size ({self.eval_batch_size}) and fid_per_class "
                 f"({self.fid_per_class}) must be >= 1"
             )
+        if self.fid_per_class is not None and self.fid_per_class > self.eval_per_class:
+            raise ValueError(  # else the FID rows would hold fewer images than the protocol's
+                f"eval_per_class must be >= fid_per_class ({self.fid_per_class}, the FID "
+                f"protocol's images per class), got {self.eval_per_class}"
+            )
+        if self.num_heldout < 0:
+            raise ValueError(f"num_heldout must be >= 0, got {self.num_heldout}")
         if self.num_heldout >= self.num_pairs or self.global_batch_size > (
             self.num_pairs - self.num_heldout
         ):

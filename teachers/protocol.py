@@ -237,7 +237,9 @@ class Teacher(Protocol):
         Keywords ``logits_positions`` and ``embedding_positions`` (``range`` of those n + 1
         positions, ``head_positions``; ``None``: all): each head runs at its positions only
         and returns ``[B, len(range), V]`` / ``[B, len(range), C]``, the same values as the
-        full outputs' slices. Sampling reads each head where it chooses tokens (``DDStudent``).
+        full outputs' slices. Optional for callers, required of every family's backbone:
+        sampling always passes them (``DDStudent``, ``dd.sampling.dd_step``), so a backbone
+        without them trains but cannot sample.
         """
         ...
 

@@ -32,6 +32,7 @@ from data_gen.pairs import draw_sample, map_noise, sample_seed
 from data_gen.shards import (
     MANIFEST_NAME,
     ShardError,
+    describe_difference,
     plan_shards,
     read_shard,
     sha256_file,
@@ -150,6 +151,10 @@ def test_an_integer_setting_is_its_float(spec, teacher):
     }
     assert len(keys) == 1
     assert isinstance(recipe.sampling.resolve(SamplingConfig()).cfg_scale, float)
+    # A folder made through the API with an integer before this: its key differs, and the
+    # refusal now names the setting (2 == 2.0 hid it).
+    ours, theirs = {"sampling": {"cfg_scale": 2.0}}, {"sampling": {"cfg_scale": 2}}
+    assert describe_difference(ours, theirs) == ["sampling.cfg_scale: this run 2.0, folder 2"]
 
 
 def test_shards_are_global_index_ranges():

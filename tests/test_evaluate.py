@@ -587,6 +587,10 @@ def test_demo_presets_overrides_and_unknown_teachers(capsys):
         DemoSettings(10, 1, 8, 8, 1, None, 1, ("teacher",))
     with pytest.raises(ValueError, match="fid_per_class"):
         DemoSettings(100, 1, 8, 8, 1, 0, 1, ("teacher",))
+    with pytest.raises(ValueError, match=r"eval_per_class must be >= fid_per_class \(36"):
+        DemoRecipe(eval_per_class=20).settings()  # the FID rows would hold 200 images, not 360
+    with pytest.raises(ValueError, match="num_heldout"):
+        DemoSettings(100, 1, 8, -5, 1, None, 1, ("teacher",))
 
 
 def test_dd_eval_writes_json_with_timings(tmp_path):

@@ -117,6 +117,30 @@ def test_a_dd_step_chooses_what_the_full_outputs_choose(name):
             assert torch.equal(tokens, expected), (split, step)
 
 
+def test_a_dd_step_runs_each_head_only_at_its_tokens(student, monkeypatch):
+    """The point of the restriction (LlamaGen-B: 13% of a forward, [B, 257, 16384] logits):
+    the backbone is asked for the logits from the boundary to the split and for the
+    embeddings after it, in backbone positions (token + 1), at each of Alg. 3's steps."""
+    seen = []
+    forward = type(student.backbone).forward
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs.get("logits_positions"), kwargs.get("embedding_positions")))
+        return forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(student.backbone), "forward", spy)
+    geometry = student.geometry
+    n, split = geometry.num_tokens, student.split_token
+    labels = torch.arange(3) % student.num_classes
+    noise = draw_noise(3, n, student.code_dim, torch.Generator().manual_seed(7))
+    sample_tokens(student, labels, noise, steps=2)
+    second = geometry.step_ranges[student.timesteps[1]][0]
+    assert seen == [
+        (range(1, split + 1), range(split + 1, n + 1)),
+        (range(second + 1, max(second, split) + 1), range(max(second, split) + 1, n + 1)),
+    ]
+
+
 def test_the_prefix_comes_back_as_given_even_with_coinciding_codes():
     """Eq. 6: positions before the boundary are the given tokens. With two equal codebook
     rows the embedding head's nearest code of a prefix code vector would be the lower index;

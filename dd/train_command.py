@@ -104,17 +104,20 @@ def check_resumable(recipe: TrainRecipe, output: Path) -> None:
 
 def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = False):
     """The Trainer of ``dd train`` (also timed by ``benchmarks/bench_train.py``): EMA through
-    Lightning's ``EMAWeightAveraging``, step checkpoints with ``last.ckpt``, gradient clipping,
-    precision and strategy from the recipe. Its bars start at tqdm's own ``TQDM_POSITION``
-    line, as every other bar does (``dd demo``'s worker processes set it).
+    ``dd.ema.FrozenSharingEMA`` (Lightning's weight averaging, the frozen parts shared), step
+    checkpoints with ``last.ckpt``, gradient clipping, precision and strategy from the recipe.
+    Its bars start at tqdm's own ``TQDM_POSITION`` line, as every other bar does (``dd demo``'s
+    worker processes set it).
 
     ``unused_parameters``: some trainable parameters get no gradient (a head whose loss term
     is off), which DDP must be told. The EMA averages parameters only: averaging the buffers
     (AR-step boundaries, level ids, masks) rounds integer ones down (at decay 0.9999, 126 of
     0..680), which moved validation's boundaries."""
     import lightning.pytorch as pl
-    from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
     from lightning.pytorch.strategies import DDPStrategy
+
+    from dd.ema import FrozenSharingEMA
 
     bars = []
     if run.progress_bar:  # Lightning's bars take lines 2k and 2k+1 for process_position k
@@ -139,7 +142,7 @@ def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = Fal
         num_sanity_val_steps=0,
         enable_progress_bar=run.progress_bar,
         callbacks=[
-            EMAWeightAveraging(decay=run.ema_decay, use_buffers=False),
+            FrozenSharingEMA(decay=run.ema_decay),
             ModelCheckpoint(
                 dirpath=output / "checkpoints",
                 every_n_train_steps=run.checkpoint_every_steps,

@@ -21,6 +21,7 @@ from data_gen.config import (
 from data_gen.engine import run_generation
 from dd.data import SEED_STRIDE, BatchOrder, PairBatches, load_pairs, pair_sampling, split_heldout
 from dd.distill import DistillModule, OptimSettings, PairDataModule
+from dd.ema import FrozenSharingEMA
 from dd.losses import LossSettings, cached_teacher_log_probs
 from dd.metrics.digits import feature_distance
 from dd.sampling import dd_step
@@ -224,7 +225,7 @@ def test_a_short_run_lowers_the_loss_and_logs_token_agreement(teacher, pair_fold
     """30 steps (about 4 epochs of 64 pairs, batch 8, EMA on): the mean of the last 5 steps is
     below the first 5 for the total by 20% and for each term (measured here: total 3.74 -> 2.72)."""
     recorder, trainer = fit(
-        teacher, pair_folder, tmp_path, 30, callbacks=[EMAWeightAveraging(decay=0.9)]
+        teacher, pair_folder, tmp_path, 30, callbacks=[FrozenSharingEMA(decay=0.9)]
     )
 
     def mean(values):
@@ -353,3 +354,55 @@ def test_bad_schedules_are_refused(teacher):
     module.trainer = pl.Trainer(max_steps=50, logger=False, enable_checkpointing=False)
     with pytest.raises(ValueError, match="must be above optim.warmup_steps: got 50 and 50"):
         module.configure_optimizers()
+
+
+def test_dd_train_ema_shares_the_frozen_teacher_and_leaves_it_exact(pair_folder, tmp_path):
+    """``dd train``'s EMA (``dd.ema.FrozenSharingEMA``) against Lightning's
+    ``EMAWeightAveraging`` on the same 4 steps (decay 0.9, validation after step 2): the same
+    averaged student to the bit; the teacher bit-identical after ``fit`` (Lightning's copied its
+    round-off-"averaged" teacher back: elements changed); the averaged copy's teacher tensors
+    are the live ones, its student tensors its own. A fresh teacher: repeated round-off
+    averaging reaches a fixed point, so one "averaged" by an earlier run may not move."""
+    from dd.train_command import make_trainer
+    from dd.train_recipe import RunSection
+
+    teacher = load_teacher(TeacherSpec(tiny=TEACHER))
+    pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
+    train, heldout = split_heldout(pairs, NUM_HELDOUT)
+    before = {name: value.clone() for name, value in teacher.state_dict().items()}
+    run = RunSection(
+        global_batch_size=GLOBAL_BATCH, max_steps=4, ema_decay=0.9, accelerator="cpu",
+        val_every_steps=2, checkpoint_every_steps=100, progress_bar=False,
+    )  # fmt: skip
+
+    def fit_with(lightning_ema: bool, root):
+        teacher.load_state_dict(before)
+        torch.manual_seed(0)
+        student = DDStudent(teacher, TIMESTEPS, SPLIT_TOKEN)
+        module = DistillModule(student, feature_distance, CONSTANT, DIGITS_LOSS, GLOBAL_BATCH)
+        trainer = make_trainer(run, root)
+        if lightning_ema:
+            index = next(
+                i for i, c in enumerate(trainer.callbacks) if isinstance(c, FrozenSharingEMA)
+            )
+            trainer.callbacks[index] = EMAWeightAveraging(decay=0.9, use_buffers=False)
+        data = PairDataModule(
+            train, heldout, global_batch_size=GLOBAL_BATCH, num_timesteps=2, seed=0
+        )
+        trainer.fit(module, datamodule=data)
+        ema = next(
+            c for c in trainer.callbacks if isinstance(c, FrozenSharingEMA | EMAWeightAveraging)
+        )
+        changed = sum(int((before[k] != v).sum()) for k, v in teacher.state_dict().items())
+        return student.student_state_dict(), changed, module, ema._average_model.module
+
+    theirs, their_changes, _, _ = fit_with(True, tmp_path / "lightning")
+    ours, our_changes, module, averaged = fit_with(False, tmp_path / "ours")
+    assert their_changes > 0  # what the shared, untouched teacher fixes
+    assert our_changes == 0
+    assert theirs.keys() == ours.keys()
+    assert all(torch.equal(theirs[k], ours[k]) for k in ours)
+    live, copied = dict(module.named_parameters()), dict(averaged.named_parameters())
+    for name, parameter in copied.items():
+        shared = parameter.data_ptr() == live[name].data_ptr()
+        assert shared == name.startswith("student.teacher."), name

@@ -84,6 +84,7 @@ class FrozenSharingEMA(WeightAveraging):
         # AveragedModel deep-copies the module it is given: give it an empty one, then the
         # copy that shares the frozen parts. Lightning reports the module on the device the
         # strategy will move it to; the shared parts move there with the copy, as they would.
-        averaged = AveragedModel(nn.Module(), use_buffers=False, **self._kwargs)
-        averaged.module = copy_sharing_frozen(pl_module).to(self._device or pl_module.device)
+        device = self._device or pl_module.device
+        averaged = AveragedModel(nn.Module(), device=device, use_buffers=False, **self._kwargs)
+        averaged.module = copy_sharing_frozen(pl_module).to(device)
         self._average_model = averaged

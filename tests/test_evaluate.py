@@ -566,7 +566,7 @@ def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):
         other = folder_of(dataclasses.replace(settings, **change))
         assert other != folder, change
     # The evaluation's settings do not retrain the student.
-    evaluation = dataclasses.replace(settings, eval_per_class=10, eval_batch_size=50)
+    evaluation = dataclasses.replace(settings, eval_per_class=50, eval_batch_size=50)
     assert folder_of(evaluation) == folder
 
 

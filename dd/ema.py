@@ -8,16 +8,16 @@ averaged values were copied back into the live teacher (20 steps at decay 0.99 c
 of llamagen-digits' 557,995 teacher elements, by up to 1.3e-6), while validation ran on the
 drifted copy.
 
-``FrozenSharingEMA`` builds the averaged copy with every frozen submodule (no parameter
-requiring grad) taken from the live module rather than copied, and leaves a tensor that the copy
-shares with the live module as it is. The trainable parameters are averaged exactly as
-Lightning's callback does (``get_ema_avg_fn``, per tensor), so a run's student is unchanged.
+``FrozenSharingEMA`` builds the averaged copy with every frozen parameter (and the buffers of
+every submodule with no trainable parameter) taken from the live module rather than copied, and
+leaves a tensor that the copy shares with the live module as it is. The trainable parameters
+are averaged exactly as Lightning's callback does (``get_ema_avg_fn``, per tensor), so a run's
+student is unchanged.
 """
 
 from __future__ import annotations
 
 import copy
-import itertools
 
 import lightning.pytorch as pl
 import torch
@@ -34,18 +34,22 @@ def frozen_submodules(module: nn.Module) -> list[nn.Module]:
     return [found for child in module.children() for found in frozen_submodules(child)]
 
 
+def frozen_tensors(module: nn.Module) -> list[torch.Tensor]:
+    """What the averaged copy shares with ``module``: every parameter that does not require
+    grad (wherever it sits), and the buffers of its frozen submodules."""
+    frozen = [p for p in module.parameters() if not p.requires_grad]
+    return frozen + [b for part in frozen_submodules(module) for b in part.buffers()]
+
+
 def copy_sharing_frozen(module: nn.Module) -> nn.Module:
-    """A deep copy of ``module`` whose frozen submodules (and their tensors, wherever else
-    they are referenced) are the live ones. Its parameters line up with ``module``'s, name for
-    name, as the averaging zips them."""
-    memo: dict[int, object] = {}
-    for frozen in frozen_submodules(module):
-        for shared in itertools.chain([frozen], frozen.parameters(), frozen.buffers()):
-            memo[id(shared)] = shared
+    """A deep copy of ``module`` that holds ``frozen_tensors(module)`` themselves (deep-copy
+    memo: tied references stay tied). A sanity check: its parameters line up with
+    ``module``'s, name for name, as the averaging zips them."""
+    memo: dict[int, object] = {id(tensor): tensor for tensor in frozen_tensors(module)}
     copied = copy.deepcopy(module, memo)
     names = [(name, p.shape) for name, p in module.named_parameters()]
     copied_names = [(name, p.shape) for name, p in copied.named_parameters()]
-    if names != copied_names:  # a frozen tensor tied to a trainable module would do this
+    if names != copied_names:
         raise RuntimeError(
             f"the averaged copy of {type(module).__name__} does not line up with it "
             f"({len(copied_names)} parameters against {len(names)})"
@@ -69,14 +73,16 @@ def ema_of_own_tensors(decay: float):
 class FrozenSharingEMA(WeightAveraging):
     """An EMA of the trainable parameters after every optimiser step (buffers are not
     averaged: see ``dd.train_command.make_trainer``); validation and the end of ``fit`` use
-    the averaged weights, as with Lightning's ``EMAWeightAveraging``. Sharded strategies are
-    not supported (Lightning's callback does not support them either)."""
+    the averaged weights, as with Lightning's ``EMAWeightAveraging``. Which parameters are
+    frozen is read when ``fit`` begins. Sharded strategies are not supported (Lightning's
+    callback does not support them either; ``RunSection`` refuses ``fsdp``)."""
 
     def __init__(self, decay: float) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
         super().__init__(use_buffers=False, avg_fn=ema_of_own_tensors(decay))
         self.decay = decay
+        self._shared: list[nn.Parameter] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
@@ -88,3 +94,15 @@ class FrozenSharingEMA(WeightAveraging):
         averaged = AveragedModel(nn.Module(), device=device, use_buffers=False, **self._kwargs)
         averaged.module = copy_sharing_frozen(pl_module).to(device)
         self._average_model = averaged
+        self._shared = [p for p in pl_module.parameters() if not p.requires_grad]
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        """Refuses a shared parameter that has since been unfrozen: it would never be averaged."""
+        unfrozen = [p for p in self._shared if p.requires_grad]
+        if unfrozen:
+            raise RuntimeError(
+                f"{len(unfrozen)} parameters were frozen when fit began and now require grad; "
+                "the EMA shares them with the live module and cannot average them. Freeze or "
+                "unfreeze parameters before fit"
+            )
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

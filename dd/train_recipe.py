@@ -14,7 +14,7 @@ from dd.losses import LossSettings
 from dd.teacher_spec import TeacherSpec
 
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
-Strategy = Literal["auto", "ddp", "fsdp"]
+Strategy = Literal["auto", "ddp", "fsdp"]  # fsdp: refused with the reason (RunSection)
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,12 @@ class RunSection:
                 raise ValueError(f"run.{name} must be >= 1, got {value}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"run.ema_decay must be in [0, 1), got {self.ema_decay}")
+        if self.strategy == "fsdp":
+            raise ValueError(
+                "run.strategy fsdp is not supported yet: dd train's EMA (dd.ema) averages an "
+                "unsharded copy of the student and shares the live teacher's parameters, which "
+                "FSDP would replace with sharded views. Use ddp (or auto)"
+            )
         if not self.gradient_clip_norm >= 0:
             raise ValueError(
                 f"run.gradient_clip_norm must be >= 0 (0: no clipping; Lightning treated a "

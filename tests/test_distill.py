@@ -406,3 +406,43 @@ def test_dd_train_ema_shares_the_frozen_teacher_and_leaves_it_exact(pair_folder,
     for name, parameter in copied.items():
         shared = parameter.data_ptr() == live[name].data_ptr()
         assert shared == name.startswith("student.teacher."), name
+
+
+def test_the_ema_copy_shares_every_frozen_tensor_and_refuses_one_unfrozen_later():
+    """A frozen parameter beside trainable ones, a frozen submodule and its buffer, a frozen
+    tensor tied into a trainable module: all shared by the averaged copy (and left exact by the
+    averaging); trainable ones copied. Unfreezing a shared parameter during fit is refused (it
+    would never be averaged). ``dd train`` refuses FSDP, which would replace shared parameters."""
+    from dd.ema import FrozenSharingEMA, copy_sharing_frozen
+    from dd.train_recipe import RunSection
+
+    class Toy(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.body = torch.nn.Linear(3, 3)
+            self.scale = torch.nn.Parameter(torch.randn(3), requires_grad=False)
+            self.frozen = torch.nn.BatchNorm1d(3).requires_grad_(False)
+            self.tied = torch.nn.Linear(3, 3)
+            self.tied.weight = self.frozen.weight  # a frozen tensor inside a trainable module
+
+    torch.manual_seed(0)
+    toy = Toy()
+    copied = copy_sharing_frozen(toy)
+    live, mine = dict(toy.named_parameters()), dict(copied.named_parameters())
+    assert mine.keys() == live.keys()
+    for name in live:
+        assert (mine[name] is live[name]) == (not live[name].requires_grad), name
+    assert copied.frozen.running_mean is toy.frozen.running_mean
+    assert copied.tied.weight is copied.frozen.weight
+
+    ema = FrozenSharingEMA(decay=0.9)
+    ema.setup(None, toy, "fit")
+    before = toy.scale.detach().clone()
+    for _ in range(3):
+        ema._average_model.update_parameters(toy)
+    assert torch.equal(toy.scale, before)  # 0.9 * w + 0.1 * w rounds: the shared one is skipped
+    toy.scale.requires_grad_(True)
+    with pytest.raises(RuntimeError, match="were frozen when fit began"):
+        ema.on_train_batch_end(None, toy, None, None, 0)
+    with pytest.raises(ValueError, match="fsdp is not supported"):
+        RunSection(strategy="fsdp")

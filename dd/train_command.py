@@ -225,7 +225,10 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         log.info("%s is already at max_steps=%d; nothing to train", last, run.max_steps)
         return None
     started = time.perf_counter()
-    trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
+    # weights_only: Lightning leaves it to torch's default, which an environment variable
+    # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn into unpickling.
+    resume = str(last) if last.is_file() else None
+    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     seconds = time.perf_counter() - started
     if trainer.is_global_zero:  # EMA weights were copied into the student at the end of fit
         record = {

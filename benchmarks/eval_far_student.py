@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import torch
 from common import machine_description
@@ -77,6 +78,12 @@ def main() -> None:
     parser.add_argument("--fid-per-class", type=int, default=36)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
+    if not Path(args.pairs).is_dir():
+        parser.error(
+            f"no pair folder at {args.pairs} (onestep* and the teacher's settings come from it): "
+            "make the shipped student's with `dd generate --recipe recipes/generate_tiny_far.yaml "
+            "--pairs.num_pairs 10000`, or pass --pairs"
+        )
     torch.set_num_threads(args.threads)
 
     student = dd.load_student(args.student)
@@ -118,7 +125,8 @@ def main() -> None:
 
     print(
         f"{machine_description(torch.get_num_threads())}; student {args.student}; seeds "
-        f"{args.seeds}; {len(labels)} samples a seed; FID on {len(fid_rows)} vs the train split"
+        f"{args.seeds}; {len(labels)} samples a seed; FID on {len(fid_rows)} vs the train split; "
+        f"onestep* from the {len(pairs)} pairs of {args.pairs}"
     )
     teacher_fid = statistics.fmean(r["fid"] for r in rows[teacher_row])
     gap = statistics.fmean(r["fid"] for r in rows["onestep*"]) - teacher_fid

@@ -160,6 +160,11 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
     )
 
     metric = recipe.metric if recipe.metric != "auto" else ("digits" if tiny else "inception")
+    if metric == "digits" and recipe.inception_weights is not None:
+        raise ValueError(
+            "inception_weights is given but the metric is digits (the tiny teachers' default): "
+            "set metric: inception to score in Inception space, or drop inception_weights"
+        )
     if metric == "digits":
         from teachers.data import load_digits_split
 

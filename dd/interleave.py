@@ -63,7 +63,8 @@ def check_interleave(
     if not 0 <= first < second < num_steps:
         raise ValueError(
             f"interleave {interleave!r} = AR steps [{first}, {second}) lies outside the "
-            f"sequence: the teacher has AR steps 0..{num_steps - 1}, and first < second"
+            f"sequence: the teacher has AR steps 0..{num_steps - 1}, and the range needs "
+            "0 <= first < second < that count"
         )
     if second not in later:
         raise ValueError(

@@ -31,13 +31,17 @@ class SampleRecipe:
     labels: list[int] = field(default_factory=lambda: list(range(10)))
     seed: int = 0
     output: str = "samples"
+    batch_size: int = 100  # the images are the same whatever it is (per-sample streams)
     num_threads: int | None = None
+    progress_bar: bool = True
 
     def __post_init__(self) -> None:
         if (self.student is None) == (self.teacher is None):
             raise ValueError("give exactly one of student (a checkpoint) or teacher (a spec)")
         if not self.labels:
             raise ValueError("labels: give at least one class label")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 def folder_name(method_name: str) -> str:
@@ -59,8 +63,9 @@ def run_sample(recipe: SampleRecipe) -> Path:
     rows = []
     for method in methods:
         images, _ = generate(
-            method, setup.samplers, labels, seed=recipe.seed, batch_size=len(labels)
-        )
+            method, setup.samplers, labels, seed=recipe.seed, batch_size=recipe.batch_size,
+            progress=recipe.progress_bar,
+        )  # fmt: skip
         save_pngs(output / folder_name(method.name), images, recipe.labels)
         rows.append((f"{method.name} ({method.steps} st.)", images))
     grid = output / "grid.png"

@@ -15,6 +15,7 @@ import logging
 import os
 import platform
 import shlex
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -251,5 +252,9 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     recipe, resolved = parse_recipe(TrainRecipe, argv, prog="dd train")
-    train(recipe, resolved, command=shlex.join(["dd", "train", *argv]))
+    try:
+        train(recipe, resolved, command=shlex.join(["dd", "train", *argv]))
+    except (FileNotFoundError, ValueError) as error:  # as dd generate / eval / sample do
+        print(f"dd train: {error}", file=sys.stderr)
+        return 1
     return 0

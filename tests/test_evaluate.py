@@ -151,6 +151,13 @@ def test_missing_inception_weights_name_the_file_and_where_to_put_it(tmp_path, c
     )  # fmt: skip
     assert code == 1
     assert INCEPTION_WEIGHTS_FILE in capsys.readouterr().err
+    # Given without metric inception, a tiny teacher's digits metric ignored it silently.
+    code = dd_main(
+        ["eval", "--teacher.tiny", "var-digits", "--inception_weights", str(tmp_path / "x.pth"),
+         "--methods", "[teacher]"]
+    )  # fmt: skip
+    assert code == 1
+    assert "set metric: inception" in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module", params=("llamagen-digits", "var-digits"))
@@ -362,6 +369,17 @@ def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):
         "0000_class3.png",
         "0001_class7.png",
     ]
+    # In batches of one, with the progress-bar option every other command has: the same PNGs.
+    again = tmp_path / "again"
+    code = dd_main(
+        ["sample", "--teacher.tiny", "llamagen-digits", "--methods", "[teacher, 'skip:60']",
+         "--labels", "[3, 7]", "--output", str(again), "--batch_size", "1",
+         "--progress_bar", "false"]
+    )  # fmt: skip
+    assert code == 0
+    for name in ("teacher", "skip-60"):
+        for png in (out / name).iterdir():
+            assert png.read_bytes() == (again / name / png.name).read_bytes(), png
 
 
 def test_demo_report_schema_from_a_toy_run(tmp_path):

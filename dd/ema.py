@@ -77,11 +77,8 @@ class FrozenSharingEMA(WeightAveraging):
     frozen is read when ``fit`` begins. Sharded strategies are not supported (Lightning's
     callback does not support them either; ``RunSection`` refuses ``fsdp``)."""
 
-    def __init__(self, decay: float) -> None:
-        if not 0.0 <= decay <= 1.0:
-            raise ValueError(f"EMA decay must be in [0, 1], got {decay}")
+    def __init__(self, decay: float) -> None:  # get_ema_avg_fn checks decay is in [0, 1]
         super().__init__(use_buffers=False, avg_fn=ema_of_own_tensors(decay))
-        self.decay = decay
         self._shared: list[nn.Parameter] = []
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
@@ -94,7 +91,7 @@ class FrozenSharingEMA(WeightAveraging):
         averaged = AveragedModel(nn.Module(), device=device, use_buffers=False, **self._kwargs)
         averaged.module = copy_sharing_frozen(pl_module).to(device)
         self._average_model = averaged
-        self._shared = [p for p in pl_module.parameters() if not p.requires_grad]
+        self._shared = [t for t in frozen_tensors(pl_module) if isinstance(t, nn.Parameter)]
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         """Refuses a shared parameter that has since been unfrozen: it would never be averaged."""

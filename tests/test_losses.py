@@ -64,6 +64,10 @@ def test_lpips_loads_a_vgg16_state_dict_and_measures_distance(tmp_path):
     assert far.shape == (2,) and (far > 1e-3).all()
     far.sum().backward()
     assert other.grad.abs().sum() > 0
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16-mixed: the distance stays float32
+        mixed = distance(images, other.detach())
+    assert mixed.dtype == torch.float32
+    torch.testing.assert_close(mixed, far.detach(), rtol=0.02, atol=0)  # bf16's trunk: ~0.3%
 
 
 @pytest.fixture(scope="module")
@@ -234,3 +238,26 @@ def test_the_teacher_kl_term_needs_the_noise_logit_prior_and_lowers_under_optimi
         loss.backward()
         optimizer.step()
     assert history[-1] < 0.8 * history[0], (history[0], history[-1])
+
+
+def test_the_digits_perceptual_term_moves_with_the_module_and_measures_the_same():
+    """Lightning puts the LightningModule on the GPU with ``.to(device)``: the tiny recipes'
+    perceptual network must go with it (a bare function kept the classifier on the CPU, so
+    the first step on a GPU met CPU weights). The meta device stands in for CUDA. Its distance
+    is ``feature_distance``'s, to the bit."""
+    perceptual = losses.build_perceptual(LossSettings("digits"))
+    generator = torch.Generator().manual_seed(0)
+    images_a, images_b = torch.rand(2, 4, 3, 16, 16, generator=generator)
+    assert torch.equal(perceptual(images_a, images_b), feature_distance(images_a, images_b))
+    teacher = load_tiny_teacher("llamagen-digits")
+    student = DDStudent(teacher, (0, 20), 64)
+    module = DistillModule(student, perceptual, OptimSettings(), LossSettings("digits"), 4)
+    assert not any(p.requires_grad for p in perceptual.parameters())
+    module.to("meta")
+    moved = list(module.perceptual.parameters())
+    assert moved and all(p.device.type == "meta" for p in moved)
+    assert all(p.device.type == "meta" for p in module.student.parameters())
+    # the evaluators' per-process classifier is not the one that moved
+    from dd.metrics.digits import default_classifier
+
+    assert all(p.device.type == "cpu" for p in default_classifier().parameters())

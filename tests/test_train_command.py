@@ -27,6 +27,7 @@ from dd.cli import main as dd_main
 from dd.config import dump_yaml, read_recipe
 from dd.config import parse_recipe as parse_any_recipe
 from dd.data import pair_sampling
+from dd.distill import FROZEN_PREFIXES
 from dd.teacher_spec import TeacherSpec
 from dd.train_command import check_resumable, ema_state_dict
 from dd.train_recipe import TrainRecipe
@@ -162,9 +163,9 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path, capsys):
     before = weights.read_bytes()
     ema = ema_state_dict(output / "checkpoints" / "last.ckpt")
     checkpoint = torch.load(output / "checkpoints" / "last.ckpt", weights_only=True)
-    for key in ("state_dict", "current_model_state"):  # the frozen teacher is not stored
+    for key in ("state_dict", "current_model_state"):  # nor the teacher, nor the perceptual net
         names = list(checkpoint[key])
-        assert names and not any(name.startswith("student.teacher.") for name in names)
+        assert names and not any(name.startswith(FROZEN_PREFIXES) for name in names)
     for name, tensor in dd.load_student(output / "student").backbone.state_dict().items():
         torch.testing.assert_close(tensor, ema[f"student.backbone.{name}"], atol=0, rtol=0)
     assert dd_main(["train", *train_argv(var_pairs, output, 4), "--run.max_steps", "6"]) == 0

@@ -242,6 +242,21 @@ def _unit_normalize(x: torch.Tensor) -> torch.Tensor:
     return x / torch.sqrt(x.square().sum(dim=1, keepdim=True) + UNIT_NORM_EPS)
 
 
+class DigitsPerceptual(nn.Module):
+    """``feature_distance`` as the training loss' perceptual term: a frozen module holding its
+    own classifier, so that Lightning moves it with the student (the per-process
+    ``default_classifier`` stays where the evaluators use it). Its parameters are frozen parts
+    of ``dd.distill.DistillModule``: left out of checkpoints, shared by the EMA's copy."""
+
+    def __init__(self, classifier: DigitsClassifier | None = None) -> None:
+        super().__init__()
+        self.classifier = classifier if classifier is not None else load_classifier()
+        self.classifier.eval().requires_grad_(False)
+
+    def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
+        return feature_distance(images_a, images_b, self.classifier)
+
+
 def feature_distance(
     images_a: torch.Tensor,
     images_b: torch.Tensor,

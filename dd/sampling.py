@@ -61,8 +61,11 @@ def stream_base(generator: torch.Generator | None) -> int:
     """The base of a call's per-sample streams, drawn from ``generator``: never a run's seed
     itself. Pair generation gives sample ``i`` of seed ``s`` the stream ``sample_seed(s, i)``
     (``data_gen.pairs.draw_sample``: a label draw, then the noise), so streams based at ``s``
-    would replay the training pairs' noise: 7 of every 8 values, one position over."""
-    return int(torch.randint(2**SEED_BITS, (1,), generator=generator))
+    would replay the training pairs' noise: 7 of every 8 values, one position over.
+    Drawn on the generator's device (a CUDA generator gives another base than a CPU one of the
+    same seed; the per-sample streams themselves are CPU streams, the same on every device)."""
+    where = None if generator is None else generator.device
+    return int(torch.randint(2**SEED_BITS, (1,), generator=generator, device=where))
 
 
 def seed_base(seed: int) -> int:

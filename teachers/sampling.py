@@ -42,9 +42,12 @@ def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -
 def sample_from_log_probs(
     log_probs: torch.Tensor, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """One multinomial draw per row of ``log_probs [..., V]`` -> indices ``[...]``."""
+    """One multinomial draw per row of ``log_probs [..., V]`` -> indices ``[...]`` (on the
+    device of ``log_probs``), drawn where ``generator`` lives: torch refuses a generator of
+    another device, and a CPU generator with a teacher on the GPU is the common case."""
     probs = log_probs.float().exp().reshape(-1, log_probs.shape[-1])
-    picked = torch.multinomial(probs, 1, generator=generator)
+    where = probs.device if generator is None else generator.device
+    picked = torch.multinomial(probs.to(where), 1, generator=generator).to(probs.device)
     return picked.reshape(log_probs.shape[:-1])
 
 

@@ -12,7 +12,7 @@ from teachers.protocol import (
     add_code_scores_,
     check_labels,
 )
-from teachers.sampling import filter_logits
+from teachers.sampling import filter_logits, sample_from_log_probs
 
 
 def test_var_geometry_matches_paper_token_count():
@@ -109,3 +109,32 @@ def test_add_code_scores_in_place_equals_the_plain_sum_in_value_and_gradient():
     got_grads = torch.autograd.grad(in_place.square().sum(), [x, v])
     for got, expected in zip(got_grads, grads, strict=True):
         torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_a_token_draw_runs_on_its_generators_device(monkeypatch):
+    """torch refuses a generator of another device than the draw (a CPU generator with a
+    teacher on the GPU: the evaluators' and the README's case). ``sample_from_log_probs``
+    draws where the generator is and returns on the device of the log-probs: the same draw as
+    a plain CPU multinomial on the CPU; with fake CUDA log-probs (``FakeTensorMode``, no GPU
+    needed; fake kernels ignore the generator, so a spy reads the devices) the draw runs on
+    the CPU and the tokens come back on CUDA."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    seen = []
+    multinomial = torch.multinomial
+
+    def spy(probs, count, *, generator=None):
+        seen.append((probs.device.type, generator.device.type))
+        return multinomial(probs, count, generator=generator)
+
+    log_probs = torch.randn(3, 5, 7).log_softmax(-1)
+    expected = torch.multinomial(
+        log_probs.exp().reshape(-1, 7), 1, generator=torch.Generator().manual_seed(0)
+    ).reshape(3, 5)
+    monkeypatch.setattr(torch, "multinomial", spy)
+    assert torch.equal(sample_from_log_probs(log_probs, torch.Generator().manual_seed(0)), expected)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        on_cuda = torch.empty(3, 5, 7, device="cuda")
+        drawn = sample_from_log_probs(on_cuda, torch.Generator().manual_seed(0))
+    assert drawn.device.type == "cuda" and drawn.shape == (3, 5)
+    assert seen == [("cpu", "cpu"), ("cpu", "cpu")]

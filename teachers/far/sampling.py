@@ -83,9 +83,12 @@ def sample_head(
 def draw_noise(
     teacher: ContinuousTeacher, batch_size: int, generator: torch.Generator | None
 ) -> torch.Tensor:
-    """Gaussian noise ``[B, n, C]`` on the CPU from ``generator`` (then moved by the teacher)."""
+    """Gaussian noise ``[B, n, C]`` from ``generator``, on its device (the CPU without one;
+    the teacher moves it)."""
     shape = (batch_size, teacher.geometry.num_tokens, teacher.token_dim)
-    return torch.randn(shape, generator=generator)
+    return torch.randn(
+        shape, generator=generator, device=None if generator is None else generator.device
+    )
 
 
 def sample_continuous_tokens(

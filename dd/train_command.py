@@ -51,6 +51,13 @@ RESUMABLE_KEYS = (
     "run.checkpoint_every_steps",
     "run.max_steps",
 )
+# Where the run's processes are: global batch s is the same pairs and timesteps whatever the
+# number of processes (dd.data.BatchOrder), so a pre-empted run may resume on another node
+# or device count (under DDP; the same global_batch_size). Float reduction order aside.
+PLACEMENT_KEYS = ("run.accelerator", "run.devices", "run.num_nodes", "run.strategy")
+# Paths whose content is checked instead (PAIRS_IDENTITY): the pairs by their identity, and
+# the teacher through them (dd.data.load_pairs refuses pairs of another teacher fingerprint).
+CHECKED_PATH_KEYS = ("pairs.folder", "teacher.checkpoint", "teacher.tokenizer_checkpoint")
 
 
 def flat_items(data: Any, prefix: str = "") -> dict[str, Any]:
@@ -74,7 +81,10 @@ def check_resumable(recipe: TrainRecipe, output: Path) -> None:
         recipe_to_dict(recipe_from_dict(TrainRecipe, yaml.safe_load(saved.read_text())))
     )
     after = flat_items(recipe_to_dict(recipe))
-    allowed = set(RESUMABLE_KEYS)
+    trained_on = output / PAIRS_IDENTITY
+    allowed = {*RESUMABLE_KEYS, *PLACEMENT_KEYS}
+    if trained_on.is_file():  # runs before it was written compare the paths themselves
+        allowed.update(CHECKED_PATH_KEYS)
     if recipe.optim.schedule == "cosine":  # its rates depend on run.max_steps
         allowed.discard("run.max_steps")
     changed = [
@@ -88,8 +98,8 @@ def check_resumable(recipe: TrainRecipe, output: Path) -> None:
             f"change {'; '.join(changed)}. Give a new run.output, or delete {output} to start over"
         )
     # The same pairs.folder path may hold other pairs by now (regenerated with another seed or
-    # count): the held-out split and the batch order would change under the resumed steps.
-    trained_on = output / PAIRS_IDENTITY
+    # count), or a moved folder other ones: the held-out split and the batch order would change
+    # under the resumed steps.
     if trained_on.is_file():
         from dd.data import pair_identity
 

@@ -248,6 +248,34 @@ def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):
         torch.testing.assert_close(double[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
 
 
+def test_a_run_resumes_with_moved_pairs_on_another_process_count(var_pairs, tmp_path, capsys):
+    """A pre-empted run restarted on another node: the pair folder at another path (the same
+    pairs: their identity is checked, not the path) and 2 DDP processes instead of 1 (global
+    batch s is the same pairs and timesteps whatever the process count). It resumes, and its
+    student equals an uninterrupted 1-process run to 1e-4 (DDP's reduction order, as above).
+    Another global batch is still refused."""
+    straight, run, moved = tmp_path / "straight", tmp_path / "run", tmp_path / "moved"
+    assert dd_main(["train", *train_argv(var_pairs, straight, 4)]) == 0
+    assert dd_main(["train", *train_argv(var_pairs, run, 2)]) == 0
+    shutil.copytree(var_pairs, moved)
+    command = [sys.executable, "-m", "dd.cli", "train", *train_argv(moved, run, 4)]
+    command += ["--run.devices", "2", "--run.strategy", "ddp", "--run.accelerator", "cpu"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert '"steps": 4' in (run / "student" / "student.json").read_text()
+    single = dd.load_student(straight / "student").student_state_dict()
+    resumed = dd.load_student(run / "student").student_state_dict()
+    for name, tensor in single.items():
+        torch.testing.assert_close(resumed[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
+    capsys.readouterr()
+    bigger = [*train_argv(moved, run, 6), "--run.global_batch_size", "16"]
+    assert dd_main(["train", *bigger]) == 1
+    assert "run.global_batch_size: 8 -> 16" in capsys.readouterr().err
+
+
 def test_ddp_trains_without_the_perceptual_term(var_pairs, tmp_path):
     """With loss.perceptual_weight 0 the embedding head gets no gradient; DDP is told so
     (it failed at the second step: "parameters that were not used in producing the loss"),

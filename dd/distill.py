@@ -74,16 +74,22 @@ class DistillModule(pl.LightningModule):
     def __init__(
         self,
         student: DDStudent,
-        perceptual: PerceptualDistance,
+        perceptual: PerceptualDistance | None,
         optim: OptimSettings,
         loss: LossSettings,
         global_batch_size: int,
         pair_sampling: SamplingConfig | None = None,
     ) -> None:
         """``pair_sampling``: the teacher's sampling settings the pairs were made with
-        (``dd.data.pair_sampling``); needed by the teacher-KL term only."""
+        (``dd.data.pair_sampling``); needed by the teacher-KL term only. ``perceptual`` may be
+        ``None`` when ``loss.perceptual_weight`` is 0 (the term is then never computed)."""
         super().__init__()
         self.check_settings(student, loss, pair_sampling)
+        if perceptual is None and loss.perceptual_weight != 0:
+            raise ValueError(
+                f"loss.perceptual_weight is {loss.perceptual_weight}, but no perceptual "
+                "distance was given"
+            )
         self.student, self.perceptual, self.pair_sampling = student, perceptual, pair_sampling
         self.optim, self.loss, self.global_batch_size = optim, loss, global_batch_size
         boundaries = [student.geometry.step_ranges[k][0] for k in student.timesteps]

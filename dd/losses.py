@@ -140,7 +140,7 @@ def dd_loss(
     embeddings_BNC: torch.Tensor,
     target_BN: torch.Tensor,
     boundary_B: torch.Tensor,
-    perceptual: PerceptualDistance,
+    perceptual: PerceptualDistance | None,
     *,
     ce_weight: float = PAPER_CE_WEIGHT,
     perceptual_weight: float = PAPER_PERCEPTUAL_WEIGHT,

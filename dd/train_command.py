@@ -206,8 +206,14 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     initialised_from = None
     if recipe.student.init_from is not None:  # a resumed run's last.ckpt overrides this below
         initialised_from = initialise_from(student, recipe.student.init_from)
+    # Without its weight a codebook teacher's loss never calls the perceptual network (dd_loss:
+    # CE-only training), so its file (LPIPS' VGG16) is not needed; the continuous-token
+    # module logs the distance at validation whatever its weight.
+    perceptual = None
+    if continuous or recipe.loss.perceptual_weight > 0:
+        perceptual = build_perceptual(recipe.loss)
     # A continuous-token teacher (#13) gets the embedding-only student and its system.
-    settings = (student, build_perceptual(recipe.loss), recipe.optim, recipe.loss)
+    settings = (student, perceptual, recipe.optim, recipe.loss)
     if continuous:
         module = ContinuousDistillModule(*settings, run.global_batch_size)
     else:

@@ -276,6 +276,21 @@ def test_a_run_resumes_with_moved_pairs_on_another_process_count(var_pairs, tmp_
     assert "run.global_batch_size: 8 -> 16" in capsys.readouterr().err
 
 
+def test_training_without_the_perceptual_term_needs_no_vgg_file(var_pairs, tmp_path, capsys):
+    """CE-only training (``loss.perceptual_weight`` 0, every token from the logits head) never
+    calls LPIPS, so a missing VGG16 file is no reason to stop; with the term on, it is (the
+    one-line error names the file)."""
+    missing = tmp_path / "nowhere" / "vgg16-397923af.pth"
+    argv = [*train_argv(var_pairs, tmp_path / "ce", 2), "--loss.perceptual", "lpips_vgg"]
+    argv += ["--loss.vgg16_path", str(missing), "--student.split_token", "130"]
+    assert dd_main(["train", *argv, "--loss.perceptual_weight", "0"]) == 0
+    assert (tmp_path / "ce" / "student" / "student.safetensors").is_file()
+    capsys.readouterr()
+    argv[argv.index(str(tmp_path / "ce"))] = str(tmp_path / "lpips")
+    assert dd_main(["train", *argv]) == 1
+    assert str(missing) in capsys.readouterr().err
+
+
 def test_ddp_trains_without_the_perceptual_term(var_pairs, tmp_path):
     """With loss.perceptual_weight 0 the embedding head gets no gradient; DDP is told so
     (it failed at the second step: "parameters that were not used in producing the loss"),

@@ -178,7 +178,7 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
         raise ValueError("metric inception needs reference: an image folder or an .npz (mu, sigma)")
     path = Path(recipe.reference)
     if path.suffix.lower() == ".npz":
-        stats = load_stats_npz(str(path))
+        stats = load_stats_npz(str(path), space.feature_dim)
         images = load_npz_images(path)
         if images is None:  # statistics only: FID, no precision/recall
             return space, Reference(stats), str(path)

@@ -92,6 +92,15 @@ def test_npz_reference_and_generic_metric_behaviour(tmp_path):
     np.savez(tmp_path / "bad.npz", mean=stats.mu)
     with pytest.raises(ValueError, match="mu"):
         load_stats_npz(str(tmp_path / "bad.npz"))
+    # wrong shapes or sizes, NaN: refused when read (dd eval reads it before generating)
+    for name, arrays, message in [
+        ("flat", {"mu": stats.mu, "sigma": np.diag(stats.sigma)}, r"sigma \[D, D\]"),
+        ("size", {"mu": stats.mu, "sigma": stats.sigma}, "8-d features; this space has 2048"),
+        ("nan", {"mu": stats.mu * np.nan, "sigma": stats.sigma}, "NaN"),
+    ]:
+        np.savez(tmp_path / f"{name}.npz", **arrays)
+        with pytest.raises(ValueError, match=message):
+            load_stats_npz(str(tmp_path / f"{name}.npz"), 2048 if name == "size" else None)
     # precision/recall: a set against itself is all inside; a far-away set is all outside
     assert precision_recall(real, real) == (1.0, 1.0)
     assert precision_recall(real, real + 100.0) == (0.0, 0.0)

@@ -106,10 +106,22 @@ def precision_recall(
     return float(precision), float(recall)
 
 
-def load_stats_npz(path: str) -> FeatureStats:
-    """``mu`` and ``sigma`` from an ``.npz`` (the ADM reference batches' format)."""
+def load_stats_npz(path: str, feature_dim: int | None = None) -> FeatureStats:
+    """``mu`` and ``sigma`` from an ``.npz`` (the ADM reference batches' format), checked when
+    read (``dd eval`` reads it before generating anything): ``mu [D]``, ``sigma [D, D]``, finite,
+    and ``D == feature_dim`` when given (2048 for Inception's pool features)."""
     with np.load(path, allow_pickle=False) as data:
         missing = [key for key in ("mu", "sigma") if key not in data.files]
         if missing:
             raise ValueError(f"{path}: no {missing} arrays (has {data.files}); need mu and sigma")
-        return FeatureStats(data["mu"].astype(np.float64), data["sigma"].astype(np.float64))
+        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    size = mu.shape[0] if mu.ndim == 1 else None
+    if size is None or sigma.shape != (size, size):
+        raise ValueError(
+            f"{path}: mu must be [D] and sigma [D, D], got {mu.shape} and {sigma.shape}"
+        )
+    if feature_dim is not None and size != feature_dim:
+        raise ValueError(f"{path}: statistics of {size}-d features; this space has {feature_dim}")
+    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{path}: mu or sigma holds NaN or infinite values")
+    return FeatureStats(mu, sigma)

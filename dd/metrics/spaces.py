@@ -117,6 +117,7 @@ def inception_weights_path(path: str | Path | None = None) -> Path:
 class InceptionSpace:
     name = "InceptionV3 (torch-fidelity, 2048-d pool features, 1008 logits)"
     labels_are_classes = False
+    feature_dim = 2048
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu") -> None:
         path = inception_weights_path(weights)

@@ -22,7 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument(
         "--teacher-recipe",
-        help="a recipe whose teacher section replaces the manifest's (e.g. moved checkpoints)",
+        help="a recipe (generate or distill) whose teacher section replaces the manifest's "
+        "(e.g. moved checkpoints)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
 
@@ -30,13 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from data_gen.verify import as_dict, verify_folder
 
-    teacher_spec = None
-    if args.teacher_recipe:
-        from data_gen.config import GenerateRecipe
-        from dd.config import read_recipe
-
-        teacher_spec = read_recipe(GenerateRecipe, args.teacher_recipe).teacher
     try:
+        teacher_spec = None if args.teacher_recipe is None else recipe_teacher(args.teacher_recipe)
         report = verify_folder(
             args.folder,
             teacher_spec=teacher_spec,
@@ -50,3 +46,21 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print(json.dumps(as_dict(report), indent=2) if args.json else report.summary())
     return 0 if report.ok else 1
+
+
+def recipe_teacher(path: str):
+    """The ``teacher`` section of any recipe file (``dd generate``'s or ``dd train``'s), checked
+    as a recipe's would be."""
+    from pathlib import Path
+
+    import yaml
+
+    from dd.config import recipe_from_dict
+    from dd.teacher_spec import TeacherSpec
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"recipe file not found: {path}")
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict) or not isinstance(data.get("teacher"), dict):
+        raise ValueError(f"{path} has no teacher section")
+    return recipe_from_dict(TeacherSpec, data["teacher"])

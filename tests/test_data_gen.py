@@ -212,6 +212,30 @@ def test_verify_shards_command_loads_the_teacher_from_the_manifest(reference):
     assert run(parser.parse_args([str(reference), "--num-records", "8"])) == 0
 
 
+def test_verify_shards_takes_the_teacher_of_any_recipe_and_errors_in_one_line(
+    reference, tmp_path, capsys
+):
+    """``--teacher-recipe`` (moved checkpoints): a distill recipe's teacher section serves as
+    well as a generate recipe's (it was refused with a traceback: "Group 'pairs' does not
+    accept option 'folder'"); a missing file or one without a teacher is one line, exit 1."""
+    import argparse
+
+    from data_gen.verify_command import add_arguments, run
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    distill = REPO_ROOT / "recipes" / "distill_tiny_llamagen.yaml"
+    assert run(parser.parse_args([str(reference), "--teacher-recipe", str(distill)])) == 0
+    (tmp_path / "empty.yaml").write_text("run:\n  seed: 0\n")
+    for recipe, message in [("nowhere.yaml", "recipe file not found"),
+                            ("empty.yaml", "has no teacher section")]:  # fmt: skip
+        capsys.readouterr()
+        args = parser.parse_args([str(reference), "--teacher-recipe", str(tmp_path / recipe)])
+        assert run(args) == 1
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+
+
 def test_shipped_tiny_var_pairs_verify(tmp_path):
     """VAR: AR steps of several tokens (whole scales); the teacher named by its tiny name."""
     folder = tmp_path / "var"

@@ -22,12 +22,14 @@ def main(argv: list[str] | None = None) -> int:
     recipe, _ = parse_recipe(
         GenerateRecipe, sys.argv[1:] if argv is None else argv, prog="dd generate"
     )
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
     from data_gen.engine import run_generation  # Lightning is imported only for real runs
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result = run_generation(recipe)
-    except (ShardError, ValueError, FileNotFoundError) as error:
+    except (ShardError, ValueError, FileNotFoundError, MisconfigurationException) as error:
         print(f"dd generate: {error}", file=sys.stderr)
         return 1
     if result.complete:

@@ -345,3 +345,17 @@ def test_a_missing_teacher_checkpoint_is_one_line_not_a_traceback(tmp_path, caps
     err = capsys.readouterr().err
     assert code == 1
     assert err.startswith("dd train: ") and "var_d16.pth" in err
+
+
+def test_an_accelerator_this_machine_lacks_is_one_line(var_pairs, tmp_path, capsys):
+    """The paper recipes run on ``gpu``; on a machine without one Lightning refuses the run
+    section, and dd train and dd generate print its message in one line (a traceback before).
+    ``mps`` stands in: absent on every Linux machine, GPU or not."""
+    argv = [*train_argv(var_pairs, tmp_path / "run", 2), "--run.accelerator", "mps"]
+    generate = ["--recipe", str(RECIPES[0].parent / "generate_tiny_var.yaml")]
+    generate += ["--output.folder", str(tmp_path / "pairs"), "--pairs.num_pairs", "16"]
+    for command in (["train", *argv], ["generate", *generate, "--run.accelerator", "mps"]):
+        capsys.readouterr()
+        assert dd_main(command) == 1
+        err = capsys.readouterr().err
+        assert f"dd {command[0]}: `MPSAccelerator`" in err and len(err.strip().splitlines()) == 1

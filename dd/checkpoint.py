@@ -68,7 +68,7 @@ def save_student(
     card = {
         "format": CARD_FORMAT,
         "family": student.teacher.family,
-        "teacher": {k: v for k, v in dataclasses.asdict(teacher_spec).items() if v is not None},
+        "teacher": card_teacher(teacher_spec),
         "teacher_fingerprint": student.teacher.fingerprint(),
         "timesteps": list(student.timesteps),
         "split_token": student.split_token,
@@ -83,6 +83,16 @@ def save_student(
         folder / CARD_FILE, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=1) + "\n")
     )
     return folder
+
+
+def card_teacher(spec: TeacherSpec) -> dict[str, Any]:
+    """The card's teacher spec: its checkpoint paths absolute (a recipe's relative paths
+    would resolve against wherever the student is later used)."""
+    card = {k: v for k, v in dataclasses.asdict(spec).items() if v is not None}
+    for key in ("checkpoint", "tokenizer_checkpoint"):
+        if key in card:
+            card[key] = os.path.abspath(card[key])
+    return card
 
 
 def read_card(folder: str | Path) -> dict[str, Any]:

@@ -41,7 +41,8 @@ class EvalRecipe:
     """What to evaluate, against what, and where to write the JSON."""
 
     student: str | None = None  # a student checkpoint folder or a shipped student's name
-    teacher: TeacherSpec | None = None  # without a student: the teacher and baselines only
+    # without a student: the teacher and baselines only; with one: its teacher's files moved
+    teacher: TeacherSpec | None = None
     pairs: str | None = None  # the pair folder (onestep* frequencies, teacher sampling)
     methods: list[str] | None = None  # None: DEFAULT_METHODS that the inputs allow
     num_per_class: int = 100  # samples per class (balanced labels)
@@ -57,8 +58,8 @@ class EvalRecipe:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        if (self.student is None) == (self.teacher is None):
-            raise ValueError("give exactly one of student (a checkpoint) or teacher (a spec)")
+        if self.student is None and self.teacher is None:
+            raise ValueError("give a student (a checkpoint), a teacher (a spec), or both")
         if self.num_per_class < 1 or self.batch_size < 1:
             raise ValueError("num_per_class and batch_size must be >= 1")
         # Checked before any sampling: they failed (or scored fewer rows) only after it.
@@ -121,8 +122,11 @@ def build_setup(
     student = None
     if student_path is not None:
         folder = student_folder(student_path)  # the one resolution of a name or a folder
-        student = load_student(folder)
-        teacher_spec = TeacherSpec(**read_card(folder)["teacher"])
+        # A teacher spec beside a student replaces its card's (the checkpoints have moved);
+        # load_student refuses a teacher of another fingerprint.
+        given = None if teacher_spec is None else load_teacher(teacher_spec)
+        student = load_student(folder, teacher=given)
+        teacher_spec = teacher_spec or TeacherSpec(**read_card(folder)["teacher"])
         teacher = student.teacher
     else:
         teacher = load_teacher(teacher_spec)

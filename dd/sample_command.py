@@ -25,7 +25,8 @@ class SampleRecipe:
     """What to sample and where to write it."""
 
     student: str | None = None  # a student checkpoint folder or a shipped student's name
-    teacher: TeacherSpec | None = None  # without a student: the teacher and baselines only
+    # without a student: the teacher and baselines only; with one: its teacher's files moved
+    teacher: TeacherSpec | None = None
     pairs: str | None = None  # the pair folder (onestep* frequencies, teacher sampling)
     methods: list[str] | None = None  # None: dd eval's defaults the inputs allow
     labels: list[int] = field(default_factory=lambda: list(range(10)))
@@ -36,8 +37,8 @@ class SampleRecipe:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        if (self.student is None) == (self.teacher is None):
-            raise ValueError("give exactly one of student (a checkpoint) or teacher (a spec)")
+        if self.student is None and self.teacher is None:
+            raise ValueError("give a student (a checkpoint), a teacher (a spec), or both")
         if not self.labels:
             raise ValueError("labels: give at least one class label")
         if self.batch_size < 1:

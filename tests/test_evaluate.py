@@ -391,6 +391,32 @@ def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):
             assert png.read_bytes() == (again / name / png.name).read_bytes(), png
 
 
+def test_a_student_with_moved_teacher_files_takes_a_teacher_spec(tmp_path, capsys, monkeypatch):
+    """A student card keeps its teacher's checkpoint paths absolute (a recipe's relative paths
+    resolved against the training run's folder, not wherever the student is used); when the
+    files have moved, ``--teacher`` beside ``--student`` gives the teacher (it was refused:
+    "give exactly one"), checked by fingerprint: a teacher of another one is one line."""
+    from dd.checkpoint import card_teacher
+
+    monkeypatch.chdir(tmp_path)
+    spec = TeacherSpec(
+        family="var", preset="d16", tokenizer_preset="vae_ch160v4096z32",
+        checkpoint="ckpt/var_d16.pth", tokenizer_checkpoint="../vae.pth",
+    )  # fmt: skip
+    card = card_teacher(spec)
+    assert card["checkpoint"] == str(tmp_path / "ckpt" / "var_d16.pth")
+    assert card["tokenizer_checkpoint"] == str(tmp_path.parent / "vae.pth")
+    assert card["family"] == "var" and card["preset"] == "d16"
+    out = tmp_path / "samples"
+    argv = ["sample", "--student", "var-digits", "--methods", "['dd:1']", "--labels", "[3]"]
+    assert dd_main([*argv, "--teacher.tiny", "var-digits", "--output", str(out)]) == 0
+    assert (out / "dd_1-step" / "0000_class3.png").is_file()
+    capsys.readouterr()
+    assert dd_main([*argv, "--teacher.tiny", "llamagen-digits", "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "distilled from teacher" in err and len(err.strip().splitlines()) == 1
+
+
 def test_demo_report_schema_from_a_toy_run(tmp_path):
     """The whole demo at toy size (48 pairs, 2 training steps, 2 samples per class): the
     report.json schema of the stage-3 issue, every report file, and pairs reused on a rerun;

@@ -54,6 +54,7 @@ class VerifyReport:
     token_mismatches: int = 0
     records_with_mismatch: list[int] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what may explain a failure; not failures
 
     @property
     def ok(self) -> bool:
@@ -68,6 +69,7 @@ class VerifyReport:
         ]
         if self.records_with_mismatch:
             lines.append(f"  records whose tokens differ: {self.records_with_mismatch[:20]}")
+        lines += [f"  note: {note}" for note in self.notes]
         lines.append("OK" if self.ok else "FAILED")
         return "\n".join(lines)
 
@@ -199,7 +201,32 @@ def verify_folder(
             r["index"] for r, d in zip(batch, differ, strict=True) if d.any()
         ]
     report.records_checked = len(records)
+    if report.token_mismatches:
+        report.notes += device_notes(manifest.get("recipe", {}).get("run", {}), device)
     return report
+
+
+# A generate recipe's run.accelerator -> the torch device type it computes on.
+ACCELERATOR_DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}
+
+
+def device_notes(run: dict[str, Any], device: str) -> list[str]:
+    """Why re-mapped tokens may differ when the pairs were made on another kind of device:
+    kernels and precision differ (LlamaGen samples under bf16 autocast on CUDA: its
+    log-probs move by 0.05 on average from float32's in the CPU stand-in of
+    ``benchmarks/llamagen_bf16_pairs.py``), and a token whose noise lies near a decision
+    boundary of the map may flip."""
+    made_on = ACCELERATOR_DEVICE_TYPES.get(str(run.get("accelerator")))
+    here = torch.device(device).type
+    if made_on is None or made_on == here:
+        return []
+    return [
+        f"these pairs were made with run.accelerator {run['accelerator']!r} and are re-mapped "
+        f"on {here}: kernels and precision differ between devices (LlamaGen samples under bf16 "
+        "autocast on CUDA), so tokens whose noise lies near a decision boundary of the map "
+        f"can differ. Re-map on {made_on} (--device {made_on}, --batch-size "
+        f"{run.get('batch_size')}, the run's) to check the pairs themselves (docs/pairs.md)"
+    ]
 
 
 def as_dict(report: VerifyReport) -> dict[str, Any]:

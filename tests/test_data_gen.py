@@ -443,6 +443,16 @@ def test_verify_shards_finds_records_altered_under_consistent_hashes(teacher, re
         f"record {r['index']}: label/noise differ from what (seed {SEED}, index) draws"
         for r in (label_record, noise_record)
     ]
+    assert report.notes == []  # made and re-mapped on the CPU: nothing to explain
+    # Made on GPUs (as the paper recipes are) and re-mapped on the CPU: the summary says why
+    # tokens can differ and how to re-map them where they were made.
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    manifest["recipe"]["run"].update(accelerator="gpu", batch_size=128)
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    report = verify_folder(folder, teacher=teacher, num_records=NUM_PAIRS)
+    assert not report.ok and len(report.notes) == 1
+    assert "--device cuda, --batch-size 128" in report.notes[0]
+    assert "  note: these pairs were made with run.accelerator 'gpu'" in report.summary()
 
 
 def test_truncated_shard_is_named(spec, teacher, reference, tmp_path):

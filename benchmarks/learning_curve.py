@@ -86,7 +86,7 @@ def token_agreement(student: DDStudent, heldout) -> dict[int, float]:
     for step in student.timesteps:
         start = student.geometry.step_ranges[step][0]
         boundary = torch.full((len(heldout),), start)
-        inputs = trajectory_input(heldout.noise, heldout.tokens, codebook, boundary)
+        inputs = trajectory_input(heldout.noise.float(), heldout.tokens, codebook, boundary)
         logits, embeddings = student(heldout.labels, inputs, boundary, heldout.tokens)
         predicted = choose_tokens(student, logits, embeddings)
         result[step] = float((predicted[:, start:] == heldout.tokens[:, start:]).float().mean())

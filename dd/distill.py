@@ -291,7 +291,7 @@ class PairDataModule(pl.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         pairs = self.heldout_pairs
         rows = [
-            {"labels": pairs.labels[i], "noise": pairs.noise[i], "tokens": pairs.tokens[i]}
+            {"labels": pairs.labels[i], "noise": pairs.noise[i].float(), "tokens": pairs.tokens[i]}
             for i in range(len(pairs))
         ]
         return DataLoader(rows, batch_size=self.heldout_batch_size, shuffle=False)

@@ -19,6 +19,7 @@ from data_gen.config import (
     SamplingOverrides,
 )
 from data_gen.engine import run_generation
+from data_gen.shards import read_shard
 from dd.data import SEED_STRIDE, BatchOrder, PairBatches, load_pairs, pair_sampling, split_heldout
 from dd.distill import DistillModule, OptimSettings, PairDataModule
 from dd.ema import FrozenSharingEMA
@@ -28,6 +29,7 @@ from dd.sampling import dd_step
 from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.tiny.registry import tiny_sampling
+from tests.shard_edit import rewrite_shard
 
 TEACHER = "llamagen-digits"
 NUM_PAIRS, NUM_HELDOUT, GLOBAL_BATCH = 80, 16, 8
@@ -97,6 +99,41 @@ def test_ranks_take_disjoint_slices_of_the_global_batch(teacher, pair_folder):
     ]
     for key in ("labels", "tokens", "noise", "timestep_choice"):
         assert torch.equal(torch.cat([h[key] for h in halves]), whole[key])
+
+
+def test_pairs_load_in_index_order_with_their_stored_noise_dtype(teacher, pair_folder, tmp_path):
+    """Each record lands in the row of its index whatever the shard order; float16 noise stays
+    float16 in memory (half of float32's) and batches serve it as float32, exactly; a folder
+    whose records repeat an index is refused."""
+    pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
+    records = sorted(
+        (r for shard in sorted(pair_folder.glob("shard-*.tar")) for r in read_shard(shard)),
+        key=lambda r: r["index"],
+    )
+    assert torch.equal(pairs.index, torch.arange(NUM_PAIRS))
+    assert torch.equal(pairs.noise, torch.stack([r["noise"] for r in records]))
+    assert torch.equal(pairs.tokens, torch.stack([r["tokens"].long() for r in records]))
+    assert pairs.labels.tolist() == [r["label"] for r in records]
+    half = tmp_path / "half"
+    recipe = GenerateRecipe(
+        teacher=TeacherSpec(tiny=TEACHER),
+        sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling(TEACHER))),
+        pairs=PairSettings(num_pairs=16, seed=0, noise_dtype="float16"),
+        output=OutputSettings(folder=str(half), shard_size=8),
+        run=RunSettings(batch_size=16, accelerator="cpu", devices=1, progress_bar=False),
+    )
+    assert run_generation(recipe, teacher=teacher).complete
+    halves = load_pairs(half, teacher_fingerprint=teacher.fingerprint())
+    assert halves.noise.dtype == torch.float16
+    order = BatchOrder(len(halves), 8, len(TIMESTEPS), seed=0)
+    batch = next(iter(PairBatches(halves, order, start_step=0, rank=0, world_size=1)))
+    assert batch["noise"].dtype == torch.float32
+    assert torch.equal(batch["noise"], halves.noise[order.rows(0)].float())
+    shard = list(read_shard(half / "shard-000001.tar"))
+    shard[0]["index"] = 0  # record 8 now repeats record 0's index
+    rewrite_shard(half, 1, shard)
+    with pytest.raises(ValueError, match="record index 0 is out of 0..15 or repeated"):
+        load_pairs(half, teacher_fingerprint=teacher.fingerprint())
 
 
 def test_cached_targets_travel_with_their_pairs(teacher, pair_folder):

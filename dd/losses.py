@@ -72,6 +72,11 @@ class LPIPSDistance(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    def train(self, mode: bool = True) -> LPIPSDistance:
+        """Always in eval mode: ``module.train()`` on the LightningModule would otherwise turn
+        LPIPS' dropout (its linear layers') on inside the loss."""
+        return super().train(False)
+
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
         # float32 under bf16 autocast too: the loss is summed in float32 (bf16 LPIPS read
         # 0.3% off float32's on a random trunk)

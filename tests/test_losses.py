@@ -57,6 +57,8 @@ def test_lpips_loads_a_vgg16_state_dict_and_measures_distance(tmp_path):
     distance = LPIPSDistance(path)
     assert torch.equal(getattr(distance.lpips.net.slice3, "10").weight, state["features.10.weight"])
     assert not any(p.requires_grad for p in distance.parameters())
+    distance.train()  # frozen: LPIPS' dropout stays off
+    assert not any(m.training for m in distance.modules())
     images = torch.rand(2, 3, 32, 32, generator=generator)
     other = torch.rand(2, 3, 32, 32, generator=generator, requires_grad=True)
     assert torch.allclose(distance(images, images), torch.zeros(2), atol=1e-6)
@@ -253,6 +255,9 @@ def test_the_digits_perceptual_term_moves_with_the_module_and_measures_the_same(
     student = DDStudent(teacher, (0, 20), 64)
     module = DistillModule(student, perceptual, OptimSettings(), LossSettings("digits"), 4)
     assert not any(p.requires_grad for p in perceptual.parameters())
+    module.train()  # frozen: its dropout stays off whatever the module around it does
+    assert not any(m.training for m in perceptual.modules())
+    assert module.student.backbone.training
     module.to("meta")
     moved = list(module.perceptual.parameters())
     assert moved and all(p.device.type == "meta" for p in moved)

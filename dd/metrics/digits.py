@@ -253,6 +253,11 @@ class DigitsPerceptual(nn.Module):
         self.classifier = classifier if classifier is not None else load_classifier()
         self.classifier.eval().requires_grad_(False)
 
+    def train(self, mode: bool = True) -> DigitsPerceptual:
+        """Always in eval mode: ``module.train()`` on the LightningModule would otherwise turn
+        the classifier's dropout on inside the loss."""
+        return super().train(False)
+
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
         return feature_distance(images_a, images_b, self.classifier)
 

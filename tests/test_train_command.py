@@ -229,18 +229,25 @@ def test_init_from_starts_from_a_saved_student_of_the_same_teacher(var_pairs, tm
     assert "distilled from teacher" in capsys.readouterr().err
 
 
-def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):
-    """gloo on CPU: each rank takes half of every global batch and DDP averages the gradients,
-    so 3 steps on 2 processes give the 1-process weights (float32 reduction order: 1e-4)."""
-    one, two = tmp_path / "one", tmp_path / "two"
-    assert dd_main(["train", *train_argv(var_pairs, one, 3)]) == 0
-    command = [sys.executable, "-m", "dd.cli", "train", *train_argv(var_pairs, two, 3)]
-    command += ["--run.devices", "2", "--run.strategy", "ddp", "--run.accelerator", "cpu"]
+def train_on_two_processes(argv: list[str]) -> subprocess.CompletedProcess:
+    """``dd train argv`` on two gloo DDP processes (a subprocess: Lightning's launcher re-runs
+    the command for rank 1); the run must succeed."""
+    command = [sys.executable, "-m", "dd.cli", "train", *argv]
+    command += ["--run.devices", "2", "--run.accelerator", "cpu"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
         command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):
+    """gloo on CPU: each rank takes half of every global batch and DDP averages the gradients,
+    so 3 steps on 2 processes give the 1-process weights (float32 reduction order: 1e-4)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert dd_main(["train", *train_argv(var_pairs, one, 3)]) == 0
+    done = train_on_two_processes([*train_argv(var_pairs, two, 3), "--run.strategy", "ddp"])
     assert "distributed_backend=gloo" in done.stderr + done.stdout
     single = dd.load_student(one / "student").student_state_dict()
     double = dd.load_student(two / "student").student_state_dict()
@@ -258,13 +265,7 @@ def test_a_run_resumes_with_moved_pairs_on_another_process_count(var_pairs, tmp_
     assert dd_main(["train", *train_argv(var_pairs, straight, 4)]) == 0
     assert dd_main(["train", *train_argv(var_pairs, run, 2)]) == 0
     shutil.copytree(var_pairs, moved)
-    command = [sys.executable, "-m", "dd.cli", "train", *train_argv(moved, run, 4)]
-    command += ["--run.devices", "2", "--run.strategy", "ddp", "--run.accelerator", "cpu"]
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    train_on_two_processes([*train_argv(moved, run, 4), "--run.strategy", "ddp"])
     assert '"steps": 4' in (run / "student" / "student.json").read_text()
     single = dd.load_student(straight / "student").student_state_dict()
     resumed = dd.load_student(run / "student").student_state_dict()
@@ -295,15 +296,10 @@ def test_ddp_trains_without_the_perceptual_term(var_pairs, tmp_path):
     """With loss.perceptual_weight 0 the embedding head gets no gradient; DDP is told so
     (it failed at the second step: "parameters that were not used in producing the loss"),
     also when the recipe leaves the strategy to Lightning ("auto", the default)."""
-    command = [sys.executable, "-m", "dd.cli", "train", *train_argv(var_pairs, tmp_path, 3)]
     # "auto" (the default) picks DDP for 2 devices; "ddp" takes the same path in make_trainer.
-    command += ["--run.devices", "2", "--run.strategy", "auto", "--run.accelerator", "cpu"]
-    command += ["--loss.perceptual_weight", "0"]  # the tiny var recipe samples logits only
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    done = subprocess.run(
-        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    argv = [*train_argv(var_pairs, tmp_path, 3), "--run.strategy", "auto"]
+    # the tiny var recipe samples logits only
+    train_on_two_processes([*argv, "--loss.perceptual_weight", "0"])
     assert (tmp_path / "student" / "student.safetensors").is_file()
 
 

@@ -175,6 +175,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     from dd.data import load_pairs, pair_identity, pair_sampling, split_heldout
     from dd.distill import DistillModule, PairDataModule
     from dd.losses import build_perceptual, cached_teacher_log_probs
+    from dd.metrics.digits import DigitsPerceptual
     from dd.teacher_spec import load_teacher
     from teachers.protocol import ContinuousTeacher
 
@@ -212,6 +213,8 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     perceptual = None
     if continuous or recipe.loss.perceptual_weight > 0:
         perceptual = build_perceptual(recipe.loss)
+        if isinstance(perceptual, DigitsPerceptual):
+            perceptual.check_images_of(teacher)
     # A continuous-token teacher (#13) gets the embedding-only student and its system.
     settings = (student, perceptual, recipe.optim, recipe.loss)
     if continuous:

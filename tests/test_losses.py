@@ -266,3 +266,21 @@ def test_the_digits_perceptual_term_moves_with_the_module_and_measures_the_same(
     from dd.metrics.digits import default_classifier
 
     assert all(p.device.type == "cpu" for p in default_classifier().parameters())
+
+
+def test_the_digits_perceptual_term_refuses_a_teacher_of_other_images():
+    """``loss.perceptual digits`` with an official-format teacher (the parity fixtures' 8 px
+    VAR and LlamaGen) is refused before training, naming both image shapes (it failed at the
+    first step); the three tiny teachers' 16 px images pass."""
+    from dd.metrics.digits import DigitsPerceptual
+    from dd.teacher_spec import load_teacher
+    from tests.parity import llamagen_fixture_spec, var_fixture_spec
+
+    perceptual = DigitsPerceptual()
+    for name in ("llamagen-digits", "var-digits", "far-digits"):
+        perceptual.check_images_of(load_tiny_teacher(name))
+    for spec in (var_fixture_spec(), llamagen_fixture_spec()):
+        with pytest.raises(
+            ValueError, match=r"\[3, 16, 16\] images; this teacher decodes \[3, 8, 8\]"
+        ):
+            perceptual.check_images_of(load_teacher(spec))

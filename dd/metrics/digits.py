@@ -253,6 +253,25 @@ class DigitsPerceptual(nn.Module):
         self.classifier = classifier if classifier is not None else load_classifier()
         self.classifier.eval().requires_grad_(False)
 
+    def check_images_of(self, teacher) -> None:
+        """Refuse a teacher whose images the classifier cannot read (an official teacher's
+        256 px), before training: the first step failed. One dummy sample is decoded."""
+        n = teacher.geometry.num_tokens
+        token_dim = getattr(teacher, "token_dim", None)  # continuous-token teachers
+        if hasattr(teacher, "codebook"):
+            tokens = torch.zeros(1, n, dtype=torch.long)
+        else:
+            tokens = torch.zeros(1, n, token_dim)
+        with torch.no_grad():
+            shape = tuple(teacher.decode_tokens(tokens.to(teacher.device)).shape[1:])
+        config = self.classifier.config
+        expected = (config.in_channels, config.resolution, config.resolution)
+        if shape != expected:
+            raise ValueError(
+                f"loss.perceptual digits reads the digits classifier's {list(expected)} "
+                f"images; this teacher decodes {list(shape)}: use lpips_vgg"
+            )
+
     def train(self, mode: bool = True) -> DigitsPerceptual:
         """Always in eval mode: ``module.train()`` on the LightningModule would otherwise turn
         the classifier's dropout on inside the loss."""

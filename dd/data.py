@@ -12,8 +12,9 @@ global batch. So the data of step ``s`` depends only on ``(seed, s)``: a run res
 ``s`` continues exactly where it stopped (nothing seen twice, nothing skipped), whatever the
 number of processes.
 
-Memory: every process holds the pairs, the noise in its stored dtype (``pairs.noise_dtype``;
-cast to float32 batch by batch), filled in place (no second copy while loading). Per process,
+Memory: every process holds the pairs once (``split_heldout`` gives views), the noise in its
+stored dtype (``pairs.noise_dtype``, float64 as float32; cast to float32 batch by batch),
+filled in place (no second copy while loading). Per process,
 1.2M pairs: LlamaGen (256 x 8) 9.8 GB of float32 noise, 4.9 GB of float16; VAR-d16 (680 x 32)
 104 GB, 52 GB; the tokens as int64 add 2.5 and 6.5 GB. A DDP node holds one copy per
 process (8 GPUs: 8 copies): generate VAR's pairs with ``noise_dtype: float16`` for training
@@ -40,9 +41,9 @@ SEED_STRIDE = 1_000_003  # separates the epoch-permutation and timestep streams 
 
 @dataclass(frozen=True)
 class PairSet:
-    """Pairs sorted by global index: ``labels [N]``, ``noise [N, n, C]`` (as stored: float16,
-    float32 or float64), ``tokens [N, n]`` long (continuous-token teachers: float32
-    ``[N, n, C]``)."""
+    """Pairs sorted by global index: ``labels [N]``, ``noise [N, n, C]`` (as stored: float16
+    or float32; float64 as float32, what training reads), ``tokens [N, n]`` long
+    (continuous-token teachers: float32 ``[N, n, C]``)."""
 
     index: torch.Tensor
     labels: torch.Tensor
@@ -52,7 +53,8 @@ class PairSet:
     def __len__(self) -> int:
         return self.index.numel()
 
-    def subset(self, rows: torch.Tensor) -> PairSet:
+    def subset(self, rows: torch.Tensor | slice) -> PairSet:
+        """The pairs of ``rows``: a copy for an index tensor, views for a slice."""
         return PairSet(self.index[rows], self.labels[rows], self.noise[rows], self.tokens[rows])
 
 
@@ -95,17 +97,18 @@ def pair_records(folder: str | Path, *, teacher_fingerprint: str) -> Iterator[di
 def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
     """Every pair of a finished folder in memory, in index order (``pair_records``' checks):
     record ``i`` (a complete folder holds indices ``0..N-1``) is written into row ``i`` of
-    tensors allocated once, the noise in its stored dtype."""
+    tensors allocated once; the noise in its stored dtype (float64 as float32). A record of
+    another shape or dtype than the first is refused."""
     records = pair_records(folder, teacher_fingerprint=teacher_fingerprint)
     first = next(records, None)  # the folder's checks run here
-    count = json.loads((Path(folder) / MANIFEST_NAME).read_text())["counts"]["num_pairs"]
     if first is None:
         raise ValueError(f"{folder} holds no pairs")
-    tokens = _stored_tokens(first["tokens"])
+    count = json.loads((Path(folder) / MANIFEST_NAME).read_text())["counts"]["num_pairs"]
+    noise, tokens = first["noise"], _stored_tokens(first["tokens"])
     pairs = PairSet(
         index=torch.arange(count),
         labels=torch.empty(count, dtype=torch.long),
-        noise=torch.empty((count, *first["noise"].shape), dtype=first["noise"].dtype),
+        noise=torch.empty((count, *noise.shape), dtype=_held_dtype(noise.dtype)),
         tokens=torch.empty((count, *tokens.shape), dtype=tokens.dtype),
     )
     seen = torch.zeros(count, dtype=torch.bool)
@@ -113,13 +116,24 @@ def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
         index = record["index"]
         if not 0 <= index < count or seen[index]:
             raise ValueError(f"{folder}: record index {index} is out of 0..{count - 1} or repeated")
-        seen[index] = True
+        for name in ("noise", "tokens"):
+            value, like = record[name], first[name]
+            if value.shape != like.shape or value.dtype != like.dtype:
+                raise ValueError(
+                    f"{folder}: record {index}'s {name} is {value.dtype} {tuple(value.shape)}, "
+                    f"record {first['index']}'s {like.dtype} {tuple(like.shape)}"
+                )
+        seen[index] = True  # with pair_records' count check: every index of 0..N-1 once
         pairs.labels[index] = record["label"]
         pairs.noise[index] = record["noise"]
         pairs.tokens[index] = _stored_tokens(record["tokens"])
-    if not bool(seen.all()):  # pair_records checked the count; indices must fill 0..N-1
-        raise ValueError(f"{folder}: not every index of 0..{count - 1} is held")
     return pairs
+
+
+def _held_dtype(stored: torch.dtype) -> torch.dtype:
+    """float16 and float32 noise is held as stored; float64 as float32 (each batch is cast to
+    float32 anyway)."""
+    return torch.float32 if stored == torch.float64 else stored
 
 
 def pair_identity(folder: str | Path) -> dict | None:
@@ -133,6 +147,9 @@ def pair_identity(folder: str | Path) -> dict | None:
         "teacher": manifest["teacher"]["fingerprint"],
         "settings_key": manifest["settings_key"],
         "num_pairs": manifest["counts"]["num_pairs"],
+        # the records themselves: the same settings made elsewhere (another device, another
+        # batch size for FAR) can give other pairs (docs/pairs.md)
+        "shard_sha256": [shard["sha256"] for shard in manifest.get("shards", [])],
     }
 
 
@@ -172,7 +189,8 @@ def split_heldout(
             f"got {num_train}"
         )
     used = cut if num_train is None else num_train
-    return pairs.subset(torch.arange(used)), pairs.subset(torch.arange(cut, len(pairs)))
+    # views, not copies: dd train keeps one copy of the pairs (the loaded set) per process
+    return pairs.subset(slice(0, used)), pairs.subset(slice(cut, len(pairs)))
 
 
 @functools.lru_cache(maxsize=2)  # the current epoch's (and a resumed rank's previous one)

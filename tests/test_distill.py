@@ -102,9 +102,10 @@ def test_ranks_take_disjoint_slices_of_the_global_batch(teacher, pair_folder):
 
 
 def test_pairs_load_in_index_order_with_their_stored_noise_dtype(teacher, pair_folder, tmp_path):
-    """Each record lands in the row of its index whatever the shard order; float16 noise stays
-    float16 in memory (half of float32's) and batches serve it as float32, exactly; a folder
-    whose records repeat an index is refused."""
+    """Each record lands in the row of its index whatever the order of the records; float16
+    noise stays float16 in memory (half of float32's) and batches serve it as float32,
+    exactly; the training and held-out sets are views of the loaded pairs (dd train keeps one
+    copy); a record of another shape, or one that repeats an index, is refused."""
     pairs = load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint())
     records = sorted(
         (r for shard in sorted(pair_folder.glob("shard-*.tar")) for r in read_shard(shard)),
@@ -129,7 +130,32 @@ def test_pairs_load_in_index_order_with_their_stored_noise_dtype(teacher, pair_f
     batch = next(iter(PairBatches(halves, order, start_step=0, rank=0, world_size=1)))
     assert batch["noise"].dtype == torch.float32
     assert torch.equal(batch["noise"], halves.noise[order.rows(0)].float())
+    double = tmp_path / "double"  # float64 noise is held as float32, what training reads
+    recipe = dataclasses.replace(
+        recipe,
+        pairs=dataclasses.replace(recipe.pairs, num_pairs=8, noise_dtype="float64"),
+        output=dataclasses.replace(recipe.output, folder=str(double)),
+    )
+    assert run_generation(recipe, teacher=teacher).complete
+    doubles = load_pairs(double, teacher_fingerprint=teacher.fingerprint())
+    stored = [r["noise"] for r in read_shard(double / "shard-000000.tar")]
+    assert stored[0].dtype == torch.float64 and doubles.noise.dtype == torch.float32
+    assert torch.equal(doubles.noise, torch.stack(stored).float())
+    # the held-out split and the training set are views of the loaded pairs, not copies
+    train, heldout = split_heldout(halves, 4)
+    for part in (train, heldout):
+        assert part.noise.untyped_storage().data_ptr() == halves.noise.untyped_storage().data_ptr()
+    assert torch.equal(heldout.noise, halves.noise[12:]) and len(train) == 12
     shard = list(read_shard(half / "shard-000001.tar"))
+    rewrite_shard(half, 1, shard[::-1])  # records out of index order within a shard
+    assert torch.equal(
+        load_pairs(half, teacher_fingerprint=teacher.fingerprint()).noise, halves.noise
+    )
+    shard[1]["noise"] = shard[1]["noise"][:1]  # record 9's noise [1, C]: refused, not broadcast
+    rewrite_shard(half, 1, shard)
+    with pytest.raises(ValueError, match=r"record 9's noise is torch.float16 \(1, 8\)"):
+        load_pairs(half, teacher_fingerprint=teacher.fingerprint())
+    shard[1]["noise"] = halves.noise[9].clone()
     shard[0]["index"] = 0  # record 8 now repeats record 0's index
     rewrite_shard(half, 1, shard)
     with pytest.raises(ValueError, match="record index 0 is out of 0..15 or repeated"):

@@ -55,6 +55,9 @@ RESUMABLE_KEYS = (
 # number of processes (dd.data.BatchOrder), so a pre-empted run may resume on another node
 # or device count (under DDP; the same global_batch_size). Float reduction order aside.
 PLACEMENT_KEYS = ("run.accelerator", "run.devices", "run.num_nodes", "run.strategy")
+# The run folder itself may be at another path (a shared file system mounted elsewhere, a
+# relative path): the recipe compared is the one inside it.
+FOLDER_KEYS = ("run.output",)
 # Paths whose content is checked instead (PAIRS_IDENTITY): the pairs by their identity, and
 # the teacher through them (dd.data.load_pairs refuses pairs of another teacher fingerprint).
 CHECKED_PATH_KEYS = ("pairs.folder", "teacher.checkpoint", "teacher.tokenizer_checkpoint")
@@ -82,7 +85,7 @@ def check_resumable(recipe: TrainRecipe, output: Path) -> None:
     )
     after = flat_items(recipe_to_dict(recipe))
     trained_on = output / PAIRS_IDENTITY
-    allowed = {*RESUMABLE_KEYS, *PLACEMENT_KEYS}
+    allowed = {*RESUMABLE_KEYS, *PLACEMENT_KEYS, *FOLDER_KEYS}
     if trained_on.is_file():  # runs before it was written compare the paths themselves
         allowed.update(CHECKED_PATH_KEYS)
     if recipe.optim.schedule == "cosine":  # its rates depend on run.max_steps
@@ -105,6 +108,8 @@ def check_resumable(recipe: TrainRecipe, output: Path) -> None:
 
         before_pairs = json.loads(trained_on.read_text())
         now = pair_identity(recipe.pairs.folder)
+        if now is not None:  # what the run recorded (runs before shard_sha256 lack it)
+            now = {key: now.get(key) for key in before_pairs}
         if now != before_pairs:
             raise ValueError(
                 f"{recipe.pairs.folder} no longer holds the pairs {output} was trained on "
@@ -184,6 +189,10 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         torch.set_num_threads(run.num_threads)
     output = Path(run.output)
     check_resumable(recipe, output)
+    # Built first: Lightning refuses a run section (an accelerator this machine lacks) before
+    # anything is loaded or written. With no perceptual term dd_loss never runs the embedding
+    # head (DistillModule's check), which DDP is told.
+    trainer = make_trainer(run, output, unused_parameters=recipe.loss.perceptual_weight == 0)
     output.mkdir(parents=True, exist_ok=True)
     (output / "recipe.yaml").write_text(resolved_yaml)
     teacher = load_teacher(recipe.teacher)
@@ -235,10 +244,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         seed=run.seed,
         teacher_log_probs=targets,
     )
-    checkpoints = output / "checkpoints"
-    # With no perceptual term dd_loss never runs the embedding head (DistillModule's check).
-    trainer = make_trainer(run, output, unused_parameters=recipe.loss.perceptual_weight == 0)
-    last = checkpoints / LAST_CHECKPOINT
+    last = output / "checkpoints" / LAST_CHECKPOINT
     if last.is_file() and checkpoint_step(last) >= run.max_steps:
         # A finished run: fitting again would run no step, and Lightning's EMA callback would
         # then leave the *current* weights in the student. Nothing to do.

@@ -22,6 +22,7 @@ from data_gen.config import (
     SamplingOverrides,
 )
 from data_gen.engine import run_generation
+from data_gen.shards import read_shard
 from dd.checkpoint import read_card
 from dd.cli import main as dd_main
 from dd.config import dump_yaml, read_recipe
@@ -32,6 +33,7 @@ from dd.teacher_spec import TeacherSpec
 from dd.train_command import check_resumable, ema_state_dict
 from dd.train_recipe import TrainRecipe
 from teachers.tiny.registry import tiny_sampling
+from tests.shard_edit import rewrite_shard
 
 RECIPES = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("distill_*.yaml"))
 PAPER = {
@@ -265,7 +267,8 @@ def test_a_run_resumes_with_moved_pairs_on_another_process_count(var_pairs, tmp_
     assert dd_main(["train", *train_argv(var_pairs, straight, 4)]) == 0
     assert dd_main(["train", *train_argv(var_pairs, run, 2)]) == 0
     shutil.copytree(var_pairs, moved)
-    train_on_two_processes([*train_argv(moved, run, 4), "--run.strategy", "ddp"])
+    done = train_on_two_processes([*train_argv(moved, run, 4), "--run.strategy", "ddp"])
+    assert "Restored all states from the checkpoint" in done.stdout + done.stderr  # resumed
     assert '"steps": 4' in (run / "student" / "student.json").read_text()
     single = dd.load_student(straight / "student").student_state_dict()
     resumed = dd.load_student(run / "student").student_state_dict()
@@ -275,6 +278,19 @@ def test_a_run_resumes_with_moved_pairs_on_another_process_count(var_pairs, tmp_
     bigger = [*train_argv(moved, run, 6), "--run.global_batch_size", "16"]
     assert dd_main(["train", *bigger]) == 1
     assert "run.global_batch_size: 8 -> 16" in capsys.readouterr().err
+    # The run folder itself elsewhere (another mount, a relative path) resumes too ...
+    copied = tmp_path / "copied"
+    shutil.copytree(run, copied)
+    assert dd_main(["train", *train_argv(moved, copied, 6)]) == 0
+    assert '"steps": 6' in (copied / "student" / "student.json").read_text()
+    # ... but pairs of the same settings with other records (made elsewhere) are refused: the
+    # run recorded its shards' sha256.
+    records = list(read_shard(moved / "shard-000000.tar"))
+    records[0]["tokens"][0] = (int(records[0]["tokens"][0]) + 1) % 64
+    rewrite_shard(moved, 0, records)
+    capsys.readouterr()
+    assert dd_main(["train", *train_argv(moved, copied, 8)]) == 1
+    assert "no longer holds the pairs" in capsys.readouterr().err
 
 
 def test_training_without_the_perceptual_term_needs_no_vgg_file(var_pairs, tmp_path, capsys):
@@ -331,12 +347,12 @@ def test_a_cosine_run_resumes_only_with_its_own_length(tmp_path):
 
 def test_a_missing_teacher_checkpoint_is_one_line_not_a_traceback(tmp_path, capsys):
     """dd train reports a missing file as dd generate / eval / sample do: exit 1 and a line
-    naming the file (it raised before)."""
+    naming the file (it raised before). On the CPU: the recipe's 8 GPUs are refused first."""
     code = dd_main(
         ["train", "--recipe", str(RECIPES[0].parent / "distill_var_d16.yaml"),
          "--teacher.checkpoint", str(tmp_path / "var_d16.pth"),
          "--teacher.tokenizer_checkpoint", str(tmp_path / "vae.pth"),
-         "--run.output", str(tmp_path / "run")]
+         "--run.output", str(tmp_path / "run"), "--run.accelerator", "cpu", "--run.devices", "1"]
     )  # fmt: skip
     err = capsys.readouterr().err
     assert code == 1
@@ -355,3 +371,4 @@ def test_an_accelerator_this_machine_lacks_is_one_line(var_pairs, tmp_path, caps
         assert dd_main(command) == 1
         err = capsys.readouterr().err
         assert f"dd {command[0]}: `MPSAccelerator`" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # refused before loading or writing anything

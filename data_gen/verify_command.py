@@ -60,7 +60,10 @@ def recipe_teacher(path: str):
 
     if not Path(path).is_file():
         raise FileNotFoundError(f"recipe file not found: {path}")
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
     if not isinstance(data, dict) or not isinstance(data.get("teacher"), dict):
         raise ValueError(f"{path} has no teacher section")
     return recipe_from_dict(TeacherSpec, data["teacher"])

@@ -24,6 +24,8 @@ class ContinuousDistillModule(DistillModule):
     (Eq. 5), ``ContinuousDDStudent`` (Eq. 6), ``continuous_dd_loss`` (Eq. 7); AdamW (0.9,
     0.95). Validation logs the held-out token MSE and perceptual distance per timestep."""
 
+    logs_perceptual = True  # continuous_dd_loss computes the distance whatever its weight
+
     @staticmethod
     def check_settings(
         student: ContinuousDDStudent, loss: LossSettings, pair_sampling: object = None

@@ -71,6 +71,8 @@ MODULE_STATE_KEYS = ("state_dict", "current_model_state")
 
 
 class DistillModule(pl.LightningModule):
+    logs_perceptual = False  # the distance is computed (and logged) only when it is weighed
+
     def __init__(
         self,
         student: DDStudent,
@@ -85,10 +87,10 @@ class DistillModule(pl.LightningModule):
         ``None`` when ``loss.perceptual_weight`` is 0 (the term is then never computed)."""
         super().__init__()
         self.check_settings(student, loss, pair_sampling)
-        if perceptual is None and loss.perceptual_weight != 0:
+        if perceptual is None and (loss.perceptual_weight != 0 or self.logs_perceptual):
             raise ValueError(
                 f"loss.perceptual_weight is {loss.perceptual_weight}, but no perceptual "
-                "distance was given"
+                f"distance was given{' (validation logs it)' if self.logs_perceptual else ''}"
             )
         self.student, self.perceptual, self.pair_sampling = student, perceptual, pair_sampling
         self.optim, self.loss, self.global_batch_size = optim, loss, global_batch_size

@@ -227,8 +227,10 @@ def test_verify_shards_takes_the_teacher_of_any_recipe_and_errors_in_one_line(
     distill = REPO_ROOT / "recipes" / "distill_tiny_llamagen.yaml"
     assert run(parser.parse_args([str(reference), "--teacher-recipe", str(distill)])) == 0
     (tmp_path / "empty.yaml").write_text("run:\n  seed: 0\n")
+    (tmp_path / "broken.yaml").write_text("teacher: [\n")
     for recipe, message in [("nowhere.yaml", "recipe file not found"),
-                            ("empty.yaml", "has no teacher section")]:  # fmt: skip
+                            ("empty.yaml", "has no teacher section"),
+                            ("broken.yaml", "is not valid YAML")]:  # fmt: skip
         capsys.readouterr()
         args = parser.parse_args([str(reference), "--teacher-recipe", str(tmp_path / recipe)])
         assert run(args) == 1

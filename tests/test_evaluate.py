@@ -396,14 +396,15 @@ def test_a_student_with_moved_teacher_files_takes_a_teacher_spec(tmp_path, capsy
     resolved against the training run's folder, not wherever the student is used); when the
     files have moved, ``--teacher`` beside ``--student`` gives the teacher (it was refused:
     "give exactly one"), checked by fingerprint: a teacher of another one is one line."""
-    from dd.checkpoint import card_teacher
+    from dd.checkpoint import load_student, read_card, save_student
 
     monkeypatch.chdir(tmp_path)
     spec = TeacherSpec(
         family="var", preset="d16", tokenizer_preset="vae_ch160v4096z32",
         checkpoint="ckpt/var_d16.pth", tokenizer_checkpoint="../vae.pth",
     )  # fmt: skip
-    card = card_teacher(spec)
+    save_student(load_student("var-digits"), tmp_path / "saved", spec)  # the card as written
+    card = read_card(tmp_path / "saved")["teacher"]
     assert card["checkpoint"] == str(tmp_path / "ckpt" / "var_d16.pth")
     assert card["tokenizer_checkpoint"] == str(tmp_path.parent / "vae.pth")
     assert card["family"] == "var" and card["preset"] == "d16"

@@ -6,6 +6,7 @@ teacher, ``onestep*`` for continuous tokens, and bad inputs."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -140,6 +141,10 @@ def test_float_pairs_and_a_short_run_lowers_the_loss(teacher, pair_folder):
     student = ContinuousDDStudent(teacher, TIMESTEPS)
     optim = OptimSettings(lr=1e-3, lr_reference_batch=0)
     module = ContinuousDistillModule(student, feature_distance, optim, LOSS, GLOBAL_BATCH)
+    # Its validation logs the perceptual distance whatever its weight: never without one.
+    mse_only = dataclasses.replace(LOSS, perceptual_weight=0.0)
+    with pytest.raises(ValueError, match="no perceptual distance was given .validation logs it"):
+        ContinuousDistillModule(student, None, optim, mse_only, GLOBAL_BATCH)
     data = PairDataModule(
         train, heldout, global_batch_size=GLOBAL_BATCH, num_timesteps=len(TIMESTEPS), seed=0
     )

@@ -245,7 +245,10 @@ class ShardWriter(BasePredictionWriter):
         for i, index in enumerate(prediction["index"].tolist()):
             if self.open is None:
                 self.open = OpenShard(
-                    self.folder, self.shards[index // self.shard_size], self.identity
+                    self.folder,
+                    self.shards[index // self.shard_size],
+                    self.identity,
+                    device_type=pl_module.device.type,
                 )
             self.open.write(
                 encode_record(

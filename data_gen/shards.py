@@ -169,8 +169,13 @@ def read_json(path: Path) -> dict[str, Any]:
 class OpenShard:
     """One shard being written: records go to a ``.partial`` file, ``close`` publishes it."""
 
-    def __init__(self, folder: Path, shard: ShardRange, identity: RunIdentity):
+    def __init__(
+        self, folder: Path, shard: ShardRange, identity: RunIdentity, device_type: str = "cpu"
+    ):
+        """``device_type``: where the records were computed (``cuda``, ``cpu``), recorded in the
+        receipt and the manifest: ``dd verify-shards`` says so when it re-maps elsewhere."""
         self.folder, self.shard, self.identity = folder, shard, identity
+        self.device_type = device_type
         self.partial_path = folder / f".{shard.name}{PARTIAL_SUFFIX}"
         self._handle = open(self.partial_path, "wb")
         self._writer = wds.TarWriter(self._handle, encoder=False, mtime=TAR_MTIME)
@@ -210,6 +215,7 @@ class OpenShard:
             "sha256": sha256_file(self.partial_path),
             "teacher": self.identity.teacher_fingerprint,
             "settings_key": self.identity.settings_key,
+            "device": self.device_type,
         }
         write_json_atomic(self.folder / self.shard.receipt_name, receipt)
         os.replace(self.partial_path, self.folder / self.shard.name)
@@ -400,9 +406,13 @@ def finalize_if_complete(folder: Path, shards: list[ShardRange]) -> bool:
     manifest = read_json(folder / MANIFEST_NAME)
     manifest["status"] = "complete"
     manifest["shards"] = [
-        {k: r[k] for k in ("file", "first_index", "num_records", "bytes", "sha256")}
+        {
+            k: r[k]
+            for k in ("file", "first_index", "num_records", "bytes", "sha256", "device")
+            if k in r
+        }
         for r in receipts
-    ]
+    ]  # ("device": receipts written before it was recorded have none)
     manifest["counts"]["total_bytes"] = sum(r["bytes"] for r in receipts)
     write_json_atomic(folder / MANIFEST_NAME, manifest)
     return True

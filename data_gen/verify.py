@@ -202,7 +202,11 @@ def verify_folder(
         ]
     report.records_checked = len(records)
     if report.token_mismatches:
-        report.notes += device_notes(manifest.get("recipe", {}).get("run", {}), device)
+        run = manifest.get("recipe", {}).get("run", {})
+        made_on = {entry["device"] for entry in manifest.get("shards", []) if "device" in entry}
+        if not made_on:  # folders made before the device was recorded: the recipe's setting
+            made_on = {ACCELERATOR_DEVICE_TYPES.get(str(run.get("accelerator")))} - {None}
+        report.notes += device_notes(made_on, run.get("batch_size"), device)
     return report
 
 
@@ -210,22 +214,23 @@ def verify_folder(
 ACCELERATOR_DEVICE_TYPES = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "mps": "mps"}
 
 
-def device_notes(run: dict[str, Any], device: str) -> list[str]:
-    """Why re-mapped tokens may differ when the pairs were made on another kind of device:
-    kernels and precision differ (LlamaGen samples under bf16 autocast on CUDA: its
-    log-probs move by 0.05 on average from float32's in the CPU stand-in of
-    ``benchmarks/llamagen_bf16_pairs.py``), and a token whose noise lies near a decision
-    boundary of the map may flip."""
-    made_on = ACCELERATOR_DEVICE_TYPES.get(str(run.get("accelerator")))
+def device_notes(made_on: set[str], batch_size: int | None, device: str) -> list[str]:
+    """Why re-mapped tokens may differ when the pairs were made on another kind of device
+    (``made_on``: the device types the shards record): kernels and precision differ (LlamaGen
+    samples under bf16 autocast on CUDA: its log-probs move by 0.05 on average from float32's
+    in the CPU stand-in of ``benchmarks/llamagen_bf16_pairs.py``), and a token whose noise lies
+    near a decision boundary of the map may flip."""
     here = torch.device(device).type
-    if made_on is None or made_on == here:
+    others = sorted(made_on - {here})
+    if not others:
         return []
+    where = " and ".join(others)
     return [
-        f"these pairs were made with run.accelerator {run['accelerator']!r} and are re-mapped "
-        f"on {here}: kernels and precision differ between devices (LlamaGen samples under bf16 "
-        "autocast on CUDA), so tokens whose noise lies near a decision boundary of the map "
-        f"can differ. Re-map on {made_on} (--device {made_on}, --batch-size "
-        f"{run.get('batch_size')}, the run's) to check the pairs themselves (docs/pairs.md)"
+        f"these pairs were made on {where} and are re-mapped on {here}: kernels and precision "
+        "differ between devices (LlamaGen samples under bf16 autocast on CUDA), so tokens "
+        "whose noise lies near a decision boundary of the map can differ. Re-map on "
+        f"{others[0]} (--device {others[0]}, --batch-size {batch_size}, the run's) to check "
+        "the pairs themselves (docs/pairs.md)"
     ]
 
 

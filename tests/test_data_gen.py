@@ -446,15 +446,25 @@ def test_verify_shards_finds_records_altered_under_consistent_hashes(teacher, re
         for r in (label_record, noise_record)
     ]
     assert report.notes == []  # made and re-mapped on the CPU: nothing to explain
-    # Made on GPUs (as the paper recipes are) and re-mapped on the CPU: the summary says why
-    # tokens can differ and how to re-map them where they were made.
+    # Made on GPUs (each shard records the device its records were computed on, whatever
+    # run.accelerator said: "auto" is the default) and re-mapped on the CPU: the summary says
+    # why tokens can differ and how to re-map them where they were made.
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
-    manifest["recipe"]["run"].update(accelerator="gpu", batch_size=128)
+    assert {entry["device"] for entry in manifest["shards"]} == {"cpu"}
+    manifest["recipe"]["run"].update(accelerator="auto", batch_size=128)
+    for entry in manifest["shards"]:
+        entry["device"] = "cuda"
     (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
     report = verify_folder(folder, teacher=teacher, num_records=NUM_PAIRS)
     assert not report.ok and len(report.notes) == 1
     assert "--device cuda, --batch-size 128" in report.notes[0]
-    assert "  note: these pairs were made with run.accelerator 'gpu'" in report.summary()
+    assert "  note: these pairs were made on cuda and are re-mapped on cpu" in report.summary()
+    # A folder made before shards recorded their device: the recipe's accelerator decides.
+    for entry in manifest["shards"]:
+        del entry["device"]
+    manifest["recipe"]["run"]["accelerator"] = "gpu"
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    assert "made on cuda" in verify_folder(folder, teacher=teacher, num_records=NUM_PAIRS).notes[0]
 
 
 def test_truncated_shard_is_named(spec, teacher, reference, tmp_path):

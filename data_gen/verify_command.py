@@ -51,19 +51,10 @@ def run(args: argparse.Namespace) -> int:
 def recipe_teacher(path: str):
     """The ``teacher`` section of any recipe file (``dd generate``'s or ``dd train``'s), checked
     as a recipe's would be."""
-    from pathlib import Path
-
-    import yaml
-
-    from dd.config import recipe_from_dict
+    from dd.config import read_recipe_data, recipe_from_dict
     from dd.teacher_spec import TeacherSpec
 
-    if not Path(path).is_file():
-        raise FileNotFoundError(f"recipe file not found: {path}")
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except yaml.YAMLError as error:
-        raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
+    data = read_recipe_data(path)
     if not isinstance(data, dict) or not isinstance(data.get("teacher"), dict):
         raise ValueError(f"{path} has no teacher section")
     return recipe_from_dict(TeacherSpec, data["teacher"])

@@ -73,11 +73,19 @@ def recipe_from_dict(schema: type[T], data: Mapping[str, Any]) -> T:
     return _instantiate(parser, namespace, schema)
 
 
-def read_recipe(schema: type[T], path: str | Path) -> T:
+def read_recipe_data(path: str | Path) -> dict[str, Any]:
+    """A recipe file's plain data; a missing file or bad YAML is one line naming the file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"recipe file not found: {path}")
-    return recipe_from_dict(schema, yaml.safe_load(path.read_text()) or {})
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ValueError(f"{path} is not valid YAML: {' '.join(str(error).split())}") from error
+
+
+def read_recipe(schema: type[T], path: str | Path) -> T:
+    return recipe_from_dict(schema, read_recipe_data(path))
 
 
 def recipe_to_dict(recipe: Any) -> Any:

@@ -216,21 +216,21 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     initialised_from = None
     if recipe.student.init_from is not None:  # a resumed run's last.ckpt overrides this below
         initialised_from = initialise_from(student, recipe.student.init_from)
-    # Without its weight a codebook teacher's loss never calls the perceptual network (dd_loss:
-    # CE-only training), so its file (LPIPS' VGG16) is not needed; the continuous-token
-    # module logs the distance at validation whatever its weight.
+    # A continuous-token teacher (#13) gets the embedding-only student and its system.
+    system = ContinuousDistillModule if continuous else DistillModule
+    # Without its weight the loss never calls the perceptual network (dd_loss: CE-only
+    # training), so its file (LPIPS' VGG16) is not needed, unless the system logs it anyway.
     perceptual = None
-    if continuous or recipe.loss.perceptual_weight > 0:
+    if system.logs_perceptual or recipe.loss.perceptual_weight > 0:
         perceptual = build_perceptual(recipe.loss)
         if isinstance(perceptual, DigitsPerceptual):
             perceptual.check_images_of(teacher)
-    # A continuous-token teacher (#13) gets the embedding-only student and its system.
     settings = (student, perceptual, recipe.optim, recipe.loss)
     if continuous:
-        module = ContinuousDistillModule(*settings, run.global_batch_size)
+        module = system(*settings, run.global_batch_size)
     else:
         sampling = student.teacher_sampling  # for the teacher-KL term
-        module = DistillModule(*settings, run.global_batch_size, pair_sampling=sampling)
+        module = system(*settings, run.global_batch_size, pair_sampling=sampling)
     targets = None
     if recipe.loss.cache_teacher_kl_targets:  # DistillModule refused it without the term
         targets = cached_teacher_log_probs(

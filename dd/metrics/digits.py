@@ -256,12 +256,13 @@ class DigitsPerceptual(nn.Module):
     def check_images_of(self, teacher) -> None:
         """Refuse a teacher whose images the classifier cannot read (an official teacher's
         256 px), before training: the first step failed. One dummy sample is decoded."""
+        from teachers.protocol import ContinuousTeacher
+
         n = teacher.geometry.num_tokens
-        token_dim = getattr(teacher, "token_dim", None)  # continuous-token teachers
-        if hasattr(teacher, "codebook"):
-            tokens = torch.zeros(1, n, dtype=torch.long)
+        if isinstance(teacher, ContinuousTeacher):  # float tokens [1, n, C]
+            tokens = torch.zeros(1, n, teacher.token_dim)
         else:
-            tokens = torch.zeros(1, n, token_dim)
+            tokens = torch.zeros(1, n, dtype=torch.long)
         with torch.no_grad():
             shape = tuple(teacher.decode_tokens(tokens.to(teacher.device)).shape[1:])
         config = self.classifier.config

@@ -12,13 +12,14 @@ global batch. So the data of step ``s`` depends only on ``(seed, s)``: a run res
 ``s`` continues exactly where it stopped (nothing seen twice, nothing skipped), whatever the
 number of processes.
 
-Memory: every process holds the pairs once (``split_heldout`` gives views), the noise in its
-stored dtype (``pairs.noise_dtype``, float64 as float32; cast to float32 batch by batch),
-filled in place (no second copy while loading). Per process,
-1.2M pairs: LlamaGen (256 x 8) 9.8 GB of float32 noise, 4.9 GB of float16; VAR-d16 (680 x 32)
-104 GB, 52 GB; the tokens as int64 add 2.5 and 6.5 GB. A DDP node holds one copy per
-process (8 GPUs: 8 copies): generate VAR's pairs with ``noise_dtype: float16`` for training
-on one node. Known limit: no copy is shared between processes, nothing is streamed.
+Memory: the pairs are held once (``split_heldout`` gives views), the noise in its stored
+dtype (``pairs.noise_dtype``, float64 as float32; cast to float32 batch by batch), filled in
+place (no second copy while loading). 1.2M pairs: LlamaGen (256 x 8) 9.8 GB of float32 noise,
+4.9 GB of float16; VAR-d16 (680 x 32) 104 GB, 52 GB; the tokens as int64 add 2.5 and 6.5 GB.
+In memory (the default) that is per process: a DDP node of 8 GPUs holds 8 copies. With
+``memory_map`` (``pairs.memory_map`` of a recipe) the copy is in files, mapped read-only: the
+processes of a node share it in the page cache, and the kernel pages it in from disk when it
+does not fit in memory.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import functools
 import itertools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +59,8 @@ class PairSet:
         return PairSet(self.index[rows], self.labels[rows], self.noise[rows], self.tokens[rows])
 
 
-def pair_records(folder: str | Path, *, teacher_fingerprint: str) -> Iterator[dict]:
-    """The records of a finished folder, shard by shard (not in index order), each checked
-    against the teacher's fingerprint; the count against the manifest's once all are read."""
+def finished_manifest(folder: str | Path, *, teacher_fingerprint: str) -> dict:
+    """The manifest of a finished pair folder of this teacher; a clear error otherwise."""
     folder = Path(folder)
     manifest_path = folder / MANIFEST_NAME
     if not manifest_path.is_file():
@@ -80,6 +80,14 @@ def pair_records(folder: str | Path, *, teacher_fingerprint: str) -> Iterator[di
             f"{folder} holds pairs of teacher {theirs} ({manifest['teacher'].get('spec')}), "
             f"not of the teacher being distilled ({teacher_fingerprint})"
         )
+    return manifest
+
+
+def pair_records(folder: str | Path, *, teacher_fingerprint: str) -> Iterator[dict]:
+    """The records of a finished folder, shard by shard (not in index order), each checked
+    against the teacher's fingerprint; the count against the manifest's once all are read."""
+    folder = Path(folder)
+    manifest = finished_manifest(folder, teacher_fingerprint=teacher_fingerprint)
     count = 0
     for shard in sorted(folder.glob("shard-*.tar")):
         for record in read_shard(shard):
@@ -94,10 +102,32 @@ def pair_records(folder: str | Path, *, teacher_fingerprint: str) -> Iterator[di
         raise ValueError(f"{folder}: {count} records, the manifest says {expected}")
 
 
-def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
-    """Every pair of a finished folder in memory, in index order (``pair_records``' checks):
-    record ``i`` (a complete folder holds indices ``0..N-1``) is written into row ``i`` of
-    tensors allocated once; the noise in its stored dtype (float64 as float32). A record of
+def load_pairs(
+    folder: str | Path, *, teacher_fingerprint: str, memory_map: str | Path | None = None
+) -> PairSet:
+    """Every pair of a finished folder, in index order (``pair_records``' checks).
+
+    ``memory_map=None``: in this process' memory. A folder: a copy in files there, memory-mapped
+    read-only (``dd.mapped_pairs``): made on the first load of these pairs, then mapped by every
+    later load, so the processes of a node share one copy in the page cache."""
+    if memory_map is not None:
+        from dd.mapped_pairs import mapped_pairs
+
+        return mapped_pairs(folder, memory_map, teacher_fingerprint=teacher_fingerprint)
+    return fill_pairs(folder, teacher_fingerprint=teacher_fingerprint, allocate=_allocate_in_memory)
+
+
+Allocate = Callable[[str, tuple[int, ...], torch.dtype], torch.Tensor]
+
+
+def _allocate_in_memory(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype)
+
+
+def fill_pairs(folder: str | Path, *, teacher_fingerprint: str, allocate: Allocate) -> PairSet:
+    """Read a finished folder's records (``pair_records``' checks) into tensors that
+    ``allocate(name, shape, dtype)`` gives once: record ``i`` (a complete folder holds indices
+    ``0..N-1``) into row ``i``, the noise in its stored dtype (float64 as float32). A record of
     another shape or dtype than the first is refused."""
     records = pair_records(folder, teacher_fingerprint=teacher_fingerprint)
     first = next(records, None)  # the folder's checks run here
@@ -107,9 +137,9 @@ def load_pairs(folder: str | Path, *, teacher_fingerprint: str) -> PairSet:
     noise, tokens = first["noise"], _stored_tokens(first["tokens"])
     pairs = PairSet(
         index=torch.arange(count),
-        labels=torch.empty(count, dtype=torch.long),
-        noise=torch.empty((count, *noise.shape), dtype=_held_dtype(noise.dtype)),
-        tokens=torch.empty((count, *tokens.shape), dtype=tokens.dtype),
+        labels=allocate("labels", (count,), torch.long),
+        noise=allocate("noise", (count, *noise.shape), _held_dtype(noise.dtype)),
+        tokens=allocate("tokens", (count, *tokens.shape), tokens.dtype),
     )
     seen = torch.zeros(count, dtype=torch.bool)
     for record in itertools.chain([first], records):

@@ -50,6 +50,7 @@ RESUMABLE_KEYS = (
     "run.val_every_steps",
     "run.checkpoint_every_steps",
     "run.max_steps",
+    "pairs.memory_map",  # where the same pairs are held, not which
 )
 # Where the run's processes are: global batch s is the same pairs and timesteps whatever the
 # number of processes (dd.data.BatchOrder), so a pre-empted run may resume on another node
@@ -196,7 +197,11 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     output.mkdir(parents=True, exist_ok=True)
     (output / "recipe.yaml").write_text(resolved_yaml)
     teacher = load_teacher(recipe.teacher)
-    pairs = load_pairs(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
+    pairs = load_pairs(
+        recipe.pairs.folder,
+        teacher_fingerprint=teacher.fingerprint(),
+        memory_map=recipe.pairs.memory_map,
+    )
     # Every DDP rank writes the same content; atomically, so a rank's resume check never
     # reads a half-written file.
     write_json_atomic(output / PAIRS_IDENTITY, pair_identity(recipe.pairs.folder))

@@ -21,11 +21,15 @@ Strategy = Literal["auto", "ddp", "fsdp"]  # fsdp: refused with the reason (RunS
 class PairsSection:
     """Where the stage-1 pairs are, and how many of the last ones are held out. ``num_train``:
     train on the first ``num_train`` of the others only (``None``: all of them), for the
-    learning curve against the number of pairs; the held-out pairs stay the same."""
+    learning curve against the number of pairs; the held-out pairs stay the same.
+    ``memory_map``: a folder for a copy of the pairs in files, memory-mapped read-only, which
+    the processes of a node share (``dd.mapped_pairs``; made on the first load, on a local
+    disk with room for the pairs); ``None``: every process holds the pairs in its memory."""
 
     folder: str = "pairs"
     num_heldout: int = 1000
     num_train: int | None = None
+    memory_map: str | None = None
 
 
 @dataclass(frozen=True)

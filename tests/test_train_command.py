@@ -27,8 +27,9 @@ from dd.checkpoint import read_card
 from dd.cli import main as dd_main
 from dd.config import dump_yaml, read_recipe
 from dd.config import parse_recipe as parse_any_recipe
-from dd.data import pair_sampling
+from dd.data import pair_identity, pair_sampling
 from dd.distill import FROZEN_PREFIXES
+from dd.mapped_pairs import identity_key
 from dd.teacher_spec import TeacherSpec
 from dd.train_command import check_resumable, ema_state_dict
 from dd.train_recipe import TrainRecipe
@@ -155,8 +156,12 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path, capsys):
     assert student.teacher_sampling == pair_sampling(var_pairs)
     images = dd.sample(student, torch.arange(2), steps=2, generator=torch.Generator())
     assert images.shape == (2, 3, 16, 16)
-    # The same command with a larger budget resumes from last.ckpt at step 4.
-    assert dd_main(["train", *train_argv(var_pairs, output, 4), "--run.max_steps", "6"]) == 0
+    # The same command with a larger budget resumes from last.ckpt at step 4, here with the
+    # same pairs memory-mapped: where the pairs are held may change, not which.
+    mapped = ["--pairs.memory_map", str(tmp_path / "mapped")]
+    assert (
+        dd_main(["train", *train_argv(var_pairs, output, 4), "--run.max_steps", "6", *mapped]) == 0
+    )
     card = (output / "student" / "student.json").read_text()
     assert '"steps": 6' in card
     # The written student is the EMA weights (the checkpoint's state_dict), and rerunning a
@@ -246,11 +251,18 @@ def train_on_two_processes(argv: list[str]) -> subprocess.CompletedProcess:
 
 def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path):
     """gloo on CPU: each rank takes half of every global batch and DDP averages the gradients,
-    so 3 steps on 2 processes give the 1-process weights (float32 reduction order: 1e-4)."""
-    one, two = tmp_path / "one", tmp_path / "two"
+    so 3 steps on 2 processes give the 1-process weights (float32 reduction order: 1e-4). The
+    two processes read the pairs from one memory-mapped copy (``pairs.memory_map``), made once
+    by the first before Lightning starts the second; the one process holds them in memory."""
+    one, two, copies = tmp_path / "one", tmp_path / "two", tmp_path / "mapped"
     assert dd_main(["train", *train_argv(var_pairs, one, 3)]) == 0
-    done = train_on_two_processes([*train_argv(var_pairs, two, 3), "--run.strategy", "ddp"])
+    mapped = ["--pairs.memory_map", str(copies)]
+    done = train_on_two_processes(
+        [*train_argv(var_pairs, two, 3), "--run.strategy", "ddp", *mapped]
+    )
     assert "distributed_backend=gloo" in done.stderr + done.stdout
+    assert (done.stderr + done.stdout).count("making a memory-mapped copy") == 1
+    assert [p.name for p in copies.iterdir()] == [identity_key(pair_identity(var_pairs))]
     single = dd.load_student(one / "student").student_state_dict()
     double = dd.load_student(two / "student").student_state_dict()
     for name, tensor in single.items():

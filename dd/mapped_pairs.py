@@ -1,0 +1,137 @@
+"""A copy of a pair folder in files, memory-mapped read-only: one copy for every process of a
+node (``pairs.memory_map`` of a distill recipe; ``dd.data.load_pairs(memory_map=...)``).
+
+Layout of the ``memory_map`` folder (any folder; the pair folder itself is never written)::
+
+    <key>/labels.bin, noise.bin, tokens.bin    raw tensors, row i = global index i
+    <key>/layout.json                          identity, shapes, dtypes: written last
+    .<key>.<uuid>.partial/                     a copy being made
+
+``key`` is a hash of the pairs' identity (``dd.data.pair_identity``: teacher fingerprint,
+settings, count and every shard's sha256), so pairs regenerated into the same folder get a copy
+of their own, never a stale one. The first load reads the shards once, with every check of an
+in-memory load (``dd.data.fill_pairs``), writes the files, flushes them to disk and renames the
+folder into place: processes that find ``<key>/layout.json`` map it without reading a shard.
+Under DDP, ``dd train``'s first process loads before Lightning starts the others, so one
+process per node makes the copy. Processes that make it at once (nodes on a shared file system)
+each write their own ``.partial`` folder; the first rename wins and the others map it.
+
+Mapped read-only and private: a write to the tensors stays in the writing process. The pages
+are the kernel's page cache, shared by every process that maps the file, and read from disk
+when they do not fit in memory (training gathers rows at random: keep the folder on a local SSD).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+import torch
+
+from data_gen.shards import write_json_atomic
+from dd.data import PairSet, fill_pairs, finished_manifest, pair_identity
+
+log = logging.getLogger(__name__)
+
+LAYOUT_NAME = "layout.json"
+FIELDS = ("labels", "noise", "tokens")
+KEY_CHARS = 16
+PARTIAL_SUFFIX = ".partial"
+DTYPES = {str(d): d for d in (torch.long, torch.float16, torch.float32, torch.bfloat16)}
+
+
+def identity_key(identity: dict) -> str:
+    """The folder name of a copy: a hash of the pairs' identity."""
+    text = json.dumps(identity, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:KEY_CHARS]
+
+
+def mapped_pairs(
+    folder: str | Path, memory_map: str | Path, *, teacher_fingerprint: str
+) -> PairSet:
+    """The pairs of the finished ``folder``, mapped from their copy in ``memory_map`` (made
+    first if missing)."""
+    finished_manifest(folder, teacher_fingerprint=teacher_fingerprint)  # before any file is written
+    identity = pair_identity(folder)
+    root = Path(memory_map)
+    copy = root / identity_key(identity)
+    if not (copy / LAYOUT_NAME).is_file():
+        _make_copy(folder, root, copy, identity, teacher_fingerprint)
+    return open_copy(copy, identity)
+
+
+def _make_copy(
+    folder: str | Path, root: Path, copy: Path, identity: dict, teacher_fingerprint: str
+) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    stale = sorted(root.glob(f".*{PARTIAL_SUFFIX}"))
+    if stale:  # another process' copy in the making, or a crashed one's: not ours to delete
+        log.warning(
+            "%s holds unfinished copies (delete them if no run is making one): %s",
+            root,
+            ", ".join(p.name for p in stale),
+        )
+    partial = root / f".{copy.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}"
+    partial.mkdir()
+    log.info("making a memory-mapped copy of %s in %s", folder, copy)
+    try:
+        layout = {"identity": identity, "fields": {}}
+
+        def allocate(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            layout["fields"][name] = {"shape": list(shape), "dtype": str(dtype)}
+            numel = int(torch.Size(shape).numel())
+            # shared: the writes go to the file (created at this size)
+            return torch.from_file(
+                str(partial / f"{name}.bin"), shared=True, size=numel, dtype=dtype
+            ).view(shape)
+
+        pairs = fill_pairs(folder, teacher_fingerprint=teacher_fingerprint, allocate=allocate)
+        del pairs  # unmapped: every write is in the page cache
+        for name in FIELDS:  # on disk before the layout says the copy is complete
+            with open(partial / f"{name}.bin", "rb+") as handle:
+                os.fsync(handle.fileno())
+        write_json_atomic(partial / LAYOUT_NAME, layout)
+        try:
+            os.rename(partial, copy)
+        except OSError:
+            if not (copy / LAYOUT_NAME).is_file():
+                raise
+            log.info("another process made %s first; using it", copy)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            shutil.rmtree(partial)
+
+
+def open_copy(copy: Path, identity: dict) -> PairSet:
+    """Map a finished copy read-only, after checking it is of ``identity`` and its files are
+    whole."""
+    layout = json.loads((copy / LAYOUT_NAME).read_text())
+    if layout["identity"] != identity:
+        raise ValueError(
+            f"{copy} is a copy of other pairs ({layout['identity']}), not of {identity}: delete it"
+        )
+    tensors = {}
+    for name in FIELDS:
+        field = layout["fields"][name]
+        shape, dtype = tuple(field["shape"]), DTYPES[field["dtype"]]
+        numel = int(torch.Size(shape).numel())
+        path = copy / f"{name}.bin"
+        expected = numel * dtype.itemsize
+        if not path.is_file() or path.stat().st_size != expected:
+            size = path.stat().st_size if path.is_file() else "no"
+            raise ValueError(
+                f"{path}: {size} bytes, the copy's layout needs {expected}: delete {copy} "
+                "and load again to remake it"
+            )
+        # not shared: a private mapping, so no write reaches the file
+        tensors[name] = torch.from_file(str(path), shared=False, size=numel, dtype=dtype).view(
+            shape
+        )
+    count = tensors["labels"].shape[0]
+    return PairSet(index=torch.arange(count), **tensors)

@@ -1,0 +1,153 @@
+"""The memory-mapped copy of a pair folder (dd/mapped_pairs.py, ``pairs.memory_map``): the same
+pairs as an in-memory load, mapped from files that later loads map without reading a shard,
+a copy per pair identity, nothing half-made after a failure, and refusals before any write."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+
+import dd.data
+from data_gen.config import (
+    GenerateRecipe,
+    OutputSettings,
+    PairSettings,
+    RunSettings,
+    SamplingOverrides,
+)
+from data_gen.engine import run_generation
+from data_gen.shards import read_shard
+from dd.data import load_pairs, split_heldout
+from dd.mapped_pairs import LAYOUT_NAME, identity_key
+from dd.teacher_spec import TeacherSpec, load_teacher
+from teachers.tiny.registry import tiny_sampling
+from tests.shard_edit import rewrite_shard
+
+TEACHER = "var-digits"
+NUM_PAIRS = 24
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    return load_teacher(TeacherSpec(tiny=TEACHER))
+
+
+@pytest.fixture(scope="module")
+def pair_folder(tmp_path_factory):
+    """float16 noise, the paper recipes' advice for VAR: the copy keeps the stored dtype."""
+    folder = tmp_path_factory.mktemp("mapped") / "pairs"
+    recipe = GenerateRecipe(
+        teacher=TeacherSpec(tiny=TEACHER),
+        sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling(TEACHER))),
+        pairs=PairSettings(num_pairs=NUM_PAIRS, seed=0, noise_dtype="float16"),
+        output=OutputSettings(folder=str(folder), shard_size=8),
+        run=RunSettings(batch_size=8, accelerator="cpu", devices=1, progress_bar=False),
+    )
+    assert run_generation(recipe).complete
+    return folder
+
+
+def assert_same_pairs(a, b) -> None:
+    for name in ("index", "labels", "noise", "tokens"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and torch.equal(x, y), name
+
+
+def mapped_files() -> set[str]:
+    """The files this process maps (Linux)."""
+    with open("/proc/self/maps") as maps:
+        return {line.split()[-1] for line in maps if len(line.split()) == 6}
+
+
+def test_the_copy_is_the_pairs_mapped_from_files_that_later_loads_map(
+    teacher, pair_folder, tmp_path, monkeypatch
+):
+    fingerprint = teacher.fingerprint()
+    in_memory = load_pairs(pair_folder, teacher_fingerprint=fingerprint)
+    listing = sorted(p.name for p in pair_folder.iterdir())
+    root = tmp_path / "mm"
+    mapped = load_pairs(pair_folder, teacher_fingerprint=fingerprint, memory_map=root)
+    assert_same_pairs(mapped, in_memory)
+    assert mapped.noise.dtype == torch.float16
+    copy = root / identity_key(dd.data.pair_identity(pair_folder))
+    assert sorted(p.name for p in root.iterdir()) == [copy.name]  # no partial folder left
+    assert {str(copy / f"{name}.bin") for name in ("labels", "noise", "tokens")} <= mapped_files()
+    assert sorted(p.name for p in pair_folder.iterdir()) == listing  # the pair folder untouched
+
+    # A later load maps the copy without reading a shard.
+    def no_shards(path):
+        raise AssertionError(f"read {path}")
+
+    monkeypatch.setattr(dd.data, "read_shard", no_shards)
+    again = load_pairs(pair_folder, teacher_fingerprint=fingerprint, memory_map=root)
+    assert_same_pairs(again, in_memory)
+    # Private mappings: a process' write never reaches the file, nor another load.
+    again.noise[0] += 1
+    assert_same_pairs(
+        load_pairs(pair_folder, teacher_fingerprint=fingerprint, memory_map=root), in_memory
+    )
+    # The training and held-out sets are views of the mapped tensors.
+    train, heldout = split_heldout(mapped, 4)
+    assert heldout.noise.untyped_storage().data_ptr() == mapped.noise.untyped_storage().data_ptr()
+    assert len(train) == NUM_PAIRS - 4
+
+
+def test_other_pairs_in_the_same_folder_get_a_copy_of_their_own(teacher, pair_folder, tmp_path):
+    """Records rewritten (their shard's sha256 in the manifest with them): the stale copy is
+    not mapped; a new copy of the new records is made beside it."""
+    fingerprint = teacher.fingerprint()
+    pairs = tmp_path / "pairs"
+    shutil.copytree(pair_folder, pairs)
+    root = tmp_path / "mm"
+    before = load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
+    records = list(read_shard(pairs / "shard-000001.tar"))
+    records[0]["tokens"][0] = (int(records[0]["tokens"][0]) + 1) % 64
+    rewrite_shard(pairs, 1, records)
+    after = load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
+    assert_same_pairs(after, load_pairs(pairs, teacher_fingerprint=fingerprint))
+    assert not torch.equal(after.tokens, before.tokens)
+    assert len([p for p in root.iterdir() if (p / LAYOUT_NAME).is_file()]) == 2
+
+
+def test_a_failed_copy_leaves_nothing_and_a_damaged_one_is_refused(teacher, pair_folder, tmp_path):
+    fingerprint = teacher.fingerprint()
+    pairs = tmp_path / "pairs"
+    shutil.copytree(pair_folder, pairs)
+    root = tmp_path / "mm"
+    # Refused before anything is written: another teacher's pairs, an unfinished folder.
+    with pytest.raises(ValueError, match="not of the teacher being distilled"):
+        load_pairs(pairs, teacher_fingerprint="0" * 16, memory_map=root)
+    with pytest.raises(FileNotFoundError, match="not a finished pair folder"):
+        load_pairs(tmp_path, teacher_fingerprint=fingerprint, memory_map=root)
+    assert not root.exists()
+    # A record that fails a check half way through the copy: the error, and no copy at all.
+    records = list(read_shard(pairs / "shard-000002.tar"))
+    good = records[1]["noise"].clone()
+    records[1]["noise"] = records[1]["noise"][:1]
+    rewrite_shard(pairs, 2, records)
+    with pytest.raises(ValueError, match="record 17's noise"):
+        load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
+    assert list(root.iterdir()) == []
+    records[1]["noise"] = good
+    rewrite_shard(pairs, 2, records)
+    mapped = load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
+    assert_same_pairs(mapped, load_pairs(pairs, teacher_fingerprint=fingerprint))
+    # A truncated file (a disk filled up, a copy interrupted by hand) is named, not mapped.
+    (copy,) = root.iterdir()
+    noise = copy / "noise.bin"
+    noise.write_bytes(noise.read_bytes()[:-2])
+    with pytest.raises(ValueError, match=r"noise.bin: \d+ bytes, the copy's layout needs \d+"):
+        load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
+    # A layout of other pairs under this key (edited by hand) is refused.
+    noise.unlink()
+    shutil.rmtree(copy)
+    load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
+    layout = json.loads((copy / LAYOUT_NAME).read_text())
+    layout["identity"]["num_pairs"] = 1
+    (copy / LAYOUT_NAME).write_text(json.dumps(layout))
+    with pytest.raises(ValueError, match="is a copy of other pairs"):
+        load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)

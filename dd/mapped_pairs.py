@@ -6,15 +6,17 @@ Layout of the ``memory_map`` folder (any folder; the pair folder itself is never
     <key>/labels.bin, noise.bin, tokens.bin    raw tensors, row i = global index i
     <key>/layout.json                          identity, shapes, dtypes: written last
     .<key>.<uuid>.partial/                     a copy being made
+    .<key>.lock                                held by the process making it
 
 ``key`` is a hash of the pairs' identity (``dd.data.pair_identity``: teacher fingerprint,
 settings, count and every shard's sha256), so pairs regenerated into the same folder get a copy
 of their own, never a stale one. The first load reads the shards once, with every check of an
 in-memory load (``dd.data.fill_pairs``), writes the files, flushes them to disk and renames the
 folder into place: processes that find ``<key>/layout.json`` map it without reading a shard.
-Under DDP, ``dd train``'s first process loads before Lightning starts the others, so one
-process per node makes the copy. Processes that make it at once (nodes on a shared file system)
-each write their own ``.partial`` folder; the first rename wins and the others map it.
+Under DDP, ``dd train``'s first process loads before Lightning starts the others; processes
+started together (torchrun, SLURM) take a lock (``flock``) in turn, so one makes the copy and
+the others wait for it. Where the lock does not hold (some network file systems), each writes
+its own ``.partial`` folder; the first rename wins and the others map it.
 
 Mapped read-only and private: a write to the tensors stays in the writing process. The pages
 are the kernel's page cache, shared by every process that maps the file, and read from disk
@@ -24,12 +26,14 @@ when they do not fit in memory (training gathers rows at random: keep the folder
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -62,14 +66,33 @@ def mapped_pairs(
     root = Path(memory_map)
     copy = root / identity_key(identity)
     if not (copy / LAYOUT_NAME).is_file():
-        _make_copy(folder, root, copy, identity, teacher_fingerprint)
+        root.mkdir(parents=True, exist_ok=True)
+        with copy_lock(root / f".{copy.name}.lock"):
+            if not (copy / LAYOUT_NAME).is_file():  # made while this process waited
+                _make_copy(folder, root, copy, identity, teacher_fingerprint)
     return open_copy(copy, identity)
+
+
+@contextlib.contextmanager
+def copy_lock(path: Path) -> Iterator[None]:
+    """One maker of a copy at a time: processes started together (torchrun, SLURM's 8 tasks of
+    a node) wait for the first one's copy instead of each writing their own. The file stays:
+    removing it would let a process that opens the path later lock another file."""
+    with open(path, "a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("waiting for another process to finish the copy in %s", path.parent)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _make_copy(
     folder: str | Path, root: Path, copy: Path, identity: dict, teacher_fingerprint: str
 ) -> None:
-    root.mkdir(parents=True, exist_ok=True)
     stale = sorted(root.glob(f".*{PARTIAL_SUFFIX}"))
     if stale:  # another process' copy in the making, or a crashed one's: not ours to delete
         log.warning(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import threading
 
 import pytest
 import torch
@@ -22,7 +23,7 @@ from data_gen.config import (
 from data_gen.engine import run_generation
 from data_gen.shards import read_shard
 from dd.data import load_pairs, split_heldout
-from dd.mapped_pairs import LAYOUT_NAME, identity_key
+from dd.mapped_pairs import LAYOUT_NAME, copy_lock, identity_key
 from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.tiny.registry import tiny_sampling
 from tests.shard_edit import rewrite_shard
@@ -57,6 +58,11 @@ def assert_same_pairs(a, b) -> None:
         assert x.dtype == y.dtype and torch.equal(x, y), name
 
 
+def made(root) -> list[str]:
+    """What a load left in the copies' folder besides the lock files (kept: see copy_lock)."""
+    return sorted(p.name for p in root.iterdir() if p.suffix != ".lock")
+
+
 def mapped_files() -> set[str]:
     """The files this process maps (Linux)."""
     with open("/proc/self/maps") as maps:
@@ -74,7 +80,7 @@ def test_the_copy_is_the_pairs_mapped_from_files_that_later_loads_map(
     assert_same_pairs(mapped, in_memory)
     assert mapped.noise.dtype == torch.float16
     copy = root / identity_key(dd.data.pair_identity(pair_folder))
-    assert sorted(p.name for p in root.iterdir()) == [copy.name]  # no partial folder left
+    assert made(root) == [copy.name]  # no partial folder left
     assert {str(copy / f"{name}.bin") for name in ("labels", "noise", "tokens")} <= mapped_files()
     assert sorted(p.name for p in pair_folder.iterdir()) == listing  # the pair folder untouched
 
@@ -131,13 +137,13 @@ def test_a_failed_copy_leaves_nothing_and_a_damaged_one_is_refused(teacher, pair
     rewrite_shard(pairs, 2, records)
     with pytest.raises(ValueError, match="record 17's noise"):
         load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
-    assert list(root.iterdir()) == []
+    assert made(root) == []
     records[1]["noise"] = good
     rewrite_shard(pairs, 2, records)
     mapped = load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
     assert_same_pairs(mapped, load_pairs(pairs, teacher_fingerprint=fingerprint))
     # A truncated file (a disk filled up, a copy interrupted by hand) is named, not mapped.
-    (copy,) = root.iterdir()
+    copy = root / made(root)[0]
     noise = copy / "noise.bin"
     noise.write_bytes(noise.read_bytes()[:-2])
     with pytest.raises(ValueError, match=r"noise.bin: \d+ bytes, the copy's layout needs \d+"):
@@ -151,3 +157,27 @@ def test_a_failed_copy_leaves_nothing_and_a_damaged_one_is_refused(teacher, pair
     (copy / LAYOUT_NAME).write_text(json.dumps(layout))
     with pytest.raises(ValueError, match="is a copy of other pairs"):
         load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
+
+
+def test_processes_started_together_wait_for_one_copy(teacher, pair_folder, tmp_path):
+    """While a process holds the copy's lock (making it), another load waits and writes
+    nothing of its own; once the lock is released it finds no copy and makes it (here: the
+    holder made none), then maps it."""
+    fingerprint = teacher.fingerprint()
+    root = tmp_path / "mm"
+    root.mkdir()
+    key = identity_key(dd.data.pair_identity(pair_folder))
+    loaded = {}
+
+    def load() -> None:
+        loaded["pairs"] = load_pairs(pair_folder, teacher_fingerprint=fingerprint, memory_map=root)
+
+    with copy_lock(root / f".{key}.lock"):
+        waiting = threading.Thread(target=load)
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive()  # blocked on the lock
+        assert sorted(p.name for p in root.iterdir()) == [f".{key}.lock"]  # nothing written
+    waiting.join(timeout=60)
+    assert not waiting.is_alive()
+    assert_same_pairs(loaded["pairs"], load_pairs(pair_folder, teacher_fingerprint=fingerprint))

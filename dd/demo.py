@@ -376,13 +376,16 @@ def evaluate_teacher(
 
 # --- the report ------------------------------------------------------------------------------
 
-ROW_KEYS = ("method", "steps", "fid", "class_accuracy", "seconds_per_image")
+# The issue's row schema, and "name" (e.g. "dd+teacher pre-trained-2-4", "skip-1"): rows of one
+# method and step count (two interleaving ranges of the same cost) are otherwise the same key.
+ROW_KEYS = ("method", "name", "steps", "fid", "class_accuracy", "seconds_per_image")
 TEACHER_KEYS = ("family", "num_tokens", "num_ar_steps", "one_forward_seconds_per_image")
 
 
 def report_json(results: dict[str, dict]) -> dict:
     """``{"teachers": {name: {family, num_tokens, num_ar_steps, one_forward_seconds_per_image,
-    rows: [{method, steps, fid, class_accuracy, seconds_per_image}]}}}`` (the issue's schema)."""
+    rows: [{method, name, steps, fid, class_accuracy, seconds_per_image}]}}}`` (the issue's
+    schema, and each row's name)."""
     return {
         "teachers": {
             name: {

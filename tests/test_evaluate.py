@@ -450,8 +450,12 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
             ]  # fmt: skip
         else:
             assert set(methods) == {"teacher", "dd", "dd+teacher", "skip", "onestep*"}
+        names = [row["name"] for row in entry["rows"]]
+        assert len(set(names)) == len(names), names  # every row told apart by its name
         for row in entry["rows"]:
-            assert set(row) == {"method", "steps", "fid", "class_accuracy", "seconds_per_image"}
+            assert set(row) == {
+                "method", "name", "steps", "fid", "class_accuracy", "seconds_per_image"
+            }  # fmt: skip
             assert row["steps"] >= 1 and row["fid"] >= 0 and 0 <= row["class_accuracy"] <= 1
         assert (tmp_path / "grids" / f"{name}.png").is_file()
     for file in ("report.md", "quality_vs_steps.png", "timings.json"):

@@ -52,6 +52,10 @@ class EvalRecipe:
     metric: Metric = "auto"
     reference: str | None = None  # digits: train | heldout; inception: image folder or .npz
     inception_weights: str | None = None  # the local InceptionV3 file (see dd.metrics.spaces)
+    # Pixels (square) every generated image is resized to before it is scored, as LlamaGen's
+    # official protocol scores its 384 px models at 256 (dd.metrics.spaces.resize_for_scoring);
+    # null: scored as generated. Never applied to the reference.
+    image_size: int | None = None
     is_splits: int = 10
     output: str | None = None  # JSON file; stdout only when null
     num_threads: int | None = None
@@ -71,6 +75,11 @@ class EvalRecipe:
             )
         if self.is_splits < 1:
             raise ValueError(f"is_splits must be >= 1, got {self.is_splits}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(
+                f"image_size must be null (score images as generated) or a size in pixels "
+                f">= 1, got {self.image_size}"
+            )
 
 
 @dataclass
@@ -169,6 +178,11 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
             "inception_weights is given but the metric is digits (the tiny teachers' default): "
             "set metric: inception to score in Inception space, or drop inception_weights"
         )
+    if metric == "digits" and recipe.image_size is not None:
+        raise ValueError(
+            "image_size is given but the metric is digits (the tiny teachers' default), whose "
+            "classifier reads the images as generated: set metric: inception, or drop image_size"
+        )
     if metric == "digits":
         from teachers.data import load_digits_split
 
@@ -241,6 +255,7 @@ def run_eval(recipe: EvalRecipe) -> dict:
         batch_size=recipe.batch_size,
         fid_rows=fid_rows,
         is_splits=recipe.is_splits,
+        image_size=recipe.image_size,
         progress=recipe.progress_bar,
     )
     timing = forward_seconds_per_image(samplers, methods, recipe.batch_size, seed=recipe.seed)

@@ -161,13 +161,52 @@ def build_setup(
     return Setup(samplers, name, preset_key_of(teacher_spec), teacher_spec.tiny is not None)
 
 
-def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
-    """(feature space, reference, description) for a recipe."""
+def scored_image_size(teacher, image_size: int | None) -> tuple[int, int]:
+    """``(height, width)`` of the images ``dd eval`` scores: ``image_size`` square when given
+    (every generated image is resized to it), else the teacher's own (one dummy sample decoded:
+    known before any sampling)."""
+    from teachers.protocol import decoded_image_shape
+
+    if image_size is not None:
+        return image_size, image_size
+    _, height, width = decoded_image_shape(teacher)
+    return height, width
+
+
+def pixels(size: tuple[int, int]) -> str:
+    """``(height, width)`` as ``WxH`` px, as the reference folder's errors write sizes."""
+    return f"{size[1]}x{size[0]} px"
+
+
+def check_reference_size(
+    reference_size: tuple[int, int], scored_size: tuple[int, int], name: str
+) -> None:
+    """Refuse to compare images of two sizes: FID then measures the resize as much as the
+    model (a 384 px LlamaGen scored against ImageNet 256 is not the official protocol)."""
+    if tuple(reference_size) != tuple(scored_size):
+        raise ValueError(
+            f"the reference {name} holds {pixels(reference_size)} images but the generated "
+            f"images would be scored at {pixels(scored_size)}: set image_size (metric "
+            "inception) to resize the generated images to the reference's size, or give a "
+            f"reference of {pixels(scored_size)} images"
+        )
+
+
+def size_json(size: tuple[int, int] | None) -> dict[str, int] | None:
+    return None if size is None else {"height": int(size[0]), "width": int(size[1])}
+
+
+def build_space_and_reference(recipe: EvalRecipe, tiny: bool, *, scored_size: tuple[int, int]):
+    """(feature space, reference, description) for a recipe. ``scored_size``
+    (``scored_image_size``): a reference whose images are of another size is refused before
+    they are embedded (minutes for an ADM batch on the CPU) and before any sampling; one of
+    statistics alone has no size to check."""
     from dd.evaluate import Reference
     from dd.metrics.generative import load_stats_npz
     from dd.metrics.spaces import (
         DigitsSpace,
         InceptionSpace,
+        image_folder_size,
         iter_image_folder,
         iter_uint8_images,
     )
@@ -189,8 +228,10 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
         split = recipe.reference or "train"
         if split not in DIGITS_SPLITS:
             raise ValueError(f"digits reference must be one of {DIGITS_SPLITS}, got {split!r}")
+        images = load_digits_split(split).images_01()
+        check_reference_size(tuple(images.shape[-2:]), scored_size, f"digits split {split}")
         space = DigitsSpace()
-        return space, Reference.from_images(space, load_digits_split(split).images_01()), split
+        return space, Reference.from_images(space, images), split
     space = InceptionSpace(recipe.inception_weights)  # the missing-file error comes first
     if recipe.reference is None:
         raise ValueError("metric inception needs reference: an image folder or an .npz (mu, sigma)")
@@ -202,13 +243,18 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
             return space, Reference(stats), str(path)
         # An ADM reference batch: FID from its published mu and sigma, precision/recall from
         # its images' features (one Inception pass over them, as the ADM evaluator does).
-        return space, Reference.from_batches(space, iter_uint8_images(images), stats), str(path)
+        size = images.shape[1:3]  # [N, H, W, 3]
+        check_reference_size(size, scored_size, str(path))
+        reference = Reference.from_batches(space, iter_uint8_images(images), stats, size=size)
+        return space, reference, str(path)
     if path.exists() and not path.is_dir():
         raise ValueError(
             f"reference {path} is a file but not an .npz: give an image folder or an .npz "
             "with mu and sigma"
         )
-    return space, Reference.from_batches(space, iter_image_folder(path), None), str(path)
+    size = image_folder_size(path)
+    check_reference_size(size, scored_size, str(path))
+    return space, Reference.from_batches(space, iter_image_folder(path), None, size=size), str(path)
 
 
 def load_npz_images(path: Path):
@@ -233,9 +279,12 @@ def run_eval(recipe: EvalRecipe) -> dict:
     if recipe.num_threads is not None:
         torch.set_num_threads(recipe.num_threads)
     setup = build_setup(recipe.student, recipe.teacher, recipe.pairs)
-    space, reference, reference_name = build_space_and_reference(recipe, setup.tiny)
     samplers = setup.samplers
     teacher = samplers.teacher
+    scored_size = scored_image_size(teacher, recipe.image_size)
+    space, reference, reference_name = build_space_and_reference(
+        recipe, setup.tiny, scored_size=scored_size
+    )
     specs = method_specs(recipe.methods, samplers)
     methods = parse_methods(specs, samplers, preset_key=setup.preset_key)
     labels = torch.arange(teacher.num_classes).repeat_interleave(recipe.num_per_class)
@@ -269,6 +318,10 @@ def run_eval(recipe: EvalRecipe) -> dict:
         "sampling": dataclasses.asdict(samplers.sampling),
         "feature_space": space.name,
         "reference": reference_name,
+        # (height, width) of the images scored (after image_size's resize) and of the
+        # reference's images (null for an .npz of statistics alone: its size is unknown).
+        "scored_image_size": size_json(scored_size),
+        "reference_image_size": size_json(reference.size),
         "num_samples": int(labels.shape[0]),
         "fid_samples": int(labels.shape[0] if fid_rows is None else fid_rows.shape[0]),
         "seed": recipe.seed,

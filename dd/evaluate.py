@@ -454,21 +454,34 @@ class Reference:
 
     stats: FeatureStats
     features: torch.Tensor | None = None
+    size: tuple[int, int] | None = None  # (height, width) of its images, when known
 
     @classmethod
     def from_images(cls, space: FeatureSpace, images_01: torch.Tensor) -> Reference:
         features, _ = space.embed(images_01)
-        return cls(FeatureStats.of(features), features)
+        height, width = images_01.shape[-2:]
+        return cls(FeatureStats.of(features), features, (int(height), int(width)))
 
     @classmethod
     def from_batches(
-        cls, space: FeatureSpace, batches: Iterable[torch.Tensor], stats: FeatureStats | None
+        cls,
+        space: FeatureSpace,
+        batches: Iterable[torch.Tensor],
+        stats: FeatureStats | None,
+        *,
+        size: tuple[int, int],
     ) -> Reference:
         """The features of images given batch by batch (``embed_stream``: an image folder, an
         ADM reference batch's images), with their own statistics unless ``stats`` are given
-        (an ADM ``.npz``'s published ``mu`` and ``sigma``)."""
+        (an ADM ``.npz``'s published ``mu`` and ``sigma``). ``size``: their ``(height,
+        width)``, read by the caller before embedding them (to check it first)."""
         features, _ = embed_stream(space, batches)
-        return cls(FeatureStats.of(features) if stats is None else stats, features)
+        height, width = size
+        return cls(
+            FeatureStats.of(features) if stats is None else stats,
+            features,
+            (int(height), int(width)),
+        )
 
 
 def score(

@@ -571,12 +571,12 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
         inception_weights=str(path), reference=str(tmp_path / "stats.npy"),
     )  # fmt: skip
     with pytest.raises(ValueError, match="not an .npz"):
-        build_space_and_reference(recipe, tiny=False)
+        build_space_and_reference(recipe, tiny=False, scored_size=(16, 16))
     # An .npz of a folder's mu and sigma (the ADM format) is the same reference as the folder.
     folder = Reference.from_images(space, torch.rand(8, 3, 16, 16, generator=torch.Generator()))
     np.savez(tmp_path / "ref.npz", mu=folder.stats.mu, sigma=folder.stats.sigma)
     npz_recipe = dataclasses.replace(recipe, reference=str(tmp_path / "ref.npz"))
-    _, from_npz, name = build_space_and_reference(npz_recipe, tiny=False)
+    _, from_npz, name = build_space_and_reference(npz_recipe, tiny=False, scored_size=(16, 16))
     assert name.endswith("ref.npz") and from_npz.features is None  # no precision/recall
     fid = frechet_distance(FeatureStats.of(features), folder.stats)
     assert frechet_distance(FeatureStats.of(features), from_npz.stats) == pytest.approx(fid)
@@ -596,12 +596,14 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     monkeypatch.setattr("dd.metrics.spaces.EMBED_BATCH", 2)  # several batches of the folder
     whole = space.embed(pixels.permute(0, 3, 1, 2).double() / 255)[0]
     by_folder = build_space_and_reference(
-        dataclasses.replace(recipe, reference=str(images_dir)), tiny=False
+        dataclasses.replace(recipe, reference=str(images_dir)), tiny=False, scored_size=(16, 16)
     )[1]
     torch.testing.assert_close(by_folder.features, whole, rtol=1e-5, atol=0)
     np.savez(tmp_path / "adm.npz", arr_0=pixels.numpy(), mu=stats_mu(5), sigma=np.eye(2048))
     adm = build_space_and_reference(
-        dataclasses.replace(recipe, reference=str(tmp_path / "adm.npz")), tiny=False
+        dataclasses.replace(recipe, reference=str(tmp_path / "adm.npz")),
+        tiny=False,
+        scored_size=(16, 16),
     )[1]
     torch.testing.assert_close(adm.features, whole, rtol=1e-5, atol=0)
     assert np.array_equal(adm.stats.mu, stats_mu(5)) and np.array_equal(
@@ -610,7 +612,7 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     Image.fromarray(pixels[0, :8].numpy()).save(images_dir / "99_small.png")
     with pytest.raises(ValueError, match=r"99_small.png is 16x8 but 00.png is 16x16"):
         build_space_and_reference(
-            dataclasses.replace(recipe, reference=str(images_dir)), tiny=False
+            dataclasses.replace(recipe, reference=str(images_dir)), tiny=False, scored_size=(16, 16)
         )
 
 
@@ -700,6 +702,69 @@ def test_image_size_resizes_every_generated_image_as_the_official_protocol(
     assert resize_for_scoring(images, 16) is images
 
 
+def reference_folder(folder, size: int, count: int = 4):
+    """``count`` random RGB PNGs of ``size`` px in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir()
+    pixels = (torch.rand(count, size, size, 3, generator=torch.Generator()) * 255).byte()
+    for index, array in enumerate(pixels.numpy()):
+        Image.fromarray(array).save(folder / f"{index:02d}.png")
+    return pixels.numpy()
+
+
+def test_a_reference_of_another_size_is_refused_before_anything_is_embedded(
+    tmp_path, capsys, monkeypatch, random_inception_file
+):
+    """var-digits makes 16 px images: an 8 px image folder or ADM batch (``arr_0``) is refused
+    in one line naming both sizes and ``image_size``, before the reference is embedded and
+    before any sampling; ``image_size: 8`` passes the check. An .npz of statistics alone has
+    no size: not refused."""
+
+    def nothing_may_run(*args, **kwargs):
+        raise AssertionError("embedded or sampled")
+
+    monkeypatch.setattr("dd.evaluate.embed_stream", nothing_may_run)
+    monkeypatch.setattr("dd.evaluate.generate_batches", nothing_may_run)
+    pixels = reference_folder(tmp_path / "images", 8)
+    np.savez(tmp_path / "adm.npz", arr_0=pixels, mu=stats_mu(0), sigma=np.eye(2048))
+    np.savez(tmp_path / "stats.npz", mu=stats_mu(0), sigma=np.eye(2048))
+    argv = ["eval", "--teacher.tiny", "var-digits", "--metric", "inception",
+            "--inception_weights", str(random_inception_file), "--methods", "[teacher]",
+            "--num_per_class", "1", "--progress_bar", "false"]  # fmt: skip
+    for name in ("images", "adm.npz"):
+        reference = str(tmp_path / name)
+        assert dd_main([*argv, "--reference", reference]) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"the reference {reference} holds 8x8 px images but the generated images " in err
+        assert "would be scored at 16x16 px: set image_size" in err
+        with pytest.raises(AssertionError, match="embedded or sampled"):
+            dd_main([*argv, "--reference", reference, "--image_size", "8"])
+    with pytest.raises(AssertionError, match="embedded or sampled"):
+        dd_main([*argv, "--reference", str(tmp_path / "stats.npz")])
+
+
+def test_dd_eval_records_the_scored_image_size(tmp_path, random_inception_file, monkeypatch):
+    """Against an .npz of statistics alone (no size to check) the JSON says at which size the
+    images were scored: ``image_size``'s, not the teacher's 16 px; the reference's is null."""
+    fid_calls = skip_frechet_distance(monkeypatch)
+    np.savez(tmp_path / "stats.npz", mu=stats_mu(0), sigma=np.eye(2048))
+    out = tmp_path / "eval.json"
+    code = dd_main(
+        ["eval", "--teacher.tiny", "var-digits", "--metric", "inception",
+         "--inception_weights", str(random_inception_file), "--methods", "[teacher]",
+         "--reference", str(tmp_path / "stats.npz"), "--image_size", "24",
+         "--num_per_class", "1", "--batch_size", "10", "--is_splits", "1",
+         "--progress_bar", "false", "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["scored_image_size"] == {"height": 24, "width": 24}
+    assert result["reference_image_size"] is None
+    assert len(fid_calls) == 1 and result["rows"][0]["precision"] is None
+
+
 def test_image_size_option_is_refused_where_it_means_nothing(capsys):
     spec = TeacherSpec(tiny="var-digits")
     for size in (0, -256):
@@ -776,6 +841,9 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     }  # no DD method asked: only the forward is timed
     assert result["to_forward"] == {} and result["timing_rounds"] >= 1
     assert [row["name"] for row in result["rows"]] == ["teacher", "skip-2"]
+    # As generated, like the digits split they are compared with.
+    assert result["scored_image_size"] == result["reference_image_size"]
+    assert result["scored_image_size"] == {"height": 16, "width": 16}
     assert [row["steps"] for row in result["rows"]] == [6, 4]
     for row in result["rows"]:
         assert row["seconds_per_image"] > 0 and 0 <= row["class_accuracy"] <= 1

@@ -226,6 +226,16 @@ def resize_for_scoring(images_01: torch.Tensor, image_size: int) -> torch.Tensor
     return resized.clamp(0, 1)
 
 
+def image_folder_size(folder: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of a reference folder's images: its first file's (by name; the
+    folder's other files are checked against it as they are read, ``iter_image_folder``)."""
+    from PIL import Image
+
+    with Image.open(image_folder_files(folder)[0]) as image:
+        width, height = image.size
+    return height, width
+
+
 def iter_uint8_images(images_NHWC, batch_size: int = EMBED_BATCH) -> Iterator[torch.Tensor]:
     """``[N, H, W, 3]`` uint8 images (an ADM reference batch's ``arr_0``) as ``[b, 3, H, W]``
     floats in ``[0, 1]``, batch by batch."""

@@ -10,7 +10,10 @@ scores it against a reference in one feature space:
   reference is an image folder (embedded batch by batch) or an ``.npz`` with ``mu`` and
   ``sigma`` (the ADM format). Precision/recall need the reference's features: an ADM reference
   batch's ``arr_0`` images are embedded for them (FID keeps its published ``mu`` and
-  ``sigma``); an ``.npz`` of statistics alone gives them as null.
+  ``sigma``); an ``.npz`` of statistics alone gives them as null. ``image_size`` resizes the
+  generated images (never the reference) as LlamaGen's protocol scores its 384 px models at
+  256 px; a reference whose image size differs from the scored one is refused before any
+  sampling (``scored_image_size`` and ``reference_image_size`` in the JSON).
 
 Also timed: one full-sequence teacher forward (the cost floor of a one-step generator). The
 teacher's sampling settings are the pairs' (their manifest), else the tiny teacher's

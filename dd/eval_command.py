@@ -10,7 +10,10 @@ scores it against a reference in one feature space:
   reference is an image folder (embedded batch by batch) or an ``.npz`` with ``mu`` and
   ``sigma`` (the ADM format). Precision/recall need the reference's features: an ADM reference
   batch's ``arr_0`` images are embedded for them (FID keeps its published ``mu`` and
-  ``sigma``); an ``.npz`` of statistics alone gives them as null.
+  ``sigma``); an ``.npz`` of statistics alone gives them as null. ``image_size`` resizes the
+  generated images (never the reference) as LlamaGen's protocol scores its 384 px models at
+  256 px; a reference whose image size differs from the scored one is refused before any
+  sampling (``scored_image_size`` and ``reference_image_size`` in the JSON).
 
 Also timed: one full-sequence teacher forward (the cost floor of a one-step generator). The
 teacher's sampling settings are the pairs' (their manifest), else the tiny teacher's
@@ -52,6 +55,10 @@ class EvalRecipe:
     metric: Metric = "auto"
     reference: str | None = None  # digits: train | heldout; inception: image folder or .npz
     inception_weights: str | None = None  # the local InceptionV3 file (see dd.metrics.spaces)
+    # Pixels (square) every generated image is resized to before it is scored, as LlamaGen's
+    # official protocol scores its 384 px models at 256 (dd.metrics.spaces.resize_for_scoring);
+    # null: scored as generated. Never applied to the reference.
+    image_size: int | None = None
     is_splits: int = 10
     output: str | None = None  # JSON file; stdout only when null
     num_threads: int | None = None
@@ -71,6 +78,11 @@ class EvalRecipe:
             )
         if self.is_splits < 1:
             raise ValueError(f"is_splits must be >= 1, got {self.is_splits}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(
+                f"image_size must be null (score images as generated) or a size in pixels "
+                f">= 1, got {self.image_size}"
+            )
 
 
 @dataclass
@@ -152,13 +164,52 @@ def build_setup(
     return Setup(samplers, name, preset_key_of(teacher_spec), teacher_spec.tiny is not None)
 
 
-def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
-    """(feature space, reference, description) for a recipe."""
+def scored_image_size(teacher, image_size: int | None) -> tuple[int, int]:
+    """``(height, width)`` of the images ``dd eval`` scores: ``image_size`` square when given
+    (every generated image is resized to it), else the teacher's own (one dummy sample decoded:
+    known before any sampling)."""
+    from teachers.protocol import decoded_image_shape
+
+    if image_size is not None:
+        return image_size, image_size
+    _, height, width = decoded_image_shape(teacher)
+    return height, width
+
+
+def pixels(size: tuple[int, int]) -> str:
+    """``(height, width)`` as ``WxH`` px, as the reference folder's errors write sizes."""
+    return f"{size[1]}x{size[0]} px"
+
+
+def check_reference_size(
+    reference_size: tuple[int, int], scored_size: tuple[int, int], name: str
+) -> None:
+    """Refuse to compare images of two sizes: FID then measures the resize as much as the
+    model (a 384 px LlamaGen scored against ImageNet 256 is not the official protocol)."""
+    if tuple(reference_size) != tuple(scored_size):
+        raise ValueError(
+            f"the reference {name} holds {pixels(reference_size)} images but the generated "
+            f"images would be scored at {pixels(scored_size)}: set image_size (metric "
+            "inception) to resize the generated images to the reference's size, or give a "
+            f"reference of {pixels(scored_size)} images"
+        )
+
+
+def size_json(size: tuple[int, int] | None) -> dict[str, int] | None:
+    return None if size is None else {"height": int(size[0]), "width": int(size[1])}
+
+
+def build_space_and_reference(recipe: EvalRecipe, tiny: bool, *, scored_size: tuple[int, int]):
+    """(feature space, reference, description) for a recipe. ``scored_size``
+    (``scored_image_size``): a reference whose images are of another size is refused before
+    they are embedded (minutes for an ADM batch on the CPU) and before any sampling; one of
+    statistics alone has no size to check."""
     from dd.evaluate import Reference
     from dd.metrics.generative import load_stats_npz
     from dd.metrics.spaces import (
         DigitsSpace,
         InceptionSpace,
+        image_folder_size,
         iter_image_folder,
         iter_uint8_images,
     )
@@ -169,14 +220,21 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
             "inception_weights is given but the metric is digits (the tiny teachers' default): "
             "set metric: inception to score in Inception space, or drop inception_weights"
         )
+    if metric == "digits" and recipe.image_size is not None:
+        raise ValueError(
+            "image_size is given but the metric is digits (the tiny teachers' default), whose "
+            "classifier reads the images as generated: set metric: inception, or drop image_size"
+        )
     if metric == "digits":
         from teachers.data import load_digits_split
 
         split = recipe.reference or "train"
         if split not in DIGITS_SPLITS:
             raise ValueError(f"digits reference must be one of {DIGITS_SPLITS}, got {split!r}")
+        images = load_digits_split(split).images_01()
+        check_reference_size(tuple(images.shape[-2:]), scored_size, f"digits split {split}")
         space = DigitsSpace()
-        return space, Reference.from_images(space, load_digits_split(split).images_01()), split
+        return space, Reference.from_images(space, images), split
     space = InceptionSpace(recipe.inception_weights)  # the missing-file error comes first
     if recipe.reference is None:
         raise ValueError("metric inception needs reference: an image folder or an .npz (mu, sigma)")
@@ -188,13 +246,18 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool):
             return space, Reference(stats), str(path)
         # An ADM reference batch: FID from its published mu and sigma, precision/recall from
         # its images' features (one Inception pass over them, as the ADM evaluator does).
-        return space, Reference.from_batches(space, iter_uint8_images(images), stats), str(path)
+        size = images.shape[1:3]  # [N, H, W, 3]
+        check_reference_size(size, scored_size, str(path))
+        reference = Reference.from_batches(space, iter_uint8_images(images), stats, size=size)
+        return space, reference, str(path)
     if path.exists() and not path.is_dir():
         raise ValueError(
             f"reference {path} is a file but not an .npz: give an image folder or an .npz "
             "with mu and sigma"
         )
-    return space, Reference.from_batches(space, iter_image_folder(path), None), str(path)
+    size = image_folder_size(path)
+    check_reference_size(size, scored_size, str(path))
+    return space, Reference.from_batches(space, iter_image_folder(path), None, size=size), str(path)
 
 
 def load_npz_images(path: Path):
@@ -219,9 +282,12 @@ def run_eval(recipe: EvalRecipe) -> dict:
     if recipe.num_threads is not None:
         torch.set_num_threads(recipe.num_threads)
     setup = build_setup(recipe.student, recipe.teacher, recipe.pairs)
-    space, reference, reference_name = build_space_and_reference(recipe, setup.tiny)
     samplers = setup.samplers
     teacher = samplers.teacher
+    scored_size = scored_image_size(teacher, recipe.image_size)
+    space, reference, reference_name = build_space_and_reference(
+        recipe, setup.tiny, scored_size=scored_size
+    )
     specs = method_specs(recipe.methods, samplers)
     methods = parse_methods(specs, samplers, preset_key=setup.preset_key)
     labels = torch.arange(teacher.num_classes).repeat_interleave(recipe.num_per_class)
@@ -241,6 +307,7 @@ def run_eval(recipe: EvalRecipe) -> dict:
         batch_size=recipe.batch_size,
         fid_rows=fid_rows,
         is_splits=recipe.is_splits,
+        image_size=recipe.image_size,
         progress=recipe.progress_bar,
     )
     timing = forward_seconds_per_image(samplers, methods, recipe.batch_size, seed=recipe.seed)
@@ -254,6 +321,10 @@ def run_eval(recipe: EvalRecipe) -> dict:
         "sampling": dataclasses.asdict(samplers.sampling),
         "feature_space": space.name,
         "reference": reference_name,
+        # (height, width) of the images scored (after image_size's resize) and of the
+        # reference's images (null for an .npz of statistics alone: its size is unknown).
+        "scored_image_size": size_json(scored_size),
+        "reference_image_size": size_json(reference.size),
         "num_samples": int(labels.shape[0]),
         "fid_samples": int(labels.shape[0] if fid_rows is None else fid_rows.shape[0]),
         "seed": recipe.seed,

@@ -50,7 +50,7 @@ from dd.interleave import (
     preset_name,
 )
 from dd.metrics.generative import FeatureStats, frechet_distance, inception_score, precision_recall
-from dd.metrics.spaces import FeatureSpace, embed_stream
+from dd.metrics.spaces import FeatureSpace, embed_stream, resize_for_scoring
 from dd.sampling import (
     SampleRandomness,
     randomness_at,
@@ -454,21 +454,34 @@ class Reference:
 
     stats: FeatureStats
     features: torch.Tensor | None = None
+    size: tuple[int, int] | None = None  # (height, width) of its images, when known
 
     @classmethod
     def from_images(cls, space: FeatureSpace, images_01: torch.Tensor) -> Reference:
         features, _ = space.embed(images_01)
-        return cls(FeatureStats.of(features), features)
+        height, width = images_01.shape[-2:]
+        return cls(FeatureStats.of(features), features, (int(height), int(width)))
 
     @classmethod
     def from_batches(
-        cls, space: FeatureSpace, batches: Iterable[torch.Tensor], stats: FeatureStats | None
+        cls,
+        space: FeatureSpace,
+        batches: Iterable[torch.Tensor],
+        stats: FeatureStats | None,
+        *,
+        size: tuple[int, int],
     ) -> Reference:
         """The features of images given batch by batch (``embed_stream``: an image folder, an
         ADM reference batch's images), with their own statistics unless ``stats`` are given
-        (an ADM ``.npz``'s published ``mu`` and ``sigma``)."""
+        (an ADM ``.npz``'s published ``mu`` and ``sigma``). ``size``: their ``(height,
+        width)``, read by the caller before embedding them (to check it first)."""
         features, _ = embed_stream(space, batches)
-        return cls(FeatureStats.of(features) if stats is None else stats, features)
+        height, width = size
+        return cls(
+            FeatureStats.of(features) if stats is None else stats,
+            features,
+            (int(height), int(width)),
+        )
 
 
 def score(
@@ -509,12 +522,15 @@ def evaluate_methods(
     batch_size: int,
     fid_rows: torch.Tensor | None = None,
     is_splits: int,
+    image_size: int | None,
     progress: bool = True,
 ) -> list[dict]:
     """One row per method: its name, kind, steps, metrics and seconds per image (in all; of the
     model calls alone: ``model_seconds_per_image``, without noise drawing and decoding; and of
     the decoding alone: ``decode_seconds_per_image``). Each batch of images is embedded as it
-    comes (``embed_stream``): only features are kept, never all the images."""
+    comes (``embed_stream``): only features are kept, never all the images. ``image_size``
+    (``dd.eval_command.EvalRecipe``): every method's images are resized to it before they are
+    embedded (``resize_for_scoring``); that is scoring, not sampling, so it is not timed."""
     rows = []
     for method in tqdm(methods, desc="methods", disable=not progress):
         parts: dict[str, float] = {}
@@ -522,6 +538,8 @@ def evaluate_methods(
             method, samplers, labels, seed=seed, batch_size=batch_size,
             progress=progress, parts=parts,
         )  # fmt: skip
+        if image_size is not None:  # between batches: generate_batches' clocks do not see it
+            batches = (resize_for_scoring(batch, image_size) for batch in batches)
         features, logits = embed_stream(space, batches)
         seconds = sum(parts.values())
         metrics = score(

@@ -447,6 +447,20 @@ class ContinuousTeacher(Protocol):
         ...
 
 
+def decoded_image_shape(teacher: Teacher | ContinuousTeacher) -> tuple[int, int, int]:
+    """``(channels, height, width)`` of the teacher's images: one dummy sample (all-zero tokens)
+    decoded. The protocol states no image size; the decoder is the one place that knows it,
+    and callers check it before they sample or train (``dd train``, ``dd eval``)."""
+    n = teacher.geometry.num_tokens
+    if isinstance(teacher, ContinuousTeacher):  # float tokens [1, n, C]
+        tokens = torch.zeros(1, n, teacher.token_dim)
+    else:
+        tokens = torch.zeros(1, n, dtype=torch.long)
+    with torch.no_grad():
+        channels, height, width = teacher.decode_tokens(tokens.to(teacher.device)).shape[1:]
+    return int(channels), int(height), int(width)
+
+
 def check_continuous_tokens(
     tokens: torch.Tensor,
     token_dim: int,

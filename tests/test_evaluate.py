@@ -42,6 +42,7 @@ from dd.evaluate import (
     Reference,
     Samplers,
     alternated_seconds,
+    evaluate_methods,
     forward_seconds_per_image,
     generate,
     parse_methods,
@@ -510,17 +511,31 @@ def test_demo_stages_run_every_training_before_any_evaluation(tmp_path, monkeypa
         run_stages({"boom": settings["a"]}, tmp_path, run_now, 1, seed=0, progress=False)
 
 
+def random_inception_network():
+    """torch-fidelity's InceptionV3 with RANDOM weights (the real file is not on this machine),
+    built without any download: the right keys and shapes, nothing of real Inception values."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: {})
+        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
+        return fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+
+
+@pytest.fixture(scope="module")
+def random_inception_file(tmp_path_factory):
+    """A weights file of ``random_inception_network`` (what ``InceptionSpace`` reads)."""
+    path = tmp_path_factory.mktemp("inception") / INCEPTION_WEIGHTS_FILE
+    torch.save(random_inception_network().state_dict(), path)
+    return path
+
+
 def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     """The plumbing of the real-teacher path with a weights file of the right keys and shapes
     but RANDOM values (the real file is not on this machine): the file is checked with
     weights_only=True and loaded strictly; 2048-d features and 1008 logits come out of one pass
     over uint8 images; the metrics run on them. Says nothing about real Inception values."""
-    from torch_fidelity import feature_extractor_inceptionv3 as fidelity
-
-    with monkeypatch.context() as patch:  # build the random network without any download
-        patch.setattr(fidelity, "load_state_dict_from_url", lambda *a, **k: {})
-        patch.setattr(fidelity.FeatureExtractorInceptionV3, "load_state_dict", lambda *a: None)
-        random_net = fidelity.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"])
+    random_net = random_inception_network()
     path = tmp_path / INCEPTION_WEIGHTS_FILE
     torch.save(random_net.state_dict(), path)
     space = InceptionSpace(tmp_path)  # a folder holding the file also works
@@ -560,12 +575,12 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
         inception_weights=str(path), reference=str(tmp_path / "stats.npy"),
     )  # fmt: skip
     with pytest.raises(ValueError, match="not an .npz"):
-        build_space_and_reference(recipe, tiny=False)
+        build_space_and_reference(recipe, tiny=False, scored_size=(16, 16))
     # An .npz of a folder's mu and sigma (the ADM format) is the same reference as the folder.
     folder = Reference.from_images(space, torch.rand(8, 3, 16, 16, generator=torch.Generator()))
     np.savez(tmp_path / "ref.npz", mu=folder.stats.mu, sigma=folder.stats.sigma)
     npz_recipe = dataclasses.replace(recipe, reference=str(tmp_path / "ref.npz"))
-    _, from_npz, name = build_space_and_reference(npz_recipe, tiny=False)
+    _, from_npz, name = build_space_and_reference(npz_recipe, tiny=False, scored_size=(16, 16))
     assert name.endswith("ref.npz") and from_npz.features is None  # no precision/recall
     fid = frechet_distance(FeatureStats.of(features), folder.stats)
     assert frechet_distance(FeatureStats.of(features), from_npz.stats) == pytest.approx(fid)
@@ -585,12 +600,14 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     monkeypatch.setattr("dd.metrics.spaces.EMBED_BATCH", 2)  # several batches of the folder
     whole = space.embed(pixels.permute(0, 3, 1, 2).double() / 255)[0]
     by_folder = build_space_and_reference(
-        dataclasses.replace(recipe, reference=str(images_dir)), tiny=False
+        dataclasses.replace(recipe, reference=str(images_dir)), tiny=False, scored_size=(16, 16)
     )[1]
     torch.testing.assert_close(by_folder.features, whole, rtol=1e-5, atol=0)
     np.savez(tmp_path / "adm.npz", arr_0=pixels.numpy(), mu=stats_mu(5), sigma=np.eye(2048))
     adm = build_space_and_reference(
-        dataclasses.replace(recipe, reference=str(tmp_path / "adm.npz")), tiny=False
+        dataclasses.replace(recipe, reference=str(tmp_path / "adm.npz")),
+        tiny=False,
+        scored_size=(16, 16),
     )[1]
     torch.testing.assert_close(adm.features, whole, rtol=1e-5, atol=0)
     assert np.array_equal(adm.stats.mu, stats_mu(5)) and np.array_equal(
@@ -599,12 +616,174 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     Image.fromarray(pixels[0, :8].numpy()).save(images_dir / "99_small.png")
     with pytest.raises(ValueError, match=r"99_small.png is 16x8 but 00.png is 16x16"):
         build_space_and_reference(
-            dataclasses.replace(recipe, reference=str(images_dir)), tiny=False
+            dataclasses.replace(recipe, reference=str(images_dir)), tiny=False, scored_size=(16, 16)
         )
 
 
 def stats_mu(value: float) -> np.ndarray:
     return np.full(2048, value, dtype=np.float64)
+
+
+class RecordingSpace:
+    """A feature space that embeds in ``space`` and keeps every batch and its features."""
+
+    def __init__(self, space) -> None:
+        self.space, self.name, self.labels_are_classes = space, space.name, False
+        self.images: list[torch.Tensor] = []
+        self.features: list[torch.Tensor] = []
+
+    def embed(self, images_01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features, logits = self.space.embed(images_01)
+        self.images.append(images_01)
+        self.features.append(features)
+        return features, logits
+
+
+def skip_frechet_distance(monkeypatch) -> list[tuple[FeatureStats, FeatureStats]]:
+    """``dd.evaluate``'s FID replaced by a recorder of its arguments returning 0.0: the
+    eigenvalues of a 2048 x 2048 product take ~15 s on one core, and the tests using this
+    check which images and features are scored, not the distance (tested above)."""
+    calls: list[tuple[FeatureStats, FeatureStats]] = []
+
+    def record(a: FeatureStats, b: FeatureStats) -> float:
+        calls.append((a, b))
+        return 0.0
+
+    monkeypatch.setattr("dd.evaluate.frechet_distance", record)
+    return calls
+
+
+def official_resize(images_01: torch.Tensor, size: int) -> torch.Tensor:
+    """LlamaGen's sample_c2i_ddp.py resize, written out: ``F.interpolate(samples, size=(s, s),
+    mode='bicubic')`` (torch's defaults), then the clamp of its uint8 conversion."""
+    resized = torch.nn.functional.interpolate(images_01, size=(size, size), mode="bicubic")
+    return resized.clamp(0, 1)
+
+
+def test_image_size_resizes_every_generated_image_as_the_official_protocol(
+    random_inception_file, monkeypatch
+):
+    """``image_size`` (var-digits: 16 px images scored at 24 px): what reaches the feature space
+    is each generated image resized by the official bicubic call (exactly: tolerance 0), and
+    the features scored are those of the directly resized images (rtol 1e-6: the same network
+    on the same uint8 images, one batch each). Antialiased or bilinear resizing would not
+    pass."""
+    from dd.metrics.spaces import resize_for_scoring
+
+    teacher = load_tiny_teacher("var-digits")
+    samplers = Samplers(teacher, tiny_sampling("var-digits"))
+    method = parse_methods(["teacher"], samplers)
+    labels = torch.tensor([0, 3, 7])
+    space = InceptionSpace(random_inception_file)
+    recorded = RecordingSpace(space)
+    reference = Reference(FeatureStats(stats_mu(0), np.eye(2048)))
+    fid_calls = skip_frechet_distance(monkeypatch)
+    evaluate_methods(
+        method, samplers, labels, recorded, reference,
+        seed=0, batch_size=2, is_splits=1, image_size=24, progress=False,
+    )  # fmt: skip
+    images, _ = generate(method[0], samplers, labels, seed=0, batch_size=2)
+    assert images.shape[-2:] == (16, 16)
+    direct = official_resize(images, 24)
+    scored = torch.cat(recorded.images)
+    assert scored.shape == (3, 3, 24, 24) and torch.equal(scored, direct)
+    antialiased = torch.nn.functional.interpolate(
+        images, size=(24, 24), mode="bicubic", antialias=True
+    ).clamp(0, 1)
+    bilinear = torch.nn.functional.interpolate(images, size=(24, 24), mode="bilinear")
+    assert not torch.allclose(scored, antialiased) and not torch.allclose(scored, bilinear)
+    features = torch.cat(recorded.features)
+    torch.testing.assert_close(features, space.embed(direct)[0], rtol=1e-6, atol=0)
+    [(scored_stats, reference_stats)] = fid_calls  # FID of those features, not others
+    assert np.array_equal(scored_stats.mu, FeatureStats.of(features).mu)
+    assert reference_stats is reference.stats
+    # Bicubic overshoots past [0, 1] (it would be refused by the space): clamped, as the
+    # official uint8 conversion clamps; the size already asked for is left untouched.
+    edges = torch.zeros(1, 3, 8, 8)
+    edges[..., ::2, :] = 1
+    assert torch.nn.functional.interpolate(edges, size=(12, 12), mode="bicubic").max() > 1
+    torch.testing.assert_close(resize_for_scoring(edges, 12), official_resize(edges, 12))
+    assert resize_for_scoring(images, 16) is images
+
+
+def reference_folder(folder, size: int, count: int = 4):
+    """``count`` random RGB PNGs of ``size`` px in ``folder``."""
+    from PIL import Image
+
+    folder.mkdir()
+    pixels = (torch.rand(count, size, size, 3, generator=torch.Generator()) * 255).byte()
+    for index, array in enumerate(pixels.numpy()):
+        Image.fromarray(array).save(folder / f"{index:02d}.png")
+    return pixels.numpy()
+
+
+def test_a_reference_of_another_size_is_refused_before_anything_is_embedded(
+    tmp_path, capsys, monkeypatch, random_inception_file
+):
+    """var-digits makes 16 px images: an 8 px image folder or ADM batch (``arr_0``) is refused
+    in one line naming both sizes and ``image_size``, before the reference is embedded and
+    before any sampling; ``image_size: 8`` passes the check. An .npz of statistics alone has
+    no size: not refused."""
+
+    def nothing_may_run(*args, **kwargs):
+        raise AssertionError("embedded or sampled")
+
+    monkeypatch.setattr("dd.evaluate.embed_stream", nothing_may_run)
+    monkeypatch.setattr("dd.evaluate.generate_batches", nothing_may_run)
+    pixels = reference_folder(tmp_path / "images", 8)
+    np.savez(tmp_path / "adm.npz", arr_0=pixels, mu=stats_mu(0), sigma=np.eye(2048))
+    np.savez(tmp_path / "stats.npz", mu=stats_mu(0), sigma=np.eye(2048))
+    argv = ["eval", "--teacher.tiny", "var-digits", "--metric", "inception",
+            "--inception_weights", str(random_inception_file), "--methods", "[teacher]",
+            "--num_per_class", "1", "--progress_bar", "false"]  # fmt: skip
+    for name in ("images", "adm.npz"):
+        reference = str(tmp_path / name)
+        assert dd_main([*argv, "--reference", reference]) == 1
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+        assert f"the reference {reference} holds 8x8 px images but the generated images " in err
+        assert "would be scored at 16x16 px: set image_size" in err
+        with pytest.raises(AssertionError, match="embedded or sampled"):
+            dd_main([*argv, "--reference", reference, "--image_size", "8"])
+    with pytest.raises(AssertionError, match="embedded or sampled"):
+        dd_main([*argv, "--reference", str(tmp_path / "stats.npz")])
+
+
+def test_dd_eval_records_the_scored_image_size(tmp_path, random_inception_file, monkeypatch):
+    """Against an .npz of statistics alone (no size to check) the JSON says at which size the
+    images were scored: ``image_size``'s, not the teacher's 16 px; the reference's is null."""
+    fid_calls = skip_frechet_distance(monkeypatch)
+    np.savez(tmp_path / "stats.npz", mu=stats_mu(0), sigma=np.eye(2048))
+    out = tmp_path / "eval.json"
+    code = dd_main(
+        ["eval", "--teacher.tiny", "var-digits", "--metric", "inception",
+         "--inception_weights", str(random_inception_file), "--methods", "[teacher]",
+         "--reference", str(tmp_path / "stats.npz"), "--image_size", "24",
+         "--num_per_class", "1", "--batch_size", "10", "--is_splits", "1",
+         "--progress_bar", "false", "--output", str(out)]
+    )  # fmt: skip
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["scored_image_size"] == {"height": 24, "width": 24}
+    assert result["reference_image_size"] is None
+    assert len(fid_calls) == 1 and result["rows"][0]["precision"] is None
+
+
+def test_image_size_option_is_refused_where_it_means_nothing(capsys):
+    spec = TeacherSpec(tiny="var-digits")
+    for size in (0, -256):
+        with pytest.raises(ValueError, match=f"image_size must be null .* >= 1, got {size}"):
+            EvalRecipe(teacher=spec, image_size=size)
+    with pytest.raises(SystemExit):  # the recipe's checks speak as parse errors
+        dd_main(["eval", "--teacher.tiny", "var-digits", "--image_size", "0"])
+    assert "error: image_size must be null" in capsys.readouterr().err
+    # The digits classifier reads the tiny teachers' images as they are made.
+    code = dd_main(["eval", "--teacher.tiny", "var-digits", "--image_size", "16",
+                    "--methods", "[teacher]"])  # fmt: skip
+    assert code == 1
+    err = capsys.readouterr().err
+    assert "image_size is given but the metric is digits" in err and "metric: inception" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):
@@ -666,6 +845,9 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     }  # no DD method asked: only the forward is timed
     assert result["to_forward"] == {} and result["timing_rounds"] >= 1
     assert [row["name"] for row in result["rows"]] == ["teacher", "skip-2"]
+    # As generated, like the digits split they are compared with.
+    assert result["scored_image_size"] == result["reference_image_size"]
+    assert result["scored_image_size"] == {"height": 16, "width": 16}
     assert [row["steps"] for row in result["rows"]] == [6, 4]
     for row in result["rows"]:
         assert row["seconds_per_image"] > 0 and 0 <= row["class_accuracy"] <= 1

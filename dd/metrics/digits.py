@@ -256,15 +256,9 @@ class DigitsPerceptual(nn.Module):
     def check_images_of(self, teacher) -> None:
         """Refuse a teacher whose images the classifier cannot read (an official teacher's
         256 px), before training: the first step failed. One dummy sample is decoded."""
-        from teachers.protocol import ContinuousTeacher
+        from teachers.protocol import decoded_image_shape
 
-        n = teacher.geometry.num_tokens
-        if isinstance(teacher, ContinuousTeacher):  # float tokens [1, n, C]
-            tokens = torch.zeros(1, n, teacher.token_dim)
-        else:
-            tokens = torch.zeros(1, n, dtype=torch.long)
-        with torch.no_grad():
-            shape = tuple(teacher.decode_tokens(tokens.to(teacher.device)).shape[1:])
+        shape = decoded_image_shape(teacher)
         config = self.classifier.config
         expected = (config.in_channels, config.resolution, config.resolution)
         if shape != expected:

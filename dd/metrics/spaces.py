@@ -195,6 +195,47 @@ def iter_image_folder(
         yield torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).float() / 255
 
 
+def resize_for_scoring(images_01: torch.Tensor, image_size: int) -> torch.Tensor:
+    """Generated images ``[B, 3, H, W]`` in ``[0, 1]`` resized to ``image_size`` square, as
+    LlamaGen's official FID sampler resizes its 384 px samples to 256 px
+    (``autoregressive/sample/sample_c2i_ddp.py``, ``--image-size-eval``): bicubic
+    ``F.interpolate`` with torch's defaults (``align_corners=False``, no antialiasing), only
+    when the size differs, on float images, before clamping and before the uint8 quantisation.
+
+    What differs, as far as a float pipeline through ``Teacher.decode_tokens`` allows:
+    - the official sampler resizes the decoder's UNclamped ``[-1, 1]`` output and clamps after;
+      ``decode_tokens`` has already clamped to ``[0, 1]``, so a pixel where the decoder
+      overshoots enters the bicubic kernel at the clamp's value. The result is clamped again
+      (bicubic overshoots near edges), as the official clamp does;
+    - it interpolates on the ``[-1, 1]`` scale, here on ``[0, 1]``: an affine map, and bicubic
+      weights sum to one, so the same up to float rounding;
+    - it quantises with ``uint8(clamp(127.5 x + 128))``, i.e. ``floor(255 u + 0.5)`` for
+      ``u = (x + 1) / 2``; ``InceptionSpace`` rounds ``255 u`` half to even: only exact ties
+      differ."""
+    if image_size < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size}")
+    if tuple(images_01.shape[-2:]) == (image_size, image_size):
+        return images_01  # the official sampler resizes only when the sizes differ
+    resized = torch.nn.functional.interpolate(
+        images_01,
+        size=(image_size, image_size),
+        mode="bicubic",
+        align_corners=False,
+        antialias=False,
+    )
+    return resized.clamp(0, 1)
+
+
+def image_folder_size(folder: str | Path) -> tuple[int, int]:
+    """``(height, width)`` of a reference folder's images: its first file's (by name; the
+    folder's other files are checked against it as they are read, ``iter_image_folder``)."""
+    from PIL import Image
+
+    with Image.open(image_folder_files(folder)[0]) as image:
+        width, height = image.size
+    return height, width
+
+
 def iter_uint8_images(images_NHWC, batch_size: int = EMBED_BATCH) -> Iterator[torch.Tensor]:
     """``[N, H, W, 3]`` uint8 images (an ADM reference batch's ``arr_0``) as ``[b, 3, H, W]``
     floats in ``[0, 1]``, batch by batch."""

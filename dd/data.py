@@ -24,6 +24,7 @@ does not fit in memory.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import json
@@ -195,8 +196,16 @@ def pair_sampling(
 def sampling_from_dict(
     data: dict, *, continuous: bool
 ) -> SamplingConfig | ContinuousSamplingConfig:
-    """Stored sampling settings (a manifest's, a student card's) as the config of their kind."""
-    return (ContinuousSamplingConfig if continuous else SamplingConfig)(**data)
+    """Stored sampling settings (a manifest's, a student card's) as the config of their kind;
+    settings of the other kind are refused, naming the fields that do not belong."""
+    kind = ContinuousSamplingConfig if continuous else SamplingConfig
+    foreign = sorted(set(data) - {field.name for field in dataclasses.fields(kind)})
+    if foreign:
+        raise ValueError(
+            f"sampling settings {foreign} are not those of a "
+            f"{'continuous-token' if continuous else 'codebook'} teacher ({kind.__name__})"
+        )
+    return kind(**data)
 
 
 def _stored_tokens(tokens: torch.Tensor) -> torch.Tensor:

@@ -126,7 +126,7 @@ def build_setup(
 ) -> Setup:
     from dd.baselines import token_table_from_pairs
     from dd.checkpoint import load_student, read_card, student_folder
-    from dd.data import load_pairs, pair_sampling
+    from dd.data import finished_manifest, load_pairs, pair_sampling
     from dd.evaluate import Samplers
     from dd.teacher_spec import load_teacher
     from teachers.tiny import TINY_SAMPLING
@@ -147,6 +147,9 @@ def build_setup(
     continuous = isinstance(teacher, ContinuousTeacher)
     token_table = token_pool = None
     if pairs is not None:
+        # Pairs of another teacher are refused by fingerprint first: their sampling settings
+        # may be of the other kind (a FAR folder's head_steps for a LlamaGen student).
+        finished_manifest(pairs, teacher_fingerprint=teacher.fingerprint())
         sampling = pair_sampling(pairs, continuous=continuous)
         if continuous:  # onestep* draws the pairs' own tokens (dd.continuous_sampling)
             pair_set = load_pairs(pairs, teacher_fingerprint=teacher.fingerprint())

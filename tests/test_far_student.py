@@ -33,7 +33,7 @@ from dd.continuous_sampling import (
     sample_tokens_interleaved,
     skip_tokens,
 )
-from dd.data import load_pairs, split_heldout
+from dd.data import load_pairs, sampling_from_dict, split_heldout
 from dd.distill import OptimSettings, PairDataModule
 from dd.losses import LossSettings
 from dd.metrics.digits import class_accuracy, feature_distance, frechet_distance
@@ -282,6 +282,18 @@ def test_dd_eval_and_dd_sample_run_over_a_continuous_teacher(student, pair_folde
         "0000_class3.png", "0001_class7.png"
     ]  # fmt: skip
     assert dd_main([*argv[:-2], "--methods", "['skip:16']", "--output", str(out)]) == 1
+
+
+def test_pairs_of_another_kind_of_teacher_are_refused_by_fingerprint(pair_folder, capsys):
+    """A LlamaGen student given FAR pairs: the fingerprint refusal in one line, not a TypeError
+    from reading the FAR folder's sampling settings as a codebook teacher's."""
+    for command in ("sample", "eval"):
+        argv = [command, "--student", "llamagen-digits", "--pairs", str(pair_folder)]
+        capsys.readouterr()
+        assert dd_main(argv) == 1
+        assert "not of the teacher being distilled" in capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"\['cfg_schedule'\] are not those of a continuous"):
+        sampling_from_dict({"cfg_scale": 2.0, "cfg_schedule": "constant"}, continuous=True)
 
 
 def test_checkpoint_round_trips_and_refuses_another_teacher(student, tmp_path):

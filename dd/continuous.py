@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from dd.losses import LossSettings, PerceptualDistance
-from dd.student import DDStudent
+from dd.student import DDStudent, student_backbone
 from dd.trajectory import check_timesteps, data_mask
 from teachers.protocol import (
     ContinuousSamplingConfig,
@@ -93,7 +93,7 @@ class ContinuousDDStudent(nn.Module):
         self.code_dim = teacher.token_dim
         self.teacher = teacher
         self.backbone_options = dict(backbone_options or {})
-        self.backbone = teacher.student_backbone(**self.backbone_options)
+        self.backbone = student_backbone(teacher, self.backbone_options)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything but the frozen teacher."""

@@ -288,6 +288,8 @@ def sample(
             f"steps={steps!r} with interleave: Alg. 4 runs DD step 1, the teacher, then DD "
             "step 2; leave steps unset (or 2)"
         )
+    if isinstance(labels, torch.Tensor) and labels.numel() == 0:  # the models' reshapes fail
+        raise ValueError("labels is empty: give at least one class label to sample")
     if sampling is None:  # the settings of the student's pairs (None: the teacher's default)
         sampling = student.teacher_sampling
     if isinstance(student.teacher, ContinuousTeacher):  # no codebook (#13): dd.continuous_sampling

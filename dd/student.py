@@ -27,6 +27,19 @@ from teachers.protocol import (
 NOISE_LOGIT_SCALE_KEY = "noise_logit_scale"
 
 
+def student_backbone(teacher, options: dict[str, bool]) -> nn.Module:
+    """The family's student backbone built with its own keywords (``student.backbone_options``;
+    LlamaGen: ``teacher_aligned``); keywords the family does not take are refused."""
+    try:
+        return teacher.student_backbone(**options)
+    except TypeError as error:
+        if not options:
+            raise
+        raise ValueError(
+            f"the {teacher.family} student backbone does not take the options {options} ({error})"
+        ) from error
+
+
 class DDStudent(nn.Module):
     """``F(X_k, k)``: from the trajectory input of AR step ``k`` to the whole token sequence.
 
@@ -97,16 +110,7 @@ class DDStudent(nn.Module):
         self.teacher = teacher
         # The family's own keywords (LlamaGen: teacher_aligned), kept for the card.
         self.backbone_options = dict(backbone_options or {})
-        if not self.backbone_options:
-            self.backbone = teacher.student_backbone()
-        else:
-            try:
-                self.backbone = teacher.student_backbone(**self.backbone_options)
-            except TypeError as error:
-                raise ValueError(
-                    f"the {teacher.family} student backbone does not take the options "
-                    f"{self.backbone_options} ({error})"
-                ) from error
+        self.backbone = student_backbone(teacher, self.backbone_options)
         self.noise_logit_scale = (
             None if noise_logit_scale is None else nn.Parameter(torch.tensor(noise_logit_scale))
         )

@@ -350,6 +350,10 @@ def test_bad_inputs_are_refused(teacher, student):
         dd.sample(student, labels + 10, steps=1)
     with pytest.raises(ValueError, match="1 to 2 steps"):
         dd.sample(student, labels, steps=3)
+    with pytest.raises(ValueError, match="labels is empty"):  # a reshape error before
+        dd.sample(student, labels[:0])
+    with pytest.raises(ValueError, match=r"far student backbone does not take the options"):
+        ContinuousDDStudent(teacher, TIMESTEPS, backbone_options={"teacher_aligned": False})
     with pytest.raises(ValueError, match="noise and tokens must both be"):
         trajectory_input(torch.zeros(2, 16, 8), torch.zeros(2, 16), boundary)
     with pytest.raises(ValueError, match="set loss.ce_weight: 0"):

@@ -62,6 +62,18 @@ def run_identity(teacher: Teacher, recipe: GenerateRecipe) -> RunIdentity:
     """The teacher fingerprint and every setting a record depends on."""
     sampling = recipe.sampling.resolve(teacher.default_sampling())
     if is_continuous(teacher):  # no codebook: float tokens [n, C] (docs/far.md)
+        # No AR flow matching either: the noise is the teacher's own head input (FAR's shortcut
+        # head maps it), so flow settings would be recorded and change nothing.
+        changed = [
+            f.name
+            for f in dataclasses.fields(FlowSettings)
+            if getattr(recipe.flow, f.name) != getattr(FlowSettings(), f.name)
+        ]
+        if changed:
+            raise ValueError(
+                f"flow: {changed} do not apply to a continuous-token teacher (its head maps the "
+                "noise itself, no flow matching onto a codebook); drop them"
+            )
         return RunIdentity(
             teacher.fingerprint(),
             teacher.family,

@@ -42,7 +42,8 @@ from teachers.protocol import (
 def trajectory_input(
     noise_BNC: torch.Tensor, tokens_BNC: torch.Tensor, boundary_B: torch.Tensor
 ) -> torch.Tensor:
-    """Eq. 5 for continuous tokens: the tokens before each sample's boundary, its noise after."""
+    """Eq. 5 for continuous tokens: the tokens before each sample's boundary, its noise after,
+    as float32 (float16 noise does not round the given prefix: Eq. 6 returns it exactly)."""
     if noise_BNC.dim() != 3 or tokens_BNC.shape != noise_BNC.shape:
         raise ValueError(
             f"noise and tokens must both be [B, n, C]; got {tuple(noise_BNC.shape)} and "
@@ -51,7 +52,7 @@ def trajectory_input(
     if boundary_B.shape != (noise_BNC.shape[0],):
         raise ValueError(f"boundary must be [B], got {tuple(boundary_B.shape)}")
     is_data_BN1 = data_mask(boundary_B, noise_BNC.shape[1]).unsqueeze(-1)
-    return torch.where(is_data_BN1, tokens_BNC.to(noise_BNC.dtype), noise_BNC)
+    return torch.where(is_data_BN1, tokens_BNC.float(), noise_BNC.float())
 
 
 class ContinuousDDStudent(nn.Module):

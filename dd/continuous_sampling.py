@@ -189,14 +189,21 @@ def independent_token_sampler(
             f"tokens must be [N, n, C] with labels [N]; got {tuple(tokens_NnC.shape)} and "
             f"{tuple(token_labels_N.shape)}"
         )
-    num_tokens = tokens_NnC.shape[1]
-    out = torch.empty(labels_M.shape[0], num_tokens, tokens_NnC.shape[2], dtype=tokens_NnC.dtype)
+    num_tokens, device = tokens_NnC.shape[1], tokens_NnC.device
+    out = torch.empty(
+        labels_M.shape[0], num_tokens, tokens_NnC.shape[2], dtype=tokens_NnC.dtype, device=device
+    )
+    # drawn where the generator is (torch refuses another device), then moved to the tokens
+    draw_device = device if generator is None else generator.device
+    labels_M, token_labels_N = labels_M.to(device), token_labels_N.to(device)
     for label in labels_M.unique().tolist():
         pool = (token_labels_N == label).nonzero().flatten()
         if pool.numel() == 0:
             raise ValueError(f"no tokens of class {label} to draw onestep* samples from")
         rows_M = (labels_M == label).nonzero().flatten()
-        picks_Mn = torch.randint(pool.numel(), (rows_M.numel(), num_tokens), generator=generator)
-        positions_Mn = torch.arange(num_tokens).expand_as(picks_Mn)
+        picks_Mn = torch.randint(
+            pool.numel(), (rows_M.numel(), num_tokens), generator=generator, device=draw_device
+        ).to(device)
+        positions_Mn = torch.arange(num_tokens, device=device).expand_as(picks_Mn)
         out[rows_M] = tokens_NnC[pool[picks_Mn], positions_Mn]
     return out

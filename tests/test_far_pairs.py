@@ -83,3 +83,15 @@ def test_head_steps_do_not_apply_to_a_discrete_teacher():
     assert resolved == ContinuousSamplingConfig(cfg_scale=1.5, head_steps=2)
     with pytest.raises(ValueError, match="top_k"):
         SamplingOverrides(top_k=5).resolve(ContinuousSamplingConfig())
+
+
+def test_flow_settings_are_refused_for_a_continuous_teacher(tmp_path, capsys):
+    """FAR's head maps the noise itself: --flow.* was recorded in the manifest and changed
+    nothing. It is refused in one line before anything is written."""
+    folder = tmp_path / "pairs"
+    argv = ["--recipe", str(RECIPE), "--output.folder", str(folder), "--pairs.num_pairs", "8"]
+    assert generate_main([*argv, "--flow.num_steps", "3", "--run.progress_bar", "false"]) == 1
+    assert "flow: ['num_steps'] do not apply to a continuous-token teacher" in (
+        capsys.readouterr().err
+    )
+    assert not folder.exists()

@@ -112,6 +112,12 @@ def test_eq6_prefix_is_returned_as_given_at_every_ar_step(student):
         out_moved = student(labels, trajectory_input(moved, tokens, boundary), boundary)
     torch.testing.assert_close(out_moved[:, :10], out[:, :10], atol=1e-6, rtol=0)
     assert (out_moved[:10, 10:] - out[:10, 10:]).abs().amax() > 1e-4
+    # float16 noise (pairs.noise_dtype) does not round the prefix: it was cast to float16
+    half = trajectory_input(noise.half(), tokens, boundary)
+    assert half.dtype == torch.float32
+    for b in range(n + 1):
+        assert torch.equal(half[b, :b], tokens[b, :b]), b
+        assert torch.equal(half[b, b:], noise.half()[b, b:].float()), b
 
 
 class LossRecorder(Callback):

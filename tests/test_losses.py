@@ -251,6 +251,9 @@ def test_the_digits_perceptual_term_moves_with_the_module_and_measures_the_same(
     generator = torch.Generator().manual_seed(0)
     images_a, images_b = torch.rand(2, 4, 3, 16, 16, generator=generator)
     assert torch.equal(perceptual(images_a, images_b), feature_distance(images_a, images_b))
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # bf16-mixed: summed in float32, as LPIPS
+        mixed = perceptual(images_a, images_b)
+    assert mixed.dtype == torch.float32
     teacher = load_tiny_teacher("llamagen-digits")
     student = DDStudent(teacher, (0, 20), 64)
     module = DistillModule(student, perceptual, OptimSettings(), LossSettings("digits"), 4)

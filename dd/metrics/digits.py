@@ -273,7 +273,9 @@ class DigitsPerceptual(nn.Module):
         return super().train(False)
 
     def forward(self, images_a: torch.Tensor, images_b: torch.Tensor) -> torch.Tensor:
-        return feature_distance(images_a, images_b, self.classifier)
+        # float32 under bf16 autocast too, as LPIPSDistance: the loss is summed in float32 (in
+        # bf16 the logged term sat on bf16's 1/32 grid near 4)
+        return feature_distance(images_a, images_b, self.classifier).float()
 
 
 def feature_distance(

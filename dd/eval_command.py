@@ -37,6 +37,7 @@ from dd.teacher_spec import TeacherSpec
 DEFAULT_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "skip:1", "onestep*")
 Metric = Literal["auto", "digits", "inception"]
 DIGITS_SPLITS = ("train", "heldout")
+DIGITS_DATA = "digits"  # the tiny.json data name of the digits set (dd train-teacher's default)
 
 
 @dataclass(frozen=True)
@@ -92,7 +93,7 @@ class Setup:
     samplers: object  # dd.evaluate.Samplers
     teacher_name: str  # tiny name or the family
     preset_key: str | None
-    tiny: bool
+    tiny_data: str | None  # the data set a tiny teacher was trained on; None: not a tiny one
 
 
 def method_specs(given: list[str] | None, samplers) -> list[str]:
@@ -130,6 +131,7 @@ def build_setup(
     from dd.evaluate import Samplers
     from dd.teacher_spec import load_teacher
     from teachers.tiny import TINY_SAMPLING
+    from teachers.tiny.registry import tiny_teacher_data
 
     student = None
     if student_path is not None:
@@ -164,7 +166,8 @@ def build_setup(
         teacher, sampling or teacher.default_sampling(), student, token_table, token_pool
     )
     name = teacher_spec.tiny or teacher_spec.family
-    return Setup(samplers, name, preset_key_of(teacher_spec), teacher_spec.tiny is not None)
+    data = None if teacher_spec.tiny is None else tiny_teacher_data(teacher_spec.tiny)
+    return Setup(samplers, name, preset_key_of(teacher_spec), data)
 
 
 def scored_image_size(teacher, image_size: int | None) -> tuple[int, int]:
@@ -202,8 +205,11 @@ def size_json(size: tuple[int, int] | None) -> dict[str, int] | None:
     return None if size is None else {"height": int(size[0]), "width": int(size[1])}
 
 
-def build_space_and_reference(recipe: EvalRecipe, tiny: bool, *, scored_size: tuple[int, int]):
-    """(feature space, reference, description) for a recipe. ``scored_size``
+def build_space_and_reference(
+    recipe: EvalRecipe, tiny_data: str | None, *, scored_size: tuple[int, int]
+):
+    """(feature space, reference, description) for a recipe. ``tiny_data``: the data set of a
+    tiny teacher (``Setup.tiny_data``), which the digits metric must be. ``scored_size``
     (``scored_image_size``): a reference whose images are of another size is refused before
     they are embedded (minutes for an ADM batch on the CPU) and before any sampling; one of
     statistics alone has no size to check."""
@@ -217,7 +223,16 @@ def build_space_and_reference(recipe: EvalRecipe, tiny: bool, *, scored_size: tu
         iter_uint8_images,
     )
 
+    tiny = tiny_data is not None
     metric = recipe.metric if recipe.metric != "auto" else ("digits" if tiny else "inception")
+    if metric == "digits" and tiny and tiny_data != DIGITS_DATA:
+        # its classifier and reference are the digits': a teacher of other images would be
+        # scored against digits, and its labels read as digit classes
+        raise ValueError(
+            f"the teacher was trained on the data set {tiny_data!r}, but the digits metric "
+            f"scores against the {DIGITS_DATA!r} data and its classes: set metric: inception "
+            "with a reference folder of that data"
+        )
     if metric == "digits" and recipe.inception_weights is not None:
         raise ValueError(
             "inception_weights is given but the metric is digits (the tiny teachers' default): "
@@ -289,7 +304,7 @@ def run_eval(recipe: EvalRecipe) -> dict:
     teacher = samplers.teacher
     scored_size = scored_image_size(teacher, recipe.image_size)
     space, reference, reference_name = build_space_and_reference(
-        recipe, setup.tiny, scored_size=scored_size
+        recipe, setup.tiny_data, scored_size=scored_size
     )
     specs = method_specs(recipe.methods, samplers)
     methods = parse_methods(specs, samplers, preset_key=setup.preset_key)

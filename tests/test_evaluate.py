@@ -35,6 +35,7 @@ from dd.eval_command import (
     build_setup,
     build_space_and_reference,
     method_specs,
+    run_eval,
 )
 from dd.evaluate import (
     Method,
@@ -575,12 +576,12 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
         inception_weights=str(path), reference=str(tmp_path / "stats.npy"),
     )  # fmt: skip
     with pytest.raises(ValueError, match="not an .npz"):
-        build_space_and_reference(recipe, tiny=False, scored_size=(16, 16))
+        build_space_and_reference(recipe, tiny_data=None, scored_size=(16, 16))
     # An .npz of a folder's mu and sigma (the ADM format) is the same reference as the folder.
     folder = Reference.from_images(space, torch.rand(8, 3, 16, 16, generator=torch.Generator()))
     np.savez(tmp_path / "ref.npz", mu=folder.stats.mu, sigma=folder.stats.sigma)
     npz_recipe = dataclasses.replace(recipe, reference=str(tmp_path / "ref.npz"))
-    _, from_npz, name = build_space_and_reference(npz_recipe, tiny=False, scored_size=(16, 16))
+    _, from_npz, name = build_space_and_reference(npz_recipe, tiny_data=None, scored_size=(16, 16))
     assert name.endswith("ref.npz") and from_npz.features is None  # no precision/recall
     fid = frechet_distance(FeatureStats.of(features), folder.stats)
     assert frechet_distance(FeatureStats.of(features), from_npz.stats) == pytest.approx(fid)
@@ -600,13 +601,13 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     monkeypatch.setattr("dd.metrics.spaces.EMBED_BATCH", 2)  # several batches of the folder
     whole = space.embed(pixels.permute(0, 3, 1, 2).double() / 255)[0]
     by_folder = build_space_and_reference(
-        dataclasses.replace(recipe, reference=str(images_dir)), tiny=False, scored_size=(16, 16)
+        dataclasses.replace(recipe, reference=str(images_dir)), tiny_data=None, scored_size=(16, 16)
     )[1]
     torch.testing.assert_close(by_folder.features, whole, rtol=1e-5, atol=0)
     np.savez(tmp_path / "adm.npz", arr_0=pixels.numpy(), mu=stats_mu(5), sigma=np.eye(2048))
     adm = build_space_and_reference(
         dataclasses.replace(recipe, reference=str(tmp_path / "adm.npz")),
-        tiny=False,
+        tiny_data=None,
         scored_size=(16, 16),
     )[1]
     torch.testing.assert_close(adm.features, whole, rtol=1e-5, atol=0)
@@ -616,7 +617,9 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     Image.fromarray(pixels[0, :8].numpy()).save(images_dir / "99_small.png")
     with pytest.raises(ValueError, match=r"99_small.png is 16x8 but 00.png is 16x16"):
         build_space_and_reference(
-            dataclasses.replace(recipe, reference=str(images_dir)), tiny=False, scored_size=(16, 16)
+            dataclasses.replace(recipe, reference=str(images_dir)),
+            tiny_data=None,
+            scored_size=(16, 16),
         )
 
 
@@ -915,3 +918,29 @@ def test_alternated_seconds_time_every_call_in_turn():
     seconds = alternated_seconds({"a": lambda: None, "b": lambda: time.sleep(0.002)}, repeats=5)
     assert [len(v) for v in seconds.values()] == [5, 5]  # one time per round, warm-up dropped
     assert min(seconds["b"]) >= 0.002
+
+
+def test_a_tiny_teacher_of_other_data_is_not_scored_as_digits(tmp_path, monkeypatch):
+    """``dd train-teacher --data-dir <folder>`` registers a teacher of that folder's images:
+    the digits metric (the digits classifier and reference, the default for tiny teachers)
+    would score them against digits and read their labels as digit classes. Refused before
+    any sampling, naming the data set."""
+    import shutil
+
+    import teachers.shipped
+    import teachers.tiny.registry
+
+    weights = tmp_path / "weights"
+    shutil.copytree(teachers.shipped.WEIGHTS_DIR, weights)
+    metadata = json.loads((weights / "tiny.json").read_text())
+    metadata["llamagen-animals"] = {**metadata["llamagen-digits"], "data": "animals"}
+    (weights / "tiny.json").write_text(json.dumps(metadata))
+    monkeypatch.setattr(teachers.shipped, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(teachers.tiny.registry, "WEIGHTS_DIR", weights)
+    for metric in ("auto", "digits"):
+        recipe = EvalRecipe(
+            teacher=TeacherSpec(tiny="llamagen-animals"), methods=["teacher"], metric=metric,
+            num_per_class=1, progress_bar=False,
+        )  # fmt: skip
+        with pytest.raises(ValueError, match="trained on the data set 'animals'"):
+            run_eval(recipe)

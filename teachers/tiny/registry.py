@@ -94,3 +94,12 @@ def load_tiny_teacher(
         vae_config=VQVAEConfig(**configs["vae"]),
         device=device,
     )
+
+
+def tiny_teacher_data(name: str, *, weights_dir: str | Path | None = None) -> str:
+    """The data set a tiny teacher was trained on (its ``tiny.json`` entry's ``data``: the
+    digits for the shipped ones, a ``--data-dir`` folder's name for ``dd train-teacher``'s)."""
+    metadata = read_metadata(weights_dir)
+    if name not in _teacher_names(metadata):
+        raise ValueError(f"unknown tiny teacher {name!r}; known: {_teacher_names(metadata)}")
+    return metadata[name]["data"]

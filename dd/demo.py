@@ -207,13 +207,14 @@ class DemoRecipe:
     progress_bar: bool = True
     """Show progress bars."""
     num_pairs: int | None = None
-    """Pairs per teacher, overriding the preset's for every teacher (null: the preset's)."""
+    """Pairs per teacher, overriding the preset's for every teacher (null: the preset's
+    DemoSettings value)."""
     train_steps: int | None = None
     """Training steps per student, overriding the preset's for every teacher (null: the
-    preset's)."""
+    preset's DemoSettings value)."""
     eval_per_class: int | None = None
     """Evaluation samples per class, overriding the preset's for every teacher (null: the
-    preset's)."""
+    preset's DemoSettings value)."""
 
     def settings(self) -> dict[str, DemoSettings]:
         """The preset's settings of the chosen teachers, with this recipe's overrides."""

@@ -28,13 +28,21 @@ class SamplingOverrides:
     """``teachers.protocol.SamplingConfig`` fields; ``null`` keeps the teacher's default."""
 
     cfg_scale: float | None = None
+    """Classifier-free guidance scale (1 with the constant schedule: no guidance)."""
     cfg_schedule: CfgSchedule | None = None
+    """How the guidance scale applies: constant (LlamaGen) or linear in the AR step (VAR)."""
     cfg_interval: float | None = None
+    """LlamaGen's cfg_interval, a step index, not a fraction: token 0 is always guided, token
+    t >= 1 only while t - 1 <= cfg_interval; -1: all guided."""
     temperature: float | None = None
+    """Softmax temperature, > 0."""
     top_k: int | None = None
+    """Keep the k most likely codes, >= 0 (0: off)."""
     top_p: float | None = None
-    # Continuous-token teachers only (teachers.protocol.ContinuousSamplingConfig): head steps.
+    """Nucleus sampling mass, in (0, 1] (1: off)."""
     head_steps: int | None = None
+    """Continuous-token teachers only (``teachers.protocol.ContinuousSamplingConfig``): Euler
+    steps of the per-token head, >= 1."""
 
     def resolve(self, default: SamplingConfig) -> SamplingConfig:
         """``default`` with the fields set here replaced; a field the teacher's sampling does not
@@ -63,12 +71,20 @@ class FlowSettings:
     """
 
     num_steps: int = flow_defaults.DEFAULT_NUM_STEPS
+    """Solver steps from t_start to t_end (NFE), >= 1."""
     order: int = flow_defaults.DEFAULT_ORDER
+    """Order of the multistep DPM-Solver++ (``dd.solver``): 1, 2 or 3."""
     spacing: Literal["logsnr", "time"] = flow_defaults.DEFAULT_SPACING
+    """The steps' times: uniform in logSNR (lambda) or in t."""
     token_rule: Literal["argmax", "nearest"] = flow_defaults.DEFAULT_TOKEN_RULE
+    """The token of the end state: the posterior argmax at t_end, or the nearest code of
+    nonzero probability."""
     t_start: float = flow_defaults.DEFAULT_T_START
+    """First time of the solve, 0 < t_start < t_end (reached from t = 0 by one Euler step)."""
     t_end: float = flow_defaults.DEFAULT_T_END
+    """Last time of the solve, t_start < t_end < 1; the token rule decides the rest."""
     compute_dtype: ComputeDtype = str(flow_defaults.DEFAULT_COMPUTE_DTYPE).removeprefix("torch.")
+    """Arithmetic of the map (float64 for t_end much closer to 1: ``dd.flow``)."""
 
     def __post_init__(self) -> None:
         if self.num_steps < 1:
@@ -102,11 +118,16 @@ class PairSettings:
     """What the data set is: sample ``i`` depends only on (teacher, settings, seed, i)."""
 
     num_pairs: int = 1000
+    """Pairs (noise, tokens, label) in the data set, >= 1."""
     labels: LabelDistribution = "uniform"
+    """Class labels: uniform (drawn per sample) or balanced (``index % classes``: every class
+    equally often, to within one, over any prefix)."""
     seed: int = 0
-    # The noise is drawn in float32 and cast to this dtype before the map: the stored noise is
-    # exactly what the map consumed. float16 halves the shards (VAR-d16: 87 -> 44 kB a pair).
+    """Global seed, in [0, 2**64); with the index it seeds each sample's label and noise."""
     noise_dtype: NoiseDtype = "float32"
+    """The noise is drawn in float32 and cast to this dtype before the map: the stored noise
+    is exactly what the map consumed. float16 halves the shards (VAR-d16: 87 -> 44 kB a
+    pair)."""
 
     def __post_init__(self) -> None:
         if self.num_pairs < 1:
@@ -117,9 +138,13 @@ class PairSettings:
 
 @dataclass(frozen=True)
 class OutputSettings:
+    """Where the pairs are written, and how they are split into shards."""
+
     folder: str = "pairs"
-    # Shard k holds global indices [k * shard_size, (k + 1) * shard_size).
+    """The pair folder (shards and manifest.json); rerunning the same recipe resumes it."""
     shard_size: int = 1000
+    """Pairs per shard, >= 1: shard k holds global indices [k * shard_size, (k + 1) *
+    shard_size)."""
 
     def __post_init__(self) -> None:
         if self.shard_size < 1:
@@ -130,15 +155,22 @@ class OutputSettings:
 class RunSettings:
     """Lightning Trainer settings; they change speed, never a record."""
 
-    batch_size: int = 16  # per device
+    batch_size: int = 16
+    """Samples per batch per device, >= 1."""
     accelerator: str = "auto"
+    """Lightning's accelerator (cpu, gpu, auto, ...)."""
     devices: int | str = 1
+    """Lightning's devices per node (a count, -1, or a Lightning string such as "auto")."""
     num_nodes: int = 1
-    strategy: str = "auto"  # "ddp" for several devices, "ddp_spawn" from notebooks
+    """Lightning's number of nodes (machines)."""
+    strategy: str = "auto"
+    """Lightning's strategy: "ddp" for several devices, "ddp_spawn" from notebooks."""
     progress_bar: bool = True
-    # Intra-op CPU threads per process (null: torch's default). 1 is fastest on a shared or
-    # oversubscribed CPU; Lightning's CPU DDP already divides the cores between ranks.
+    """Show progress bars."""
     num_threads: int | None = None
+    """Intra-op CPU threads per process (null: torch's default), >= 1. 1 is fastest on a
+    shared or oversubscribed CPU; Lightning's CPU DDP already divides the cores between
+    ranks."""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -149,6 +181,8 @@ class RunSettings:
 
 @dataclass(frozen=True)
 class GenerateRecipe:
+    """A pair-generation run (stage 1; DD Sec. 3.2): noise mapped to the teacher's tokens."""
+
     teacher: TeacherSpec
     sampling: SamplingOverrides = field(default_factory=SamplingOverrides)
     flow: FlowSettings = field(default_factory=FlowSettings)

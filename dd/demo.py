@@ -188,20 +188,33 @@ class DemoRecipe:
     """``dd demo``'s command line (``--quick`` = ``--preset quick``)."""
 
     output: str = "demo"
+    """Folder of the pairs, students, grids and reports; rerunning reuses what is finished."""
     preset: Literal["default", "quick"] = "default"
+    """The sizes (``DEMO_PRESETS``): default, or quick (a short run that shows the pipeline,
+    its students far from their teachers)."""
     teachers: list[str] = field(default_factory=lambda: list(DEMO_TEACHERS))
-    # Intra-op threads per process. 1 by default: on a shared or busy 2-core CPU, 2 threads per
-    # process were measured 7-10x slower for pair generation (threads wait for a busy core).
+    """The tiny teachers to run, distinct, among llamagen-digits, var-digits and far-digits."""
     num_threads: int | None = 1
-    # Processes running stages side by side (run_stages); 1: one after another in this
-    # process. 2 fills a 2-core laptop with one thread each.
+    """Intra-op threads per process (null: torch's default). 1 by default: on a shared or busy
+    2-core CPU, 2 threads per process were measured 7-10x slower for pair generation (threads
+    wait for a busy core)."""
     workers: int = 2
+    """Processes running stages side by side (``run_stages``), >= 1; 1: one after another in
+    this process. 2 fills a 2-core laptop with one thread each."""
     seed: int = 0
+    """Seed of the grids' and the evaluation's per-sample randomness (the pairs and the
+    students follow their recipes)."""
     progress_bar: bool = True
-    # Overrides of the preset for every teacher (null: the preset's DemoSettings value).
+    """Show progress bars."""
     num_pairs: int | None = None
+    """Pairs per teacher, overriding the preset's for every teacher (null: the preset's
+    DemoSettings value)."""
     train_steps: int | None = None
+    """Training steps per student, overriding the preset's for every teacher (null: the
+    preset's DemoSettings value)."""
     eval_per_class: int | None = None
+    """Evaluation samples per class, overriding the preset's for every teacher (null: the
+    preset's DemoSettings value)."""
 
     def settings(self) -> dict[str, DemoSettings]:
         """The preset's settings of the chosen teachers, with this recipe's overrides."""

@@ -32,17 +32,23 @@ PAPER_BETAS = (0.9, 0.95)  # DD App. C
 
 @dataclass(frozen=True)
 class OptimSettings:
-    """``lr`` is per ``lr_reference_batch`` samples; the used rate scales linearly with the
-    global batch (VAR in the paper: 1e-4 per 256); ``lr_reference_batch=0`` keeps it fixed
-    (LlamaGen in the paper). ``schedule``: ``constant`` (the paper) or ``cosine`` (from the
-    rate down to 0 at the run's last step, after ``warmup_steps`` of linear warm-up): short runs
-    such as the demo's end annealed rather than mid-noise (docs/distillation.md, "LR schedule")."""
+    """A recipe's ``optim`` section: AdamW (betas 0.9, 0.95; DD App. C) and its rate schedule."""
 
     lr: float = 1e-4
+    """Learning rate per lr_reference_batch samples; the used rate scales linearly with the
+    global batch (VAR in the paper: 1e-4 per 256)."""
     lr_reference_batch: int = 256
+    """The batch size lr is given for; 0 keeps lr fixed whatever the batch (LlamaGen in the
+    paper)."""
     weight_decay: float = 0.0
+    """AdamW's weight decay."""
     schedule: Literal["constant", "cosine"] = "constant"
+    """constant (the paper) or cosine (from the rate down to 0 at the run's last step, after
+    warmup_steps of linear warm-up): short runs such as the demo's end annealed rather than
+    mid-noise (docs/distillation.md, "LR schedule")."""
     warmup_steps: int = 0
+    """Optimiser steps of linear warm-up from lr / warmup_steps to lr, >= 0 (either schedule;
+    cosine needs run.max_steps above it)."""
 
     def __post_init__(self) -> None:
         if self.warmup_steps < 0:

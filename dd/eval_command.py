@@ -44,26 +44,51 @@ DIGITS_DATA = "digits"  # the tiny.json data name of the digits set (dd train-te
 class EvalRecipe:
     """What to evaluate, against what, and where to write the JSON."""
 
-    student: str | None = None  # a student checkpoint folder or a shipped student's name
-    # without a student: the teacher and baselines only; with one: its teacher's files moved
+    student: str | None = None
+    """A student checkpoint folder or a shipped student's name; null: give a teacher."""
     teacher: TeacherSpec | None = None
-    pairs: str | None = None  # the pair folder (onestep* frequencies, teacher sampling)
-    methods: list[str] | None = None  # None: DEFAULT_METHODS that the inputs allow
-    num_per_class: int = 100  # samples per class (balanced labels)
-    fid_per_class: int | None = None  # FID and precision/recall on the first k per class
+    """The teacher (``--teacher.help``). Without a student: the teacher and the baselines only;
+    with one: where its teacher's files are now (replaces its card's spec; the fingerprint must
+    match)."""
+    pairs: str | None = None
+    """A pair folder of the teacher: onestep*'s token frequencies and the teacher's sampling
+    settings; null: no onestep*, and the student's recorded (or the tiny teacher's) sampling."""
+    methods: list[str] | None = None
+    """Method specs (``dd.evaluate``): teacher, dd:K, dd+teacher (the presets; or
+    dd+teacher:pre-trained-n-m, dd+teacher:first-second), skip:N, onestep*; null: the defaults
+    (teacher, dd:1, dd:2, dd+teacher, skip:1, onestep*) that the inputs allow."""
+    num_per_class: int = 100
+    """Samples per class (balanced labels, every class of the teacher), >= 1."""
+    fid_per_class: int | None = None
+    """FID and precision/recall on the first k samples of each class, 1 <= k <=
+    num_per_class; null: on all of them."""
     seed: int = 0
+    """Seed of the per-sample randomness: sample i draws the same noise in every method."""
     batch_size: int = 250
+    """Images per batch when sampling and timing, >= 1 (the images do not depend on it)."""
     metric: Metric = "auto"
-    reference: str | None = None  # digits: train | heldout; inception: image folder or .npz
-    inception_weights: str | None = None  # the local InceptionV3 file (see dd.metrics.spaces)
-    # Pixels (square) every generated image is resized to before it is scored, as LlamaGen's
-    # official protocol scores its 384 px models at 256 (dd.metrics.spaces.resize_for_scoring);
-    # null: scored as generated. Never applied to the reference.
+    """Feature space of the scores: digits (the shipped digits classifier; class accuracy
+    too), inception (torch-fidelity's InceptionV3); auto: digits for the tiny teachers,
+    inception for real ones."""
+    reference: str | None = None
+    """What the samples are scored against. digits: a split, train (null) or heldout;
+    inception (required): an image folder, or an .npz with mu and sigma (ADM format; its arr_0
+    images, when present, give precision/recall)."""
+    inception_weights: str | None = None
+    """The local InceptionV3 weights file (metric inception; null: the default place,
+    ``dd.metrics.spaces``)."""
     image_size: int | None = None
+    """Pixels (square) every generated image is resized to before it is scored, as LlamaGen's
+    official protocol scores its 384 px models at 256 (``dd.metrics.spaces.resize_for_scoring``);
+    null: scored as generated. Never applied to the reference (metric inception only)."""
     is_splits: int = 10
-    output: str | None = None  # JSON file; stdout only when null
+    """Inception Score: the mean over this many splits of the samples, >= 1."""
+    output: str | None = None
+    """The JSON report's file; null: only the table on stdout."""
     num_threads: int | None = None
+    """Intra-op CPU threads (``torch.set_num_threads``); null: torch's default."""
     progress_bar: bool = True
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         if self.student is None and self.teacher is None:

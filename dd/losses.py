@@ -88,25 +88,35 @@ PerceptualKind = Literal["lpips_vgg", "digits"]
 
 @dataclass(frozen=True)
 class LossSettings:
-    """A recipe's ``loss`` section. ``perceptual``: ``lpips_vgg`` (real teachers; VGG16 file at
-    ``vgg16_path``, default torchvision's cache) or ``digits`` (tiny teachers)."""
+    """A recipe's ``loss`` section: the weights of DD's loss terms (Eq. 7) and of ours."""
 
     perceptual: PerceptualKind = "lpips_vgg"
+    """The perceptual distance: lpips_vgg (real teachers; the paper's LPIPS-VGG) or digits
+    (tiny teachers; the digits classifier's features)."""
     vgg16_path: str | None = None
+    """LPIPS-VGG's VGG16 trunk: torchvision's ImageNet weights file; null: torchvision's cache,
+    ``$TORCH_HOME/hub/checkpoints/vgg16-397923af.pth``."""
     ce_weight: float = PAPER_CE_WEIGHT
+    """Weight of the cross-entropy of the logits on the target tokens (Eq. 7; the paper's 0.1,
+    App. C), >= 0."""
     perceptual_weight: float = PAPER_PERCEPTUAL_WEIGHT
-    # Continuous-token teachers only (dd.continuous, #13): weight of the MSE on the tokens.
+    """Weight of the perceptual distance between the decoded predicted embeddings and the
+    target tokens' image (Eq. 7; the paper's 1.0), >= 0. 0: not computed, its network not
+    loaded (codebook teachers; continuous-token ones compute it whatever its weight)."""
     token_mse_weight: float = 0.0
-    # Our deviation, 0 in the paper: KL from the teacher's distribution of every predicted token
-    # (given the pair's earlier tokens) to the student's logits without the noise-logit prior
-    # (``teacher_kl``); needs student.noise_logit_scale.
+    """Continuous-token teachers only (``dd.continuous``, #13): weight of the MSE on the
+    tokens, >= 0."""
     teacher_kl_weight: float = 0.0
-    # Compute that term's targets for every training pair once, before the first step, and
-    # serve them with the batches (``cached_teacher_log_probs``): they depend on the pair alone,
-    # and on llamagen-digits they are 0.3 of a step. Memory ``N x n x V`` float32 (4,000 pairs
-    # of llamagen-digits: 62 MB), refused over ``MAX_CACHED_TARGET_BYTES``. Off: one
-    # teacher-forcing forward per step (real teachers: V = 4,096 to 16,384 is far too big).
+    """Our deviation, 0 in the paper: weight of the KL from the teacher's distribution of every
+    predicted token (given the pair's earlier tokens) to the student's logits without the
+    noise-logit prior (``teacher_kl``), >= 0; needs student.noise_logit_scale."""
     cache_teacher_kl_targets: bool = False
+    """Compute the teacher-KL term's targets for every training pair once, before the first
+    step, and serve them with the batches (``cached_teacher_log_probs``): they depend on the
+    pair alone, and on llamagen-digits they are 0.3 of a step. Memory ``N x n x V`` float32
+    (pairs x tokens x codebook; 4,000 pairs of llamagen-digits: 62 MB), refused over
+    ``MAX_CACHED_TARGET_BYTES``. Off: one teacher-forcing forward per step (real teachers:
+    V = 4,096 to 16,384 is far too big)."""
 
     def __post_init__(self) -> None:
         weights = {

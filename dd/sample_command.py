@@ -24,17 +24,29 @@ from dd.teacher_spec import TeacherSpec
 class SampleRecipe:
     """What to sample and where to write it."""
 
-    student: str | None = None  # a student checkpoint folder or a shipped student's name
-    # without a student: the teacher and baselines only; with one: its teacher's files moved
+    student: str | None = None
+    """A student checkpoint folder or a shipped student's name; null: give a teacher."""
     teacher: TeacherSpec | None = None
-    pairs: str | None = None  # the pair folder (onestep* frequencies, teacher sampling)
-    methods: list[str] | None = None  # None: dd eval's defaults the inputs allow
+    """The teacher (``--teacher.help``). Without a student: the teacher and the baselines only;
+    with one: where its teacher's files are now (replaces its card's spec)."""
+    pairs: str | None = None
+    """A pair folder of the teacher: onestep*'s token frequencies and the teacher's sampling
+    settings; null: no onestep*."""
+    methods: list[str] | None = None
+    """Method specs as in ``dd eval`` (teacher, dd:K, dd+teacher, skip:N, onestep*); null:
+    dd eval's defaults that the inputs allow."""
     labels: list[int] = field(default_factory=lambda: list(range(10)))
+    """Class label of each sample, in order (a column of the grid each); at least one."""
     seed: int = 0
+    """Seed of the per-sample randomness: sample i draws the same noise in every method."""
     output: str = "samples"
-    batch_size: int = 100  # the images are the same whatever it is (per-sample streams)
+    """Folder of the PNGs (one folder per method) and of grid.png."""
+    batch_size: int = 100
+    """Images per batch, >= 1; the images are the same whatever it is (per-sample streams)."""
     num_threads: int | None = None
+    """Intra-op CPU threads (``torch.set_num_threads``); null: torch's default."""
     progress_bar: bool = True
+    """Show progress bars."""
 
     def __post_init__(self) -> None:
         if self.student is None and self.teacher is None:

@@ -33,12 +33,24 @@ class TeacherSpec:
     """A recipe's ``teacher`` section (see the module docstring for the three forms)."""
 
     tiny: str | None = None
+    """A shipped tiny teacher by name (an entry of tiny.json, e.g. llamagen-digits); alone, or
+    give family instead."""
     family: str | None = None
+    """A family of official checkpoints: llamagen or var (``teachers.registry``)."""
     preset: str | None = None
+    """The family's size preset: LlamaGen's GPT size (B, L-384, ...; null: read from an
+    official file name), VAR's depth (d16 .. d30, or debug; required). Not with official_args."""
     tokenizer_preset: str | None = None
+    """The tokenizer's preset: LlamaGen VQ-16 (null) or VQ-8; VAR vae_ch160v4096z32 (null).
+    Not with official_args."""
     checkpoint: str | None = None
+    """The AR model's official checkpoint file (family teachers; relative to the working
+    directory)."""
     tokenizer_checkpoint: str | None = None
+    """The tokenizer's (VQ) official checkpoint file (family teachers)."""
     official_args: dict[str, dict[str, Any]] | None = None
+    """The official constructor arguments instead of presets, ``{model: {...}, tokenizer:
+    {...}}`` (the parity fixtures' ``README_<tag>.json``)."""
 
     def __post_init__(self) -> None:
         if (self.tiny is None) == (self.family is None):

@@ -161,6 +161,15 @@ def test_cli_refuses_counts_that_train_nothing_and_a_folder_named_digits(tmp_pat
     assert not (tmp_path / "w" / "tiny.json").exists()
 
 
+def test_cli_refuses_a_thread_count_below_one(tmp_path, capsys):
+    """``--threads 0`` (or less) reached ``torch.set_num_threads`` and ended in a traceback."""
+    base = ["train-teacher", "--family", "classifier", "--out", str(tmp_path / "w"), "--dry-run"]
+    for value in ("0", "-2"):
+        with pytest.raises(SystemExit):
+            dd_main([*base, "--threads", value])
+        assert f"--threads: must be an integer >= 1, got {value}" in capsys.readouterr().err
+
+
 def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, capsys):
     """``--dry-run`` passed a missing --data-dir and printed the digits' 10 classes, and for
     the classifier the AR settings it ignores."""

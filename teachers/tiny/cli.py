@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="far only: the shortcut head, or the flow-matching head (saved as far-<data>-flow)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+        "--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)"
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="class-folder data set")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")

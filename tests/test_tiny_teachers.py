@@ -155,9 +155,9 @@ def test_cli_refuses_counts_that_train_nothing_and_a_folder_named_digits(tmp_pat
             assert f"{flag}: must be an integer >= 1, got {value}" in capsys.readouterr().err
     digits = tmp_path / "digits"
     (digits / "a").mkdir(parents=True)
-    with pytest.raises(ValueError, match="a folder named 'digits'"):
-        dd_main(["train-teacher", "--family", "classifier", "--out", str(tmp_path / "w")]
-                + ["--data-dir", str(digits), "--no-progress"])  # fmt: skip
+    argv = ["train-teacher", "--family", "classifier", "--out", str(tmp_path / "w")]
+    assert dd_main([*argv, "--data-dir", str(digits), "--no-progress"]) == 1
+    assert "a folder named 'digits'" in capsys.readouterr().err
     assert not (tmp_path / "w" / "tiny.json").exists()
 
 
@@ -170,14 +170,25 @@ def test_cli_refuses_a_thread_count_below_one(tmp_path, capsys):
         assert f"--threads: must be an integer >= 1, got {value}" in capsys.readouterr().err
 
 
+def test_cli_reports_a_missing_data_folder_in_one_line(tmp_path, capsys):
+    """``--data-dir /nonexistent`` ended in a Python traceback; the other dd commands print one
+    line and exit non-zero."""
+    missing = tmp_path / "nonexistent"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(tmp_path / "w")]
+    assert dd_main([*argv, "--data-dir", str(missing), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"dd train-teacher: image folder not found: {missing}\n"
+    assert not (tmp_path / "w").exists()
+
+
 def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, capsys):
     """``--dry-run`` passed a missing --data-dir and printed the digits' 10 classes, and for
     the classifier the AR settings it ignores."""
     from PIL import Image
 
     base = ["train-teacher", "--out", str(tmp_path / "weights"), "--dry-run"]
-    with pytest.raises(FileNotFoundError):
-        dd_main([*base, "--family", "var", "--data-dir", str(tmp_path / "missing")])
+    assert dd_main([*base, "--family", "var", "--data-dir", str(tmp_path / "missing")]) == 1
+    assert "image folder not found" in capsys.readouterr().err
     data = tmp_path / "shapes"
     for name in ("a", "b", "c"):
         (data / name).mkdir(parents=True)

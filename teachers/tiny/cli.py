@@ -18,6 +18,7 @@ import dataclasses
 import json
 import logging
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -196,13 +197,24 @@ def _dry_run(
     return 0
 
 
+def _refuse(error: Exception) -> int:
+    """An input refused before any training (one the user can fix, e.g. a missing or unreadable
+    data folder) as one line on stderr and exit code 1, as ``dd generate`` / ``dd train``
+    report theirs."""
+    print(f"dd train-teacher: {error}", file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = _settings(args)
     progress = not args.no_progress
-    train, heldout, data_name = _load_data(args)  # the dry run checks the data too
+    try:
+        train, heldout, data_name = _load_data(args)  # the dry run checks the data too
+    except (FileNotFoundError, ValueError) as error:  # one line, exit code 1: as dd generate
+        return _refuse(error)
     if args.dry_run:
         return _dry_run(args, settings, train, data_name)
     out: Path = args.out

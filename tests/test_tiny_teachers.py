@@ -181,6 +181,30 @@ def test_cli_reports_a_missing_data_folder_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "w").exists()
 
 
+def test_cli_refuses_a_flag_the_family_does_not_use(tmp_path, capsys):
+    """A flag of another family (``--head`` with llamagen, ``--decoder-steps`` with var or far,
+    ``--classifier-steps`` with a teacher, a teacher's steps with the classifier) was silently
+    ignored, yet recorded in the entry's command as if it had been used."""
+    base = ["train-teacher", "--out", str(tmp_path / "w"), "--dry-run"]
+    for family, flag, value in (
+        ("llamagen", "--head", "flow"),
+        ("llamagen", "--head", "shortcut"),  # given at its default: still not llamagen's
+        ("llamagen", "--classifier-steps", "7"),
+        ("var", "--decoder-steps", "9"),
+        ("far", "--decoder-steps", "9"),
+        ("classifier", "--ar-steps", "5"),
+        ("classifier", "--tokenizer-steps", "600"),
+        ("classifier", "--ar-batch-size", "8"),
+    ):
+        assert dd_main([*base, "--family", family, flag, value]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd train-teacher: {flag} does not apply to --family {family}")
+        assert err.count("\n") == 1
+    # The flags a family uses are accepted and recorded.
+    assert dd_main([*base, "--family", "far", "--head", "flow", "--ar-steps", "3"]) == 0
+    assert "--ar-steps 3 --head flow" in capsys.readouterr().out
+
+
 def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, capsys):
     """``--dry-run`` passed a missing --data-dir and printed the digits' 10 classes, and for
     the classifier the AR settings it ignores."""

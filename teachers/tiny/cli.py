@@ -57,26 +57,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--out", required=True, type=Path, help="folder for weights + tiny.json")
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    parser.add_argument("--tokenizer-steps", type=positive_int, default=_DEFAULTS.tokenizer_steps)
-    parser.add_argument("--ar-steps", type=positive_int, default=_DEFAULTS.ar_steps)
+    parser.add_argument(
+        "--tokenizer-steps",
+        type=positive_int,
+        default=None,
+        help=f"not classifier (default {_DEFAULTS.tokenizer_steps})",
+    )
+    parser.add_argument(
+        "--ar-steps",
+        type=positive_int,
+        default=None,
+        help=f"not classifier (default {_DEFAULTS.ar_steps})",
+    )
     parser.add_argument(
         "--decoder-steps",
         type=positive_int,
-        default=_DEFAULTS.decoder_steps,
-        help="llamagen only: steps of the lighter decoder's refit on the frozen codebook",
+        default=None,
+        help="llamagen only: steps of the lighter decoder's refit on the frozen codebook "
+        f"(default {_DEFAULTS.decoder_steps})",
     )
     parser.add_argument(
         "--ar-batch-size",
         type=positive_int,
         default=None,
-        help="default: per family (see presets.py)",
+        help="not classifier (default: per family, see presets.py)",
     )
-    parser.add_argument("--classifier-steps", type=positive_int, default=None)
+    parser.add_argument(
+        "--classifier-steps", type=positive_int, default=None, help="classifier only"
+    )
     parser.add_argument(
         "--head",
         choices=HEAD_KINDS,
-        default=HEAD_KINDS[0],
-        help="far only: the shortcut head, or the flow-matching head (saved as far-<data>-flow)",
+        default=None,
+        help=f"far only: the {HEAD_KINDS[0]} head (default), or the flow-matching head "
+        "(saved as far-<data>-flow)",
     )
     parser.add_argument(
         "--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)"
@@ -86,6 +100,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved configs and settings, exit"
     )
+
+
+# The family-specific flags (argparse dest -> the families that use it) and the value a flag
+# left out stands for. --seed, --threads and --data-dir apply to every family.
+FAMILY_FLAGS: dict[str, tuple[str, ...]] = {
+    "tokenizer_steps": ("llamagen", "var", "far"),
+    "ar_steps": ("llamagen", "var", "far"),
+    "decoder_steps": ("llamagen",),
+    "ar_batch_size": ("llamagen", "var", "far"),
+    "classifier_steps": ("classifier",),
+    "head": ("far",),
+}
+FLAG_DEFAULTS = {
+    "tokenizer_steps": _DEFAULTS.tokenizer_steps,
+    "ar_steps": _DEFAULTS.ar_steps,
+    "decoder_steps": _DEFAULTS.decoder_steps,
+    "head": HEAD_KINDS[0],
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_family_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag the family does not use (it was ignored, yet recorded in the entry's
+    command), then fill in the defaults of the flags left out."""
+    for dest, families in FAMILY_FLAGS.items():
+        if getattr(args, dest) is not None and args.family not in families:
+            used = [_flag(d) for d, f in FAMILY_FLAGS.items() if args.family in f]
+            raise ValueError(
+                f"{_flag(dest)} does not apply to --family {args.family} (its flags: "
+                f"{', '.join(used)}); leave it out"
+            )
+    for dest, default in FLAG_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
 
 
 def _settings(args: argparse.Namespace) -> TrainSettings:
@@ -207,14 +258,15 @@ def _refuse(error: Exception) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        check_family_flags(args)
+        train, heldout, data_name = _load_data(args)  # the dry run checks the data too
+    except (FileNotFoundError, ValueError) as error:  # one line, exit code 1: as dd generate
+        return _refuse(error)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = _settings(args)
     progress = not args.no_progress
-    try:
-        train, heldout, data_name = _load_data(args)  # the dry run checks the data too
-    except (FileNotFoundError, ValueError) as error:  # one line, exit code 1: as dd generate
-        return _refuse(error)
     if args.dry_run:
         return _dry_run(args, settings, train, data_name)
     out: Path = args.out

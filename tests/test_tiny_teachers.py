@@ -205,6 +205,25 @@ def test_cli_refuses_a_flag_the_family_does_not_use(tmp_path, capsys):
     assert "--ar-steps 3 --head flow" in capsys.readouterr().out
 
 
+def test_cli_checks_out_before_training(tmp_path, capsys, monkeypatch):
+    """``--out`` naming a file trained the whole run, then failed in ``FileExistsError`` at the
+    first save: the run was lost."""
+    import teachers.tiny.train_classifier as train_classifier
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before --out was checked")
+
+    monkeypatch.setattr(train_classifier, "train_classifier", trained)
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    argv = ["train-teacher", "--family", "classifier", "--classifier-steps", "2", "--no-progress"]
+    for out in (a_file, a_file / "weights"):
+        assert dd_main([*argv, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd train-teacher: --out {out}") and err.count("\n") == 1
+    assert a_file.read_text() == ""
+
+
 def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, capsys):
     """``--dry-run`` passed a missing --data-dir and printed the digits' 10 classes, and for
     the classifier the AR settings it ignores."""

@@ -17,6 +17,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import platform
 import sys
 import time
@@ -172,6 +173,21 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
+def prepare_out(out: Path, *, create: bool) -> None:
+    """Check that ``--out`` is (or can be made) a writable folder, and make it unless a dry run:
+    before any training, as a file there ended the whole run in ``FileExistsError`` at the
+    first save."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: give a folder for the weights")
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--out {out}: cannot make the folder ({error})") from error
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: the folder is not writable")
+
+
 def _load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]:
     if args.data_dir is None:
         return load_digits_split("train"), load_digits_split("heldout"), "digits"
@@ -260,6 +276,7 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_family_flags(args)
+        prepare_out(args.out, create=not args.dry_run)
         train, heldout, data_name = _load_data(args)  # the dry run checks the data too
     except (FileNotFoundError, ValueError) as error:  # one line, exit code 1: as dd generate
         return _refuse(error)

@@ -276,8 +276,8 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         check_family_flags(args)
-        prepare_out(args.out, create=not args.dry_run)
         train, heldout, data_name = _load_data(args)  # the dry run checks the data too
+        prepare_out(args.out, create=not args.dry_run)  # after the data: none made for bad data
     except (FileNotFoundError, ValueError) as error:  # one line, exit code 1: as dd generate
         return _refuse(error)
     if args.threads is not None:

@@ -224,6 +224,101 @@ def test_cli_checks_out_before_training(tmp_path, capsys, monkeypatch):
     assert a_file.read_text() == ""
 
 
+def _class_folders(root, classes=("a", "b")):
+    """A tiny class-folder data set: one 16x16 PNG per class."""
+    from PIL import Image
+
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (90 * index, 40, 0)).save(root / name / "0.png")
+    return root
+
+
+def _untrained_llamagen(train, gpt_config, vq_config, settings, **kwargs):
+    """Stands in for ``train_llamagen``: these tests are about names and files, not training."""
+    from teachers.llamagen import GPT, VQModel
+
+    return GPT(gpt_config), VQModel(vq_config), {}
+
+
+def test_cli_names_map_to_their_own_files(tmp_path, capsys, monkeypatch):
+    """Folders ``my-set`` and ``my_set`` gave two entries sharing (overwriting) the files
+    ``llamagen_my_set_*``. Re-training an entry from the same data still replaces it."""
+    import teachers.tiny.train_llamagen as train_llamagen
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--no-progress"]
+    _class_folders(tmp_path / "my-set")
+    _class_folders(tmp_path / "my_set", classes=("a", "b", "c"))
+    for folder in ("my-set", "my_set", "my-set"):  # the last: the same entry, re-trained
+        assert dd_main([*argv, "--data-dir", str(tmp_path / folder)]) == 0
+    metadata = read_metadata(out)
+    files = [f for entry in metadata.values() for f in entry["files"].values()]
+    assert len(set(files)) == len(files) == 4 and all((out / f).is_file() for f in files)
+    assert sorted(metadata) == ["llamagen-my-set", "llamagen-my_set"]
+    assert metadata["llamagen-my-set"]["files"]["gpt"] == "llamagen_my_set_gpt.safetensors"
+    assert load_tiny_teacher("llamagen-my-set", weights_dir=out).num_classes == 2
+    assert load_tiny_teacher("llamagen-my_set", weights_dir=out).num_classes == 3
+
+
+def test_cli_names_the_entry_after_the_resolved_folder(tmp_path, capsys, monkeypatch):
+    """``--data-dir .`` named the entry ``llamagen-`` (files ``llamagen__gpt.safetensors``);
+    ``--data-dir /`` has no name at all."""
+    import teachers.tiny.train_llamagen as train_llamagen
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--no-progress"]
+    monkeypatch.chdir(_class_folders(tmp_path / "mine"))
+    assert dd_main([*argv, "--data-dir", "."]) == 0
+    metadata = read_metadata(out)
+    assert list(metadata) == ["llamagen-mine"] and metadata["llamagen-mine"]["data"] == "mine"
+    assert metadata["llamagen-mine"]["files"]["gpt"] == "llamagen_mine_gpt.safetensors"
+    capsys.readouterr()
+    assert dd_main([*argv, "--data-dir", "/"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dd train-teacher: --data-dir /: the folder has no name")
+    assert read_metadata(out) == metadata
+
+
+def test_cli_refuses_a_name_or_file_of_another_entry_before_training(tmp_path, capsys, monkeypatch):
+    """``--family far --data-dir .../digits-flow`` into a copy of the shipped weights replaced
+    the shipped ``far-digits-flow`` (flow head, the digits) by a shortcut-head teacher of that
+    folder, which then loaded under the shipped name without a warning."""
+    import shutil
+
+    import teachers.tiny.train_far as train_far
+    import teachers.tiny.train_llamagen as train_llamagen
+    from teachers.shipped import METADATA_FILE, WEIGHTS_DIR
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before the names were checked")
+
+    monkeypatch.setattr(train_far, "train_far", trained)
+    monkeypatch.setattr(train_llamagen, "train_llamagen", trained)
+    out = tmp_path / "weights"
+    out.mkdir()
+    shutil.copy(WEIGHTS_DIR / METADATA_FILE, out / METADATA_FILE)  # the entries, no weights
+    shipped = (out / METADATA_FILE).read_text()
+    data = _class_folders(tmp_path / "digits-flow")
+    argv = ["train-teacher", "--family", "far", "--out", str(out), "--data-dir", str(data)]
+    assert dd_main([*argv, "--ar-steps", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"dd train-teacher: --out {out} already holds 'far-digits-flow' ")
+    assert "(family far, data 'digits', head flow)" in err
+    assert "rename the data folder or use another --out" in err and err.count("\n") == 1
+    # A file of another entry (e.g. one written before names mapped to files one to one).
+    entry = {"family": "llamagen", "data": "x", "files": {"gpt": "llamagen_shapes_gpt.safetensors"}}
+    (out / METADATA_FILE).write_text(json.dumps({"llamagen-x": entry}))
+    data = _class_folders(tmp_path / "shapes")
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir", str(data)]
+    assert dd_main([*argv, "--ar-steps", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "llamagen_shapes_gpt.safetensors belongs to the entry 'llamagen-x'" in err
+    assert shipped == (WEIGHTS_DIR / METADATA_FILE).read_text()
+
+
 def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, capsys):
     """``--dry-run`` passed a missing --data-dir and printed the digits' 10 classes, and for
     the classifier the AR settings it ignores."""
@@ -240,6 +335,7 @@ def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, ca
     assert dd_main([*base, "--family", "var", "--data-dir", str(data)]) == 0
     printed = capsys.readouterr().out
     assert '"num_classes": 3' in printed and "num_classes=3" in printed
+    assert '"entry": "var-shapes"' in printed and "var_shapes_vae.safetensors" in printed
     assert dd_main([*base, "--family", "classifier", "--classifier-steps", "7"]) == 0
     printed = capsys.readouterr().out
     assert '"classifier_steps": 7' in printed and "ar_steps" not in printed

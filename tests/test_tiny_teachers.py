@@ -19,6 +19,7 @@ from teachers.tiny import (
     tiny_sampling,
 )
 from teachers.tiny.presets import llamagen_tiny_configs, var_tiny_configs
+from teachers.tiny.registry import known_tiny_teachers
 
 # Few steps, small batches, no warm-up: each trainer must already lower its loss.
 QUICK = TrainSettings(
@@ -66,6 +67,16 @@ def test_shipped_teacher_loads_and_samples(name):
 def test_unknown_tiny_teacher_lists_known_names():
     with pytest.raises(ValueError, match="llamagen-digits.*var-digits"):
         load_tiny_teacher("gpt-cats")
+
+
+def test_tiny_sampling_of_a_teacher_without_tuned_settings_points_to_its_default():
+    """``tiny_sampling("far-digits")`` said "unknown tiny teacher", though ``load_tiny_teacher``
+    loads it: it has no tuned settings, its own default applies."""
+    assert "far-digits" in known_tiny_teachers()
+    with pytest.raises(ValueError, match=r"no tuned sampling settings for 'far-digits'") as error:
+        tiny_sampling("far-digits")
+    assert "teacher.default_sampling()" in str(error.value) and "unknown" not in str(error.value)
+    assert callable(load_tiny_teacher("far-digits").default_sampling)
 
 
 def test_llamagen_trainers_lower_their_losses(digits_subset):

@@ -19,6 +19,7 @@ from teachers.tiny import (
     tiny_sampling,
 )
 from teachers.tiny.presets import llamagen_tiny_configs, var_tiny_configs
+from teachers.tiny.registry import known_tiny_teachers
 
 # Few steps, small batches, no warm-up: each trainer must already lower its loss.
 QUICK = TrainSettings(
@@ -66,6 +67,16 @@ def test_shipped_teacher_loads_and_samples(name):
 def test_unknown_tiny_teacher_lists_known_names():
     with pytest.raises(ValueError, match="llamagen-digits.*var-digits"):
         load_tiny_teacher("gpt-cats")
+
+
+def test_tiny_sampling_of_a_teacher_without_tuned_settings_points_to_its_default():
+    """``tiny_sampling("far-digits")`` said "unknown tiny teacher", though ``load_tiny_teacher``
+    loads it: it has no tuned settings, its own default applies."""
+    assert "far-digits" in known_tiny_teachers()
+    with pytest.raises(ValueError, match=r"no tuned sampling settings for 'far-digits'") as error:
+        tiny_sampling("far-digits")
+    assert "teacher.default_sampling()" in str(error.value) and "unknown" not in str(error.value)
+    assert callable(load_tiny_teacher("far-digits").default_sampling)
 
 
 def test_llamagen_trainers_lower_their_losses(digits_subset):
@@ -155,10 +166,168 @@ def test_cli_refuses_counts_that_train_nothing_and_a_folder_named_digits(tmp_pat
             assert f"{flag}: must be an integer >= 1, got {value}" in capsys.readouterr().err
     digits = tmp_path / "digits"
     (digits / "a").mkdir(parents=True)
-    with pytest.raises(ValueError, match="a folder named 'digits'"):
-        dd_main(["train-teacher", "--family", "classifier", "--out", str(tmp_path / "w")]
-                + ["--data-dir", str(digits), "--no-progress"])  # fmt: skip
+    argv = ["train-teacher", "--family", "classifier", "--out", str(tmp_path / "w")]
+    assert dd_main([*argv, "--data-dir", str(digits), "--no-progress"]) == 1
+    assert "a folder named 'digits'" in capsys.readouterr().err
     assert not (tmp_path / "w" / "tiny.json").exists()
+
+
+def test_cli_refuses_a_thread_count_below_one(tmp_path, capsys):
+    """``--threads 0`` (or less) reached ``torch.set_num_threads`` and ended in a traceback."""
+    base = ["train-teacher", "--family", "classifier", "--out", str(tmp_path / "w"), "--dry-run"]
+    for value in ("0", "-2"):
+        with pytest.raises(SystemExit):
+            dd_main([*base, "--threads", value])
+        assert f"--threads: must be an integer >= 1, got {value}" in capsys.readouterr().err
+
+
+def test_cli_reports_a_missing_data_folder_in_one_line(tmp_path, capsys):
+    """``--data-dir /nonexistent`` ended in a Python traceback; the other dd commands print one
+    line and exit non-zero."""
+    missing = tmp_path / "nonexistent"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(tmp_path / "w")]
+    assert dd_main([*argv, "--data-dir", str(missing), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"dd train-teacher: image folder not found: {missing}\n"
+    assert not (tmp_path / "w").exists()
+
+
+def test_cli_refuses_a_flag_the_family_does_not_use(tmp_path, capsys):
+    """A flag of another family (``--head`` with llamagen, ``--decoder-steps`` with var or far,
+    ``--classifier-steps`` with a teacher, a teacher's steps with the classifier) was silently
+    ignored, yet recorded in the entry's command as if it had been used."""
+    base = ["train-teacher", "--out", str(tmp_path / "w"), "--dry-run"]
+    for family, flag, value in (
+        ("llamagen", "--head", "flow"),
+        ("llamagen", "--head", "shortcut"),  # given at its default: still not llamagen's
+        ("llamagen", "--classifier-steps", "7"),
+        ("var", "--decoder-steps", "9"),
+        ("far", "--decoder-steps", "9"),
+        ("classifier", "--ar-steps", "5"),
+        ("classifier", "--tokenizer-steps", "600"),
+        ("classifier", "--ar-batch-size", "8"),
+    ):
+        assert dd_main([*base, "--family", family, flag, value]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd train-teacher: {flag} does not apply to --family {family}")
+        assert err.count("\n") == 1
+    # The flags a family uses are accepted and recorded.
+    assert dd_main([*base, "--family", "far", "--head", "flow", "--ar-steps", "3"]) == 0
+    assert "--ar-steps 3 --head flow" in capsys.readouterr().out
+
+
+def test_cli_checks_out_before_training(tmp_path, capsys, monkeypatch):
+    """``--out`` naming a file trained the whole run, then failed in ``FileExistsError`` at the
+    first save: the run was lost."""
+    import teachers.tiny.train_classifier as train_classifier
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before --out was checked")
+
+    monkeypatch.setattr(train_classifier, "train_classifier", trained)
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    argv = ["train-teacher", "--family", "classifier", "--classifier-steps", "2", "--no-progress"]
+    for out in (a_file, a_file / "weights"):
+        assert dd_main([*argv, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd train-teacher: --out {out}") and err.count("\n") == 1
+    assert a_file.read_text() == ""
+
+
+def _class_folders(root, classes=("a", "b")):
+    """A tiny class-folder data set: one 16x16 PNG per class."""
+    from PIL import Image
+
+    for index, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        Image.new("RGB", (16, 16), (90 * index, 40, 0)).save(root / name / "0.png")
+    return root
+
+
+def _untrained_llamagen(train, gpt_config, vq_config, settings, **kwargs):
+    """Stands in for ``train_llamagen``: these tests are about names and files, not training."""
+    from teachers.llamagen import GPT, VQModel
+
+    return GPT(gpt_config), VQModel(vq_config), {}
+
+
+def test_cli_names_map_to_their_own_files(tmp_path, capsys, monkeypatch):
+    """Folders ``my-set`` and ``my_set`` gave two entries sharing (overwriting) the files
+    ``llamagen_my_set_*``. Re-training an entry from the same data still replaces it."""
+    import teachers.tiny.train_llamagen as train_llamagen
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--no-progress"]
+    _class_folders(tmp_path / "my-set")
+    _class_folders(tmp_path / "my_set", classes=("a", "b", "c"))
+    for folder in ("my-set", "my_set", "my-set"):  # the last: the same entry, re-trained
+        assert dd_main([*argv, "--data-dir", str(tmp_path / folder)]) == 0
+    metadata = read_metadata(out)
+    files = [f for entry in metadata.values() for f in entry["files"].values()]
+    assert len(set(files)) == len(files) == 4 and all((out / f).is_file() for f in files)
+    assert sorted(metadata) == ["llamagen-my-set", "llamagen-my_set"]
+    assert metadata["llamagen-my-set"]["files"]["gpt"] == "llamagen_my_set_gpt.safetensors"
+    assert load_tiny_teacher("llamagen-my-set", weights_dir=out).num_classes == 2
+    assert load_tiny_teacher("llamagen-my_set", weights_dir=out).num_classes == 3
+
+
+def test_cli_names_the_entry_after_the_resolved_folder(tmp_path, capsys, monkeypatch):
+    """``--data-dir .`` named the entry ``llamagen-`` (files ``llamagen__gpt.safetensors``);
+    ``--data-dir /`` has no name at all."""
+    import teachers.tiny.train_llamagen as train_llamagen
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--no-progress"]
+    monkeypatch.chdir(_class_folders(tmp_path / "mine"))
+    assert dd_main([*argv, "--data-dir", "."]) == 0
+    metadata = read_metadata(out)
+    assert list(metadata) == ["llamagen-mine"] and metadata["llamagen-mine"]["data"] == "mine"
+    assert metadata["llamagen-mine"]["files"]["gpt"] == "llamagen_mine_gpt.safetensors"
+    capsys.readouterr()
+    assert dd_main([*argv, "--data-dir", "/"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("dd train-teacher: --data-dir /: the folder has no name")
+    assert read_metadata(out) == metadata
+
+
+def test_cli_refuses_a_name_or_file_of_another_entry_before_training(tmp_path, capsys, monkeypatch):
+    """``--family far --data-dir .../digits-flow`` into a copy of the shipped weights replaced
+    the shipped ``far-digits-flow`` (flow head, the digits) by a shortcut-head teacher of that
+    folder, which then loaded under the shipped name without a warning."""
+    import shutil
+
+    import teachers.tiny.train_far as train_far
+    import teachers.tiny.train_llamagen as train_llamagen
+    from teachers.shipped import METADATA_FILE, WEIGHTS_DIR
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before the names were checked")
+
+    monkeypatch.setattr(train_far, "train_far", trained)
+    monkeypatch.setattr(train_llamagen, "train_llamagen", trained)
+    out = tmp_path / "weights"
+    out.mkdir()
+    shutil.copy(WEIGHTS_DIR / METADATA_FILE, out / METADATA_FILE)  # the entries, no weights
+    shipped = (out / METADATA_FILE).read_text()
+    data = _class_folders(tmp_path / "digits-flow")
+    argv = ["train-teacher", "--family", "far", "--out", str(out), "--data-dir", str(data)]
+    assert dd_main([*argv, "--ar-steps", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"dd train-teacher: --out {out} already holds 'far-digits-flow' ")
+    assert "(family far, data 'digits', head flow)" in err
+    assert "rename the data folder or use another --out" in err and err.count("\n") == 1
+    # A file of another entry (e.g. one written before names mapped to files one to one).
+    entry = {"family": "llamagen", "data": "x", "files": {"gpt": "llamagen_shapes_gpt.safetensors"}}
+    (out / METADATA_FILE).write_text(json.dumps({"llamagen-x": entry}))
+    data = _class_folders(tmp_path / "shapes")
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir", str(data)]
+    assert dd_main([*argv, "--ar-steps", "1", "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "llamagen_shapes_gpt.safetensors belongs to the entry 'llamagen-x'" in err
+    assert shipped == (WEIGHTS_DIR / METADATA_FILE).read_text()
 
 
 def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, capsys):
@@ -167,8 +336,8 @@ def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, ca
     from PIL import Image
 
     base = ["train-teacher", "--out", str(tmp_path / "weights"), "--dry-run"]
-    with pytest.raises(FileNotFoundError):
-        dd_main([*base, "--family", "var", "--data-dir", str(tmp_path / "missing")])
+    assert dd_main([*base, "--family", "var", "--data-dir", str(tmp_path / "missing")]) == 1
+    assert "image folder not found" in capsys.readouterr().err
     data = tmp_path / "shapes"
     for name in ("a", "b", "c"):
         (data / name).mkdir(parents=True)
@@ -177,6 +346,7 @@ def test_the_dry_run_reads_the_data_and_prints_what_the_family_uses(tmp_path, ca
     assert dd_main([*base, "--family", "var", "--data-dir", str(data)]) == 0
     printed = capsys.readouterr().out
     assert '"num_classes": 3' in printed and "num_classes=3" in printed
+    assert '"entry": "var-shapes"' in printed and "var_shapes_vae.safetensors" in printed
     assert dd_main([*base, "--family", "classifier", "--classifier-steps", "7"]) == 0
     printed = capsys.readouterr().out
     assert '"classifier_steps": 7' in printed and "ar_steps" not in printed

@@ -8,7 +8,10 @@
 Writes the weights as safetensors into ``--out`` and records configs, the command, the seed,
 the losses, the wall time and the peak RSS in ``<out>/tiny.json`` (the entry
 ``load_tiny_teacher`` reads). ``--data-dir`` trains on a class-folder data set instead
-(``root/<class>/<image>``; written under ``<family>-<folder name>``).
+(``root/<class>/<image>``; written under ``<family>-<folder name>``, the resolved folder's
+name). A run whose entry name or files belong to another entry of ``--out`` (another data
+set, family or head) is refused before it trains; re-training an entry from the same data
+replaces it.
 """
 
 from __future__ import annotations
@@ -17,7 +20,9 @@ import argparse
 import dataclasses
 import json
 import logging
+import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -26,7 +31,7 @@ import torch
 from dd.metrics.digits import CLASSIFIER_FILE, CLASSIFIER_NAME, class_accuracy
 from teachers.data import ImageSet, load_digits_split, load_image_folder
 from teachers.far.config import HEAD_KINDS, ShortcutSettings
-from teachers.shipped import write_metadata_entry
+from teachers.shipped import read_metadata, write_metadata_entry
 from teachers.tiny.common import peak_rss_mb, save_weights
 from teachers.tiny.presets import (
     TrainSettings,
@@ -56,35 +61,86 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--out", required=True, type=Path, help="folder for weights + tiny.json")
     parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
-    parser.add_argument("--tokenizer-steps", type=positive_int, default=_DEFAULTS.tokenizer_steps)
-    parser.add_argument("--ar-steps", type=positive_int, default=_DEFAULTS.ar_steps)
+    parser.add_argument(
+        "--tokenizer-steps",
+        type=positive_int,
+        default=None,
+        help=f"not classifier (default {_DEFAULTS.tokenizer_steps})",
+    )
+    parser.add_argument(
+        "--ar-steps",
+        type=positive_int,
+        default=None,
+        help=f"not classifier (default {_DEFAULTS.ar_steps})",
+    )
     parser.add_argument(
         "--decoder-steps",
         type=positive_int,
-        default=_DEFAULTS.decoder_steps,
-        help="llamagen only: steps of the lighter decoder's refit on the frozen codebook",
+        default=None,
+        help="llamagen only: steps of the lighter decoder's refit on the frozen codebook "
+        f"(default {_DEFAULTS.decoder_steps})",
     )
     parser.add_argument(
         "--ar-batch-size",
         type=positive_int,
         default=None,
-        help="default: per family (see presets.py)",
+        help="not classifier (default: per family, see presets.py)",
     )
-    parser.add_argument("--classifier-steps", type=positive_int, default=None)
+    parser.add_argument(
+        "--classifier-steps", type=positive_int, default=None, help="classifier only"
+    )
     parser.add_argument(
         "--head",
         choices=HEAD_KINDS,
-        default=HEAD_KINDS[0],
-        help="far only: the shortcut head, or the flow-matching head (saved as far-<data>-flow)",
+        default=None,
+        help=f"far only: the {HEAD_KINDS[0]} head (default), or the flow-matching head "
+        "(saved as far-<data>-flow)",
     )
     parser.add_argument(
-        "--threads", type=int, default=None, help="torch threads (default: torch's choice)"
+        "--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)"
     )
     parser.add_argument("--data-dir", type=Path, default=None, help="class-folder data set")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved configs and settings, exit"
     )
+
+
+# The family-specific flags (argparse dest -> the families that use it) and the value a flag
+# left out stands for. --seed, --threads and --data-dir apply to every family.
+FAMILY_FLAGS: dict[str, tuple[str, ...]] = {
+    "tokenizer_steps": ("llamagen", "var", "far"),
+    "ar_steps": ("llamagen", "var", "far"),
+    "decoder_steps": ("llamagen",),
+    "ar_batch_size": ("llamagen", "var", "far"),
+    "classifier_steps": ("classifier",),
+    "head": ("far",),
+}
+FLAG_DEFAULTS = {
+    "tokenizer_steps": _DEFAULTS.tokenizer_steps,
+    "ar_steps": _DEFAULTS.ar_steps,
+    "decoder_steps": _DEFAULTS.decoder_steps,
+    "head": HEAD_KINDS[0],
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_family_flags(args: argparse.Namespace) -> None:
+    """Refuse a flag the family does not use (it was ignored, yet recorded in the entry's
+    command), then fill in the defaults of the flags left out."""
+    for dest, families in FAMILY_FLAGS.items():
+        if getattr(args, dest) is not None and args.family not in families:
+            used = [_flag(d) for d, f in FAMILY_FLAGS.items() if args.family in f]
+            raise ValueError(
+                f"{_flag(dest)} does not apply to --family {args.family} (its flags: "
+                f"{', '.join(used)}); leave it out"
+            )
+    for dest, default in FLAG_DEFAULTS.items():
+        if getattr(args, dest) is None:
+            setattr(args, dest, default)
 
 
 def _settings(args: argparse.Namespace) -> TrainSettings:
@@ -120,15 +176,106 @@ def command_line(args: argparse.Namespace) -> str:
     return " ".join(parts)
 
 
-def _load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None, str]:
-    if args.data_dir is None:
-        return load_digits_split("train"), load_digits_split("heldout"), "digits"
-    if args.data_dir.name == "digits":  # its files and tiny.json names would be the shipped ones
+def prepare_out(out: Path, *, create: bool) -> None:
+    """Check that ``--out`` is (or can be made) a writable folder, and make it unless a dry run:
+    before any training, as a file there ended the whole run in ``FileExistsError`` at the
+    first save."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder: give a folder for the weights")
+    if create:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise ValueError(f"--out {out}: cannot make the folder ({error})") from error
+    if out.is_dir() and not os.access(out, os.W_OK | os.X_OK):
+        raise ValueError(f"--out {out}: the folder is not writable")
+
+
+def data_name_of(data_dir: Path | None) -> str:
+    """The name a run's entry and files take from its data: ``digits`` for the bundled digits,
+    else the name of the ``--data-dir`` folder itself (resolved: ``.`` or ``a/b/..`` named the
+    entry ``<family>-`` or ``<family>-..``)."""
+    if data_dir is None:
+        return "digits"
+    name = data_dir.resolve().name
+    if not name:
         raise ValueError(
-            f"--data-dir {args.data_dir}: a folder named 'digits' would take the bundled data's "
+            f"--data-dir {data_dir}: the folder has no name to name the entry after; "
+            "put the class folders in a named folder"
+        )
+    if name == "digits":  # its files and tiny.json names would be the shipped ones
+        raise ValueError(
+            f"--data-dir {data_dir}: a folder named 'digits' would take the bundled data's "
             "names (and overwrite the shipped teachers or evaluator in --out); rename it"
         )
-    return load_image_folder(args.data_dir), None, args.data_dir.name
+    return name
+
+
+# The weight files of a family: entry "files" key -> the file name's ending.
+FILE_PARTS: dict[str, dict[str, str]] = {
+    "llamagen": {"gpt": "gpt", "vq": "vq"},
+    "var": {"var": "var", "vae": "vae"},
+    "far": {"model": "model", "autoencoder": "ae"},
+}
+
+
+def file_stem(name: str) -> str:
+    """The start of an entry's file names: the name with ``-`` as ``_`` (``llamagen-digits`` ->
+    ``llamagen_digits_gpt.safetensors``), or the name itself if it has a ``_``: ``my-set`` and
+    ``my_set`` both became ``my_set``, so two entries shared (and overwrote) their files. One
+    to one: every entry name has a ``-`` (``<family>-``), so a kept name never equals a
+    replaced one, which has none."""
+    return name if "_" in name else name.replace("-", "_")
+
+
+def entry_and_files(family: str, data_name: str, head: str) -> tuple[str, dict[str, str]]:
+    """The ``tiny.json`` entry name of a run and the weight files it writes (key -> name)."""
+    if family == "classifier":
+        if data_name == "digits":
+            return CLASSIFIER_NAME, {"classifier": CLASSIFIER_FILE}
+        name = f"classifier-{data_name}"
+        return name, {"classifier": f"{name}.safetensors"}
+    name = f"{family}-{data_name}" + ("-flow" if family == "far" and head == "flow" else "")
+    stem = file_stem(name)
+    return name, {key: f"{stem}_{end}.safetensors" for key, end in FILE_PARTS[family].items()}
+
+
+def trained_as(family: str | None, data: str | None, head: str | None) -> str:
+    """What a run trains, or an entry was trained as: family, data and (FAR) head."""
+    return f"family {family}, data {data!r}" + (f", head {head}" if family == "far" else "")
+
+
+def _recorded_as(entry: dict) -> str:
+    head = entry.get("configs", {}).get("model", {}).get("head_kind")
+    return trained_as(entry.get("family"), entry.get("data"), head)
+
+
+def check_clashes(out: Path, name: str, files: dict[str, str], run_as: str) -> None:
+    """Refuse a run (trained as ``run_as``) whose entry name or files belong to another entry
+    of ``out/tiny.json`` (another data set, family or head), before it trains: names come from
+    the data folder's name, so ``far --data-dir x/digits-flow`` was ``far-digits-flow`` and
+    replaced the shipped flow-head teacher. Re-training an entry from the same data (same
+    family and head) replaces it, as before."""
+    metadata = read_metadata(out)
+    fix = "rename the data folder or use another --out"
+    if name in metadata and _recorded_as(metadata[name]) != run_as:
+        raise ValueError(
+            f"--out {out} already holds {name!r} ({_recorded_as(metadata[name])}); this run "
+            f"({run_as}) would replace it: {fix}"
+        )
+    for other, other_entry in sorted(metadata.items()):
+        shared = sorted(set(files.values()) & set(other_entry.get("files", {}).values()))
+        if other != name and shared:
+            raise ValueError(
+                f"--out {out}: {shared[0]} belongs to the entry {other!r}; this run ({name!r}) "
+                f"would overwrite it: {fix}"
+            )
+
+
+def _load_data(args: argparse.Namespace) -> tuple[ImageSet, ImageSet | None]:
+    if args.data_dir is None:
+        return load_digits_split("train"), load_digits_split("heldout")
+    return load_image_folder(args.data_dir), None
 
 
 def _tail(losses: list[float]) -> float:
@@ -145,21 +292,17 @@ def _environment(args: argparse.Namespace) -> dict:
     }
 
 
-def _train_far(args, settings, train, heldout, data_name, progress, out, entry):
+def _train_far(args, settings, train, heldout, progress, out, files, entry):
     """The FAR branch of ``run``: tokenizer + FAR-Causal with the ``--head`` head."""
     from teachers.tiny.train_far import far_settings_record, train_far
 
-    name = f"far-{data_name}" + ("-flow" if args.head == "flow" else "")
-    stem = name.replace("-", "_")
     far_config, ae_config = far_tiny_configs(train.num_classes, head_kind=args.head)
     shortcut = ShortcutSettings()
     model, autoencoder, record = train_far(
         train, far_config, ae_config, settings, shortcut, heldout=heldout, progress=progress
     )
-    files = {"model": f"{stem}_model.safetensors", "autoencoder": f"{stem}_ae.safetensors"}
     save_weights(model, out / files["model"])
     save_weights(autoencoder, out / files["autoencoder"])
-    entry["files"] = files
     entry["configs"] = {
         "model": dataclasses.asdict(far_config),
         "autoencoder": dataclasses.asdict(ae_config),
@@ -168,11 +311,15 @@ def _train_far(args, settings, train, heldout, data_name, progress, out, entry):
     entry["record"] = {
         part: {"final_loss": _tail(rec.pop("losses")), **rec} for part, rec in record.items()
     }
-    return name
 
 
 def _dry_run(
-    args: argparse.Namespace, settings: TrainSettings, train: ImageSet, data_name: str
+    args: argparse.Namespace,
+    settings: TrainSettings,
+    train: ImageSet,
+    data_name: str,
+    name: str,
+    files: dict,
 ) -> int:
     """Print what ``run`` would train: the data, the settings the family uses and its configs
     for the data's classes (the classifier uses its step count and seed only)."""
@@ -190,22 +337,39 @@ def _dry_run(
             "far": lambda n: (*far_tiny_configs(n, head_kind=args.head), ShortcutSettings()),
         }[args.family](num_classes)
     data = {"name": data_name, "images": len(train), "num_classes": num_classes}
-    print(json.dumps({"command": command_line(args), "data": data, "settings": used}, indent=2))
+    printed = {"command": command_line(args), "entry": name, "files": files, "data": data}
+    print(json.dumps({**printed, "settings": used}, indent=2))
     for config in configs:
         print(config)
     return 0
 
 
+def _refuse(error: Exception) -> int:
+    """An input refused before any training (one the user can fix, e.g. a missing or unreadable
+    data folder) as one line on stderr and exit code 1, as ``dd generate`` / ``dd train``
+    report theirs."""
+    print(f"dd train-teacher: {error}", file=sys.stderr)
+    return 1
+
+
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    out: Path = args.out
+    try:
+        check_family_flags(args)
+        data_name = data_name_of(args.data_dir)
+        name, files = entry_and_files(args.family, data_name, args.head)
+        check_clashes(out, name, files, trained_as(args.family, data_name, args.head))
+        train, heldout = _load_data(args)  # the dry run checks the data too
+        prepare_out(out, create=not args.dry_run)  # after the data: none made for bad data
+    except (FileNotFoundError, ValueError) as error:  # one line, exit code 1: as dd generate
+        return _refuse(error)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     settings = _settings(args)
     progress = not args.no_progress
-    train, heldout, data_name = _load_data(args)  # the dry run checks the data too
     if args.dry_run:
-        return _dry_run(args, settings, train, data_name)
-    out: Path = args.out
+        return _dry_run(args, settings, train, data_name, name, files)
     start = time.perf_counter()
     entry: dict = {
         "family": args.family,
@@ -213,27 +377,23 @@ def run(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "data": data_name,
         "environment": _environment(args),
+        "files": files,
     }
     if args.family == "classifier":
         from teachers.tiny.train_classifier import CLASSIFIER_STEPS, train_classifier
 
         steps = CLASSIFIER_STEPS if args.classifier_steps is None else args.classifier_steps
         model, losses = train_classifier(train, steps=steps, seed=args.seed, progress=progress)
-        name = CLASSIFIER_NAME if data_name == "digits" else f"classifier-{data_name}"
-        file_name = CLASSIFIER_FILE if data_name == "digits" else f"{name}.safetensors"
-        entry["files"] = {"classifier": file_name}
         entry["configs"] = {"classifier": model.config.to_dict()}
         entry["record"] = {"steps": steps, "final_loss": _tail(losses)}
         if heldout is not None:
             entry["record"]["heldout_accuracy"] = class_accuracy(
                 heldout.images_01(), heldout.labels, model
             )
-        save_weights(model, out / file_name)
+        save_weights(model, out / files["classifier"])
     elif args.family == "far":
-        name = _train_far(args, settings, train, heldout, data_name, progress, out, entry)
+        _train_far(args, settings, train, heldout, progress, out, files, entry)
     else:
-        name = f"{args.family}-{data_name}"
-        stem = name.replace("-", "_")
         if args.family == "llamagen":
             from teachers.tiny.train_llamagen import train_llamagen
 
@@ -241,7 +401,6 @@ def run(args: argparse.Namespace) -> int:
             ar, tokenizer, record = train_llamagen(
                 train, gpt_config, vq_config, settings, heldout=heldout, progress=progress
             )
-            files = {"gpt": f"{stem}_gpt.safetensors", "vq": f"{stem}_vq.safetensors"}
             configs = {"gpt": dataclasses.asdict(gpt_config), "vq": dataclasses.asdict(vq_config)}
             modules = {"gpt": ar, "vq": tokenizer}
         else:
@@ -251,12 +410,11 @@ def run(args: argparse.Namespace) -> int:
             ar, tokenizer, record = train_var(
                 train, var_config, vae_config, settings, heldout=heldout, progress=progress
             )
-            files = {"var": f"{stem}_var.safetensors", "vae": f"{stem}_vae.safetensors"}
             configs = {"var": dataclasses.asdict(var_config), "vae": dataclasses.asdict(vae_config)}
             modules = {"var": ar, "vae": tokenizer}
         for key, module in modules.items():
             save_weights(module, out / files[key])
-        entry["files"], entry["configs"] = files, configs
+        entry["configs"] = configs
         entry["settings"] = settings.to_dict()
         entry["record"] = {
             part: {"final_loss": _tail(rec.pop("losses")), **rec} for part, rec in record.items()

@@ -34,9 +34,14 @@ TINY_SAMPLING: dict[str, SamplingConfig] = {
 
 
 def tiny_sampling(name: str) -> SamplingConfig:
-    """The sampling settings to use with a shipped tiny teacher (``TINY_SAMPLING``)."""
-    if name not in TINY_SAMPLING:
-        raise ValueError(f"unknown tiny teacher {name!r}; known: {sorted(TINY_SAMPLING)}")
+    """The sampling settings tuned for a shipped tiny teacher (``TINY_SAMPLING``). Other
+    teachers (the FAR ones, any ``dd train-teacher`` wrote) have none: their own
+    ``default_sampling()``."""
+    if name not in TINY_SAMPLING:  # "unknown tiny teacher" misled: load_tiny_teacher knows many
+        raise ValueError(
+            f"no tuned sampling settings for {name!r} (only for {sorted(TINY_SAMPLING)}): use "
+            "the teacher's own, teacher.default_sampling()"
+        )
     return TINY_SAMPLING[name]
 
 

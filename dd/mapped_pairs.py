@@ -18,9 +18,12 @@ started together (torchrun, SLURM) take a lock (``flock``) in turn, so one makes
 the others wait for it. Where the lock does not hold (some network file systems), each writes
 its own ``.partial`` folder; the first rename wins and the others map it.
 
-Mapped read-only and private: a write to the tensors stays in the writing process. The pages
-are the kernel's page cache, shared by every process that maps the file, and read from disk
-when they do not fit in memory (training gathers rows at random: keep the folder on a local SSD).
+Mapped read-only and shared (``numpy.memmap``, mode ``r``): the pages are the kernel's page
+cache, shared by every process that maps the file, and read from disk when they do not fit in
+memory (training gathers rows at random: keep the folder on a local SSD). A writable private
+mapping (``torch.from_file(shared=False)``) would be charged in full to every process' commit
+budget, so a copy larger than memory could not be mapped at all. Writing to the tensors is an
+error of the caller (a segmentation fault): training only gathers rows, as copies.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ import logging
 import os
 import shutil
 import uuid
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from data_gen.shards import write_json_atomic
@@ -47,12 +52,18 @@ LAYOUT_NAME = "layout.json"
 FIELDS = ("labels", "noise", "tokens")
 KEY_CHARS = 16
 PARTIAL_SUFFIX = ".partial"
-DTYPES = {str(d): d for d in (torch.long, torch.float16, torch.float32, torch.bfloat16)}
+# What a copy holds (dd.data: labels and codebook tokens int64, noise float16 / float32,
+# continuous tokens float32), and numpy's name for it (numpy.memmap maps the files).
+NUMPY_DTYPES = {torch.long: np.int64, torch.float16: np.float16, torch.float32: np.float32}
+DTYPES = {str(d): d for d in NUMPY_DTYPES}
+# Part of every copy's key: a change of how a copy is laid out gives new copies, never a
+# stale one read in the new layout.
+COPY_FORMAT = 1
 
 
 def identity_key(identity: dict) -> str:
     """The folder name of a copy: a hash of the pairs' identity."""
-    text = json.dumps(identity, sort_keys=True)
+    text = json.dumps({"copy_format": COPY_FORMAT, **identity}, sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:KEY_CHARS]
 
 
@@ -69,7 +80,7 @@ def mapped_pairs(
         root.mkdir(parents=True, exist_ok=True)
         with copy_lock(root / f".{copy.name}.lock"):
             if not (copy / LAYOUT_NAME).is_file():  # made while this process waited
-                _make_copy(folder, root, copy, identity, teacher_fingerprint)
+                make_copy(folder, root, copy, identity, teacher_fingerprint)
     return open_copy(copy, identity)
 
 
@@ -90,9 +101,11 @@ def copy_lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _make_copy(
+def make_copy(
     folder: str | Path, root: Path, copy: Path, identity: dict, teacher_fingerprint: str
 ) -> None:
+    """Write the copy of ``folder``'s pairs into a ``.partial`` folder of ``root``, then rename
+    it to ``copy``; if another process' rename came first, keep theirs and remove ours."""
     stale = sorted(root.glob(f".*{PARTIAL_SUFFIX}"))
     if stale:  # another process' copy in the making, or a crashed one's: not ours to delete
         log.warning(
@@ -109,10 +122,13 @@ def _make_copy(
         def allocate(name: str, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
             layout["fields"][name] = {"shape": list(shape), "dtype": str(dtype)}
             numel = int(torch.Size(shape).numel())
-            # shared: the writes go to the file (created at this size)
-            return torch.from_file(
-                str(partial / f"{name}.bin"), shared=True, size=numel, dtype=dtype
-            ).view(shape)
+            path = partial / f"{name}.bin"
+            # Allocated in full first: a disk that fills up is an OSError (ENOSPC) here, not a
+            # SIGBUS while writing through the mapping of a sparse file.
+            with open(path, "wb") as handle:
+                os.posix_fallocate(handle.fileno(), 0, numel * dtype.itemsize)
+            # shared: the writes go to the file
+            return torch.from_file(str(path), shared=True, size=numel, dtype=dtype).view(shape)
 
         pairs = fill_pairs(folder, teacher_fingerprint=teacher_fingerprint, allocate=allocate)
         del pairs  # unmapped: every write is in the page cache
@@ -152,9 +168,9 @@ def open_copy(copy: Path, identity: dict) -> PairSet:
                 f"{path}: {size} bytes, the copy's layout needs {expected}: delete {copy} "
                 "and load again to remake it"
             )
-        # not shared: a private mapping, so no write reaches the file
-        tensors[name] = torch.from_file(str(path), shared=False, size=numel, dtype=dtype).view(
-            shape
-        )
+        mapped = np.memmap(path, dtype=NUMPY_DTYPES[dtype], mode="r", shape=shape)
+        with warnings.catch_warnings():  # read-only on purpose (module docstring)
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            tensors[name] = torch.from_numpy(mapped)
     count = tensors["labels"].shape[0]
     return PairSet(index=torch.arange(count), **tensors)

@@ -8,11 +8,13 @@ import dataclasses
 import json
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 import dd.data
+import dd.mapped_pairs
 from data_gen.config import (
     GenerateRecipe,
     OutputSettings,
@@ -23,7 +25,14 @@ from data_gen.config import (
 from data_gen.engine import run_generation
 from data_gen.shards import read_shard
 from dd.data import load_pairs, split_heldout
-from dd.mapped_pairs import LAYOUT_NAME, copy_lock, identity_key
+from dd.mapped_pairs import (
+    LAYOUT_NAME,
+    PARTIAL_SUFFIX,
+    copy_lock,
+    identity_key,
+    make_copy,
+    open_copy,
+)
 from dd.teacher_spec import TeacherSpec, load_teacher
 from teachers.tiny.registry import tiny_sampling
 from tests.shard_edit import rewrite_shard
@@ -63,10 +72,18 @@ def made(root) -> list[str]:
     return sorted(p.name for p in root.iterdir() if p.suffix != ".lock")
 
 
-def mapped_files() -> set[str]:
-    """The files this process maps (Linux)."""
+def mapping_modes() -> dict[str, set[str]]:
+    """The files this process maps and their mappings' permissions (Linux)."""
+    modes: dict[str, set[str]] = {}
     with open("/proc/self/maps") as maps:
-        return {line.split()[-1] for line in maps if len(line.split()) == 6}
+        for fields in (line.split() for line in maps):
+            if len(fields) == 6:
+                modes.setdefault(fields[-1], set()).add(fields[1])
+    return modes
+
+
+def mapped_files() -> set[str]:
+    return set(mapping_modes())
 
 
 def test_the_copy_is_the_pairs_mapped_from_files_that_later_loads_map(
@@ -91,11 +108,11 @@ def test_the_copy_is_the_pairs_mapped_from_files_that_later_loads_map(
     monkeypatch.setattr(dd.data, "read_shard", no_shards)
     again = load_pairs(pair_folder, teacher_fingerprint=fingerprint, memory_map=root)
     assert_same_pairs(again, in_memory)
-    # Private mappings: a process' write never reaches the file, nor another load.
-    again.noise[0] += 1
-    assert_same_pairs(
-        load_pairs(pair_folder, teacher_fingerprint=fingerprint, memory_map=root), in_memory
-    )
+    # Read-only shared mappings (r--s): a private writable one is charged in full to every
+    # process' commit budget, so a copy larger than memory could not be mapped.
+    modes = mapping_modes()
+    for name in ("labels", "noise", "tokens"):
+        assert modes[str(copy / f"{name}.bin")] == {"r--s"}, name
     # The training and held-out sets are views of the mapped tensors.
     train, heldout = split_heldout(mapped, 4)
     assert heldout.noise.untyped_storage().data_ptr() == mapped.noise.untyped_storage().data_ptr()
@@ -159,25 +176,89 @@ def test_a_failed_copy_leaves_nothing_and_a_damaged_one_is_refused(teacher, pair
         load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
 
 
-def test_processes_started_together_wait_for_one_copy(teacher, pair_folder, tmp_path):
-    """While a process holds the copy's lock (making it), another load waits and writes
-    nothing of its own; once the lock is released it finds no copy and makes it (here: the
-    holder made none), then maps it."""
+def test_processes_started_together_wait_for_one_copy(teacher, pair_folder, tmp_path, monkeypatch):
+    """While a process holds the copy's lock and makes the copy, another load waits and writes
+    nothing of its own; once the lock is released it maps that copy without reading a shard."""
     fingerprint = teacher.fingerprint()
     root = tmp_path / "mm"
     root.mkdir()
-    key = identity_key(dd.data.pair_identity(pair_folder))
+    identity = dd.data.pair_identity(pair_folder)
+    copy = root / identity_key(identity)
     loaded = {}
 
     def load() -> None:
         loaded["pairs"] = load_pairs(pair_folder, teacher_fingerprint=fingerprint, memory_map=root)
 
-    with copy_lock(root / f".{key}.lock"):
+    with copy_lock(root / f".{copy.name}.lock"):
         waiting = threading.Thread(target=load)
         waiting.start()
         waiting.join(timeout=1.0)
         assert waiting.is_alive()  # blocked on the lock
-        assert sorted(p.name for p in root.iterdir()) == [f".{key}.lock"]  # nothing written
+        assert sorted(p.name for p in root.iterdir()) == [f".{copy.name}.lock"]  # nothing written
+        make_copy(pair_folder, root, copy, identity, fingerprint)  # the holder's copy
+
+        def no_shards(path):
+            raise AssertionError(f"the waiting load read {path}")
+
+        monkeypatch.setattr(dd.data, "read_shard", no_shards)
     waiting.join(timeout=60)
     assert not waiting.is_alive()
+    monkeypatch.undo()
     assert_same_pairs(loaded["pairs"], load_pairs(pair_folder, teacher_fingerprint=fingerprint))
+
+
+def test_without_the_lock_the_first_finished_copy_wins(teacher, pair_folder, tmp_path):
+    """Where flock does not hold (some network file systems), two processes may both make the
+    copy: the second rename fails on the first's folder, and the second maps the first's copy
+    and removes its own."""
+    fingerprint = teacher.fingerprint()
+    root = tmp_path / "mm"
+    root.mkdir()
+    identity = dd.data.pair_identity(pair_folder)
+    copy = root / identity_key(identity)
+    make_copy(pair_folder, root, copy, identity, fingerprint)
+    first = (copy / "noise.bin").stat().st_ino
+    make_copy(pair_folder, root, copy, identity, fingerprint)
+    assert (copy / "noise.bin").stat().st_ino == first  # the first copy stays
+    assert made(root) == [copy.name]  # the second's partial folder is gone
+    mapped = load_pairs(pair_folder, teacher_fingerprint=fingerprint, memory_map=root)
+    assert_same_pairs(mapped, load_pairs(pair_folder, teacher_fingerprint=fingerprint))
+
+
+def test_copies_are_allocated_whole_and_map_beyond_memory(
+    teacher, pair_folder, tmp_path, monkeypatch
+):
+    """The copy's files are allocated in full before anything is written through their
+    mappings (a full disk is then an OSError, not a SIGBUS in a sparse file's mapping); and a
+    copy larger than this machine's memory and swap maps (read-only shared pages are not
+    charged to the commit budget, as a private writable mapping's are): a sparse file stands
+    in for it."""
+    root = tmp_path / "mm"
+    allocated = []
+
+    def allocate_only(folder, *, teacher_fingerprint, allocate):
+        allocate("noise", (1000, 16, 8), torch.float32)
+        (path,) = root.glob(f".*{PARTIAL_SUFFIX}/noise.bin")
+        allocated.append(path.stat().st_blocks * 512 >= path.stat().st_size == 1000 * 16 * 8 * 4)
+        raise RuntimeError("stopped after the allocation")
+
+    monkeypatch.setattr(dd.mapped_pairs, "fill_pairs", allocate_only)
+    with pytest.raises(RuntimeError, match="stopped after the allocation"):
+        load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint(), memory_map=root)
+    assert allocated == [True] and made(root) == []
+    meminfo = dict(line.split(":") for line in Path("/proc/meminfo").read_text().splitlines())
+    memory_bytes = sum(int(meminfo[k].split()[0]) * 1024 for k in ("MemTotal", "SwapTotal"))
+    rows = (memory_bytes + 2**30) // (16 * 8 * 4) + 1  # float32 noise [rows, 16, 8]
+    big = tmp_path / "big"
+    big.mkdir()
+    fields = {"labels": ([rows], torch.long), "noise": ([rows, 16, 8], torch.float32),
+              "tokens": ([rows, 16, 8], torch.float32)}  # fmt: skip
+    for name, (shape, dtype) in fields.items():
+        with open(big / f"{name}.bin", "wb") as handle:  # sparse: no disk used
+            handle.truncate(int(torch.Size(shape).numel()) * dtype.itemsize)
+    described = {n: {"shape": sh, "dtype": str(dt)} for n, (sh, dt) in fields.items()}
+    layout = {"identity": {"pairs": "sparse"}, "fields": described}
+    (big / LAYOUT_NAME).write_text(json.dumps(layout))
+    pairs = open_copy(big, {"pairs": "sparse"})
+    assert pairs.noise.shape == (rows, 16, 8)
+    assert float(pairs.noise[-1].abs().sum()) == 0.0

@@ -70,6 +70,11 @@ def test_fid_separates_real_from_noise(heldout):
             frechet_distance(wrong, train.images_01())
         with pytest.raises(ValueError, match=message):
             class_accuracy(wrong, heldout.labels)
+    with pytest.raises(ValueError, match="float images"):  # a distance of 0 before
+        eight_bit = (real[:4] * 255).round().to(torch.uint8)
+        feature_distance(eight_bit[:2], eight_bit[2:])
+    with pytest.raises(ValueError, match="no images to classify"):  # a bare torch.cat error
+        class_accuracy(real[:0], heldout.labels[:0])
 
 
 def test_fid_extractor_takes_uint8_and_float(heldout):

@@ -208,6 +208,8 @@ def class_accuracy(
 ) -> float:
     """Fraction of images the classifier assigns to their intended ``labels``."""
     check_unit_images(images_01, "images")
+    if images_01.shape[0] == 0:  # the mean of nothing: a bare torch.cat error before
+        raise ValueError("no images to classify")
     if labels.shape != (images_01.shape[0],):
         raise ValueError(f"labels {tuple(labels.shape)} do not match {images_01.shape[0]} images")
     predicted = predict(images_01, classifier, batch_size=batch_size)
@@ -291,6 +293,11 @@ def feature_distance(
     """
     if images_a.shape != images_b.shape:
         raise ValueError(f"image shapes differ: {tuple(images_a.shape)} vs {tuple(images_b.shape)}")
+    # dtype only: a range check would sync the device at every training step (a uint8 pair
+    # read as floats up to 255 gave a distance of 0)
+    for images in (images_a, images_b):
+        if not images.dtype.is_floating_point:
+            raise ValueError(f"images must be float images in [0, 1], got dtype {images.dtype}")
     classifier = classifier or default_classifier()
     total = images_a.new_zeros(images_a.shape[0])
     for act_a, act_b in zip(

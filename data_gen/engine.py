@@ -64,10 +64,11 @@ def run_identity(teacher: Teacher, recipe: GenerateRecipe) -> RunIdentity:
     if is_continuous(teacher):  # no codebook: float tokens [n, C] (docs/far.md)
         # No AR flow matching either: the noise is the teacher's own head input (FAR's shortcut
         # head maps it), so flow settings would be recorded and change nothing.
+        default = FlowSettings()
         changed = [
             f.name
-            for f in dataclasses.fields(FlowSettings)
-            if getattr(recipe.flow, f.name) != getattr(FlowSettings(), f.name)
+            for f in dataclasses.fields(default)
+            if getattr(recipe.flow, f.name) != getattr(default, f.name)
         ]
         if changed:
             raise ValueError(

@@ -87,8 +87,11 @@ def finished_manifest(folder: str | Path, *, teacher_fingerprint: str) -> dict:
 def pair_records(folder: str | Path, *, teacher_fingerprint: str) -> Iterator[dict]:
     """The records of a finished folder, shard by shard (not in index order), each checked
     against the teacher's fingerprint; the count against the manifest's once all are read."""
-    folder = Path(folder)
     manifest = finished_manifest(folder, teacher_fingerprint=teacher_fingerprint)
+    return _checked_records(Path(folder), manifest, teacher_fingerprint)
+
+
+def _checked_records(folder: Path, manifest: dict, teacher_fingerprint: str) -> Iterator[dict]:
     count = 0
     for shard in sorted(folder.glob("shard-*.tar")):
         for record in read_shard(shard):
@@ -130,11 +133,12 @@ def fill_pairs(folder: str | Path, *, teacher_fingerprint: str, allocate: Alloca
     ``allocate(name, shape, dtype)`` gives once: record ``i`` (a complete folder holds indices
     ``0..N-1``) into row ``i``, the noise in its stored dtype (float64 as float32). A record of
     another shape or dtype than the first is refused."""
-    records = pair_records(folder, teacher_fingerprint=teacher_fingerprint)
-    first = next(records, None)  # the folder's checks run here
+    manifest = finished_manifest(folder, teacher_fingerprint=teacher_fingerprint)
+    records = _checked_records(Path(folder), manifest, teacher_fingerprint)
+    first = next(records, None)
     if first is None:
         raise ValueError(f"{folder} holds no pairs")
-    count = json.loads((Path(folder) / MANIFEST_NAME).read_text())["counts"]["num_pairs"]
+    count = manifest["counts"]["num_pairs"]
     noise, tokens = first["noise"], _stored_tokens(first["tokens"])
     pairs = PairSet(
         index=torch.arange(count),
@@ -173,7 +177,11 @@ def pair_identity(folder: str | Path) -> dict | None:
     manifest_path = Path(folder) / MANIFEST_NAME
     if not manifest_path.is_file():
         return None
-    manifest = json.loads(manifest_path.read_text())
+    return manifest_identity(json.loads(manifest_path.read_text()))
+
+
+def manifest_identity(manifest: dict) -> dict:
+    """``pair_identity`` of a manifest already read."""
     return {
         "teacher": manifest["teacher"]["fingerprint"],
         "settings_key": manifest["settings_key"],

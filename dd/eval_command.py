@@ -37,7 +37,6 @@ from dd.teacher_spec import TeacherSpec
 DEFAULT_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "skip:1", "onestep*")
 Metric = Literal["auto", "digits", "inception"]
 DIGITS_SPLITS = ("train", "heldout")
-DIGITS_DATA = "digits"  # the tiny.json data name of the digits set (dd train-teacher's default)
 
 
 @dataclass(frozen=True)
@@ -247,15 +246,16 @@ def build_space_and_reference(
         iter_image_folder,
         iter_uint8_images,
     )
+    from teachers.data import DIGITS_DATA_NAME
 
     tiny = tiny_data is not None
     metric = recipe.metric if recipe.metric != "auto" else ("digits" if tiny else "inception")
-    if metric == "digits" and tiny and tiny_data != DIGITS_DATA:
+    if metric == "digits" and tiny and tiny_data != DIGITS_DATA_NAME:
         # its classifier and reference are the digits': a teacher of other images would be
         # scored against digits, and its labels read as digit classes
         raise ValueError(
             f"the teacher was trained on the data set {tiny_data!r}, but the digits metric "
-            f"scores against the {DIGITS_DATA!r} data and its classes: set metric: inception "
+            f"scores against the {DIGITS_DATA_NAME!r} data and its classes: set metric: inception "
             "with a reference folder of that data"
         )
     if metric == "digits" and recipe.inception_weights is not None:

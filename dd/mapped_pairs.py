@@ -43,15 +43,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_gen.shards import write_json_atomic
-from dd.data import PairSet, fill_pairs, finished_manifest, pair_identity
+from data_gen.shards import PARTIAL_SUFFIX, write_json_atomic
+from dd.data import PairSet, fill_pairs, finished_manifest, manifest_identity
 
 log = logging.getLogger(__name__)
 
 LAYOUT_NAME = "layout.json"
 FIELDS = ("labels", "noise", "tokens")
 KEY_CHARS = 16
-PARTIAL_SUFFIX = ".partial"
 # What a copy holds (dd.data: labels and codebook tokens int64, noise float16 / float32,
 # continuous tokens float32), and numpy's name for it (numpy.memmap maps the files).
 NUMPY_DTYPES = {torch.long: np.int64, torch.float16: np.float16, torch.float32: np.float32}
@@ -72,8 +71,9 @@ def mapped_pairs(
 ) -> PairSet:
     """The pairs of the finished ``folder``, mapped from their copy in ``memory_map`` (made
     first if missing)."""
-    finished_manifest(folder, teacher_fingerprint=teacher_fingerprint)  # before any file is written
-    identity = pair_identity(folder)
+    # checked before any file is written
+    manifest = finished_manifest(folder, teacher_fingerprint=teacher_fingerprint)
+    identity = manifest_identity(manifest)
     root = Path(memory_map)
     copy = root / identity_key(identity)
     if not (copy / LAYOUT_NAME).is_file():
@@ -127,8 +127,8 @@ def make_copy(
             # SIGBUS while writing through the mapping of a sparse file.
             with open(path, "wb") as handle:
                 os.posix_fallocate(handle.fileno(), 0, numel * dtype.itemsize)
-            # shared: the writes go to the file
-            return torch.from_file(str(path), shared=True, size=numel, dtype=dtype).view(shape)
+            # r+: a shared writable mapping, so the writes go to the file
+            return torch.from_numpy(np.memmap(path, NUMPY_DTYPES[dtype], mode="r+", shape=shape))
 
         pairs = fill_pairs(folder, teacher_fingerprint=teacher_fingerprint, allocate=allocate)
         del pairs  # unmapped: every write is in the page cache

@@ -24,6 +24,8 @@ DIGITS_RESOLUTION = 16  # 2x the native 8x8: room for 8x8 token grids after one 
 DIGITS_MAX_GREY = 16.0  # load_digits grey levels are integers 0..16
 DIGITS_HELDOUT_PER_CLASS = 36  # 360 held-out images (20%), 1,437 for training
 DIGITS_SPLIT_SEED = 0
+# The data name of the digits set in tiny.json entries (a --data-dir set: its folder name)
+DIGITS_DATA_NAME = "digits"
 DIGITS_NUM_CLASSES = 10
 SPLIT_FILE = Path(__file__).resolve().parent / "weights" / "digits_heldout.json"
 IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"})

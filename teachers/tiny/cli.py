@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from dd.metrics.digits import CLASSIFIER_FILE, CLASSIFIER_NAME, class_accuracy
-from teachers.data import ImageSet, load_digits_split, load_image_folder
+from teachers.data import DIGITS_DATA_NAME, ImageSet, load_digits_split, load_image_folder
 from teachers.far.config import HEAD_KINDS, ShortcutSettings
 from teachers.shipped import read_metadata, write_metadata_entry
 from teachers.tiny.common import peak_rss_mb, save_weights
@@ -196,14 +196,14 @@ def data_name_of(data_dir: Path | None) -> str:
     else the name of the ``--data-dir`` folder itself (resolved: ``.`` or ``a/b/..`` named the
     entry ``<family>-`` or ``<family>-..``)."""
     if data_dir is None:
-        return "digits"
+        return DIGITS_DATA_NAME
     name = data_dir.resolve().name
     if not name:
         raise ValueError(
             f"--data-dir {data_dir}: the folder has no name to name the entry after; "
             "put the class folders in a named folder"
         )
-    if name == "digits":  # its files and tiny.json names would be the shipped ones
+    if name == DIGITS_DATA_NAME:  # its files and tiny.json names would be the shipped ones
         raise ValueError(
             f"--data-dir {data_dir}: a folder named 'digits' would take the bundled data's "
             "names (and overwrite the shipped teachers or evaluator in --out); rename it"
@@ -231,7 +231,7 @@ def file_stem(name: str) -> str:
 def entry_and_files(family: str, data_name: str, head: str) -> tuple[str, dict[str, str]]:
     """The ``tiny.json`` entry name of a run and the weight files it writes (key -> name)."""
     if family == "classifier":
-        if data_name == "digits":
+        if data_name == DIGITS_DATA_NAME:
             return CLASSIFIER_NAME, {"classifier": CLASSIFIER_FILE}
         name = f"classifier-{data_name}"
         return name, {"classifier": f"{name}.safetensors"}

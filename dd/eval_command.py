@@ -31,6 +31,7 @@ from typing import Literal
 
 import torch
 
+from dd.compute import Precision, resolve_device
 from dd.config import parse_recipe
 from dd.teacher_spec import TeacherSpec
 
@@ -86,6 +87,14 @@ class EvalRecipe:
     """The JSON report's file; null: only the table on stdout."""
     num_threads: int | None = None
     """Intra-op CPU threads (``torch.set_num_threads``); null: torch's default."""
+    device: str = "auto"
+    """Where the models and the Inception network run: cpu, cuda, cuda:N, or auto (the first
+    CUDA device when there is one, else the CPU)."""
+    precision: Precision = "32-true"
+    """Of every model call (teacher, student, baselines, the timed forward): 32-true, or bf16 /
+    float16 autocast (bf16-mixed, 16-mixed; CUDA's flash attention kernels need half
+    precision). Decoding and scoring stay float32. LlamaGen's sampler itself runs in bf16 on
+    CUDA whatever this says (docs/teachers.md)."""
     progress_bar: bool = True
     """Show progress bars."""
 
@@ -147,7 +156,12 @@ def preset_key_of(spec: TeacherSpec) -> str | None:
 
 
 def build_setup(
-    student_path: str | None, teacher_spec: TeacherSpec | None, pairs: str | None
+    student_path: str | None,
+    teacher_spec: TeacherSpec | None,
+    pairs: str | None,
+    *,
+    device: torch.device | str = "cpu",
+    precision: Precision = "32-true",
 ) -> Setup:
     from dd.baselines import token_table_from_pairs
     from dd.checkpoint import load_student, read_card, student_folder
@@ -162,12 +176,12 @@ def build_setup(
         folder = student_folder(student_path)  # the one resolution of a name or a folder
         # A teacher spec beside a student replaces its card's (the checkpoints have moved);
         # load_student refuses a teacher of another fingerprint.
-        given = None if teacher_spec is None else load_teacher(teacher_spec)
-        student = load_student(folder, teacher=given)
+        given = None if teacher_spec is None else load_teacher(teacher_spec, device=device)
+        student = load_student(folder, teacher=given, device=device)
         teacher_spec = teacher_spec or TeacherSpec(**read_card(folder)["teacher"])
         teacher = student.teacher
     else:
-        teacher = load_teacher(teacher_spec)
+        teacher = load_teacher(teacher_spec, device=device)
     from teachers.protocol import ContinuousTeacher
 
     continuous = isinstance(teacher, ContinuousTeacher)
@@ -187,8 +201,9 @@ def build_setup(
     else:
         sampling = TINY_SAMPLING.get(teacher_spec.tiny)
     samplers = Samplers(
-        teacher, sampling or teacher.default_sampling(), student, token_table, token_pool
-    )
+        teacher, sampling or teacher.default_sampling(), student, token_table, token_pool,
+        precision,
+    )  # fmt: skip
     name = teacher_spec.tiny or teacher_spec.family
     data = None if teacher_spec.tiny is None else tiny_teacher_data(teacher_spec.tiny)
     return Setup(samplers, name, preset_key_of(teacher_spec), data)
@@ -230,7 +245,11 @@ def size_json(size: tuple[int, int] | None) -> dict[str, int] | None:
 
 
 def build_space_and_reference(
-    recipe: EvalRecipe, tiny_data: str | None, *, scored_size: tuple[int, int]
+    recipe: EvalRecipe,
+    tiny_data: str | None,
+    *,
+    scored_size: tuple[int, int],
+    device: torch.device | str = "cpu",
 ):
     """(feature space, reference, description) for a recipe. ``tiny_data``: the data set of a
     tiny teacher (``Setup.tiny_data``), which the digits metric must be. ``scored_size``
@@ -278,7 +297,8 @@ def build_space_and_reference(
         check_reference_size(tuple(images.shape[-2:]), scored_size, f"digits split {split}")
         space = DigitsSpace()
         return space, Reference.from_images(space, images), split
-    space = InceptionSpace(recipe.inception_weights)  # the missing-file error comes first
+    # the missing-file error comes first
+    space = InceptionSpace(recipe.inception_weights, device=device)
     if recipe.reference is None:
         raise ValueError("metric inception needs reference: an image folder or an .npz (mu, sigma)")
     path = Path(recipe.reference)
@@ -324,12 +344,15 @@ def run_eval(recipe: EvalRecipe) -> dict:
 
     if recipe.num_threads is not None:
         torch.set_num_threads(recipe.num_threads)
-    setup = build_setup(recipe.student, recipe.teacher, recipe.pairs)
+    device = resolve_device(recipe.device)  # refused before anything is loaded
+    setup = build_setup(
+        recipe.student, recipe.teacher, recipe.pairs, device=device, precision=recipe.precision
+    )
     samplers = setup.samplers
     teacher = samplers.teacher
     scored_size = scored_image_size(teacher, recipe.image_size)
     space, reference, reference_name = build_space_and_reference(
-        recipe, setup.tiny_data, scored_size=scored_size
+        recipe, setup.tiny_data, scored_size=scored_size, device=device
     )
     specs = method_specs(recipe.methods, samplers)
     methods = parse_methods(specs, samplers, preset_key=setup.preset_key)
@@ -371,6 +394,8 @@ def run_eval(recipe: EvalRecipe) -> dict:
         "num_samples": int(labels.shape[0]),
         "fid_samples": int(labels.shape[0] if fid_rows is None else fid_rows.shape[0]),
         "seed": recipe.seed,
+        "device": str(device),
+        "precision": recipe.precision,
         "threads": torch.get_num_threads(),
         "rows": rows,
     }

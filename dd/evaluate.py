@@ -38,6 +38,7 @@ from dd.baselines import (
     skip_tokens,
     teacher_tokens,
 )
+from dd.compute import Precision, compute_precision
 from dd.continuous_sampling import independent_token_sampler
 from dd.continuous_sampling import sample_tokens as continuous_dd_tokens
 from dd.continuous_sampling import sample_tokens_interleaved as continuous_interleaved_tokens
@@ -99,6 +100,8 @@ class Samplers:
     token_table: ClassTokenTable | None = None  # onestep* of a codebook teacher: the pairs'
     # onestep* of a continuous-token teacher: the pairs' tokens [N, n, C] and labels [N]
     token_pool: tuple[torch.Tensor, torch.Tensor] | None = None
+    # every model call (teacher, student, baselines; not decoding or scoring) runs in it
+    precision: Precision = "32-true"
 
     @property
     def continuous(self) -> bool:
@@ -318,12 +321,14 @@ def model_calls(
     indices: range,
     base: int,
 ) -> torch.Tensor:
-    """Tokens of one batch: every model call and token choice of ``method``, nothing else."""
-    if samplers.continuous:
-        return continuous_method_tokens(
-            method, samplers, labels, randomness.noise_BNC, indices, base
-        )
-    return method_tokens(method, samplers, labels, randomness)
+    """Tokens of one batch: every model call and token choice of ``method``, nothing else, in
+    ``samplers.precision`` on the teacher's device."""
+    with compute_precision(samplers.teacher.device, samplers.precision):
+        if samplers.continuous:
+            return continuous_method_tokens(
+                method, samplers, labels, randomness.noise_BNC, indices, base
+            )
+        return method_tokens(method, samplers, labels, randomness)
 
 
 def alternated_seconds(
@@ -347,18 +352,32 @@ def alternated_seconds(
     return seconds
 
 
-def teacher_forward(teacher: Teacher | ContinuousTeacher, batch_size: int) -> Callable[[], None]:
-    """ONE full-sequence teacher forward (teacher forcing, unguided) at ``batch_size``: the cost
-    floor of a one-step generator built from the teacher's trunk. Continuous-token teachers:
-    the trunk and ONE unguided head step at every position."""
-    labels = torch.arange(batch_size) % teacher.num_classes
+def teacher_forward(
+    teacher: Teacher | ContinuousTeacher, batch_size: int, precision: Precision = "32-true"
+) -> Callable[[], None]:
+    """ONE full-sequence teacher forward (teacher forcing, unguided) at ``batch_size``, in
+    ``precision``: the cost floor of a one-step generator built from the teacher's trunk.
+    Continuous-token teachers: the trunk and ONE unguided head step at every position. Its
+    inputs are made on the teacher's device once, outside the timed call."""
+    device = teacher.device
+    labels = torch.arange(batch_size, device=device) % teacher.num_classes
     n = teacher.geometry.num_tokens
     if isinstance(teacher, ContinuousTeacher):
-        tokens = torch.zeros(batch_size, n, teacher.token_dim)
+        tokens = torch.zeros(batch_size, n, teacher.token_dim, device=device)
         one_call = ContinuousSamplingConfig(cfg_scale=1.0, head_steps=1)
-        return lambda: teacher.map_noise_teacher_forcing(labels, tokens, tokens, one_call)
-    tokens = torch.zeros(batch_size, n, dtype=torch.long)
-    return lambda: teacher.logits_teacher_forcing(labels, tokens)
+
+        def forward() -> None:
+            with compute_precision(device, precision):
+                teacher.map_noise_teacher_forcing(labels, tokens, tokens, one_call)
+
+        return forward
+    tokens = torch.zeros(batch_size, n, dtype=torch.long, device=device)
+
+    def forward() -> None:
+        with compute_precision(device, precision):
+            teacher.logits_teacher_forcing(labels, tokens)
+
+    return forward
 
 
 @dataclass(frozen=True)
@@ -423,7 +442,8 @@ def forward_seconds_per_image(
     code_dim = teacher.token_dim if samplers.continuous else int(teacher.codebook.shape[1])
     base = seed_base(seed)
     randomness = randomness_at(base, indices, teacher.geometry.num_tokens, code_dim)
-    calls: dict[str, Callable[[], object]] = {"forward": teacher_forward(teacher, batch_size)}
+    forward = teacher_forward(teacher, batch_size, samplers.precision)
+    calls: dict[str, Callable[[], object]] = {"forward": forward}
     dd_methods = [m for m in methods if m.kind == "dd"]
     for method in dd_methods:
         calls[method.name] = functools.partial(

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from dd.compute import Precision, resolve_device
 from dd.config import parse_recipe
 from dd.teacher_spec import TeacherSpec
 
@@ -45,6 +46,12 @@ class SampleRecipe:
     """Images per batch, >= 1; the images are the same whatever it is (per-sample streams)."""
     num_threads: int | None = None
     """Intra-op CPU threads (``torch.set_num_threads``); null: torch's default."""
+    device: str = "auto"
+    """Where the models run: cpu, cuda, cuda:N, or auto (the first CUDA device when there is
+    one, else the CPU)."""
+    precision: Precision = "32-true"
+    """Of every model call: 32-true, or bf16 / float16 autocast (bf16-mixed, 16-mixed);
+    decoding stays float32. As in dd eval (``--precision`` there)."""
     progress_bar: bool = True
     """Show progress bars."""
 
@@ -68,7 +75,10 @@ def run_sample(recipe: SampleRecipe) -> Path:
 
     if recipe.num_threads is not None:
         torch.set_num_threads(recipe.num_threads)
-    setup = build_setup(recipe.student, recipe.teacher, recipe.pairs)
+    device = resolve_device(recipe.device)  # refused before anything is loaded
+    setup = build_setup(
+        recipe.student, recipe.teacher, recipe.pairs, device=device, precision=recipe.precision
+    )
     specs = method_specs(recipe.methods, setup.samplers)
     methods = parse_methods(specs, setup.samplers, preset_key=setup.preset_key)
     labels = torch.tensor(recipe.labels)

@@ -9,11 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from dd.compute import Precision
 from dd.distill import OptimSettings
 from dd.losses import LossSettings
 from dd.teacher_spec import TeacherSpec
 
-Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
 Strategy = Literal["auto", "ddp", "fsdp"]
 
 

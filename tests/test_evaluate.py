@@ -15,6 +15,7 @@ import torch
 
 from dd.baselines import ClassTokenTable
 from dd.cli import main as dd_main
+from dd.compute import resolve_device
 from dd.demo import (
     COMMON_METHODS,
     CONTINUOUS_METHODS,
@@ -847,6 +848,7 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
         "forward": result["one_forward_seconds_per_image"]
     }  # no DD method asked: only the forward is timed
     assert result["to_forward"] == {} and result["timing_rounds"] >= 1
+    assert result["device"] == str(resolve_device("auto")) and result["precision"] == "32-true"
     assert [row["name"] for row in result["rows"]] == ["teacher", "skip-2"]
     # As generated, like the digits split they are compared with.
     assert result["scored_image_size"] == result["reference_image_size"]

@@ -1,0 +1,63 @@
+"""Where and in what precision the one-process commands (``dd eval``, ``dd sample``) compute.
+
+``dd generate`` and ``dd train`` place their work through Lightning (``run.accelerator``,
+``run.precision``); the stage-3 commands run in one process on one device, named as torch
+names it, and take the same precision names as ``dd train`` (Lightning's).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Literal
+
+import torch
+
+Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
+"""Lightning's precision names: float32, or bf16 / float16 autocast (weights stay float32)."""
+
+AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU; otherwise ``cpu``,
+    ``cuda`` or ``cuda:N``, refused in one line when this machine does not have it (before any
+    model is loaded)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(
+            f"device {name!r} is not a device: give auto, cpu, cuda or cuda:N"
+        ) from error
+    if device.type == "cpu":
+        return device
+    if device.type != "cuda":
+        raise ValueError(f"device {name!r}: this command runs on cpu or cuda (or auto)")
+    if not torch.cuda.is_available():
+        raise ValueError(
+            f"device {name!r}: this machine has no CUDA device (torch.cuda.is_available() is "
+            "False); give cpu or auto"
+        )
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(
+            f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        )
+    return device
+
+
+def compute_precision(
+    device: torch.device, precision: Precision
+) -> contextlib.AbstractContextManager:
+    """The context model calls run in: autocast to bf16 / float16 on ``device``'s type for the
+    mixed precisions (matrix products and attention in half precision, which CUDA's flash SDPA
+    kernels need; softmax, norms and losses in float32, autocast's rules), nothing for
+    ``32-true``. The code choices that must stay exact (``dd.sampling.nearest_codes``) leave
+    autocast themselves."""
+    if precision == "32-true":
+        return contextlib.nullcontext()
+    if precision not in AUTOCAST_DTYPES:
+        raise ValueError(
+            f"precision must be one of 32-true, bf16-mixed, 16-mixed; got {precision!r}"
+        )
+    return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])

@@ -44,7 +44,7 @@ def recipe_parser(schema: type, *, prog: str, description: str = "") -> Argument
 
 
 def _instantiate(parser: ArgumentParser, namespace, schema: type[T]) -> T:
-    built = parser.instantiate_classes(namespace)
+    built = parser.instantiate(namespace)
     return schema(**{f.name: built[f.name] for f in dataclasses.fields(schema)})
 
 
@@ -63,7 +63,7 @@ def parse_recipe(schema: type[T], argv: Sequence[str], *, prog: str) -> tuple[T,
         recipe = _instantiate(parser, namespace, schema)
     except ValueError as error:
         parser.error(str(error))
-    resolved = parser.dump(namespace, skip_none=False)
+    resolved = parser.dump(namespace, skip_unset=False)
     if dry_run:
         print(resolved, end="")
         raise SystemExit(0)

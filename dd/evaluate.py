@@ -544,15 +544,26 @@ def evaluate_methods(
     is_splits: int,
     image_size: int | None,
     progress: bool = True,
+    warm_up: bool | None = None,
 ) -> list[dict]:
     """One row per method: its name, kind, steps, metrics and seconds per image (in all; of the
     model calls alone: ``model_seconds_per_image``, without noise drawing and decoding; and of
     the decoding alone: ``decode_seconds_per_image``). Each batch of images is embedded as it
     comes (``embed_stream``): only features are kept, never all the images. ``image_size``
     (``dd.eval_command.EvalRecipe``): every method's images are resized to it before they are
-    embedded (``resize_for_scoring``); that is scoring, not sampling, so it is not timed."""
+    embedded (``resize_for_scoring``); that is scoring, not sampling, so it is not timed.
+    ``warm_up`` (null: on CUDA only): each method first samples and decodes one batch
+    untimed, since CUDA initialises lazily (kernels, library handles, the allocator's pools),
+    which would fall on the first method timed (the teacher, by default)."""
+    if warm_up is None:
+        warm_up = samplers.teacher.device.type == "cuda"
     rows = []
     for method in tqdm(methods, desc="methods", disable=not progress):
+        if warm_up:
+            for _ in generate_batches(
+                method, samplers, labels[:batch_size], seed=seed, batch_size=batch_size
+            ):
+                pass
         parts: dict[str, float] = {}
         batches = generate_batches(
             method, samplers, labels, seed=seed, batch_size=batch_size,

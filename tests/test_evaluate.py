@@ -219,6 +219,37 @@ def test_every_method_gives_the_same_images_whatever_the_batch_size(samplers):
         assert not torch.equal(other, whole), method.name
 
 
+def test_warm_up_samples_one_untimed_batch_per_method_and_changes_no_score(samplers, monkeypatch):
+    import dd.evaluate
+
+    methods = parse_methods(["dd:1", "skip:1"], samplers)
+    labels = torch.arange(5) % 10
+    space = DigitsSpace()
+    reference = Reference.from_images(space, load_digits_split("heldout").images_01()[:50])
+    calls: list[int] = []
+    real_model_calls = dd.evaluate.model_calls
+
+    def counted(method, samplers, labels, *args):
+        calls.append(labels.shape[0])
+        return real_model_calls(method, samplers, labels, *args)
+
+    monkeypatch.setattr(dd.evaluate, "model_calls", counted)
+    rows = {}
+    for warm_up in (None, True):  # None: on CUDA only, so none on this CPU
+        calls.clear()
+        rows[warm_up] = evaluate_methods(
+            methods, samplers, labels, space, reference,
+            seed=0, batch_size=2, is_splits=1, image_size=None, progress=False, warm_up=warm_up,
+        )  # fmt: skip
+        batches = [2, 2, 1]  # 5 labels in batches of 2
+        assert calls == (batches if warm_up is None else [2, *batches]) * len(methods)
+    timed = ("seconds_per_image", "model_seconds_per_image", "decode_seconds_per_image")
+    for row_cold, row_warm in zip(rows[None], rows[True], strict=True):
+        assert {k: v for k, v in row_cold.items() if k not in timed} == {
+            k: v for k, v in row_warm.items() if k not in timed
+        }
+
+
 def test_eval_seed_draws_what_dd_sample_draws_with_that_seed(samplers):
     """``dd eval/sample/demo --seed s`` and ``dd.sample(generator=manual_seed(s))``: one set of
     DD images (exactly: the same noise through the same calls), Alg. 4 included (its teacher

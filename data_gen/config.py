@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 
 from dd import flow as flow_defaults
+from dd.compute import check_num_threads
 from dd.teacher_spec import TeacherSpec
 from teachers.protocol import CfgSchedule, SamplingConfig
 
@@ -175,8 +176,7 @@ class RunSettings:
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"run.batch_size must be >= 1, got {self.batch_size}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"run.num_threads must be >= 1 or null, got {self.num_threads}")
+        check_num_threads(self.num_threads, "run.num_threads")
 
 
 @dataclass(frozen=True)

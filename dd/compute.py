@@ -46,6 +46,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def check_num_threads(num_threads: int | None, key: str) -> None:
+    """A recipe's thread count: null (torch's default) or >= 1, refused when the recipe is
+    read (``torch.set_num_threads(0)`` raised a ``RuntimeError`` traceback once work began)."""
+    if num_threads is not None and num_threads < 1:
+        raise ValueError(f"{key} must be >= 1 or null (torch's default), got {num_threads}")
+
+
 def compute_precision(
     device: torch.device, precision: Precision
 ) -> contextlib.AbstractContextManager:

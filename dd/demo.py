@@ -37,6 +37,7 @@ from typing import Literal
 import torch
 from tqdm.auto import tqdm
 
+from dd.compute import check_num_threads
 from dd.config import parse_recipe
 
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
@@ -215,6 +216,12 @@ class DemoRecipe:
     eval_per_class: int | None = None
     """Evaluation samples per class, overriding the preset's for every teacher (null: the
     preset's DemoSettings value)."""
+
+    def __post_init__(self) -> None:
+        # Refused when read: a bad count killed the worker processes (a BrokenProcessPool).
+        if self.workers < 1:
+            raise ValueError(f"workers must be >= 1, got {self.workers}")
+        check_num_threads(self.num_threads, "num_threads")
 
     def settings(self) -> dict[str, DemoSettings]:
         """The preset's settings of the chosen teachers, with this recipe's overrides."""

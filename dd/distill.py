@@ -53,6 +53,23 @@ class OptimSettings:
     def __post_init__(self) -> None:
         if self.warmup_steps < 0:
             raise ValueError(f"optim.warmup_steps must be >= 0, got {self.warmup_steps}")
+        # A rate of 0 trained nothing and saved the initial student as if distilled; AdamW
+        # refused a negative one only once the run had loaded its pairs.
+        if not (math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"optim.lr must be > 0, got {self.lr}")
+        if self.lr_reference_batch < 0 or self.weight_decay < 0:
+            raise ValueError(
+                f"optim.lr_reference_batch ({self.lr_reference_batch}) and optim.weight_decay "
+                f"({self.weight_decay}) must be >= 0"
+            )
+
+    def check_length(self, total_steps: int) -> None:
+        """The cosine schedule decays to 0 at the run's last step, after the warm-up."""
+        if self.schedule == "cosine" and total_steps <= self.warmup_steps:
+            raise ValueError(
+                f"optim.schedule cosine decays to 0 at run.max_steps, which must be above "
+                f"optim.warmup_steps: got {total_steps} and {self.warmup_steps}"
+            )
 
     def scaled_lr(self, global_batch_size: int) -> float:
         if self.lr_reference_batch == 0:
@@ -251,11 +268,7 @@ class DistillModule(pl.LightningModule):
         if self.optim.schedule == "constant" and self.optim.warmup_steps == 0:
             return optimizer
         total_steps = self.trainer.max_steps
-        if self.optim.schedule == "cosine" and total_steps <= self.optim.warmup_steps:
-            raise ValueError(
-                f"optim.schedule cosine decays to 0 at run.max_steps, which must be above "
-                f"optim.warmup_steps: got {total_steps} and {self.optim.warmup_steps}"
-            )
+        self.optim.check_length(total_steps)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: self.optim.lr_factor(step, total_steps)
         )

@@ -31,7 +31,7 @@ from typing import Literal
 
 import torch
 
-from dd.compute import Precision, resolve_device
+from dd.compute import Precision, check_num_threads, resolve_device
 from dd.config import parse_recipe
 from dd.teacher_spec import TeacherSpec
 
@@ -112,6 +112,7 @@ class EvalRecipe:
             )
         if self.is_splits < 1:
             raise ValueError(f"is_splits must be >= 1, got {self.is_splits}")
+        check_num_threads(self.num_threads, "num_threads")
         if self.image_size is not None and self.image_size < 1:
             raise ValueError(
                 f"image_size must be null (score images as generated) or a size in pixels "

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from dd.compute import Precision, resolve_device
+from dd.compute import Precision, check_num_threads, resolve_device
 from dd.config import parse_recipe
 from dd.teacher_spec import TeacherSpec
 
@@ -62,6 +62,7 @@ class SampleRecipe:
             raise ValueError("labels: give at least one class label")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_num_threads(self.num_threads, "num_threads")
 
 
 def folder_name(method_name: str) -> str:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from dd.compute import Precision
+from dd.compute import Precision, check_num_threads
 from dd.distill import OptimSettings
 from dd.losses import LossSettings
 from dd.teacher_spec import TeacherSpec
@@ -119,6 +119,7 @@ class RunSection:
                 "unsharded copy of the student and shares the live teacher's parameters, which "
                 "FSDP would replace with sharded views. Use ddp (or auto)"
             )
+        check_num_threads(self.num_threads, "run.num_threads")
         if not self.gradient_clip_norm >= 0:
             raise ValueError(
                 f"run.gradient_clip_norm must be >= 0 (0: no clipping; Lightning treated a "
@@ -136,3 +137,6 @@ class TrainRecipe:
     loss: LossSettings = field(default_factory=LossSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
     run: RunSection = field(default_factory=RunSection)
+
+    def __post_init__(self) -> None:
+        self.optim.check_length(self.run.max_steps)  # when read, not after the pairs load

@@ -5,6 +5,8 @@ under CPU autocast, which follows the same rules of what runs in half precision.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -14,6 +16,8 @@ from dd.evaluate import Samplers, generate, model_calls, parse_methods, teacher_
 from dd.sampling import randomness_at, seed_base
 from dd.student import DDStudent
 from teachers.tiny import load_tiny_teacher, tiny_sampling
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 
 def test_devices_are_resolved_or_refused_in_one_line(monkeypatch):
@@ -101,3 +105,23 @@ def test_mixed_precision_covers_every_model_call_but_not_decoding(name):
     finally:
         for hook in hooks:
             hook.remove()
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "--teacher.tiny", "var-digits", "--num_threads", "0"],
+        ["sample", "--teacher.tiny", "var-digits", "--num_threads", "-1"],
+        ["demo", "--num_threads", "0"],
+        ["demo", "--workers", "0"],
+        ["generate", "--recipe", str(RECIPES / "generate_tiny_var.yaml"), "--run.num_threads", "0"],
+    ],
+)
+def test_thread_and_worker_counts_are_refused_when_the_recipe_is_read(argv, capsys):
+    # torch.set_num_threads(0) was a RuntimeError traceback once work began; --workers 0 of
+    # the demo killed its worker pool
+    with pytest.raises(SystemExit) as info:
+        dd_main([*argv, "--print_config"])
+    assert info.value.code == 2
+    error = capsys.readouterr().err
+    assert "must be >= 1" in error and "Traceback" not in error

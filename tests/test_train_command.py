@@ -97,6 +97,11 @@ def test_overrides_apply_and_unknown_keys_are_refused(tmp_path, capsys):
         (["--run.devices", "0"], "run.devices must be >= 1, or -1"),
         (["--run.ema_decay", "1"], "run.ema_decay must be in [0, 1)"),
         (["--loss.ce_weight", "-1"], "loss.ce_weight must be >= 0"),
+        (["--run.num_threads", "0"], "run.num_threads must be >= 1 or null"),
+        (["--optim.lr", "0"], "optim.lr must be > 0, got 0.0"),
+        (["--optim.weight_decay", "-0.1"], "optim.weight_decay (-0.1) must be >= 0"),
+        (["--optim.schedule", "cosine", "--optim.warmup_steps", "100000000"],
+         "must be above optim.warmup_steps"),
     ):
         with pytest.raises(SystemExit):
             parse_recipe(["--recipe", str(path), *override])

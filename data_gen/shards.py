@@ -144,13 +144,18 @@ def sha256_file(path: str | Path) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
+    """``write_text_atomic`` of ``data`` as indented JSON."""
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def write_text_atomic(path: Path, text: str) -> None:
     """Write a temporary file of this call's own (ranks finishing together may both finalize
-    the manifest: one shared temporary name made the slower ``os.replace`` fail), then rename."""
+    the manifest: one shared temporary name made the slower ``os.replace`` fail), then rename:
+    a reader sees the old file or the new one, never part of one."""
     partial = path.with_name(f".{path.name}.{uuid.uuid4().hex}{PARTIAL_SUFFIX}")
     try:
         with open(partial, "w") as handle:  # mode from the umask, as the shards' files
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
+            handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(partial, path)

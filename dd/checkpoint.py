@@ -78,6 +78,10 @@ def save_student(
         "teacher_sampling": None if sampling is None else dataclasses.asdict(sampling),
         "record": record or {},
     }
+    # The card last, and the old one removed first: a save interrupted between the two files
+    # leaves a folder without a card (not a student, which dd train rebuilds from its last
+    # checkpoint), never new weights under an old card.
+    (folder / CARD_FILE).unlink(missing_ok=True)
     _write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
     _write_atomically(
         folder / CARD_FILE, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=1) + "\n")
@@ -196,6 +200,12 @@ def initialise_from(student: DDStudent, name_or_path: str | Path) -> dict[str, A
     its own record (so a card tells the whole chain of runs)."""
     folder = student_folder(name_or_path)
     source = load_student_folder(folder, teacher=student.teacher, device=student.teacher.device)
+    if source.backbone_options != student.backbone_options:  # other layers, or readout
+        raise ValueError(
+            f"{folder} was trained with student.backbone_options {source.backbone_options} and "
+            f"this student is built with {student.backbone_options}: give the card's "
+            "backbone_options to train it further"
+        )
     student.load_student_state_dict(source.student_state_dict())
     record = read_card(folder).get("record", {})
     return {"student": str(name_or_path), "steps": record.get("steps"), "record": record}

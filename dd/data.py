@@ -227,17 +227,24 @@ def split_heldout(
 ) -> tuple[PairSet, PairSet]:
     """(train, held-out): the last ``num_heldout`` pairs by global index are held out; the first
     ``num_train`` of the others train (default: all of them)."""
-    if not 0 <= num_heldout < len(pairs):
-        raise ValueError(f"num_heldout must be in [0, {len(pairs)}), got {num_heldout}")
+    used = split_sizes(len(pairs), num_heldout, num_train)[0]
     cut = len(pairs) - num_heldout
-    if num_train is not None and not 0 < num_train <= cut:
-        raise ValueError(
-            f"num_train must be in [1, {cut}] ({len(pairs)} pairs, {num_heldout} held out), "
-            f"got {num_train}"
-        )
-    used = cut if num_train is None else num_train
     # views, not copies: dd train keeps one copy of the pairs (the loaded set) per process
     return pairs.subset(slice(0, used)), pairs.subset(slice(cut, len(pairs)))
+
+
+def split_sizes(num_pairs: int, num_heldout: int, num_train: int | None) -> tuple[int, int]:
+    """(train pairs, held-out pairs) of ``split_heldout``, or its refusal: known from a
+    manifest's count, before the pairs are loaded."""
+    if not 0 <= num_heldout < num_pairs:
+        raise ValueError(f"num_heldout must be in [0, {num_pairs}), got {num_heldout}")
+    cut = num_pairs - num_heldout
+    if num_train is not None and not 0 < num_train <= cut:
+        raise ValueError(
+            f"num_train must be in [1, {cut}] ({num_pairs} pairs, {num_heldout} held out), "
+            f"got {num_train}"
+        )
+    return (cut if num_train is None else num_train), num_heldout
 
 
 @functools.lru_cache(maxsize=2)  # the current epoch's (and a resumed rank's previous one)

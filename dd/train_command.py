@@ -29,11 +29,23 @@ from dd.train_recipe import RunSection, TrainRecipe
 log = logging.getLogger(__name__)
 LAST_CHECKPOINT = "last.ckpt"
 PAIRS_IDENTITY = "pairs.json"  # which pairs the run trains on (dd.data.pair_identity)
+INIT_RECORD = "init_from.json"  # what student.init_from was at the run's first start
+STUDENT_FOLDER = "student"  # the final student (EMA weights), dd.load_student's folder
 
 
 def checkpoint_step(path: Path) -> int:
-    """The global step a Lightning checkpoint was written at."""
-    return int(torch.load(path, map_location="cpu", weights_only=True)["global_step"])
+    """The global step a Lightning checkpoint was written at (memory-mapped: its tensors, the
+    student, its EMA and the optimiser's moments, are not read); a clear error for a file an
+    interrupted save left unreadable."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except (RuntimeError, EOFError, OSError) as error:  # torch's zip reader: RuntimeError
+        raise ValueError(
+            f"{path} cannot be read ({type(error).__name__}: an interrupted save?): copy the "
+            f"newest readable epoch=*-step=*.ckpt beside it over it to resume from there, or "
+            f"delete {path.parent.parent} to start over"
+        ) from error
+    return int(checkpoint["global_step"])
 
 
 def ema_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -172,13 +184,24 @@ def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = Fal
 
 
 def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
+    """Stage 2 of ``recipe``. Everything the recipe can get wrong (the teacher, the pair folder
+    and its split, the student's timesteps and split, the perceptual network's file) is
+    checked before the pairs are loaded: at the paper's size that load is the largest cost of
+    a start (52-104 GB)."""
     import lightning.pytorch as pl
 
     from data_gen.shards import write_json_atomic
-    from dd.checkpoint import initialise_from, save_student
+    from dd.checkpoint import save_student
     from dd.continuous import check_loss_settings, student_class
     from dd.continuous_distill import ContinuousDistillModule
-    from dd.data import load_pairs, pair_identity, pair_sampling, split_heldout
+    from dd.data import (
+        finished_manifest,
+        load_pairs,
+        pair_identity,
+        pair_sampling,
+        split_heldout,
+        split_sizes,
+    )
     from dd.distill import DistillModule, PairDataModule
     from dd.losses import build_perceptual, cached_teacher_log_probs
     from dd.metrics.digits import DigitsPerceptual
@@ -194,20 +217,21 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     # anything is loaded or written. With no perceptual term dd_loss never runs the embedding
     # head (DistillModule's check), which DDP is told.
     trainer = make_trainer(run, output, unused_parameters=recipe.loss.perceptual_weight == 0)
-    output.mkdir(parents=True, exist_ok=True)
-    (output / "recipe.yaml").write_text(resolved_yaml)
+    last = output / "checkpoints" / LAST_CHECKPOINT
+    done_steps = checkpoint_step(last) if last.is_file() else None
+    finished = done_steps is not None and done_steps >= run.max_steps
+    if finished and written_steps(output / STUDENT_FOLDER) == done_steps:
+        # Fitting again would run no step, and Lightning's EMA callback would then leave the
+        # *current* weights in the student. Nothing to do, nothing rewritten.
+        log.info("%s is already at max_steps=%d; nothing to train", last, run.max_steps)
+        return None
     teacher = load_teacher(recipe.teacher)
-    pairs = load_pairs(
-        recipe.pairs.folder,
-        teacher_fingerprint=teacher.fingerprint(),
-        memory_map=recipe.pairs.memory_map,
+    manifest = finished_manifest(recipe.pairs.folder, teacher_fingerprint=teacher.fingerprint())
+    num_train, num_heldout = split_sizes(
+        manifest["counts"]["num_pairs"], recipe.pairs.num_heldout, recipe.pairs.num_train
     )
-    # Every DDP rank writes the same content; atomically, so a rank's resume check never
-    # reads a half-written file.
-    write_json_atomic(output / PAIRS_IDENTITY, pair_identity(recipe.pairs.folder))
-    train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout, recipe.pairs.num_train)
-    pl.seed_everything(run.seed, workers=True)  # the new layers' initialisation
     check_loss_settings(teacher, recipe.loss)
+    pl.seed_everything(run.seed, workers=True)  # the new layers' initialisation
     student = student_class(teacher)(
         teacher,
         recipe.student.timesteps,
@@ -218,9 +242,9 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     )
     continuous = isinstance(teacher, ContinuousTeacher)
     student.teacher_sampling = pair_sampling(recipe.pairs.folder, continuous=continuous)
-    initialised_from = None
-    if recipe.student.init_from is not None:  # a resumed run's last.ckpt overrides this below
-        initialised_from = initialise_from(student, recipe.student.init_from)
+    initialised_from = initial_weights(
+        student, recipe.student.init_from, output, resumed=done_steps is not None
+    )
     # A continuous-token teacher (#13) gets the embedding-only student and its system.
     system = ContinuousDistillModule if continuous else DistillModule
     # Without its weight the loss never calls the perceptual network (dd_loss: CE-only
@@ -230,6 +254,36 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         perceptual = build_perceptual(recipe.loss)
         if isinstance(perceptual, DigitsPerceptual):
             perceptual.check_images_of(teacher)
+    record = {
+        "command": command,
+        "seed": run.seed,
+        "steps": done_steps,
+        "init_from": initialised_from,
+        "train_pairs": num_train,
+        "heldout_pairs": num_heldout,
+        "pairs_folder": recipe.pairs.folder,
+        "fit_seconds": None,
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "metrics": {},
+    }
+    if finished:  # stopped after its last checkpoint, before its student was written
+        if trainer.is_global_zero:
+            load_checkpoint_student(student, last)
+            record["written_from"] = str(last)
+            folder = save_student(student, output / STUDENT_FOLDER, recipe.teacher, record=record)
+            log.info("%s is at max_steps; wrote its student (EMA weights) to %s", last, folder)
+        return None
+    output.mkdir(parents=True, exist_ok=True)
+    write_text_if_changed(output / "recipe.yaml", resolved_yaml)
+    pairs = load_pairs(
+        recipe.pairs.folder,
+        teacher_fingerprint=teacher.fingerprint(),
+        memory_map=recipe.pairs.memory_map,
+    )
+    # Every DDP rank writes the same content; atomically, so a rank's resume check never
+    # reads a half-written file.
+    write_json_atomic(output / PAIRS_IDENTITY, pair_identity(recipe.pairs.folder))
+    train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout, recipe.pairs.num_train)
     settings = (student, perceptual, recipe.optim, recipe.loss)
     if continuous:
         module = system(*settings, run.global_batch_size)
@@ -249,34 +303,69 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         seed=run.seed,
         teacher_log_probs=targets,
     )
-    last = output / "checkpoints" / LAST_CHECKPOINT
-    if last.is_file() and checkpoint_step(last) >= run.max_steps:
-        # A finished run: fitting again would run no step, and Lightning's EMA callback would
-        # then leave the *current* weights in the student. Nothing to do.
-        log.info("%s is already at max_steps=%d; nothing to train", last, run.max_steps)
-        return None
     started = time.perf_counter()
     # weights_only: Lightning leaves it to torch's default, which an environment variable
     # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn into unpickling.
     resume = str(last) if last.is_file() else None
     trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    seconds = time.perf_counter() - started
     if trainer.is_global_zero:  # EMA weights were copied into the student at the end of fit
-        record = {
-            "command": command,
-            "seed": run.seed,
-            "steps": trainer.global_step,
-            "init_from": initialised_from,
-            "train_pairs": len(train_pairs),
-            "heldout_pairs": len(heldout),
-            "pairs_folder": recipe.pairs.folder,
-            "fit_seconds": round(seconds, 1),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "metrics": {k: float(v) for k, v in trainer.callback_metrics.items()},
-        }
-        folder = save_student(module.student, output / "student", recipe.teacher, record=record)
+        record.update(
+            steps=trainer.global_step,
+            fit_seconds=round(time.perf_counter() - started, 1),
+            metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
+        )
+        folder = save_student(
+            module.student, output / STUDENT_FOLDER, recipe.teacher, record=record
+        )
         log.info("wrote the student to %s", folder)
     return trainer
+
+
+def written_steps(folder: Path) -> int | None:
+    """The steps of the student a run wrote (its card's record); None when it has none."""
+    from dd.checkpoint import CARD_FILE, read_card
+
+    return read_card(folder)["record"].get("steps") if (folder / CARD_FILE).is_file() else None
+
+
+def load_checkpoint_student(student, path: Path) -> None:
+    """``student`` gets the EMA weights of a ``dd train`` checkpoint (its module's
+    ``student.`` entries: the backbone, and the noise-logit scale when there is one)."""
+    weights = {
+        name.removeprefix("student.").removeprefix("backbone."): value
+        for name, value in ema_state_dict(path).items()
+        if name.startswith("student.")
+    }
+    student.load_student_state_dict(weights)
+
+
+def initial_weights(
+    student, init_from: str | None, output: Path, *, resumed: bool
+) -> dict[str, Any] | None:
+    """``init_from``'s weights copied into ``student`` at a run's first start, what to record
+    of them kept in the run folder (``INIT_RECORD``). A resumed run's checkpoint holds the
+    weights, so the source is not read again: it may have moved or been retrained since."""
+    if init_from is None:
+        return None
+    from data_gen.shards import write_json_atomic
+    from dd.checkpoint import initialise_from
+
+    kept = output / INIT_RECORD
+    if resumed and kept.is_file():
+        return json.loads(kept.read_text())
+    record = initialise_from(student, init_from)  # runs started before INIT_RECORD: re-read
+    output.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(kept, record)
+    return record
+
+
+def write_text_if_changed(path: Path, text: str) -> None:
+    """Every process of a run writes the same file: atomically (another rank's resume check
+    never reads half of it), and not at all when it holds that text already."""
+    from data_gen.shards import write_text_atomic
+
+    if not (path.is_file() and path.read_text() == text):
+        write_text_atomic(path, text)
 
 
 def main(argv: list[str]) -> int:

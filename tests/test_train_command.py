@@ -23,16 +23,18 @@ from data_gen.config import (
 )
 from data_gen.engine import run_generation
 from data_gen.shards import read_shard
-from dd.checkpoint import read_card
+from dd.checkpoint import initialise_from, read_card, save_student
 from dd.cli import main as dd_main
 from dd.config import dump_yaml, read_recipe
 from dd.config import parse_recipe as parse_any_recipe
 from dd.data import pair_identity, pair_sampling
 from dd.distill import FROZEN_PREFIXES
 from dd.mapped_pairs import identity_key
+from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec
-from dd.train_command import check_resumable, ema_state_dict
+from dd.train_command import check_resumable, ema_state_dict, initial_weights
 from dd.train_recipe import TrainRecipe
+from teachers.tiny import load_tiny_teacher
 from teachers.tiny.registry import tiny_sampling
 from tests.shard_edit import rewrite_shard
 
@@ -46,6 +48,7 @@ PAPER = {
 }
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TINY_VAR = TeacherSpec(tiny="var-digits")
 DDP_TIMEOUT_S = 600
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -69,6 +72,9 @@ def test_every_shipped_recipe_parses(path):
         assert (recipe.student.timesteps, recipe.student.split_token) == (timesteps, split)
         assert recipe.loss.perceptual == "lpips_vgg" and recipe.run.ema_decay == 0.9999
         assert (recipe.loss.ce_weight, recipe.loss.perceptual_weight) == (0.1, 1.0)
+        # the paper's student: LlamaGen's logits at the token's own position (not the default)
+        paper_readout = {"teacher_aligned": False} if "llamagen" in path.stem else {}
+        assert recipe.student.backbone_options == paper_readout
 
 
 def test_overrides_apply_and_unknown_keys_are_refused(tmp_path, capsys):
@@ -100,8 +106,10 @@ def test_overrides_apply_and_unknown_keys_are_refused(tmp_path, capsys):
         (["--run.num_threads", "0"], "run.num_threads must be >= 1 or null"),
         (["--optim.lr", "0"], "optim.lr must be > 0, got 0.0"),
         (["--optim.weight_decay", "-0.1"], "optim.weight_decay (-0.1) must be >= 0"),
-        (["--optim.schedule", "cosine", "--optim.warmup_steps", "100000000"],
-         "must be above optim.warmup_steps"),
+        (
+            ["--optim.schedule", "cosine", "--optim.warmup_steps", "100000000"],
+            "must be above optim.warmup_steps",
+        ),
     ):
         with pytest.raises(SystemExit):
             parse_recipe(["--recipe", str(path), *override])
@@ -215,21 +223,28 @@ def test_a_run_resumes_only_on_the_pairs_it_started_with(var_pairs, tmp_path, ca
 def test_init_from_starts_from_a_saved_student_of_the_same_teacher(var_pairs, tmp_path, capsys):
     source = tmp_path / "source"
     assert dd_main(["train", *train_argv(var_pairs, source, 2)]) == 0
-    # One step at LR 0 changes no weight: the written (EMA) student is the source, bit for bit.
+    # The weights copied in are the source's, bit for bit.
+    student = dd.load_student(source / "student")
+    with torch.no_grad():
+        for parameter in student.backbone.parameters():
+            parameter.add_(1.0)
+    (tmp_path / "direct").mkdir()
+    initial_weights(student, str(source / "student"), tmp_path / "direct", resumed=False)
+    before = dd.load_student(source / "student").student_state_dict()
+    for name, tensor in student.student_state_dict().items():
+        torch.testing.assert_close(tensor, before[name], atol=0, rtol=0, msg=name)
     again = tmp_path / "again"
     argv = [*train_argv(var_pairs, again, 1), "--student.init_from", str(source / "student")]
-    assert dd_main(["train", *argv, "--optim.lr", "0"]) == 0
-    before = dd.load_student(source / "student").student_state_dict()
-    after = dd.load_student(again / "student").student_state_dict()
-    for name, tensor in before.items():
-        torch.testing.assert_close(after[name], tensor, atol=0, rtol=0, msg=name)
-    card = read_card(again / "student")
+    assert dd_main(["train", *argv]) == 0
     source_card = read_card(source / "student")
-    assert card["record"]["init_from"] == {
-        "student": str(source / "student"),
-        "steps": 2,
-        "record": source_card["record"],
-    }
+    expected = {"student": str(source / "student"), "steps": 2, "record": source_card["record"]}
+    assert read_card(again / "student")["record"]["init_from"] == expected
+    # A resumed run does not read its source again (its checkpoint holds the weights): it may
+    # have moved since; the card still says where the run started from.
+    source.rename(tmp_path / "moved")
+    assert dd_main(["train", *argv, "--run.max_steps", "2"]) == 0
+    card = read_card(again / "student")
+    assert card["record"]["steps"] == 2 and card["record"]["init_from"] == expected
     # A student of another teacher is refused before any training.
     other = [
         *train_argv(var_pairs, tmp_path / "other", 1),
@@ -239,6 +254,74 @@ def test_init_from_starts_from_a_saved_student_of_the_same_teacher(var_pairs, tm
     capsys.readouterr()
     assert dd_main(["train", *other]) == 1
     assert "distilled from teacher" in capsys.readouterr().err
+
+
+def test_init_from_a_student_of_other_backbone_options_is_refused():
+    # The shipped llamagen-digits student has the paper's readout; the default is the other.
+    teacher = load_tiny_teacher("llamagen-digits")
+    student = DDStudent(teacher, (0, 20), 64, noise_logit_scale=0.0)
+    with pytest.raises(ValueError) as refused:
+        initialise_from(student, "llamagen-digits")
+    assert str(refused.value).endswith(
+        "was trained with student.backbone_options {'teacher_aligned': False} and this student "
+        "is built with {}: give the card's backbone_options to train it further"
+    )
+
+
+def test_a_run_stopped_before_its_student_was_written_writes_it_on_rerun(
+    var_pairs, tmp_path, capsys, monkeypatch
+):
+    output = tmp_path / "run"
+    argv = train_argv(var_pairs, output, 2)
+    assert dd_main(["train", *argv]) == 0
+    weights = output / "student" / "student.safetensors"
+    written = weights.read_bytes()
+    recipe_written = (output / "recipe.yaml").stat().st_mtime_ns
+    # A kill after the last checkpoint, before the student was written; rerunning said
+    # "nothing to train" and never wrote it.
+    shutil.rmtree(output / "student")
+    assert dd_main(["train", *argv]) == 0
+    assert weights.read_bytes() == written  # the checkpoint's EMA weights, as fit wrote them
+    record = read_card(output / "student")["record"]
+    assert record["steps"] == 2 and record["written_from"] == str(output / "checkpoints/last.ckpt")
+    assert (output / "recipe.yaml").stat().st_mtime_ns == recipe_written  # not rewritten
+    # A save interrupted between its two files leaves a folder without a card (not a
+    # student, which the rerun above rewrites), never new weights under the old card.
+    import safetensors.torch
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(safetensors.torch, "save_file", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        save_student(dd.load_student(output / "student"), output / "student", TINY_VAR)
+    assert not (output / "student" / "student.json").exists()
+    monkeypatch.undo()
+    # An unreadable last checkpoint (an interrupted save) is one line, not a traceback.
+    (output / "checkpoints" / "last.ckpt").write_bytes(b"PK\x03\x04 cut short")
+    capsys.readouterr()
+    assert dd_main(["train", *argv]) == 1
+    error = capsys.readouterr().err
+    assert "last.ckpt cannot be read (RuntimeError: an interrupted save?)" in error
+    assert "Traceback" not in error
+
+
+def test_recipe_errors_are_found_before_the_pairs_load(var_pairs, tmp_path, capsys, monkeypatch):
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the pairs were loaded before the recipe was checked")
+
+    monkeypatch.setattr("dd.data.load_pairs", no_loading)
+    output = tmp_path / "refused"
+    for override, message in (
+        (["--pairs.num_heldout", "1000"], "num_heldout must be in [0, 48), got 1000"),
+        (["--student.timesteps", "[0, 9]"], "timestep 9 is not an AR step boundary"),
+        (["--student.split_token", "999"], "split_token must be in [0, 130], got 999"),
+        (["--loss.perceptual", "lpips_vgg", "--loss.vgg16_path", str(tmp_path / "vgg.pth")],
+         "LPIPS-VGG needs torchvision's ImageNet VGG16 weights"),
+    ):  # fmt: skip
+        assert dd_main(["train", *train_argv(var_pairs, output, 2), *override]) == 1
+        assert message in capsys.readouterr().err, override
+    assert not output.exists()  # nothing written for a run that never started
 
 
 def train_on_two_processes(argv: list[str]) -> subprocess.CompletedProcess:

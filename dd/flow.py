@@ -280,13 +280,24 @@ def _check_inputs(noise: torch.Tensor, log_probs: torch.Tensor, codebook: torch.
         raise ValueError(
             f"codebook width {codebook.shape[1]} does not match the noise width C = {code_dim}"
         )
+    # One pass over [..., V]: a row max is NaN if the row holds a NaN, +inf if it holds +inf
+    # and -inf only if every entry is -inf.
+    row_max = log_probs.amax(-1)
+    # One host sync for every check (this runs at every AR step of pair generation; each sync
+    # stalls a GPU's queue); the checks one by one only to say which failed.
+    bad = torch.stack(
+        [
+            ~torch.isfinite(noise).all(),
+            ~torch.isfinite(codebook).all(),
+            ~torch.isfinite(row_max).all(),  # NaN, +inf, or a row of only -inf
+        ]
+    )
+    if not bool(bad.any()):
+        return
     if not torch.isfinite(noise).all():
         raise ValueError("noise contains NaN or inf")
     if not torch.isfinite(codebook).all():
         raise ValueError("codebook contains NaN or inf")
-    # One pass over [..., V]: a row max is NaN if the row holds a NaN, +inf if it holds +inf
-    # and -inf only if every entry is -inf.
-    row_max = log_probs.amax(-1)
     if torch.isnan(row_max).any():
         raise ValueError("log_probs contains NaN")
     if (row_max == float("inf")).any():

@@ -210,6 +210,20 @@ def solve_flow_ode(
 # "Fused width"): at C = 8 padding to 16 is 1.65-1.71x faster than the unpadded 9 (and faster
 # than 24, 32 or 64); at C = 32 the unpadded 33 is the fastest of 33/40/48/64.
 FUSED_MIN_WIDTH = 16
+# CUDA's memory-efficient SDPA kernel (the one that takes float32 and an arbitrary mask) needs
+# the width to be a multiple of 4 for float32 and 8 for half precision; at 33 (VAR, C = 32)
+# SDPA falls back to its math kernel, which writes the [N, V] buffers this pass avoids
+# (PyTorch's sdp_utils; found by reading, not run: no GPU here).
+CUDA_WIDTH_MULTIPLE = 8
+
+
+def fused_width(code_dim: int, device_type: str, min_width: int = FUSED_MIN_WIDTH) -> int:
+    """The q/k/v width of the fused pass: C + 1, at least ``min_width``; on CUDA rounded up to
+    ``CUDA_WIDTH_MULTIPLE`` (zero columns change no dot product)."""
+    width = max(code_dim + 1, min_width)
+    if device_type == "cuda":
+        width = -(-width // CUDA_WIDTH_MULTIPLE) * CUDA_WIDTH_MULTIPLE
+    return width
 
 
 def fused_posterior_mean(
@@ -226,10 +240,10 @@ def fused_posterior_mean(
     (docs/benchmarks.md). log p = -inf still gives weight exactly 0. Inputs: `log_probs_NV`
     (normalised or not) and the codebook, in one float dtype. The returned function maps
     x [N, C] and t in [0, 1) to m [N, C]; at t = 0 it is the prior mean E_p[c]. The q/k/v
-    width is max(C + 1, `min_width`) (zero padding; benchmarks/flow_width.py times it).
+    width is ``fused_width`` (zero padding; benchmarks/flow_width.py times it).
     """
     vocab_size, code_dim = codebook_VC.shape
-    width = max(code_dim + 1, min_width)
+    width = fused_width(code_dim, codebook_VC.device.type, min_width)
     keys_VD = _augmented_keys(codebook_VC, codebook_VC.square().sum(-1), width=width)
     values_VD = codebook_VC.new_zeros(vocab_size, width)
     values_VD[:, :code_dim] = codebook_VC

@@ -223,6 +223,19 @@ def test_fused_posterior_mean_matches_the_buffered_formula(dtype, tolerance):
         torch.testing.assert_close(got[2].double(), codebook[1234], rtol=0, atol=1e-6)
 
 
+def test_the_fused_width_is_padded_for_cuda_kernels_without_changing_the_mean():
+    # CUDA's memory-efficient SDPA kernel needs a width multiple of 4 (float32) / 8 (half);
+    # VAR's C = 32 gives 33 on the CPU (the fastest there), 40 on CUDA.
+    assert [flow.fused_width(c, "cpu") for c in (8, 32)] == [16, 33]
+    assert [flow.fused_width(c, "cuda") for c in (8, 32)] == [16, 40]
+    codebook = var_like_codebook().float()
+    log_probs = torch.log_softmax(torch.randn(4, 4096, generator=_generator(22)), -1)
+    x = torch.randn(4, 32, generator=_generator(23))
+    cpu, padded = (flow.fused_posterior_mean(log_probs, codebook, min_width=w) for w in (16, 40))
+    for t in (0.05, 0.5, 0.97):
+        torch.testing.assert_close(padded(x, t), cpu(x, t), rtol=0, atol=1e-5)
+
+
 # --- the map: distribution fidelity and accuracy ----------------------------------------
 
 

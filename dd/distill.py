@@ -310,9 +310,26 @@ class PairDataModule(pl.LightningDataModule):
         return DataLoader(batches, batch_size=None, num_workers=0)
 
     def val_dataloader(self) -> DataLoader:
-        pairs = self.heldout_pairs
-        rows = [
-            {"labels": pairs.labels[i], "noise": pairs.noise[i].float(), "tokens": pairs.tokens[i]}
-            for i in range(len(pairs))
-        ]
-        return DataLoader(rows, batch_size=self.heldout_batch_size, shuffle=False)
+        return DataLoader(
+            HeldOutRows(self.heldout_pairs), batch_size=self.heldout_batch_size, shuffle=False
+        )
+
+
+class HeldOutRows(torch.utils.data.Dataset):
+    """The held-out pairs row by row, the noise cast to float32 as each row is read: a list
+    of every row made float32 copies of float16 noise up front (about 830 MB per process for
+    VAR-d16's 10,000 held-out pairs, mapped or not)."""
+
+    def __init__(self, pairs: PairSet) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        pairs = self.pairs
+        return {
+            "labels": pairs.labels[i],
+            "noise": pairs.noise[i].float(),
+            "tokens": pairs.tokens[i],
+        }

@@ -146,6 +146,17 @@ def test_pairs_load_in_index_order_with_their_stored_noise_dtype(teacher, pair_f
     for part in (train, heldout):
         assert part.noise.untyped_storage().data_ptr() == halves.noise.untyped_storage().data_ptr()
     assert torch.equal(heldout.noise, halves.noise[12:]) and len(train) == 12
+    # validation reads the held-out rows one by one as float32: no float32 copy of them all
+    data = PairDataModule(
+        train, heldout, global_batch_size=4, num_timesteps=len(TIMESTEPS), seed=0,
+        heldout_batch_size=3,
+    )  # fmt: skip
+    loader = data.val_dataloader()
+    assert loader.dataset.pairs is heldout
+    batches = list(loader)
+    assert [len(batch["labels"]) for batch in batches] == [3, 1]
+    assert torch.equal(torch.cat([batch["noise"] for batch in batches]), heldout.noise.float())
+    assert torch.equal(torch.cat([batch["tokens"] for batch in batches]), heldout.tokens)
     shard = list(read_shard(half / "shard-000001.tar"))
     rewrite_shard(half, 1, shard[::-1])  # records out of index order within a shard
     assert torch.equal(

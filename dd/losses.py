@@ -232,9 +232,19 @@ def cached_teacher_log_probs(
 
 
 def teacher_kl(
-    trunk_logits_BNV: torch.Tensor, teacher_log_probs_BNV: torch.Tensor, boundary_B: torch.Tensor
+    trunk_logits_BNV: torch.Tensor,
+    teacher_log_probs_BNV: torch.Tensor,
+    boundary_B: torch.Tensor,
+    num_predicted: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """``KL(p_i || softmax(trunk_i))`` averaged over every predicted position of the batch.
+    """``KL(p_i || softmax(trunk_i))`` summed over every predicted position of the batch and
+    divided by ``num_predicted`` (``None``: the batch's own number of predicted positions, so
+    the mean over them).
+
+    ``num_predicted`` is for DDP (``DistillModule.kl_normaliser``): a sample has as many
+    predicted positions as its timestep leaves (64 or 44 on llamagen-digits), so ranks' counts
+    differ, and DDP averages the ranks' gradients: each rank divides by the global count over
+    the world size, and the average is the global batch's mean whatever the split.
 
     Why (our deviation from the paper): with the noise-logit prior the student's logits of token
     ``i`` are ``trunk_i + kappa <eps_i, c>`` and the flow map's rule is
@@ -248,4 +258,6 @@ def teacher_kl(
     kl_BN = (
         target_BNV.exp() * (target_BNV.clamp_min(-1e30) - torch.log_softmax(trunk_logits_BNV, -1))
     ).sum(-1)
-    return torch.where(predicted_BN, kl_BN, torch.zeros_like(kl_BN)).sum() / predicted_BN.sum()
+    if num_predicted is None:
+        num_predicted = predicted_BN.sum()
+    return torch.where(predicted_BN, kl_BN, torch.zeros_like(kl_BN)).sum() / num_predicted

@@ -207,6 +207,40 @@ def test_teacher_kl_is_zero_at_the_teacher_and_ignores_the_prefix():
     torch.testing.assert_close(teacher_kl(changed, log_p, boundary), kl.detach())
 
 
+def test_teacher_kl_over_the_global_count_makes_two_ranks_one_batch():
+    """DDP averages the ranks' gradients. Two ranks of 4 samples whose timesteps differ (196 and
+    236 predicted positions of 64 or 44 each) that divide their summed KL by the global count
+    over the world size (216, ``DistillModule.kl_normaliser``) average to the whole batch's mean
+    KL and its gradient (float32 round-off); their own means (the code before) do not. In one
+    process the normaliser is the batch's own int64 count, the same loss to the bit."""
+    generator = torch.Generator().manual_seed(0)
+    num_tokens, vocab = 64, 16
+    log_p_BNV = torch.log_softmax(torch.randn(8, num_tokens, vocab, generator=generator), -1)
+    trunk_BNV = torch.randn(8, num_tokens, vocab, generator=generator, requires_grad=True)
+    boundary_B = torch.tensor([0, 20, 20, 20, 0, 0, 0, 20])
+    whole = teacher_kl(trunk_BNV, log_p_BNV, boundary_B)
+    (whole_grad,) = torch.autograd.grad(whole, trunk_BNV)
+    ranks = (slice(0, 4), slice(4, 8))
+    global_count = sum((num_tokens - boundary_B[r]).sum() for r in ranks)  # 196 + 236
+    per_rank_count = global_count / len(ranks)
+    normalised = [
+        teacher_kl(trunk_BNV[r], log_p_BNV[r], boundary_B[r], num_predicted=per_rank_count)
+        for r in ranks
+    ]
+    averaged = sum(normalised) / len(ranks)
+    (averaged_grad,) = torch.autograd.grad(averaged, trunk_BNV)
+    torch.testing.assert_close(averaged, whole, rtol=1e-6, atol=0)
+    torch.testing.assert_close(averaged_grad, whole_grad, rtol=1e-5, atol=1e-9)
+    own_means = sum(teacher_kl(trunk_BNV[r], log_p_BNV[r], boundary_B[r]) for r in ranks) / 2
+    (own_grad,) = torch.autograd.grad(own_means, trunk_BNV)
+    assert (own_grad - whole_grad).abs().max() > 0.05 * whole_grad.abs().max()
+    # One process: the module's normaliser is the count teacher_kl takes by itself.
+    count = DistillModule.kl_normaliser(boundary_B, num_tokens)
+    assert count.dtype == torch.int64 and int(count) == int(global_count)
+    same = teacher_kl(trunk_BNV, log_p_BNV, boundary_B, num_predicted=count)
+    assert torch.equal(same, whole)
+
+
 def test_the_teacher_kl_term_needs_the_noise_logit_prior_and_lowers_under_optimisation(
     tiny_pairs,
 ):

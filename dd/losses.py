@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dd.baselines import teacher_forcing_log_probs
+from dd.compute import autocast_off
 from dd.trajectory import apply_prefix, data_mask, predicted_token_cross_entropy
 from teachers.protocol import SamplingConfig, Teacher
 
@@ -188,8 +189,15 @@ def teacher_log_probs(
     """The teacher's guided ``log p_i`` ``[B, n, V]`` of every token given the earlier tokens of
     ``tokens`` (teacher forcing under the pairs' own ``sampling``: the distributions AR flow
     matching mapped the pairs' noise through), in one parallel forward
-    (``dd.baselines.teacher_forcing_log_probs``)."""
-    return teacher_forcing_log_probs(teacher, labels_B, tokens_BN, sampling)
+    (``dd.baselines.teacher_forcing_log_probs``).
+
+    float32 with autocast off, whatever the training precision: the per-step targets are
+    computed inside the training step, under ``bf16-mixed``'s autocast, and the cached ones
+    before it (``cached_teacher_log_probs``); in bf16 they were up to 1.04 off the float32
+    ones on 8 llamagen-digits pairs (``tests/test_losses.py``). On a GPU the forward then
+    costs float32's time (the real-teacher recipes leave the term off)."""
+    with autocast_off(tokens_BN.device):
+        return teacher_forcing_log_probs(teacher, labels_B, tokens_BN, sampling).float()
 
 
 MAX_CACHED_TARGET_BYTES = 2 * 2**30

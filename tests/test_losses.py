@@ -20,7 +20,7 @@ from dd.losses import (
 )
 from dd.metrics.digits import feature_distance
 from dd.student import DDStudent
-from dd.trajectory import step_boundaries, trajectory_input
+from dd.trajectory import data_mask, step_boundaries, trajectory_input
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 
 # The features part of torchvision's VGG16 layout: conv layer indices and channel widths.
@@ -184,6 +184,41 @@ def test_cached_targets_are_the_per_batch_targets_and_refuse_a_cache_too_big(
     monkeypatch.setattr(losses, "MAX_CACHED_TARGET_BYTES", needed - 1)
     with pytest.raises(ValueError, match=r"\[8, 64, 64\] float32.*cache_teacher_kl_targets"):
         losses.cached_teacher_log_probs(teacher, labels, tokens, sampling)
+
+
+def test_the_teacher_kl_path_stays_float32_under_bf16_autocast(tiny_pairs):
+    """``bf16-mixed`` runs the training step under autocast. The teacher-KL path adds the
+    noise-logit prior out of place (``DDStudent.noise_logit_prior``), the plain path in place
+    (float32: autocast leaves in-place ops alone). The prior is the float32 one to the bit, and
+    both paths' logits agree at the predicted positions to float32 round-off (1e-4; the prior
+    in bf16 was up to 0.058 off). The per-step targets are float32 and equal the cached ones, which
+    are computed before training, outside autocast (1e-5; in bf16 they were up to 1.04 off)."""
+    teacher, labels, noise, tokens = tiny_pairs
+    sampling = tiny_sampling("llamagen-digits")
+    torch.manual_seed(0)
+    student = DDStudent(teacher, (0, 20), 64, noise_logit_scale=2.5)
+    settings = LossSettings("digits", teacher_kl_weight=1.0)
+    module = DistillModule(student, feature_distance, OptimSettings(), settings, 8, sampling)
+    choice_B = torch.arange(len(labels)) % 2
+    batch = {"labels": labels, "noise": noise, "tokens": tokens, "timestep_choice": choice_B}
+    boundary_B = step_boundaries((0, 20), teacher.geometry)[choice_B]
+    inputs_BNC = trajectory_input(noise, tokens, teacher.codebook, boundary_B)
+    cached_BNV = cached_teacher_log_probs(teacher, labels, tokens, sampling)
+    with torch.no_grad():
+        prior_BNV = student.noise_logit_prior(inputs_BNC)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed_prior_BNV = student.noise_logit_prior(inputs_BNC)
+            with_kl_BNV, _, boundary, _ = module._predict(batch, with_trunk=True)
+            plain_BNV = module._predict(batch)[0]
+            per_step_BNV = module._teacher_kl_target(batch)
+    assert torch.equal(boundary, boundary_B)
+    assert mixed_prior_BNV.dtype == torch.float32 and torch.equal(mixed_prior_BNV, prior_BNV)
+    predicted_BN = ~data_mask(boundary_B, tokens.shape[1])
+    torch.testing.assert_close(
+        with_kl_BNV[predicted_BN], plain_BNV[predicted_BN], atol=1e-4, rtol=1e-5
+    )
+    assert per_step_BNV.dtype == torch.float32
+    torch.testing.assert_close(per_step_BNV, cached_BNV, atol=1e-5, rtol=1e-5)
 
 
 def test_teacher_kl_is_zero_at_the_teacher_and_ignores_the_prefix():

@@ -2,7 +2,8 @@
 
 ``dd generate`` and ``dd train`` place their work through Lightning (``run.accelerator``,
 ``run.precision``); the stage-3 commands run in one process on one device, named as torch
-names it, and take the same precision names as ``dd train`` (Lightning's).
+names it, and take the same precision names as ``dd train`` (Lightning's). ``autocast_off``
+serves every stage: what must stay float32 under the mixed precisions leaves autocast.
 """
 
 from __future__ import annotations
@@ -68,3 +69,12 @@ def compute_precision(
             f"precision must be one of 32-true, bf16-mixed, 16-mixed; got {precision!r}"
         )
     return torch.autocast(device.type, dtype=AUTOCAST_DTYPES[precision])
+
+
+def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
+    """Autocast disabled on ``device``'s type (nothing where torch has no autocast for it),
+    for what must stay float32 under the mixed precisions whoever calls it: the teacher-KL
+    term's prior and targets (``DDStudent.noise_logit_prior``, ``dd.losses.teacher_log_probs``)."""
+    if torch.amp.is_autocast_available(device.type):
+        return torch.autocast(device.type, enabled=False)
+    return contextlib.nullcontext()

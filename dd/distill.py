@@ -216,7 +216,9 @@ class DistillModule(pl.LightningModule):
         )
         total, logged = terms.total, {}
         if kl_weight > 0:
-            kl = teacher_kl(trunk, self._teacher_kl_target(batch), boundary)
+            target = self._teacher_kl_target(batch)
+            normaliser = self.kl_normaliser(boundary, trunk.shape[1])
+            kl = teacher_kl(trunk, target, boundary, num_predicted=normaliser)
             total, logged = total + kl_weight * kl, {"train/teacher_kl": kl.detach()}
         self.log_dict(
             {
@@ -233,6 +235,24 @@ class DistillModule(pl.LightningModule):
             "cross_entropy": terms.cross_entropy,
             "perceptual": terms.perceptual,
         }
+
+    @staticmethod
+    def kl_normaliser(boundary_B: torch.Tensor, num_tokens: int) -> torch.Tensor:
+        """What this rank divides its summed teacher-KL by (``teacher_kl``'s ``num_predicted``):
+        the global batch's number of predicted positions over the world size, all-reduced each
+        step. DDP averages the ranks' gradients, so the ranks' terms then average to the mean
+        over the global batch, the one-process loss. A rank's own mean instead weighs its
+        positions by 1 / its count, which depends on how the timesteps fell between the ranks
+        (a sample has 64 or 44 predicted positions on llamagen-digits). One process: this
+        batch's count itself, the int64 tensor ``teacher_kl`` divided by before this existed,
+        so one-process training is the same to the bit."""
+        count = (~data_mask(boundary_B, num_tokens)).sum()
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if not distributed or torch.distributed.get_world_size() == 1:
+            return count
+        total = count.clone()  # all_reduce works in place
+        torch.distributed.all_reduce(total, op=torch.distributed.ReduceOp.SUM)
+        return total / torch.distributed.get_world_size()
 
     def _teacher_kl_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """The teacher's ``log p`` of the batch's pairs: served with the batch when cached

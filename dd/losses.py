@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from dd.baselines import teacher_forcing_log_probs
+from dd.compute import autocast_off
 from dd.trajectory import apply_prefix, data_mask, predicted_token_cross_entropy
 from teachers.protocol import SamplingConfig, Teacher
 
@@ -188,8 +189,15 @@ def teacher_log_probs(
     """The teacher's guided ``log p_i`` ``[B, n, V]`` of every token given the earlier tokens of
     ``tokens`` (teacher forcing under the pairs' own ``sampling``: the distributions AR flow
     matching mapped the pairs' noise through), in one parallel forward
-    (``dd.baselines.teacher_forcing_log_probs``)."""
-    return teacher_forcing_log_probs(teacher, labels_B, tokens_BN, sampling)
+    (``dd.baselines.teacher_forcing_log_probs``).
+
+    float32 with autocast off, whatever the training precision: the per-step targets are
+    computed inside the training step, under ``bf16-mixed``'s autocast, and the cached ones
+    before it (``cached_teacher_log_probs``); in bf16 they were up to 1.04 off the float32
+    ones on 8 llamagen-digits pairs (``tests/test_losses.py``). On a GPU the forward then
+    costs float32's time (the real-teacher recipes leave the term off)."""
+    with autocast_off(tokens_BN.device):
+        return teacher_forcing_log_probs(teacher, labels_B, tokens_BN, sampling).float()
 
 
 MAX_CACHED_TARGET_BYTES = 2 * 2**30
@@ -232,9 +240,19 @@ def cached_teacher_log_probs(
 
 
 def teacher_kl(
-    trunk_logits_BNV: torch.Tensor, teacher_log_probs_BNV: torch.Tensor, boundary_B: torch.Tensor
+    trunk_logits_BNV: torch.Tensor,
+    teacher_log_probs_BNV: torch.Tensor,
+    boundary_B: torch.Tensor,
+    num_predicted: torch.Tensor | float | None = None,
 ) -> torch.Tensor:
-    """``KL(p_i || softmax(trunk_i))`` averaged over every predicted position of the batch.
+    """``KL(p_i || softmax(trunk_i))`` summed over every predicted position of the batch and
+    divided by ``num_predicted`` (``None``: the batch's own number of predicted positions, so
+    the mean over them).
+
+    ``num_predicted`` is for DDP (``DistillModule.kl_normaliser``): a sample has as many
+    predicted positions as its timestep leaves (64 or 44 on llamagen-digits), so ranks' counts
+    differ, and DDP averages the ranks' gradients: each rank divides by the global count over
+    the world size, and the average is the global batch's mean whatever the split.
 
     Why (our deviation from the paper): with the noise-logit prior the student's logits of token
     ``i`` are ``trunk_i + kappa <eps_i, c>`` and the flow map's rule is
@@ -248,4 +266,6 @@ def teacher_kl(
     kl_BN = (
         target_BNV.exp() * (target_BNV.clamp_min(-1e30) - torch.log_softmax(trunk_logits_BNV, -1))
     ).sum(-1)
-    return torch.where(predicted_BN, kl_BN, torch.zeros_like(kl_BN)).sum() / predicted_BN.sum()
+    if num_predicted is None:
+        num_predicted = predicted_BN.sum()
+    return torch.where(predicted_BN, kl_BN, torch.zeros_like(kl_BN)).sum() / num_predicted

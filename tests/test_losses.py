@@ -20,7 +20,7 @@ from dd.losses import (
 )
 from dd.metrics.digits import feature_distance
 from dd.student import DDStudent
-from dd.trajectory import step_boundaries, trajectory_input
+from dd.trajectory import data_mask, step_boundaries, trajectory_input
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 
 # The features part of torchvision's VGG16 layout: conv layer indices and channel widths.
@@ -186,6 +186,41 @@ def test_cached_targets_are_the_per_batch_targets_and_refuse_a_cache_too_big(
         losses.cached_teacher_log_probs(teacher, labels, tokens, sampling)
 
 
+def test_the_teacher_kl_path_stays_float32_under_bf16_autocast(tiny_pairs):
+    """``bf16-mixed`` runs the training step under autocast. The teacher-KL path adds the
+    noise-logit prior out of place (``DDStudent.noise_logit_prior``), the plain path in place
+    (float32: autocast leaves in-place ops alone). The prior is the float32 one to the bit, and
+    both paths' logits agree at the predicted positions to float32 round-off (1e-4; the prior
+    in bf16 was up to 0.058 off). The per-step targets are float32 and equal the cached ones, which
+    are computed before training, outside autocast (1e-5; in bf16 they were up to 1.04 off)."""
+    teacher, labels, noise, tokens = tiny_pairs
+    sampling = tiny_sampling("llamagen-digits")
+    torch.manual_seed(0)
+    student = DDStudent(teacher, (0, 20), 64, noise_logit_scale=2.5)
+    settings = LossSettings("digits", teacher_kl_weight=1.0)
+    module = DistillModule(student, feature_distance, OptimSettings(), settings, 8, sampling)
+    choice_B = torch.arange(len(labels)) % 2
+    batch = {"labels": labels, "noise": noise, "tokens": tokens, "timestep_choice": choice_B}
+    boundary_B = step_boundaries((0, 20), teacher.geometry)[choice_B]
+    inputs_BNC = trajectory_input(noise, tokens, teacher.codebook, boundary_B)
+    cached_BNV = cached_teacher_log_probs(teacher, labels, tokens, sampling)
+    with torch.no_grad():
+        prior_BNV = student.noise_logit_prior(inputs_BNC)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed_prior_BNV = student.noise_logit_prior(inputs_BNC)
+            with_kl_BNV, _, boundary, _ = module._predict(batch, with_trunk=True)
+            plain_BNV = module._predict(batch)[0]
+            per_step_BNV = module._teacher_kl_target(batch)
+    assert torch.equal(boundary, boundary_B)
+    assert mixed_prior_BNV.dtype == torch.float32 and torch.equal(mixed_prior_BNV, prior_BNV)
+    predicted_BN = ~data_mask(boundary_B, tokens.shape[1])
+    torch.testing.assert_close(
+        with_kl_BNV[predicted_BN], plain_BNV[predicted_BN], atol=1e-4, rtol=1e-5
+    )
+    assert per_step_BNV.dtype == torch.float32
+    torch.testing.assert_close(per_step_BNV, cached_BNV, atol=1e-5, rtol=1e-5)
+
+
 def test_teacher_kl_is_zero_at_the_teacher_and_ignores_the_prefix():
     """KL(p || softmax(trunk)) over predicted positions: 0 when the trunk is log p up to a
     constant (1e-6), positive otherwise, blind to positions before the boundary, finite where
@@ -205,6 +240,40 @@ def test_teacher_kl_is_zero_at_the_teacher_and_ignores_the_prefix():
     changed = other.detach().clone()
     changed[1, :3] = 100.0  # sample 1's prefix
     torch.testing.assert_close(teacher_kl(changed, log_p, boundary), kl.detach())
+
+
+def test_teacher_kl_over_the_global_count_makes_two_ranks_one_batch():
+    """DDP averages the ranks' gradients. Two ranks of 4 samples whose timesteps differ (196 and
+    236 predicted positions of 64 or 44 each) that divide their summed KL by the global count
+    over the world size (216, ``DistillModule.kl_normaliser``) average to the whole batch's mean
+    KL and its gradient (float32 round-off); their own means (the code before) do not. In one
+    process the normaliser is the batch's own int64 count, the same loss to the bit."""
+    generator = torch.Generator().manual_seed(0)
+    num_tokens, vocab = 64, 16
+    log_p_BNV = torch.log_softmax(torch.randn(8, num_tokens, vocab, generator=generator), -1)
+    trunk_BNV = torch.randn(8, num_tokens, vocab, generator=generator, requires_grad=True)
+    boundary_B = torch.tensor([0, 20, 20, 20, 0, 0, 0, 20])
+    whole = teacher_kl(trunk_BNV, log_p_BNV, boundary_B)
+    (whole_grad,) = torch.autograd.grad(whole, trunk_BNV)
+    ranks = (slice(0, 4), slice(4, 8))
+    global_count = sum((num_tokens - boundary_B[r]).sum() for r in ranks)  # 196 + 236
+    per_rank_count = global_count / len(ranks)
+    normalised = [
+        teacher_kl(trunk_BNV[r], log_p_BNV[r], boundary_B[r], num_predicted=per_rank_count)
+        for r in ranks
+    ]
+    averaged = sum(normalised) / len(ranks)
+    (averaged_grad,) = torch.autograd.grad(averaged, trunk_BNV)
+    torch.testing.assert_close(averaged, whole, rtol=1e-6, atol=0)
+    torch.testing.assert_close(averaged_grad, whole_grad, rtol=1e-5, atol=1e-9)
+    own_means = sum(teacher_kl(trunk_BNV[r], log_p_BNV[r], boundary_B[r]) for r in ranks) / 2
+    (own_grad,) = torch.autograd.grad(own_means, trunk_BNV)
+    assert (own_grad - whole_grad).abs().max() > 0.05 * whole_grad.abs().max()
+    # One process: the module's normaliser is the count teacher_kl takes by itself.
+    count = DistillModule.kl_normaliser(boundary_B, num_tokens)
+    assert count.dtype == torch.int64 and int(count) == int(global_count)
+    same = teacher_kl(trunk_BNV, log_p_BNV, boundary_B, num_predicted=count)
+    assert torch.equal(same, whole)
 
 
 def test_the_teacher_kl_term_needs_the_noise_logit_prior_and_lowers_under_optimisation(

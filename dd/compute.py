@@ -74,7 +74,8 @@ def compute_precision(
 def autocast_off(device: torch.device) -> contextlib.AbstractContextManager:
     """Autocast disabled on ``device``'s type (nothing where torch has no autocast for it),
     for what must stay float32 under the mixed precisions whoever calls it: the teacher-KL
-    term's prior and targets (``DDStudent.noise_logit_prior``, ``dd.losses.teacher_log_probs``)."""
+    term's prior and targets (``DDStudent.noise_logit_prior``, ``dd.losses.teacher_log_probs``),
+    the choice of nearest codes (``dd.sampling.nearest_codes``)."""
     if torch.amp.is_autocast_available(device.type):
         return torch.autocast(device.type, enabled=False)
     return contextlib.nullcontext()

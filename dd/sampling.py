@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from data_gen.pairs import sample_seed
+from dd.compute import autocast_off
 from dd.interleave import check_interleave
 from dd.student import DDStudent
 from dd.trajectory import trajectory_input
@@ -126,11 +127,8 @@ def nearest_codes(embeddings_BNC: torch.Tensor, codebook_VC: torch.Tensor) -> to
     least, autocast or not: in bf16, 2.6% of the nearest codes of LlamaGen-like embeddings
     (16,384 unit-length codes of 8 dims, noise 0.1; ``tests/test_sampling.py``) come out
     wrong (validation runs under ``bf16-mixed``'s autocast)."""
-    device_type = embeddings_BNC.device.type
-    if torch.amp.is_autocast_available(device_type):
-        with torch.autocast(device_type, enabled=False):
-            return _nearest_codes(embeddings_BNC, codebook_VC)
-    return _nearest_codes(embeddings_BNC, codebook_VC)
+    with autocast_off(embeddings_BNC.device):
+        return _nearest_codes(embeddings_BNC, codebook_VC)
 
 
 def _nearest_codes(embeddings_BNC: torch.Tensor, codebook_VC: torch.Tensor) -> torch.Tensor:

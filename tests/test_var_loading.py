@@ -120,7 +120,7 @@ def test_unknown_wrapper_and_truncated_safetensors_are_named(tmp_path, var_confi
 def test_pickled_code_is_refused(tmp_path, var_config):
     path = tmp_path / "var_pickled.pth"
     torch.save({"model": VAR(var_config)}, path)  # a whole module: needs unpickling code
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match=r"it pickles \S*VAR, which is never unpickled"):
         load_var(path, var_config)
 
 

@@ -99,3 +99,17 @@ def test_generate_print_config_is_the_dry_run(capsys):
     with pytest.raises(SystemExit) as info:
         generate_main(["--recipe", path, "--pairs.sed", "9"])
     assert info.value.code != 0 and "sed" in capsys.readouterr().err
+
+
+def test_switching_a_preset_recipe_to_official_args_names_the_flags(capsys):
+    """official_args over a preset recipe kept its presets and said only "not both": the
+    refusal names the flags that null them, and with those flags the recipe parses."""
+    argv = ["--recipe", str(RECIPES[0].parent / "generate_var_d16.yaml"), "--teacher.official_args",
+            "{model: {depth: 2}, tokenizer: {ch: 32}}"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        generate_main([*argv, "--print_config"])
+    err = capsys.readouterr().err
+    assert "add --teacher.preset null --teacher.tokenizer_preset null to use official_args" in err
+    switched = [*argv, "--teacher.preset", "null", "--teacher.tokenizer_preset", "null"]
+    recipe, _ = parse_recipe(GenerateRecipe, switched, prog="g")
+    assert recipe.teacher.official_args == {"model": {"depth": 2}, "tokenizer": {"ch": 32}}

@@ -105,7 +105,10 @@ def _load_var(spec: FamilySpec, checkpoint: Path, tokenizer: Path, device) -> Te
         vae_config = VQVAEConfig.from_official_args(spec.official_args["tokenizer"])
     else:
         if spec.preset is None:
-            raise ValueError("teacher: family 'var' needs a 'preset' (d16, d20, d24, d30)")
+            raise ValueError(
+                "teacher: family 'var' needs a 'preset' (d16, d20, d24, d30) or "
+                "'official_args' ({model: {...}, tokenizer: {...}}, docs/teachers.md)"
+            )
         var_config = spec.preset
         vae_config = spec.tokenizer_preset or DEFAULT_TOKENIZER_PRESETS["var"]
     return load_var_teacher(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -450,6 +451,45 @@ def test_a_student_with_moved_teacher_files_takes_a_teacher_spec(tmp_path, capsy
     assert dd_main([*argv, "--teacher.tiny", "llamagen-digits", "--output", str(out)]) == 1
     err = capsys.readouterr().err
     assert "distilled from teacher" in err and len(err.strip().splitlines()) == 1
+
+
+def test_moved_teacher_files_alone_override_the_card(tmp_path, capsys):
+    """A student of the fixture VAR (official_args) whose files moved: dd sample without a
+    teacher names the override flags; --teacher.checkpoint and --teacher.tokenizer_checkpoint
+    alone then work (the card's family and official_args kept: the whole spec had to be
+    restated, and family + paths alone failed with "needs a 'preset'")."""
+    from dd.checkpoint import save_student
+    from dd.student import DDStudent
+    from dd.teacher_spec import load_teacher
+    from tests.parity import var_fixture_spec
+
+    fixture = var_fixture_spec()
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    spec = dataclasses.replace(
+        fixture,
+        checkpoint=str(old / "var.safetensors"),
+        tokenizer_checkpoint=str(old / "vae.safetensors"),
+    )
+    for source, target in (
+        (fixture.checkpoint, spec.checkpoint),
+        (fixture.tokenizer_checkpoint, spec.tokenizer_checkpoint),
+    ):
+        Path(target).write_bytes(Path(source).read_bytes())  # fmt: skip
+    teacher = load_teacher(spec)
+    student = DDStudent(teacher, (0, 2), teacher.geometry.step_ranges[2][0])
+    folder = save_student(student, tmp_path / "student", spec)
+    old.rename(new)
+    argv = ["sample", "--student", str(folder), "--methods", "['dd:1']", "--labels", "[3]",
+            "--output", str(tmp_path / "samples"), "--progress_bar", "false"]  # fmt: skip
+    assert dd_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--teacher.checkpoint PATH --teacher.tokenizer_checkpoint PATH beside --student" in err
+    moved = ["--teacher.checkpoint", str(new / "var.safetensors"),
+             "--teacher.tokenizer_checkpoint", str(new / "vae.safetensors")]  # fmt: skip
+    assert dd_main([*argv, *moved]) == 0
+    assert dd_main([*argv, *moved, "--teacher.family", "var"]) == 0
+    assert (tmp_path / "samples" / "dd_1-step" / "0000_class3.png").is_file()
 
 
 def test_demo_report_schema_from_a_toy_run(tmp_path):

@@ -318,6 +318,7 @@ def build_space_and_reference(
     from dd.metrics.spaces import (
         DigitsSpace,
         InceptionSpace,
+        image_folder_files,
         image_folder_size,
         iter_image_folder,
         iter_uint8_images,
@@ -368,7 +369,10 @@ def build_space_and_reference(
         # its images' features (one Inception pass over them, as the ADM evaluator does).
         size = images.shape[1:3]  # [N, H, W, 3]
         check_reference_size(size, scored_size, str(path))
-        reference = Reference.from_batches(space, iter_uint8_images(images), stats, size=size)
+        reference = Reference.from_batches(
+            space, iter_uint8_images(images), stats, size=size,
+            total=len(images), progress=recipe.progress_bar,
+        )  # fmt: skip
         return space, reference, str(path)
     if path.exists() and not path.is_dir():
         raise ValueError(
@@ -377,7 +381,11 @@ def build_space_and_reference(
         )
     size = image_folder_size(path)
     check_reference_size(size, scored_size, str(path))
-    return space, Reference.from_batches(space, iter_image_folder(path), None, size=size), str(path)
+    reference = Reference.from_batches(
+        space, iter_image_folder(path), None, size=size,
+        total=len(image_folder_files(path)), progress=recipe.progress_bar,
+    )  # fmt: skip
+    return space, reference, str(path)
 
 
 def load_npz_images(path: Path):

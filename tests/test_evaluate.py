@@ -251,6 +251,18 @@ def test_warm_up_samples_one_untimed_batch_per_method_and_changes_no_score(sampl
         }
 
 
+def test_the_methods_bar_says_which_method_is_scored(samplers, capsys):
+    """Scoring (FID at 2048-d: ~20 s a method) was silent: the methods bar names it."""
+    methods = parse_methods(["skip:1"], samplers)
+    space = DigitsSpace()
+    reference = Reference.from_images(space, load_digits_split("heldout").images_01()[:20])
+    evaluate_methods(
+        methods, samplers, torch.arange(5), space, reference,
+        seed=0, batch_size=2, is_splits=1, image_size=None, progress=True,
+    )  # fmt: skip
+    assert f"scoring {methods[0].name}" in capsys.readouterr().err
+
+
 def test_eval_seed_draws_what_dd_sample_draws_with_that_seed(samplers):
     """``dd eval/sample/demo --seed s`` and ``dd.sample(generator=manual_seed(s))``: one set of
     DD images (exactly: the same noise through the same calls), Alg. 4 included (its teacher
@@ -603,7 +615,7 @@ def random_inception_file(tmp_path_factory):
     return path
 
 
-def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
+def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch, capsys):
     """The plumbing of the real-teacher path with a weights file of the right keys and shapes
     but RANDOM values (the real file is not on this machine): the file is checked with
     weights_only=True and loaded strictly; 2048-d features and 1008 logits come out of one pass
@@ -672,10 +684,12 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
         image.save(images_dir / f"{index:02d}.png")
     monkeypatch.setattr("dd.metrics.spaces.EMBED_BATCH", 2)  # several batches of the folder
     whole = space.embed(pixels.permute(0, 3, 1, 2).double() / 255)[0]
+    capsys.readouterr()
     by_folder = build_space_and_reference(
         dataclasses.replace(recipe, reference=str(images_dir)), tiny_data=None, scored_size=(16, 16)
     )[1]
     torch.testing.assert_close(by_folder.features, whole, rtol=1e-5, atol=0)
+    assert "reference images: 100%" in capsys.readouterr().err  # a bar: minutes were silent
     np.savez(tmp_path / "adm.npz", arr_0=pixels.numpy(), mu=stats_mu(5), sigma=np.eye(2048))
     adm = build_space_and_reference(
         dataclasses.replace(recipe, reference=str(tmp_path / "adm.npz")),
@@ -683,6 +697,7 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
         scored_size=(16, 16),
     )[1]
     torch.testing.assert_close(adm.features, whole, rtol=1e-5, atol=0)
+    assert "5/5" in capsys.readouterr().err  # counted in images, of a known total
     assert np.array_equal(adm.stats.mu, stats_mu(5)) and np.array_equal(
         adm.stats.sigma, np.eye(2048)
     )

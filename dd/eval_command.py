@@ -358,7 +358,10 @@ def build_space_and_reference(
     # the missing-file error comes first
     space = InceptionSpace(recipe.inception_weights, device=device)
     if recipe.reference is None:
-        raise ValueError("metric inception needs reference: an image folder or an .npz (mu, sigma)")
+        raise ValueError(
+            "metric inception needs a reference: give --reference with an image folder or an "
+            ".npz (mu, sigma; the ADM format)"
+        )
     path = Path(recipe.reference)
     if path.suffix.lower() == ".npz":
         stats = load_stats_npz(str(path), space.feature_dim)

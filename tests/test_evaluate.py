@@ -661,6 +661,9 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch, capsy
     )  # fmt: skip
     with pytest.raises(ValueError, match="not an .npz"):
         build_space_and_reference(recipe, tiny_data=None, scored_size=(16, 16))
+    with pytest.raises(ValueError, match="needs a reference: give --reference with"):
+        unset = dataclasses.replace(recipe, reference=None)
+        build_space_and_reference(unset, tiny_data=None, scored_size=(16, 16))
     # An .npz of a folder's mu and sigma (the ADM format) is the same reference as the folder.
     folder = Reference.from_images(space, torch.rand(8, 3, 16, 16, generator=torch.Generator()))
     np.savez(tmp_path / "ref.npz", mu=folder.stats.mu, sigma=folder.stats.sigma)

@@ -100,8 +100,10 @@ def test_overrides_apply_and_unknown_keys_are_refused(tmp_path, capsys):
         (["--run.num_threads", "0"], "run.num_threads must be >= 1 or null"),
         (["--optim.lr", "0"], "optim.lr must be > 0, got 0.0"),
         (["--optim.weight_decay", "-0.1"], "optim.weight_decay (-0.1) must be >= 0"),
-        (["--optim.schedule", "cosine", "--optim.warmup_steps", "100000000"],
-         "must be above optim.warmup_steps"),
+        (
+            ["--optim.schedule", "cosine", "--optim.warmup_steps", "100000000"],
+            "must be above optim.warmup_steps",
+        ),
     ):
         with pytest.raises(SystemExit):
             parse_recipe(["--recipe", str(path), *override])
@@ -389,4 +391,5 @@ def test_an_accelerator_this_machine_lacks_is_one_line(var_pairs, tmp_path, caps
         assert dd_main(command) == 1
         err = capsys.readouterr().err
         assert f"dd {command[0]}: `MPSAccelerator`" in err and len(err.strip().splitlines()) == 1
+        assert err.strip().endswith("instead: --run.accelerator cpu --run.devices 1)")
     assert not (tmp_path / "run").exists()  # refused before loading or writing anything

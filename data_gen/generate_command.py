@@ -13,6 +13,7 @@ import sys
 
 from data_gen.config import GenerateRecipe
 from data_gen.shards import ShardError
+from dd.compute import run_section_refusal
 from dd.config import parse_recipe
 
 
@@ -29,7 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result = run_generation(recipe)
-    except (ShardError, ValueError, FileNotFoundError, MisconfigurationException) as error:
+    except MisconfigurationException as error:  # the run section: e.g. a GPU recipe here
+        print(f"dd generate: {run_section_refusal(error)}", file=sys.stderr)
+        return 1
+    except (ShardError, ValueError, FileNotFoundError) as error:
         print(f"dd generate: {error}", file=sys.stderr)
         return 1
     if result.complete:

@@ -18,6 +18,14 @@ Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
 
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
+CPU_RUN_FLAGS = "--run.accelerator cpu --run.devices 1"
+
+
+def run_section_refusal(error: Exception) -> str:
+    """Lightning's refusal of a recipe's run section (a GPU recipe on a CPU machine: "No
+    supported gpu backend found!"), with the flags that run it on this machine's CPU."""
+    return f"{error} (to run on this machine's CPU instead: {CPU_RUN_FLAGS})"
+
 
 def resolve_device(name: str) -> torch.device:
     """``auto``: the first CUDA device when there is one, else the CPU; otherwise ``cpu``,

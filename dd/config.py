@@ -16,12 +16,12 @@ their signatures (one source of truth for defaults, types and help):
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from jsonargparse import ActionConfigFile, ArgumentParser, set_parsing_settings
+from jsonargparse import ActionConfigFile, ArgumentParser, Namespace, set_parsing_settings
 
 T = TypeVar("T")
 
@@ -51,14 +51,26 @@ def _instantiate(parser: ArgumentParser, namespace, schema: type[T]) -> T:
 PRINT_CONFIG = "--print_config"
 
 
-def parse_recipe(schema: type[T], argv: Sequence[str], *, prog: str) -> tuple[T, str]:
+def parse_recipe(
+    schema: type[T],
+    argv: Sequence[str],
+    *,
+    prog: str,
+    defaults_for: Callable[[Namespace], dict[str, Any] | None] | None = None,
+) -> tuple[T, str]:
     """(recipe, resolved YAML) from command-line arguments; exits with a message on errors.
     ``--print_config`` (the dry run) prints the resolved recipe and exits once the sections'
-    own checks have passed (jsonargparse's action would print before them)."""
+    own checks have passed (jsonargparse's action would print before them). ``defaults_for``:
+    defaults that depend on what was given (a student's card spec under the ``--teacher.*``
+    given beside it), under which the same arguments are parsed again."""
     parser = recipe_parser(schema, prog=prog, description=schema.__doc__ or "")
     argv = list(argv)
     dry_run = PRINT_CONFIG in argv
-    namespace = parser.parse_args([arg for arg in argv if arg != PRINT_CONFIG])
+    arguments = [arg for arg in argv if arg != PRINT_CONFIG]
+    namespace = parser.parse_args(arguments)
+    if defaults_for is not None and (defaults := defaults_for(namespace)):
+        parser.set_defaults(defaults)
+        namespace = parser.parse_args(arguments)
     try:  # the sections' own checks (``__post_init__``) speak as parse errors
         recipe = _instantiate(parser, namespace, schema)
     except ValueError as error:

@@ -48,8 +48,8 @@ class EvalRecipe:
     """A student checkpoint folder or a shipped student's name; null: give a teacher."""
     teacher: TeacherSpec | None = None
     """The teacher (``--teacher.help``). Without a student: the teacher and the baselines only;
-    with one: where its teacher's files are now (replaces its card's spec; the fingerprint must
-    match)."""
+    with one: what differs from its card's spec, field by field (where its teacher's files are
+    now: --teacher.checkpoint, --teacher.tokenizer_checkpoint); the fingerprint must match."""
     pairs: str | None = None
     """A pair folder of the teacher: onestep*'s token frequencies and the teacher's sampling
     settings; null: no onestep*, and the student's recorded (or the tiny teacher's) sampling."""
@@ -156,6 +156,58 @@ def preset_key_of(spec: TeacherSpec) -> str | None:
     return spec.family
 
 
+def card_teacher_defaults(namespace) -> dict | None:
+    """``parse_recipe``'s ``defaults_for`` of dd eval and dd sample: the ``--teacher.*`` given
+    beside ``--student`` are laid over the student card's teacher spec, so moved files need
+    only ``--teacher.checkpoint X --teacher.tokenizer_checkpoint Y`` (the whole spec, up to
+    hundreds of characters of official_args, had to be restated). None: nothing to lay over."""
+    from dd.checkpoint import read_card, student_folder
+
+    given = namespace.get("teacher")
+    if namespace.get("student") is None or given is None:
+        return None
+    try:
+        card = read_card(student_folder(namespace.student))["teacher"]
+    except (FileNotFoundError, ValueError):
+        return None  # build_setup says what is wrong with the student
+    under = card_spec_under(given.as_dict(), card)
+    return None if under is None else {"teacher": under}
+
+
+def card_spec_under(given: dict, card: dict) -> dict | None:
+    """The card's spec fields a given spec keeps: not those contradicting it (the card's
+    presets under given official_args, and the reverse); None for another teacher (a tiny
+    one, or another family), which stands alone."""
+    if given.get("tiny") is not None or given.get("family") not in (None, card.get("family")):
+        return None
+    under = dict(card)
+    if given.get("official_args") is not None:
+        under.pop("preset", None)
+        under.pop("tokenizer_preset", None)
+    if given.get("preset") is not None or given.get("tokenizer_preset") is not None:
+        under.pop("official_args", None)
+    return under
+
+
+def load_card_teacher(folder: Path, *, device: torch.device | str):
+    """The teacher a student's card names; files no longer there name the flags that say
+    where they are now."""
+    from dd.checkpoint import read_card
+    from dd.teacher_spec import load_teacher
+
+    spec = TeacherSpec(**read_card(folder)["teacher"])
+    try:
+        return load_teacher(spec, device=device)
+    except FileNotFoundError as error:
+        if spec.family is None:
+            raise
+        raise FileNotFoundError(
+            f"{error} (the teacher of {folder}'s card): give where its files are now with "
+            "--teacher.checkpoint PATH --teacher.tokenizer_checkpoint PATH beside --student "
+            "(they replace the card's paths)"
+        ) from error
+
+
 def build_setup(
     student_path: str | None,
     teacher_spec: TeacherSpec | None,
@@ -175,9 +227,13 @@ def build_setup(
     student = None
     if student_path is not None:
         folder = student_folder(student_path)  # the one resolution of a name or a folder
-        # A teacher spec beside a student replaces its card's (the checkpoints have moved);
-        # load_student refuses a teacher of another fingerprint.
-        given = None if teacher_spec is None else load_teacher(teacher_spec, device=device)
+        # A teacher spec beside a student replaces its card's (the checkpoints have moved;
+        # card_teacher_defaults completed it from the card); load_student refuses a teacher of
+        # another fingerprint.
+        if teacher_spec is None:
+            given = load_card_teacher(folder, device=device)
+        else:
+            given = load_teacher(teacher_spec, device=device)
         student = load_student(folder, teacher=given, device=device)
         teacher_spec = teacher_spec or TeacherSpec(**read_card(folder)["teacher"])
         teacher = student.teacher
@@ -262,6 +318,7 @@ def build_space_and_reference(
     from dd.metrics.spaces import (
         DigitsSpace,
         InceptionSpace,
+        image_folder_files,
         image_folder_size,
         iter_image_folder,
         iter_uint8_images,
@@ -301,7 +358,10 @@ def build_space_and_reference(
     # the missing-file error comes first
     space = InceptionSpace(recipe.inception_weights, device=device)
     if recipe.reference is None:
-        raise ValueError("metric inception needs reference: an image folder or an .npz (mu, sigma)")
+        raise ValueError(
+            "metric inception needs a reference: give --reference with an image folder or an "
+            ".npz (mu, sigma; the ADM format)"
+        )
     path = Path(recipe.reference)
     if path.suffix.lower() == ".npz":
         stats = load_stats_npz(str(path), space.feature_dim)
@@ -312,7 +372,10 @@ def build_space_and_reference(
         # its images' features (one Inception pass over them, as the ADM evaluator does).
         size = images.shape[1:3]  # [N, H, W, 3]
         check_reference_size(size, scored_size, str(path))
-        reference = Reference.from_batches(space, iter_uint8_images(images), stats, size=size)
+        reference = Reference.from_batches(
+            space, iter_uint8_images(images), stats, size=size,
+            total=len(images), progress=recipe.progress_bar,
+        )  # fmt: skip
         return space, reference, str(path)
     if path.exists() and not path.is_dir():
         raise ValueError(
@@ -321,7 +384,11 @@ def build_space_and_reference(
         )
     size = image_folder_size(path)
     check_reference_size(size, scored_size, str(path))
-    return space, Reference.from_batches(space, iter_image_folder(path), None, size=size), str(path)
+    reference = Reference.from_batches(
+        space, iter_image_folder(path), None, size=size,
+        total=len(image_folder_files(path)), progress=recipe.progress_bar,
+    )  # fmt: skip
+    return space, reference, str(path)
 
 
 def load_npz_images(path: Path):
@@ -432,7 +499,7 @@ def format_table(result: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
-    recipe, _ = parse_recipe(EvalRecipe, argv, prog="dd eval")
+    recipe, _ = parse_recipe(EvalRecipe, argv, prog="dd eval", defaults_for=card_teacher_defaults)
     try:
         result = run_eval(recipe)
     except (FileNotFoundError, ValueError) as error:

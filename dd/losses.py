@@ -54,7 +54,9 @@ class LPIPSDistance(nn.Module):
             raise FileNotFoundError(
                 f"LPIPS-VGG needs torchvision's ImageNet VGG16 weights, not found at {path}. "
                 f"Copy {VGG16_FILE} (torchvision's vgg16 IMAGENET1K_V1 file) there, or pass its "
-                "path (recipe: loss.vgg16_path). A random trunk is never used instead."
+                "path (recipe: loss.vgg16_path), or train on the CE term alone: "
+                "--loss.perceptual_weight 0 --student.split_token <sequence length> "
+                "(docs/distillation.md). A random trunk is never used instead."
             )
         with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained`
             warnings.simplefilter("ignore", UserWarning)

@@ -29,7 +29,7 @@ class SampleRecipe:
     """A student checkpoint folder or a shipped student's name; null: give a teacher."""
     teacher: TeacherSpec | None = None
     """The teacher (``--teacher.help``). Without a student: the teacher and the baselines only;
-    with one: where its teacher's files are now (replaces its card's spec)."""
+    with one: what differs from its card's spec, field by field (as in dd eval)."""
     pairs: str | None = None
     """A pair folder of the teacher: onestep*'s token frequencies and the teacher's sampling
     settings; null: no onestep*."""
@@ -100,7 +100,11 @@ def run_sample(recipe: SampleRecipe) -> Path:
 def main(argv: list[str]) -> int:
     import sys
 
-    recipe, _ = parse_recipe(SampleRecipe, argv, prog="dd sample")
+    from dd.eval_command import card_teacher_defaults
+
+    recipe, _ = parse_recipe(
+        SampleRecipe, argv, prog="dd sample", defaults_for=card_teacher_defaults
+    )
     try:
         grid = run_sample(recipe)
     except (FileNotFoundError, ValueError) as error:

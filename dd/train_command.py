@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import yaml
 
+from dd.compute import run_section_refusal
 from dd.config import parse_recipe, recipe_from_dict, recipe_to_dict
 from dd.train_recipe import RunSection, TrainRecipe
 
@@ -376,7 +377,10 @@ def main(argv: list[str]) -> int:
 
     try:
         train(recipe, resolved, command=shlex.join(["dd", "train", *argv]))
-    except (FileNotFoundError, ValueError, MisconfigurationException) as error:  # as dd generate
+    except MisconfigurationException as error:  # as dd generate
+        print(f"dd train: {run_section_refusal(error)}", file=sys.stderr)
+        return 1
+    except (FileNotFoundError, ValueError) as error:
         print(f"dd train: {error}", file=sys.stderr)
         return 1
     return 0

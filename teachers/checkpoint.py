@@ -1,13 +1,17 @@
 """Reading official checkpoint files safely and loading them strictly.
 
-Never unpickles code: ``.safetensors`` through safetensors, anything else through
-``torch.load(weights_only=True)``. Wrappers (``["model"]``, ``["module"]``,
+Never unpickles code: safetensors (by name or by content) through safetensors, anything else
+through ``torch.load(weights_only=True)``, whose failures never pass on torch's advice to
+unpickle. Wrappers (``["model"]``, ``["module"]``,
 ``["state_dict"]``, ``["trainer"]["var_wo_ddp"]``) are unwrapped by the caller-supplied key
 paths, so each family states which wrappers it accepts.
 """
 
 from __future__ import annotations
 
+import pickle
+import re
+import warnings
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
@@ -20,26 +24,72 @@ class CheckpointError(ValueError):
 
 
 def read_state_dict(path: str | Path) -> dict[str, object]:
-    """The raw mapping stored in ``path`` (safetensors or a weights-only torch file)."""
+    """The raw mapping stored in ``path`` (safetensors or a weights-only torch file).
+
+    A safetensors file is read as one whatever its name (a ``.pt`` that holds safetensors is
+    a common mix-up, and torch's refusal of it advised unpickling with weights_only=False)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path), device="cpu"))
-        except Exception as error:  # noqa: BLE001 - re-raised with the file named
-            raise CheckpointError(f"cannot read {path} as safetensors: {error}") from error
-    try:
-        loaded = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - re-raised with the file named
-        raise CheckpointError(
-            f"cannot read {path} as a weights-only torch checkpoint: {error}"
-        ) from error
+    if path.suffix == ".safetensors" or is_safetensors(path):
+        return _read_safetensors(path)
+    loaded = _torch_load_weights_only(path)
     if not isinstance(loaded, Mapping):
         raise CheckpointError(f"{path} holds a {type(loaded).__name__}, not a state dict")
     return dict(loaded)
+
+
+def is_safetensors(path: Path) -> bool:
+    """Whether ``path`` starts as a safetensors file does: an 8-byte little-endian header
+    length that fits in the file, then the JSON header's ``{``."""
+    with path.open("rb") as file:
+        head = file.read(9)
+    if len(head) < 9 or head[8:9] != b"{":
+        return False
+    return int.from_bytes(head[:8], "little") <= path.stat().st_size - 8
+
+
+def _read_safetensors(path: Path) -> dict[str, object]:
+    from safetensors.torch import load_file
+
+    try:
+        return dict(load_file(str(path), device="cpu"))
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise CheckpointError(f"cannot read {path} as safetensors: {error}") from error
+
+
+def _torch_load_weights_only(path: Path) -> object:
+    """``torch.load(weights_only=True)``; a failure is one ``CheckpointError`` naming the file.
+    torch's own text is never passed on: it advises weights_only=False (running whatever code
+    the file pickles) and asks to file an issue, wrong for a truncated download or a web page.
+    Warnings raised by a failed load are dropped with it; those of a good load are kept."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+        except Exception as error:  # noqa: BLE001 - re-raised with the file named
+            raise CheckpointError(
+                f"{path} is not a PyTorch checkpoint readable with weights_only=True (a "
+                f"truncated download? an HTML page? another format?): {_load_failure(error)}"
+            ) from error
+    for warning in caught:
+        warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return loaded
+
+
+def _load_failure(error: Exception) -> str:
+    """What went wrong in torch's words, without its advice: the class a pickle names (never
+    unpickled here), else the first sentence of torch's message."""
+    text = str(error)
+    pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
+    if pickled:
+        return (
+            f"it pickles {pickled.group(1)}, which is never unpickled here: save the model's "
+            "state_dict() (or a safetensors file) instead"
+        )
+    if isinstance(error, pickle.UnpicklingError):
+        return "not torch's zip or pickle format"
+    return (text.strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
 
 
 def unwrap(

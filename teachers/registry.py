@@ -49,7 +49,7 @@ class FamilySpec:
             )
         if self.official_args is not None:
             if self.preset is not None or self.tokenizer_preset is not None:
-                raise ValueError("teacher: give either presets or official_args, not both")
+                raise ValueError(self._presets_beside_official_args())
             unknown = set(self.official_args) - set(OFFICIAL_ARGS_SECTIONS)
             missing = set(OFFICIAL_ARGS_SECTIONS) - set(self.official_args)
             if unknown or missing:
@@ -58,6 +58,16 @@ class FamilySpec:
                     f"{list(OFFICIAL_ARGS_SECTIONS)} "
                     f"(unknown: {sorted(unknown)}, missing: {sorted(missing)})"
                 )
+
+    def _presets_beside_official_args(self) -> str:
+        # A preset recipe switched to official_args on the command line keeps its presets:
+        # the user must null them, which nothing said.
+        given = [name for name in ("preset", "tokenizer_preset") if getattr(self, name)]
+        flags = " ".join(f"--teacher.{name} null" for name in given)
+        return (
+            f"teacher: give either presets or official_args, not both: add {flags} to use "
+            f"official_args (or remove {' and '.join(given)} from the recipe)"
+        )
 
 
 def load_family_teacher(spec: FamilySpec, *, device: torch.device | str = "cpu") -> Teacher:
@@ -95,7 +105,10 @@ def _load_var(spec: FamilySpec, checkpoint: Path, tokenizer: Path, device) -> Te
         vae_config = VQVAEConfig.from_official_args(spec.official_args["tokenizer"])
     else:
         if spec.preset is None:
-            raise ValueError("teacher: family 'var' needs a 'preset' (d16, d20, d24, d30)")
+            raise ValueError(
+                "teacher: family 'var' needs a 'preset' (d16, d20, d24, d30) or "
+                "'official_args' ({model: {...}, tokenizer: {...}}, docs/teachers.md)"
+            )
         var_config = spec.preset
         vae_config = spec.tokenizer_preset or DEFAULT_TOKENIZER_PRESETS["var"]
     return load_var_teacher(

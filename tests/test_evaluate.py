@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -250,6 +251,18 @@ def test_warm_up_samples_one_untimed_batch_per_method_and_changes_no_score(sampl
         }
 
 
+def test_the_methods_bar_says_which_method_is_scored(samplers, capsys):
+    """Scoring (FID at 2048-d: ~20 s a method) was silent: the methods bar names it."""
+    methods = parse_methods(["skip:1"], samplers)
+    space = DigitsSpace()
+    reference = Reference.from_images(space, load_digits_split("heldout").images_01()[:20])
+    evaluate_methods(
+        methods, samplers, torch.arange(5), space, reference,
+        seed=0, batch_size=2, is_splits=1, image_size=None, progress=True,
+    )  # fmt: skip
+    assert f"scoring {methods[0].name}" in capsys.readouterr().err
+
+
 def test_eval_seed_draws_what_dd_sample_draws_with_that_seed(samplers):
     """``dd eval/sample/demo --seed s`` and ``dd.sample(generator=manual_seed(s))``: one set of
     DD images (exactly: the same noise through the same calls), Alg. 4 included (its teacher
@@ -452,6 +465,45 @@ def test_a_student_with_moved_teacher_files_takes_a_teacher_spec(tmp_path, capsy
     assert "distilled from teacher" in err and len(err.strip().splitlines()) == 1
 
 
+def test_moved_teacher_files_alone_override_the_card(tmp_path, capsys):
+    """A student of the fixture VAR (official_args) whose files moved: dd sample without a
+    teacher names the override flags; --teacher.checkpoint and --teacher.tokenizer_checkpoint
+    alone then work (the card's family and official_args kept: the whole spec had to be
+    restated, and family + paths alone failed with "needs a 'preset'")."""
+    from dd.checkpoint import save_student
+    from dd.student import DDStudent
+    from dd.teacher_spec import load_teacher
+    from tests.parity import var_fixture_spec
+
+    fixture = var_fixture_spec()
+    old, new = tmp_path / "old", tmp_path / "new"
+    old.mkdir()
+    spec = dataclasses.replace(
+        fixture,
+        checkpoint=str(old / "var.safetensors"),
+        tokenizer_checkpoint=str(old / "vae.safetensors"),
+    )
+    for source, target in (
+        (fixture.checkpoint, spec.checkpoint),
+        (fixture.tokenizer_checkpoint, spec.tokenizer_checkpoint),
+    ):
+        Path(target).write_bytes(Path(source).read_bytes())  # fmt: skip
+    teacher = load_teacher(spec)
+    student = DDStudent(teacher, (0, 2), teacher.geometry.step_ranges[2][0])
+    folder = save_student(student, tmp_path / "student", spec)
+    old.rename(new)
+    argv = ["sample", "--student", str(folder), "--methods", "['dd:1']", "--labels", "[3]",
+            "--output", str(tmp_path / "samples"), "--progress_bar", "false"]  # fmt: skip
+    assert dd_main(argv) == 1
+    err = capsys.readouterr().err
+    assert "--teacher.checkpoint PATH --teacher.tokenizer_checkpoint PATH beside --student" in err
+    moved = ["--teacher.checkpoint", str(new / "var.safetensors"),
+             "--teacher.tokenizer_checkpoint", str(new / "vae.safetensors")]  # fmt: skip
+    assert dd_main([*argv, *moved]) == 0
+    assert dd_main([*argv, *moved, "--teacher.family", "var"]) == 0
+    assert (tmp_path / "samples" / "dd_1-step" / "0000_class3.png").is_file()
+
+
 def test_demo_report_schema_from_a_toy_run(tmp_path):
     """The whole demo at toy size (48 pairs, 2 training steps, 2 samples per class): the
     report.json schema of the stage-3 issue, every report file, and pairs reused on a rerun;
@@ -563,7 +615,7 @@ def random_inception_file(tmp_path_factory):
     return path
 
 
-def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
+def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch, capsys):
     """The plumbing of the real-teacher path with a weights file of the right keys and shapes
     but RANDOM values (the real file is not on this machine): the file is checked with
     weights_only=True and loaded strictly; 2048-d features and 1008 logits come out of one pass
@@ -609,6 +661,9 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
     )  # fmt: skip
     with pytest.raises(ValueError, match="not an .npz"):
         build_space_and_reference(recipe, tiny_data=None, scored_size=(16, 16))
+    with pytest.raises(ValueError, match="needs a reference: give --reference with"):
+        unset = dataclasses.replace(recipe, reference=None)
+        build_space_and_reference(unset, tiny_data=None, scored_size=(16, 16))
     # An .npz of a folder's mu and sigma (the ADM format) is the same reference as the folder.
     folder = Reference.from_images(space, torch.rand(8, 3, 16, 16, generator=torch.Generator()))
     np.savez(tmp_path / "ref.npz", mu=folder.stats.mu, sigma=folder.stats.sigma)
@@ -632,10 +687,12 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
         image.save(images_dir / f"{index:02d}.png")
     monkeypatch.setattr("dd.metrics.spaces.EMBED_BATCH", 2)  # several batches of the folder
     whole = space.embed(pixels.permute(0, 3, 1, 2).double() / 255)[0]
+    capsys.readouterr()
     by_folder = build_space_and_reference(
         dataclasses.replace(recipe, reference=str(images_dir)), tiny_data=None, scored_size=(16, 16)
     )[1]
     torch.testing.assert_close(by_folder.features, whole, rtol=1e-5, atol=0)
+    assert "reference images: 100%" in capsys.readouterr().err  # a bar: minutes were silent
     np.savez(tmp_path / "adm.npz", arr_0=pixels.numpy(), mu=stats_mu(5), sigma=np.eye(2048))
     adm = build_space_and_reference(
         dataclasses.replace(recipe, reference=str(tmp_path / "adm.npz")),
@@ -643,6 +700,7 @@ def test_inception_space_reads_a_local_weights_file(tmp_path, monkeypatch):
         scored_size=(16, 16),
     )[1]
     torch.testing.assert_close(adm.features, whole, rtol=1e-5, atol=0)
+    assert "5/5" in capsys.readouterr().err  # counted in images, of a known total
     assert np.array_equal(adm.stats.mu, stats_mu(5)) and np.array_equal(
         adm.stats.sigma, np.eye(2048)
     )

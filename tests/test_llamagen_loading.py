@@ -121,8 +121,35 @@ def test_missing_file_is_a_file_not_found_error(tmp_path):
 def test_pickled_code_is_refused(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": GPT(TINY_GPT).state_dict(), "args": _NotAWeight()}, path)
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match="it pickles .*_NotAWeight, which is never unpickled"):
         load_gpt(path, TINY_GPT)
+
+
+def test_safetensors_under_a_pt_name_loads(tmp_path):
+    """A safetensors file named .pt is read as safetensors (torch refused it, advising
+    weights_only=False)."""
+    path = tmp_path / "c2i_tiny.pt"
+    path.write_bytes(fixture_path("llamagen_gpt_{tag}.safetensors").read_bytes())
+    config = GPTConfig.from_official_args(
+        {"dim": 64, "n_layer": 2, "n_head": 4, "vocab_size": 256, "block_size": 16,
+         "num_classes": 10}
+    )  # fmt: skip
+    assert load_gpt(path, config).config == config
+
+
+@pytest.mark.parametrize("content", [b"<!DOCTYPE html><html>Not Found</html>", b"PK\x03\x04trunc"])
+def test_an_unreadable_file_names_itself_without_torchs_advice(tmp_path, content, recwarn):
+    """An HTML page or a truncated download saved as .pt: one message naming the file and the
+    likely causes, never torch's advice to load with weights_only=False, and no warning."""
+    path = tmp_path / "gpt.pt"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError) as error:
+        load_gpt(path, TINY_GPT)
+    message = str(error.value)
+    assert message.startswith(f"{path} is not a PyTorch checkpoint readable with weights_only=True")
+    assert "an HTML page?" in message and "weights_only` set to `False" not in message
+    assert "issue" not in message and len(message.splitlines()) == 1
+    assert not recwarn.list
 
 
 class _NotAWeight:

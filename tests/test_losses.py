@@ -34,6 +34,7 @@ def test_lpips_without_the_vgg_file_names_it(tmp_path):
     with pytest.raises(FileNotFoundError, match=VGG16_FILE) as info:
         LPIPSDistance(missing)
     assert str(missing) in str(info.value)
+    assert "--loss.perceptual_weight 0 --student.split_token <sequence length>" in str(info.value)
 
 
 def test_lpips_refuses_a_file_that_is_not_vgg16(tmp_path):

@@ -3,6 +3,7 @@ overrides, the dry run, round trips through plain data); every generation recipe
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -99,3 +100,60 @@ def test_generate_print_config_is_the_dry_run(capsys):
     with pytest.raises(SystemExit) as info:
         generate_main(["--recipe", path, "--pairs.sed", "9"])
     assert info.value.code != 0 and "sed" in capsys.readouterr().err
+
+
+def test_switching_a_preset_recipe_to_official_args_names_the_flags(capsys):
+    """official_args over a preset recipe kept its presets and said only "not both": the
+    refusal names the flags that null them, and with those flags the recipe parses."""
+    argv = ["--recipe", str(RECIPES[0].parent / "generate_var_d16.yaml"), "--teacher.official_args",
+            "{model: {depth: 2}, tokenizer: {ch: 32}}"]  # fmt: skip
+    with pytest.raises(SystemExit):
+        generate_main([*argv, "--print_config"])
+    err = capsys.readouterr().err
+    assert "add --teacher.preset null --teacher.tokenizer_preset null to use official_args" in err
+    switched = [*argv, "--teacher.preset", "null", "--teacher.tokenizer_preset", "null"]
+    recipe, _ = parse_recipe(GenerateRecipe, switched, prog="g")
+    assert recipe.teacher.official_args == {"model": {"depth": 2}, "tokenizer": {"ch": 32}}
+
+
+FIXTURE_RECIPES = {
+    "var": ("generate_fixture_var", "distill_fixture_var"),
+    "llamagen": ("generate_fixture_llamagen", "distill_fixture_llamagen"),
+}
+
+
+@pytest.mark.parametrize("family", FIXTURE_RECIPES)
+def test_fixture_recipes_walk_the_pipeline_on_the_parity_teachers(family):
+    """Pair and distillation recipes for both official-format fixtures (only LlamaGen's pair
+    recipe existed): the fixture teacher of tests/parity.py (same fingerprint: VAR's one
+    official dict split by model), CE only (no LPIPS file), on the CPU."""
+    from dd.teacher_spec import load_teacher
+    from dd.train_recipe import TrainRecipe
+    from tests.parity import llamagen_fixture_spec, var_fixture_spec
+
+    generate, distill = (RECIPES[0].parent / f"{name}.yaml" for name in FIXTURE_RECIPES[family])
+    pairs = read_recipe(GenerateRecipe, generate)
+    train, _ = parse_recipe(TrainRecipe, ["--recipe", str(distill)], prog="dd train")
+    assert train.teacher == pairs.teacher
+    root = RECIPES[0].parent.parent  # the recipes' paths are relative to the repository root
+    teacher = load_teacher(
+        dataclasses.replace(
+            pairs.teacher,
+            checkpoint=str(root / pairs.teacher.checkpoint),
+            tokenizer_checkpoint=str(root / pairs.teacher.tokenizer_checkpoint),
+        )
+    )
+    expected = {"var": var_fixture_spec, "llamagen": llamagen_fixture_spec}[family]()
+    assert teacher.fingerprint() == load_teacher(expected).fingerprint()
+    assert train.pairs.folder == pairs.output.folder and train.pairs.memory_map is None
+    assert train.loss.perceptual_weight == 0 and train.run.accelerator == "cpu"
+    assert train.student.split_token == teacher.geometry.num_tokens
+
+
+def test_fixture_var_recipe_makes_pairs(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(RECIPES[0].parent.parent)  # its paths are relative to the repository root
+    argv = ["--recipe", "recipes/generate_fixture_var.yaml", "--pairs.num_pairs", "4",
+            "--output.shard_size", "4", "--run.batch_size", "4", "--run.progress_bar", "false",
+            "--output.folder", str(tmp_path / "pairs")]  # fmt: skip
+    assert generate_main(argv) == 0
+    assert f"complete: 1 shards in {tmp_path / 'pairs'}" in capsys.readouterr().out

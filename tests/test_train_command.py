@@ -481,4 +481,5 @@ def test_an_accelerator_this_machine_lacks_is_one_line(var_pairs, tmp_path, caps
         assert dd_main(command) == 1
         err = capsys.readouterr().err
         assert f"dd {command[0]}: `MPSAccelerator`" in err and len(err.strip().splitlines()) == 1
+        assert err.strip().endswith("instead: --run.accelerator cpu --run.devices 1)")
     assert not (tmp_path / "run").exists()  # refused before loading or writing anything

@@ -17,6 +17,7 @@ from teachers.var import (
     load_var_teacher,
     load_vqvae,
 )
+from teachers.var.loading import depth_remedy
 from tests.parity import fixture_path, load_parity_json
 
 
@@ -79,9 +80,14 @@ def test_old_checkpoint_without_l2_attention_is_diagnosed(tmp_path, var_config, 
 
 
 def test_wrong_depth_is_diagnosed(var_config):
+    """The remedy names a preset only where one exists (the fixture's depth 2 has none:
+    VARConfig.preset('d2') was suggested)."""
     deeper = dataclasses.replace(var_config, depth=var_config.depth + 1)
-    with pytest.raises(CheckpointError, match=f"depth {var_config.depth}"):
+    with pytest.raises(CheckpointError, match=f"depth {var_config.depth}") as error:
         load_var(fixture_path("var_{tag}.safetensors"), deeper)
+    assert "VARConfig.from_official_args({'depth': 2, ...})" in str(error.value)
+    assert "preset('d2')" not in str(error.value)
+    assert depth_remedy(16) == "use VARConfig.preset('d16')"
 
 
 def test_vqvae_given_as_var_is_diagnosed(var_config):
@@ -120,7 +126,7 @@ def test_unknown_wrapper_and_truncated_safetensors_are_named(tmp_path, var_confi
 def test_pickled_code_is_refused(tmp_path, var_config):
     path = tmp_path / "var_pickled.pth"
     torch.save({"model": VAR(var_config)}, path)  # a whole module: needs unpickling code
-    with pytest.raises(CheckpointError, match="weights-only"):
+    with pytest.raises(CheckpointError, match=r"it pickles \S*VAR, which is never unpickled"):
         load_var(path, var_config)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from teachers.checkpoint import build_empty, load_strict, read_state_dict, unwrap
-from teachers.var.config import VARConfig, VQVAEConfig
+from teachers.var.config import VAR_PRESETS, VARConfig, VQVAEConfig
 from teachers.var.model import VAR
 from teachers.var.teacher import VARTeacher
 from teachers.var.vqvae import VQVAE
@@ -36,6 +36,17 @@ def _is_llamagen(keys: set[str]) -> bool:
     )
 
 
+def depth_remedy(depth: int) -> str:
+    """A preset only where one exists (d16 .. d30): 'd2' was suggested for the fixtures."""
+    if f"d{depth}" in VAR_PRESETS:
+        return f"use VARConfig.preset('d{depth}')"
+    return (
+        f"no preset has depth {depth}: build the config with VARConfig.from_official_args("
+        f"{{'depth': {depth}, ...}}) (the official VAR(...) arguments; recipe: "
+        "teacher.official_args)"
+    )
+
+
 def diagnose_var(state: dict[str, torch.Tensor], config: VARConfig):
     """A ``diagnose(missing, unexpected)`` callback for :func:`load_strict`."""
 
@@ -47,9 +58,8 @@ def diagnose_var(state: dict[str, torch.Tensor], config: VARConfig):
             return "no VAR transformer keys (blocks.*): wrong file (a VQVAE tokenizer?)"
         depth = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("blocks."))
         if depth != config.depth:
-            return (
-                f"checkpoint has depth {depth} but the config has depth {config.depth}: "
-                f"use VARConfig.preset('d{depth}')"
+            return f"checkpoint has depth {depth} but the config has depth {config.depth}: " + (
+                depth_remedy(depth)
             )
         if any(k.endswith("attn.scale_mul_1H11") for k in missing):
             return "old checkpoint without L2-normalised attention: build with attn_l2_norm=False"

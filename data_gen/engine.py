@@ -51,6 +51,7 @@ from data_gen.shards import (
     plan_shards,
     prepare_folder,
 )
+from dd.compute import LIGHTNING_PYTREE_WARNING
 from dd.config import recipe_to_dict
 from dd.teacher_spec import load_teacher
 from teachers.protocol import SamplingConfig, Teacher
@@ -384,6 +385,7 @@ def run_generation(
         # rank (or a resumed run) may have no shard left to produce.
         warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
         warnings.filterwarnings("ignore", message=".*Total length of `DataLoader` across ranks.*")
+        warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING)
         trainer.predict(
             PairGenerator(teacher, sampling, recipe.flow),
             datamodule=PairDataModule(recipe, identity, dataset, manifest),

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
+
+LIGHTNING_RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
 
 # name -> (module, one-line help). Each stage module declares its own arguments.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,8 +64,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def drop_lightning_advert() -> None:
+    """Lightning advertises its cloud logger (litlogger) at every Trainer it builds, an INFO
+    line of its rank-zero logger: dropped there; its other lines (devices, precision) stay."""
+    logging.getLogger(LIGHTNING_RANK_ZERO_LOGGER).addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    drop_lightning_advert()
     if argv and argv[0] in RECIPE_COMMANDS:
         module_name = RECIPE_COMMANDS[argv[0]][0]
         return int(importlib.import_module(module_name).main(argv[1:]) or 0)

@@ -16,6 +16,10 @@ import torch
 Precision = Literal["32-true", "bf16-mixed", "16-mixed"]
 """Lightning's precision names: float32, or bf16 / float16 autocast (weights stay float32)."""
 
+# A warning Lightning's Trainer raises by calling a torch helper torch has deprecated (nothing a
+# user can change): filtered around dd generate's and dd train's Trainer runs.
+LIGHTNING_PYTREE_WARNING = r".*isinstance\(treespec, LeafSpec\).*"
+
 AUTOCAST_DTYPES: dict[str, torch.dtype] = {"bf16-mixed": torch.bfloat16, "16-mixed": torch.float16}
 
 CPU_RUN_FLAGS = "--run.accelerator cpu --run.devices 1"

@@ -17,13 +17,14 @@ import platform
 import shlex
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
 
-from dd.compute import run_section_refusal
+from dd.compute import LIGHTNING_PYTREE_WARNING, run_section_refusal
 from dd.config import parse_recipe, recipe_from_dict, recipe_to_dict
 from dd.train_recipe import RunSection, TrainRecipe
 
@@ -145,6 +146,7 @@ def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = Fal
     0..680), which moved validation's boundaries."""
     import lightning.pytorch as pl
     from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+    from lightning.pytorch.loggers import CSVLogger
     from lightning.pytorch.strategies import DDPStrategy
 
     from dd.ema import FrozenSharingEMA
@@ -165,6 +167,11 @@ def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = Fal
             else run.strategy
         ),
         precision=run.precision,
+        # Lightning's default logger, named: its choice announced itself (tensorboardX) and
+        # advertised a cloud logger on every run. Logged every 50 steps, or once in a shorter
+        # run (a 20-step check left an empty log).
+        logger=CSVLogger(output, name="lightning_logs"),
+        log_every_n_steps=min(50, run.max_steps),
         max_steps=run.max_steps,
         gradient_clip_val=run.gradient_clip_norm,
         val_check_interval=run.val_every_steps,
@@ -308,7 +315,11 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     # weights_only: Lightning leaves it to torch's default, which an environment variable
     # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn into unpickling.
     resume = str(last) if last.is_file() else None
-    trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+    with warnings.catch_warnings():
+        # Expected: the frozen teacher and perceptual network stay in eval mode.
+        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+        warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING)
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     if trainer.is_global_zero:  # EMA weights were copied into the student at the end of fit
         record.update(
             steps=trainer.global_step,

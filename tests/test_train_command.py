@@ -4,6 +4,7 @@ refusals, and a real end-to-end run whose student ``dd.load_student`` reads back
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import subprocess
@@ -158,10 +159,16 @@ def train_argv(pairs: Path, output: Path, max_steps: int) -> list[str]:
     ]  # fmt: skip
 
 
-def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path, capsys):
+def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path, capsys, caplog):
     output = tmp_path / "run"
-    assert dd_main(["train", *train_argv(var_pairs, output, 4)]) == 0
+    with caplog.at_level(logging.INFO):
+        assert dd_main(["train", *train_argv(var_pairs, output, 4)]) == 0
     assert (output / "recipe.yaml").is_file() and (output / "checkpoints" / "last.ckpt").is_file()
+    # Lightning's lines about devices stay, its cloud-logger advert does not; a run shorter
+    # than 50 steps logs its training terms too (it left them out).
+    assert "GPU available" in caplog.text and "litlogger" not in caplog.text
+    header = (output / "lightning_logs" / "version_0" / "metrics.csv").read_text().split("\n")[0]
+    assert "train/loss" in header.split(",")
     student = dd.load_student(output / "student")
     assert student.timesteps == (0, 3)
     recorded = read_card(output / "student")["teacher_sampling"]  # the pairs' teacher settings

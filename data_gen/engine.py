@@ -164,6 +164,10 @@ class PairDataModule(L.LightningDataModule):
         self.folder = Path(recipe.output.folder)
         self.shards = plan_shards(recipe.pairs.num_pairs, recipe.output.shard_size)
         self.rank_shards: list[ShardRange] = []
+        # Fewer pending shards than ranks (a small run, or a resume with few shards missing)
+        # leaves a rank nothing to do: it runs an empty loop instead of Lightning refusing the
+        # run (which left the manifest in_progress for every rerun).
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy

@@ -257,9 +257,11 @@ def test_shipped_tiny_var_pairs_verify(tmp_path):
 # --- Device count and restarts do not change the data set -------------------------------------
 
 
-def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, reference, tmp_path):
-    recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(dump_yaml(make_recipe(spec, tmp_path / "ddp", batch_size=8)))
+def run_two_gloo_processes(recipe: GenerateRecipe, recipe_path: Path, strategy="ddp") -> None:
+    """``dd generate`` of ``recipe`` on two gloo CPU processes (``ddp``: Lightning re-runs the
+    module for rank 1; ``ddp_spawn``: it spawns both ranks and fails if either fails); fails
+    the test with the end of stderr unless the command succeeds."""
+    recipe_path.write_text(dump_yaml(recipe))
     command = [
         sys.executable,
         "-m",
@@ -269,7 +271,7 @@ def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, refere
         "--run.devices",
         "2",
         "--run.strategy",
-        "ddp",
+        strategy,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
@@ -277,7 +279,25 @@ def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, refere
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Starting with 2 processes" in done.stderr + done.stdout
+
+
+def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, reference, tmp_path):
+    recipe = make_recipe(spec, tmp_path / "ddp", batch_size=8)
+    run_two_gloo_processes(recipe, tmp_path / "recipe.yaml")
     assert_same_data_set(tmp_path / "ddp", reference)
+
+
+def test_fewer_pending_shards_than_ranks_leave_a_rank_idle(spec, reference, tmp_path):
+    """One shard missing, two ranks: rank 1 has nothing to produce. Lightning refused a rank
+    with an empty loader, which failed the run and left the manifest in progress for good.
+    ``ddp_spawn``: under ``ddp`` rank 0's exit code does not show that rank 1 failed."""
+    folder = tmp_path / "one_missing"
+    shutil.copytree(reference, folder)
+    (folder / "shard-000001.tar").unlink()
+    (folder / "shard-000001.json").unlink()
+    recipe = make_recipe(spec, folder, batch_size=8)
+    run_two_gloo_processes(recipe, tmp_path / "recipe.yaml", strategy="ddp_spawn")
+    assert_same_data_set(folder, reference)
 
 
 class CrashAfterShards(Callback):

@@ -307,3 +307,12 @@ def test_a_damaged_shard_is_named_in_memory_and_mapped(teacher, pair_folder, tmp
         with pytest.raises(ValueError, match=expected):
             load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
         assert made(root) == [], what
+
+
+def test_a_copies_folder_whose_parent_does_not_exist_is_refused(teacher, pair_folder, tmp_path):
+    """The paper recipes' placeholder (/local_ssd/dd_pairs/<name>) left as is was created on
+    the root file system and filled with the copy: a missing parent is refused, nothing made."""
+    placeholder = tmp_path / "local_ssd" / "dd_pairs" / "var"
+    with pytest.raises(ValueError, match=r"parent .*local_ssd/dd_pairs does not exist; create it"):
+        load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint(), memory_map=placeholder)
+    assert not (tmp_path / "local_ssd").exists()

@@ -177,7 +177,7 @@ class PairDataModule(L.LightningDataModule):
                 result["pending"] = prepare_folder(
                     self.folder, self.identity, self.shards, self.manifest
                 )
-            except ShardError as error:
+            except (ShardError, OSError) as error:  # a read-only or full disk: every rank stops
                 result["error"] = str(error)
         result = strategy.broadcast(result, src=0)  # every rank gets the same plan (or error)
         if "error" in result:

@@ -29,7 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result = run_generation(recipe)
-    except (ShardError, ValueError, FileNotFoundError, MisconfigurationException) as error:
+    # OSError: the output folder's file system (read-only, full, a file in the path), and
+    # missing checkpoints; one line, as the refusals of the recipe and the folder
+    except (ShardError, ValueError, OSError, MisconfigurationException) as error:
         print(f"dd generate: {error}", file=sys.stderr)
         return 1
     if result.complete:

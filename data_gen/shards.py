@@ -342,6 +342,8 @@ def check_folder(folder: Path, identity: RunIdentity, shards: list[ShardRange]) 
     and shard files this plan does not produce. Cheap (no hashing)."""
     if not folder.exists():
         return
+    if not folder.is_dir():  # else a FileExistsError deep in the run, once the ranks started
+        raise ShardError(f"output.folder {folder} is a file, not a folder: give another one")
     manifest_path = folder / MANIFEST_NAME
     if manifest_path.exists():
         manifest = read_json(manifest_path)

@@ -533,3 +533,20 @@ def test_unknown_teachers_list_the_known_ones(tmp_path, monkeypatch):
                 tokenizer_checkpoint=str(tmp_path / "y.pt"),
             )
         )
+
+
+def test_output_folders_the_file_system_refuses_are_one_line_errors(spec, tmp_path, capsys):
+    """A file as output.folder (refused up front), or in its path (an OSError from the run):
+    `dd generate: ...` and exit code 1, not Lightning's traceback."""
+    from data_gen.generate_command import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    recipe_path = tmp_path / "recipe.yaml"
+    for folder, message in ((blocker, "is a file, not a folder"), (blocker / "pairs", "[Errno")):
+        recipe_path.write_text(dump_yaml(make_recipe(spec, folder)))
+        assert main(["--recipe", str(recipe_path)]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("dd generate: ") and message in last and str(folder) in last

@@ -1,8 +1,9 @@
 """Training data for stage 2: the pair shards of stage 1, in a resumable, seeded order.
 
 ``load_pairs`` reads a finished pair folder (``dd generate``) with webdataset, refusing shards
-of another teacher or an unfinished run. The last ``num_heldout`` pairs (by global index) are
-held out for token agreement; the rest are the training set.
+of another teacher or an unfinished run, and damaged shards (each one's size, sha256 and record
+count are checked against the manifest as it is read). The last ``num_heldout`` pairs (by
+global index) are held out for token agreement; the rest are the training set.
 
 Order (``BatchOrder``): global step ``s`` belongs to epoch ``s // steps_per_epoch``; an epoch
 is a permutation of the training pairs drawn from ``(seed, epoch)``; global batch ``s`` is the

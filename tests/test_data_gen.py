@@ -550,3 +550,31 @@ def test_output_folders_the_file_system_refuses_are_one_line_errors(spec, tmp_pa
         assert "Traceback" not in err
         last = err.strip().splitlines()[-1]
         assert last.startswith("dd generate: ") and message in last and str(folder) in last
+
+
+def test_verify_shards_checks_the_finished_shards_of_a_run_in_progress(
+    reference, teacher, tmp_path, capsys
+):
+    """A run in progress lists no shard in its manifest: its finished shards were reported as
+    not matching ("0/3 shards"); they are checked against their receipts. A manifest without
+    its counts (edited by hand) is a one-line error, not a KeyError traceback."""
+    from dd.cli import main
+
+    folder = tmp_path / "in_progress"
+    shutil.copytree(reference, folder)
+    (folder / "shard-000002.tar").unlink()
+    (folder / "shard-000002.json").unlink()
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    (folder / MANIFEST_NAME).write_text(
+        json.dumps({**manifest, "status": "in_progress", "shards": []})  # as prepare_folder
+    )
+    report = verify_folder(folder, teacher=teacher, num_records=4)
+    assert report.shards_checked == 2 and report.records_checked == 4
+    assert [p for p in report.problems if "in_progress" not in p] == []
+    assert not report.ok  # unfinished all the same
+    del manifest["counts"]
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["verify-shards", str(folder), "--num-records", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "lacks counts.num_pairs, counts.shard_size" in err and len(err.splitlines()) == 1

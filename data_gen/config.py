@@ -128,7 +128,8 @@ class PairSettings:
     noise_dtype: NoiseDtype = "float32"
     """The noise is drawn in float32 and cast to this dtype before the map: the stored noise
     is exactly what the map consumed. float16 halves the shards (VAR-d16: 87 -> 44 kB a
-    pair)."""
+    pair); float64 only doubles the noise's bytes (float32 values cast exactly, no more
+    precision)."""
 
     def __post_init__(self) -> None:
         if self.num_pairs < 1:

@@ -165,6 +165,10 @@ class PairDataModule(L.LightningDataModule):
         self.folder = Path(recipe.output.folder)
         self.shards = plan_shards(recipe.pairs.num_pairs, recipe.output.shard_size)
         self.rank_shards: list[ShardRange] = []
+        # Fewer pending shards than ranks (a small run, or a resume with few shards missing)
+        # leaves a rank nothing to do: it runs an empty loop instead of Lightning refusing the
+        # run (which left the manifest in_progress for every rerun).
+        self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def setup(self, stage: str) -> None:
         strategy = self.trainer.strategy
@@ -174,7 +178,7 @@ class PairDataModule(L.LightningDataModule):
                 result["pending"] = prepare_folder(
                     self.folder, self.identity, self.shards, self.manifest
                 )
-            except ShardError as error:
+            except (ShardError, OSError) as error:  # a read-only or full disk: every rank stops
                 result["error"] = str(error)
         result = strategy.broadcast(result, src=0)  # every rank gets the same plan (or error)
         if "error" in result:

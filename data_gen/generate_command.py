@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> int:
     except MisconfigurationException as error:  # the run section: e.g. a GPU recipe here
         print(f"dd generate: {run_section_refusal(error)}", file=sys.stderr)
         return 1
-    except (ShardError, ValueError, FileNotFoundError) as error:
+    # OSError: the output folder's file system (read-only, full, a file in the path), and
+    # missing checkpoints; one line, as the refusals of the recipe and the folder
+    except (ShardError, ValueError, OSError) as error:
         print(f"dd generate: {error}", file=sys.stderr)
         return 1
     if result.complete:

@@ -40,7 +40,9 @@ CONTINUOUS_TOKENS_DTYPE = torch.float32  # stored continuous tokens [n, C]
 
 
 def sample_seed(seed: int, index: int) -> int:
-    """A 63-bit generator seed from (global seed, global index); independent across indices."""
+    """A 63-bit generator seed from (global seed, global index), independent across indices:
+    the first 8 bytes of sha256(SEED_DOMAIN, seed, index) as a little-endian integer, shifted
+    right by one bit (the top 63 of those 64 bits)."""
     if not (0 <= seed < MAX_SEED and 0 <= index < MAX_SEED):
         raise ValueError(
             f"seed and index must be in [0, 2**64), got seed={seed}, index={index} (8 bytes each)"

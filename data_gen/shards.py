@@ -24,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -130,6 +131,69 @@ def read_shard(path: str | Path) -> Iterator[dict[str, Any]]:
     )
     for sample in dataset:
         yield decode_record(sample)
+
+
+class _HashingReader:
+    """A shard file read front to back (tarfile's stream mode), hashing every byte it reads:
+    the reader that decodes a shard checks its sha256 without reading it twice."""
+
+    def __init__(self, handle):
+        self.handle, self.hasher = handle, hashlib.sha256()
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.handle.read(size)
+        self.hasher.update(data)
+        return data
+
+    def hexdigest(self) -> str:
+        """The sha256 of the whole file: reads what tarfile left (the end-of-archive padding)."""
+        while self.read(HASH_CHUNK_BYTES):
+            pass
+        return self.hasher.hexdigest()
+
+    def __str__(self) -> str:  # webdataset appends the stream to an error's message
+        return self.handle.name
+
+
+# Decoding a damaged record or tar header fails in many ways: tarfile's errors, bad JSON or
+# .npy (ValueError), a missing JSON key (KeyError), or a member cut short (EOFError, OSError).
+DECODE_ERRORS = (tarfile.TarError, ValueError, KeyError, EOFError, OSError)
+
+
+def read_checked_shard(path: str | Path, entry: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The records of one shard whose manifest (or receipt) ``entry`` gives its ``bytes``,
+    ``sha256`` and ``num_records``: the size is checked before reading, the sha256 and the
+    count once the records are read. Every failure is a ``ShardError`` naming the file. Records
+    are yielded as they are read: a consumer must drop them all if the shard fails at its end."""
+    path = Path(path)
+    if not path.is_file():
+        raise ShardError(f"{path} is missing (the manifest lists it)")
+    size = path.stat().st_size  # free, before any reading
+    if size != entry["bytes"]:
+        raise ShardError(
+            f"{path} is truncated or altered: {size} bytes, the manifest says {entry['bytes']}"
+        )
+    count = 0
+    with open(path, "rb") as handle:
+        reader = _HashingReader(handle)
+        try:
+            members = wds.tariterators.tar_file_iterator(reader)
+            named = ({**member, "__url__": str(path)} for member in members)
+            for sample in wds.tariterators.group_by_keys(named):
+                record = decode_record(sample)
+                count += 1
+                yield record
+        except (ShardError, *DECODE_ERRORS) as error:
+            raise ShardError(
+                f"{path} is unreadable or corrupt: {type(error).__name__}: {error}"
+            ) from error
+        digest = reader.hexdigest()
+    if digest != entry["sha256"]:
+        raise ShardError(
+            f"{path} is corrupt: sha256 {digest[:16]}.., the manifest says {entry['sha256'][:16]}.."
+        )
+    if count != entry["num_records"]:
+        raise ShardError(f"{path}: {count} records, the manifest says {entry['num_records']}")
 
 
 # --- Files -----------------------------------------------------------------------------------
@@ -283,6 +347,8 @@ def check_folder(folder: Path, identity: RunIdentity, shards: list[ShardRange]) 
     and shard files this plan does not produce. Cheap (no hashing)."""
     if not folder.exists():
         return
+    if not folder.is_dir():  # else a FileExistsError deep in the run, once the ranks started
+        raise ShardError(f"output.folder {folder} is a file, not a folder: give another one")
     manifest_path = folder / MANIFEST_NAME
     if manifest_path.exists():
         manifest = read_json(manifest_path)

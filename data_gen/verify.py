@@ -1,6 +1,7 @@
 """``dd verify-shards``: is a pair folder complete, intact, and what the teacher's map gives?
 
-1. the manifest is complete and every shard's size and sha256 match it (a bad shard is named);
+1. the manifest is complete and every shard's size and sha256 match it (a bad shard is named;
+   while the run is in progress, the finished shards are checked against their receipts);
 2. a sample of records is read back: index, label and noise must equal what (seed, index)
    draw (``data_gen.pairs.draw_sample``), and the teacher fingerprint must be the manifest's;
 3. those records are re-mapped with the teacher: the stored tokens are teacher-forced into the
@@ -74,11 +75,48 @@ class VerifyReport:
         return "\n".join(lines)
 
 
+# What verify_folder reads of a manifest (``dd generate`` writes them all from the start).
+MANIFEST_KEYS = (
+    ("counts", "num_pairs"),
+    ("counts", "shard_size"),
+    ("settings",),
+    ("teacher", "fingerprint"),
+    ("teacher", "spec"),
+)
+
+
 def read_manifest(folder: Path) -> dict[str, Any]:
     path = folder / MANIFEST_NAME
     if not path.exists():
         raise ShardError(f"{folder} has no {MANIFEST_NAME}: not a pair folder")
-    return read_json(path)
+    manifest = read_json(path)
+    missing = [".".join(keys) for keys in MANIFEST_KEYS if not _has(manifest, keys)]
+    if missing:  # a hand-edited or damaged manifest: a KeyError traceback otherwise
+        raise ShardError(
+            f"{path} lacks {', '.join(missing)}: delete it and rerun the same `dd generate` "
+            "command (it checks the shards against their receipts and writes it again)"
+        )
+    return manifest
+
+
+def _has(data: Any, keys: tuple[str, ...]) -> bool:
+    for key in keys:
+        if not isinstance(data, dict) or key not in data:
+            return False
+        data = data[key]
+    return True
+
+
+def shard_entries(folder: Path, manifest: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """File name -> its bytes and sha256: a complete manifest's entries; while the run is in
+    progress (its manifest lists no shard) the receipts of the shards published so far."""
+    if manifest.get("status") == "complete":
+        return {entry["file"]: entry for entry in manifest.get("shards", [])}
+    return {
+        shard.name: read_json(folder / shard.receipt_name)
+        for shard in shards_from_manifest(manifest)
+        if (folder / shard.name).exists() and (folder / shard.receipt_name).exists()
+    }
 
 
 def verify_folder(
@@ -96,7 +134,7 @@ def verify_folder(
     manifest = read_manifest(folder)
     shards = shards_from_manifest(manifest)
     report = VerifyReport(folder, num_shards=len(shards))
-    entries = {entry["file"]: entry for entry in manifest.get("shards", [])}
+    entries = shard_entries(folder, manifest)
     if manifest.get("status") != "complete":
         report.problems.append(
             f"manifest status is {manifest.get('status')!r}: the run has not finished "
@@ -108,6 +146,8 @@ def verify_folder(
         if entry is None:
             if manifest.get("status") == "complete":
                 report.problems.append(f"{shard.name}: missing from the manifest")
+            elif (folder / shard.name).exists():
+                report.problems.append(f"{folder / shard.name}: no receipt ({shard.receipt_name})")
             continue
         if not (folder / shard.name).exists():
             report.problems.append(f"{folder / shard.name}: file missing")

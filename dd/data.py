@@ -1,8 +1,9 @@
 """Training data for stage 2: the pair shards of stage 1, in a resumable, seeded order.
 
 ``load_pairs`` reads a finished pair folder (``dd generate``) with webdataset, refusing shards
-of another teacher or an unfinished run. The last ``num_heldout`` pairs (by global index) are
-held out for token agreement; the rest are the training set.
+of another teacher or an unfinished run, and damaged shards (each one's size, sha256 and record
+count are checked against the manifest as it is read). The last ``num_heldout`` pairs (by
+global index) are held out for token agreement; the rest are the training set.
 
 Order (``BatchOrder``): global step ``s`` belongs to epoch ``s // steps_per_epoch``; an epoch
 is a permutation of the training pairs drawn from ``(seed, epoch)``; global batch ``s`` is the
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset
 
-from data_gen.shards import MANIFEST_NAME, read_shard
+from data_gen.shards import MANIFEST_NAME, ShardError, read_checked_shard
 from teachers.protocol import ContinuousSamplingConfig, SamplingConfig
 
 SEED_STRIDE = 1_000_003  # separates the epoch-permutation and timestep streams of one seed
@@ -69,7 +70,10 @@ def finished_manifest(folder: str | Path, *, teacher_fingerprint: str) -> dict:
             f"{folder} has no {MANIFEST_NAME}: not a finished pair folder (rerun the same "
             "`dd generate` command to finish it)"
         )
-    manifest = json.loads(manifest_path.read_text())
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except ValueError as error:  # bad JSON or bad UTF-8
+        raise ValueError(f"{manifest_path} is unreadable ({error}): {REWRITE_MANIFEST}") from error
     if manifest.get("status") != "complete":
         raise ValueError(
             f"{folder}: the pair run is {manifest.get('status')!r}, not complete (rerun the same "
@@ -84,26 +88,61 @@ def finished_manifest(folder: str | Path, *, teacher_fingerprint: str) -> dict:
     return manifest
 
 
+# What to do about a damaged shard, or manifest: `dd generate` keeps the shards that match
+# their receipts, makes the missing ones and writes the complete manifest again.
+REGENERATE = (
+    "run `dd verify-shards` on the folder to list the damaged shards, delete them and their "
+    ".json receipts, and rerun the same `dd generate` command to regenerate them"
+)
+REWRITE_MANIFEST = (
+    "delete it and rerun the same `dd generate` command (it checks the shards against their "
+    "receipts and writes the manifest again)"
+)
+
+
 def pair_records(folder: str | Path, *, teacher_fingerprint: str) -> Iterator[dict]:
     """The records of a finished folder, shard by shard (not in index order), each checked
-    against the teacher's fingerprint; the count against the manifest's once all are read."""
+    against the teacher's fingerprint; each shard's size against the manifest before it is
+    read, its sha256 and record count once it is read, the total count at the end. A failure
+    comes after the records read before it: a consumer keeps none of them."""
     manifest = finished_manifest(folder, teacher_fingerprint=teacher_fingerprint)
     return _checked_records(Path(folder), manifest, teacher_fingerprint)
 
 
 def _checked_records(folder: Path, manifest: dict, teacher_fingerprint: str) -> Iterator[dict]:
     count = 0
-    for shard in sorted(folder.glob("shard-*.tar")):
-        for record in read_shard(shard):
-            if record["teacher"] != teacher_fingerprint:
-                raise ValueError(
-                    f"{shard}: record {record['index']} is of teacher {record['teacher']}"
-                )
-            count += 1
-            yield record
+    for entry in _manifest_shards(folder, manifest):
+        shard = folder / entry["file"]
+        try:
+            for record in read_checked_shard(shard, entry):
+                if record["teacher"] != teacher_fingerprint:
+                    raise ValueError(
+                        f"{shard}: record {record['index']} is of teacher {record['teacher']}"
+                    )
+                count += 1
+                yield record
+        except ShardError as error:  # dd train reports ValueErrors in one line
+            raise ValueError(f"{error}: {REGENERATE}") from error
     expected = manifest["counts"]["num_pairs"]
     if count != expected:
         raise ValueError(f"{folder}: {count} records, the manifest says {expected}")
+
+
+def _manifest_shards(folder: Path, manifest: dict) -> list[dict]:
+    """The complete manifest's shard entries, one per shard of its counts, each with what
+    ``read_checked_shard`` checks."""
+    entries = manifest.get("shards")
+    expected = manifest["counts"]["num_shards"]
+    keys = {"file", "bytes", "sha256", "num_records"}
+    listed = entries if isinstance(entries, list) else []
+    if len(listed) != expected or not all(
+        isinstance(entry, dict) and keys <= entry.keys() for entry in listed
+    ):
+        raise ValueError(
+            f"{folder / MANIFEST_NAME} does not list its {expected} shards with their "
+            f"{', '.join(sorted(keys))}: {REWRITE_MANIFEST}"
+        )
+    return listed
 
 
 def load_pairs(

@@ -1,7 +1,8 @@
 """A copy of a pair folder in files, memory-mapped read-only: one copy for every process of a
 node (``pairs.memory_map`` of a distill recipe; ``dd.data.load_pairs(memory_map=...)``).
 
-Layout of the ``memory_map`` folder (any folder; the pair folder itself is never written)::
+Layout of the ``memory_map`` folder (any folder whose parent exists; the pair folder itself is
+never written)::
 
     <key>/labels.bin, noise.bin, tokens.bin    raw tensors, row i = global index i
     <key>/layout.json                          identity, shapes, dtypes: written last
@@ -72,9 +73,10 @@ def mapped_pairs(
     """The pairs of the finished ``folder``, mapped from their copy in ``memory_map`` (made
     first if missing)."""
     # checked before any file is written
+    root = Path(memory_map)
+    check_parent_exists(root)
     manifest = finished_manifest(folder, teacher_fingerprint=teacher_fingerprint)
     identity = manifest_identity(manifest)
-    root = Path(memory_map)
     copy = root / identity_key(identity)
     if not (copy / LAYOUT_NAME).is_file():
         root.mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,18 @@ def mapped_pairs(
             if not (copy / LAYOUT_NAME).is_file():  # made while this process waited
                 make_copy(folder, root, copy, identity, teacher_fingerprint)
     return open_copy(copy, identity)
+
+
+def check_parent_exists(root: Path) -> None:
+    """Refuse a copies' folder whose parent does not exist: the paper recipes' placeholder
+    (``/local_ssd/...``) left as is was created on the root file system and filled with a copy
+    of up to 109 GB. Only the last level is created, on a disk someone chose."""
+    parent = root.absolute().parent
+    if not parent.is_dir():
+        raise ValueError(
+            f"pairs.memory_map {root}: its parent {parent} does not exist; create it, or give "
+            "a folder on a node-local disk with room for the pairs (or null to load them in memory)"
+        )
 
 
 @contextlib.contextmanager

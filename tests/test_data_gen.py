@@ -257,9 +257,11 @@ def test_shipped_tiny_var_pairs_verify(tmp_path):
 # --- Device count and restarts do not change the data set -------------------------------------
 
 
-def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, reference, tmp_path):
-    recipe_path = tmp_path / "recipe.yaml"
-    recipe_path.write_text(dump_yaml(make_recipe(spec, tmp_path / "ddp", batch_size=8)))
+def run_two_gloo_processes(recipe: GenerateRecipe, recipe_path: Path, strategy="ddp") -> None:
+    """``dd generate`` of ``recipe`` on two gloo CPU processes (``ddp``: Lightning re-runs the
+    module for rank 1; ``ddp_spawn``: it spawns both ranks and fails if either fails); fails
+    the test with the end of stderr unless the command succeeds."""
+    recipe_path.write_text(dump_yaml(recipe))
     command = [
         sys.executable,
         "-m",
@@ -269,7 +271,7 @@ def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, refere
         "--run.devices",
         "2",
         "--run.strategy",
-        "ddp",
+        strategy,
     ]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
@@ -277,7 +279,25 @@ def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, refere
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Starting with 2 processes" in done.stderr + done.stdout
+
+
+def test_two_ddp_processes_at_batch_8_equal_one_process_at_batch_16(spec, reference, tmp_path):
+    recipe = make_recipe(spec, tmp_path / "ddp", batch_size=8)
+    run_two_gloo_processes(recipe, tmp_path / "recipe.yaml")
     assert_same_data_set(tmp_path / "ddp", reference)
+
+
+def test_fewer_pending_shards_than_ranks_leave_a_rank_idle(spec, reference, tmp_path):
+    """One shard missing, two ranks: rank 1 has nothing to produce. Lightning refused a rank
+    with an empty loader, which failed the run and left the manifest in progress for good.
+    ``ddp_spawn``: under ``ddp`` rank 0's exit code does not show that rank 1 failed."""
+    folder = tmp_path / "one_missing"
+    shutil.copytree(reference, folder)
+    (folder / "shard-000001.tar").unlink()
+    (folder / "shard-000001.json").unlink()
+    recipe = make_recipe(spec, folder, batch_size=8)
+    run_two_gloo_processes(recipe, tmp_path / "recipe.yaml", strategy="ddp_spawn")
+    assert_same_data_set(folder, reference)
 
 
 class CrashAfterShards(Callback):
@@ -513,3 +533,48 @@ def test_unknown_teachers_list_the_known_ones(tmp_path, monkeypatch):
                 tokenizer_checkpoint=str(tmp_path / "y.pt"),
             )
         )
+
+
+def test_output_folders_the_file_system_refuses_are_one_line_errors(spec, tmp_path, capsys):
+    """A file as output.folder (refused up front), or in its path (an OSError from the run):
+    `dd generate: ...` and exit code 1, not Lightning's traceback."""
+    from data_gen.generate_command import main
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    recipe_path = tmp_path / "recipe.yaml"
+    for folder, message in ((blocker, "is a file, not a folder"), (blocker / "pairs", "[Errno")):
+        recipe_path.write_text(dump_yaml(make_recipe(spec, folder)))
+        assert main(["--recipe", str(recipe_path)]) == 1
+        err = capsys.readouterr().err
+        assert "Traceback" not in err
+        last = err.strip().splitlines()[-1]
+        assert last.startswith("dd generate: ") and message in last and str(folder) in last
+
+
+def test_verify_shards_checks_the_finished_shards_of_a_run_in_progress(
+    reference, teacher, tmp_path, capsys
+):
+    """A run in progress lists no shard in its manifest: its finished shards were reported as
+    not matching ("0/3 shards"); they are checked against their receipts. A manifest without
+    its counts (edited by hand) is a one-line error, not a KeyError traceback."""
+    from dd.cli import main
+
+    folder = tmp_path / "in_progress"
+    shutil.copytree(reference, folder)
+    (folder / "shard-000002.tar").unlink()
+    (folder / "shard-000002.json").unlink()
+    manifest = json.loads((folder / MANIFEST_NAME).read_text())
+    (folder / MANIFEST_NAME).write_text(
+        json.dumps({**manifest, "status": "in_progress", "shards": []})  # as prepare_folder
+    )
+    report = verify_folder(folder, teacher=teacher, num_records=4)
+    assert report.shards_checked == 2 and report.records_checked == 4
+    assert [p for p in report.problems if "in_progress" not in p] == []
+    assert not report.ok  # unfinished all the same
+    del manifest["counts"]
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert main(["verify-shards", str(folder), "--num-records", "0"]) == 1
+    err = capsys.readouterr().err
+    assert "lacks counts.num_pairs, counts.shard_size" in err and len(err.splitlines()) == 1

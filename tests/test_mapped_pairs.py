@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import shutil
+import tarfile
 import threading
 from pathlib import Path
 
@@ -102,10 +104,10 @@ def test_the_copy_is_the_pairs_mapped_from_files_that_later_loads_map(
     assert sorted(p.name for p in pair_folder.iterdir()) == listing  # the pair folder untouched
 
     # A later load maps the copy without reading a shard.
-    def no_shards(path):
+    def no_shards(path, *entry):
         raise AssertionError(f"read {path}")
 
-    monkeypatch.setattr(dd.data, "read_shard", no_shards)
+    monkeypatch.setattr(dd.data, "read_checked_shard", no_shards)
     again = load_pairs(pair_folder, teacher_fingerprint=fingerprint, memory_map=root)
     assert_same_pairs(again, in_memory)
     # Read-only shared mappings (r--s): a private writable one is charged in full to every
@@ -197,10 +199,10 @@ def test_processes_started_together_wait_for_one_copy(teacher, pair_folder, tmp_
         assert sorted(p.name for p in root.iterdir()) == [f".{copy.name}.lock"]  # nothing written
         make_copy(pair_folder, root, copy, identity, fingerprint)  # the holder's copy
 
-        def no_shards(path):
+        def no_shards(path, *entry):
             raise AssertionError(f"the waiting load read {path}")
 
-        monkeypatch.setattr(dd.data, "read_shard", no_shards)
+        monkeypatch.setattr(dd.data, "read_checked_shard", no_shards)
     waiting.join(timeout=60)
     assert not waiting.is_alive()
     monkeypatch.undo()
@@ -262,3 +264,55 @@ def test_copies_are_allocated_whole_and_map_beyond_memory(
     pairs = open_copy(big, {"pairs": "sparse"})
     assert pairs.noise.shape == (rows, 16, 8)
     assert float(pairs.noise[-1].abs().sum()) == 0.0
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01  # a low bit: "{" becomes "z", a float moves by one ulp or so
+    path.write_bytes(bytes(data))
+
+
+def member_offset(path: Path, name: str) -> int:
+    """Where the data of tar member ``name`` starts in the file."""
+    with tarfile.open(path) as archive:
+        return archive.getmember(name).offset_data
+
+
+def test_a_damaged_shard_is_named_in_memory_and_mapped(teacher, pair_folder, tmp_path):
+    """The manifest's size and sha256 of every shard are checked as it is read (one pass):
+    a flipped byte in a record's noise loaded silently, a truncated shard was refused only by
+    the total count, a bad JSON member or an empty shard by a bare decoding error. Each is
+    now named, with what to do (as is a shard short of a record under matching hashes); the
+    memory-mapped load refuses it too and leaves no copy."""
+    fingerprint = teacher.fingerprint()
+    shard = "shard-000001.tar"  # records 8..15
+    noise_at = member_offset(pair_folder / shard, "0000000009.noise.npy") + 128  # past the header
+    json_at = member_offset(pair_folder / shard, "0000000009.json")
+    damages = {
+        "a noise value": (lambda p: flip_byte(p, noise_at), "is corrupt: sha256"),
+        "a record's JSON": (lambda p: flip_byte(p, json_at), "unreadable or corrupt: JSONDec"),
+        "the end": (lambda p: p.write_bytes(p.read_bytes()[:-512]), "truncated or altered"),
+        "everything": (lambda p: p.write_bytes(b""), "truncated or altered: 0 bytes"),
+        # a record dropped, the size and sha256 made to match: the count names the shard
+        "a record": (lambda p: rewrite_shard(p.parent, 1, list(read_shard(p))[:-1]), "7 records"),
+    }
+    for what, (damage, message) in damages.items():
+        pairs = tmp_path / what.replace(" ", "_").replace("'", "")
+        shutil.copytree(pair_folder, pairs)
+        damage(pairs / shard)
+        expected = rf"{re.escape(str(pairs / shard))}.*{message}.*dd verify-shards"
+        with pytest.raises(ValueError, match=expected):
+            load_pairs(pairs, teacher_fingerprint=fingerprint)
+        root = tmp_path / f"mm_{pairs.name}"
+        with pytest.raises(ValueError, match=expected):
+            load_pairs(pairs, teacher_fingerprint=fingerprint, memory_map=root)
+        assert made(root) == [], what
+
+
+def test_a_copies_folder_whose_parent_does_not_exist_is_refused(teacher, pair_folder, tmp_path):
+    """The paper recipes' placeholder (/local_ssd/dd_pairs/<name>) left as is was created on
+    the root file system and filled with the copy: a missing parent is refused, nothing made."""
+    placeholder = tmp_path / "local_ssd" / "dd_pairs" / "var"
+    with pytest.raises(ValueError, match=r"parent .*local_ssd/dd_pairs does not exist; create it"):
+        load_pairs(pair_folder, teacher_fingerprint=teacher.fingerprint(), memory_map=placeholder)
+    assert not (tmp_path / "local_ssd").exists()

@@ -319,6 +319,10 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         # Expected: the frozen teacher and perceptual network stay in eval mode.
         warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
         warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING)
+        if resume is not None:  # the checkpoints there are this run's own, resumed from
+            warnings.filterwarnings(
+                "ignore", message=".*Checkpoint directory .* exists and is not empty.*"
+            )
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     if trainer.is_global_zero:  # EMA weights were copied into the student at the end of fit
         record.update(

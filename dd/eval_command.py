@@ -318,10 +318,10 @@ def build_space_and_reference(
     from dd.metrics.spaces import (
         DigitsSpace,
         InceptionSpace,
+        NpzImages,
         image_folder_files,
         image_folder_size,
         iter_image_folder,
-        iter_uint8_images,
     )
     from teachers.data import DIGITS_DATA_NAME
 
@@ -365,16 +365,16 @@ def build_space_and_reference(
     path = Path(recipe.reference)
     if path.suffix.lower() == ".npz":
         stats = load_stats_npz(str(path), space.feature_dim)
-        images = load_npz_images(path)
-        if images is None:  # statistics only: FID, no precision/recall
+        if not NpzImages.holds_images(path):  # statistics only: FID, no precision/recall
             return space, Reference(stats), str(path)
         # An ADM reference batch: FID from its published mu and sigma, precision/recall from
         # its images' features (one Inception pass over them, as the ADM evaluator does).
+        images = NpzImages(path)  # its header only, so far
         size = images.shape[1:3]  # [N, H, W, 3]
         check_reference_size(size, scored_size, str(path))
         reference = Reference.from_batches(
-            space, iter_uint8_images(images), stats, size=size,
-            total=len(images), progress=recipe.progress_bar,
+            space, images.batches(), stats, size=size,
+            total=images.shape[0], progress=recipe.progress_bar,
         )  # fmt: skip
         return space, reference, str(path)
     if path.exists() and not path.is_dir():
@@ -389,22 +389,6 @@ def build_space_and_reference(
         total=len(image_folder_files(path)), progress=recipe.progress_bar,
     )  # fmt: skip
     return space, reference, str(path)
-
-
-def load_npz_images(path: Path):
-    """The ``arr_0`` images ``[N, H, W, 3]`` uint8 of an ADM reference batch, or ``None``."""
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as data:
-        if "arr_0" not in data.files:
-            return None
-        images = data["arr_0"]
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise ValueError(
-            f"{path}: arr_0 must be uint8 images [N, H, W, 3] (an ADM reference batch), got "
-            f"{images.dtype} {images.shape}"
-        )
-    return images
 
 
 def run_eval(recipe: EvalRecipe) -> dict:

@@ -62,6 +62,7 @@ from dd.metrics.spaces import (
     INCEPTION_WEIGHTS_FILE,
     DigitsSpace,
     InceptionSpace,
+    NpzImages,
     embed_stream,
 )
 from dd.student import DDStudent
@@ -797,6 +798,26 @@ def test_image_size_resizes_every_generated_image_as_the_official_protocol(
     assert torch.nn.functional.interpolate(edges, size=(12, 12), mode="bicubic").max() > 1
     torch.testing.assert_close(resize_for_scoring(edges, 12), official_resize(edges, 12))
     assert resize_for_scoring(images, 16) is images
+
+
+def test_an_adm_batch_is_read_from_its_archive_batch_by_batch(tmp_path):
+    # arr_0 was np.load-ed whole (2 GB for ImageNet 256's 10,000 images) before its size was
+    # even checked; now its header is read first and its rows as they are embedded.
+    pixels = np.random.default_rng(0).integers(0, 256, (7, 5, 4, 3), dtype=np.uint8)
+    for save in (np.savez, np.savez_compressed):
+        path = tmp_path / f"{save.__name__}.npz"
+        save(path, arr_0=pixels, mu=np.zeros(3), sigma=np.eye(3))
+        images = NpzImages(path)
+        assert NpzImages.holds_images(path) and images.shape == (7, 5, 4, 3)
+        batches = list(images.batches(batch_size=3))
+        assert [len(batch) for batch in batches] == [3, 3, 1]
+        expected = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 255
+        assert torch.equal(torch.cat(batches), expected)
+    np.savez(tmp_path / "stats.npz", mu=np.zeros(3), sigma=np.eye(3))
+    assert not NpzImages.holds_images(tmp_path / "stats.npz")
+    np.savez(tmp_path / "floats.npz", arr_0=pixels.astype(np.float32))
+    with pytest.raises(ValueError, match=r"arr_0 must be uint8 images \[N, H, W, 3\]"):
+        NpzImages(tmp_path / "floats.npz")
 
 
 def reference_folder(folder, size: int, count: int = 4):

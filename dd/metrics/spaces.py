@@ -16,10 +16,12 @@
 
 from __future__ import annotations
 
+import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from dd.metrics.digits import check_unit_images
@@ -236,9 +238,71 @@ def image_folder_size(folder: str | Path) -> tuple[int, int]:
     return height, width
 
 
-def iter_uint8_images(images_NHWC, batch_size: int = EMBED_BATCH) -> Iterator[torch.Tensor]:
-    """``[N, H, W, 3]`` uint8 images (an ADM reference batch's ``arr_0``) as ``[b, 3, H, W]``
-    floats in ``[0, 1]``, batch by batch."""
-    for start in range(0, len(images_NHWC), batch_size):
-        batch = torch.from_numpy(images_NHWC[start : start + batch_size])
-        yield batch.permute(0, 3, 1, 2).float() / 255
+ADM_IMAGES_MEMBER = "arr_0.npy"
+
+
+class NpzImages:
+    """The ``arr_0`` images ``[N, H, W, 3]`` uint8 of an ADM reference batch ``.npz``, read
+    from the archive: the array's header when opened (its shape and type, checked before any
+    image is read, so a reference of the wrong size is refused at once), its rows batch by
+    batch when embedded (10,000 ImageNet 256 px images are 2 GB; ``np.load`` read them whole).
+    Plain or compressed archives (``np.savez``, ``np.savez_compressed``)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        with self._member() as member:
+            self.shape, self._data_offset = _uint8_images_header(member, self.path)
+
+    @staticmethod
+    def holds_images(path: str | Path) -> bool:
+        with zipfile.ZipFile(path) as archive:
+            return ADM_IMAGES_MEMBER in archive.namelist()
+
+    def _member(self) -> _ClosingMember:
+        archive = zipfile.ZipFile(self.path)
+        return _ClosingMember(archive.open(ADM_IMAGES_MEMBER), archive)
+
+    def batches(self, batch_size: int = EMBED_BATCH) -> Iterator[torch.Tensor]:
+        """``[b, 3, H, W]`` floats in ``[0, 1]`` (``embed_stream``'s batches)."""
+        count, height, width, _ = self.shape
+        row_bytes = height * width * 3
+        with self._member() as member:
+            member.read(self._data_offset)  # past the header
+            for start in range(0, count, batch_size):
+                rows = min(batch_size, count - start)
+                data = member.read(rows * row_bytes)
+                if len(data) != rows * row_bytes:
+                    raise ValueError(f"{self.path}: arr_0 ends after {start} of {count} images")
+                batch = np.frombuffer(data, np.uint8).reshape(rows, height, width, 3)
+                yield torch.from_numpy(batch.copy()).permute(0, 3, 1, 2).float() / 255
+
+
+class _ClosingMember:
+    def __init__(self, member, archive) -> None:
+        self.member, self.archive = member, archive
+
+    def __enter__(self):
+        return self.member
+
+    def __exit__(self, *exc) -> None:
+        self.member.close()
+        self.archive.close()
+
+
+def _uint8_images_header(member, path: Path) -> tuple[tuple[int, ...], int]:
+    """(shape, bytes before the data) of an ``.npy`` stream holding ``[N, H, W, 3]`` uint8 in C
+    order; a clear error for anything else."""
+    version = np.lib.format.read_magic(member)
+    readers = {
+        (1, 0): np.lib.format.read_array_header_1_0,
+        (2, 0): np.lib.format.read_array_header_2_0,
+    }
+    if version not in readers:
+        raise ValueError(f"{path}: arr_0 is an .npy of format {version}, not 1.0 or 2.0")
+    shape, fortran_order, dtype = readers[version](member)
+    if dtype != np.uint8 or len(shape) != 4 or shape[-1] != 3 or fortran_order:
+        raise ValueError(
+            f"{path}: arr_0 must be uint8 images [N, H, W, 3] (an ADM reference batch), got "
+            f"{dtype} {shape}{' in Fortran order' if fortran_order else ''}"
+        )
+    return shape, member.tell()

@@ -23,6 +23,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.callbacks import BasePredictionWriter, Callback
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -51,7 +52,7 @@ from data_gen.shards import (
     plan_shards,
     prepare_folder,
 )
-from dd.compute import LIGHTNING_PYTREE_WARNING
+from dd.compute import LIGHTNING_PYTREE_WARNING, run_section_refusal
 from dd.config import recipe_to_dict
 from dd.teacher_spec import load_teacher
 from teachers.protocol import SamplingConfig, Teacher
@@ -371,18 +372,21 @@ def run_generation(
     )
     writer = ShardWriter(folder, identity, shards, recipe.output.shard_size)
     run = recipe.run
-    trainer = L.Trainer(
-        accelerator=run.accelerator,
-        devices=run.devices,
-        num_nodes=run.num_nodes,
-        strategy=run.strategy,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        use_distributed_sampler=False,  # ranks take whole shards (PairDataModule)
-        callbacks=[writer, PairProgress(run.progress_bar), *callbacks],
-    )
+    try:
+        trainer = L.Trainer(
+            accelerator=run.accelerator,
+            devices=run.devices,
+            num_nodes=run.num_nodes,
+            strategy=run.strategy,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            use_distributed_sampler=False,  # ranks take whole shards (PairDataModule)
+            callbacks=[writer, PairProgress(run.progress_bar), *callbacks],
+        )
+    except MisconfigurationException as error:  # the run section (a GPU recipe here)
+        raise ValueError(run_section_refusal(error)) from error
     start = time.perf_counter()
     with warnings.catch_warnings():
         # Both are expected here: ShardBatchSampler returns every index of its shards, and a

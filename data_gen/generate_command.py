@@ -13,7 +13,6 @@ import sys
 
 from data_gen.config import GenerateRecipe
 from data_gen.shards import ShardError
-from dd.compute import run_section_refusal
 from dd.config import parse_recipe
 
 
@@ -30,12 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         result = run_generation(recipe)
-    except MisconfigurationException as error:  # the run section: e.g. a GPU recipe here
-        print(f"dd generate: {run_section_refusal(error)}", file=sys.stderr)
-        return 1
     # OSError: the output folder's file system (read-only, full, a file in the path), and
-    # missing checkpoints; one line, as the refusals of the recipe and the folder
-    except (ShardError, ValueError, OSError) as error:
+    # missing checkpoints; one line, as the refusals of the recipe and the folder (and of the
+    # run section, a ValueError naming the CPU flags by then)
+    except (ShardError, ValueError, OSError, MisconfigurationException) as error:
         print(f"dd generate: {error}", file=sys.stderr)
         return 1
     if result.complete:

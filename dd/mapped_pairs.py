@@ -56,9 +56,10 @@ KEY_CHARS = 16
 # continuous tokens float32), and numpy's name for it (numpy.memmap maps the files).
 NUMPY_DTYPES = {torch.long: np.int64, torch.float16: np.float16, torch.float32: np.float32}
 DTYPES = {str(d): d for d in NUMPY_DTYPES}
-# Part of every copy's key: a change of how a copy is laid out gives new copies, never a
-# stale one read in the new layout.
-COPY_FORMAT = 1
+# Part of every copy's key: a change of how a copy is laid out, or of what its making checks,
+# gives new copies, never a stale one read in the new layout. 2: copies made since the reader
+# checks every shard's size and sha256 (2026-12-07); format-1 copies were made without it.
+COPY_FORMAT = 2
 
 
 def identity_key(identity: dict) -> str:

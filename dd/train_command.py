@@ -103,6 +103,8 @@ def check_resumable(recipe: TrainRecipe, output: Path) -> None:
     allowed = {*RESUMABLE_KEYS, *PLACEMENT_KEYS, *FOLDER_KEYS}
     if trained_on.is_file():  # runs before it was written compare the paths themselves
         allowed.update(CHECKED_PATH_KEYS)
+    if (output / INIT_RECORD).is_file():  # read at the first start only: it may have moved
+        allowed.add("student.init_from")
     if recipe.optim.schedule == "cosine":  # its rates depend on run.max_steps
         allowed.discard("run.max_steps")
     changed = [
@@ -191,6 +193,17 @@ def make_trainer(run: RunSection, output: Path, *, unused_parameters: bool = Fal
     )
 
 
+def make_trainer_of_recipe(run: RunSection, output: Path, unused_parameters: bool):
+    """``make_trainer``, with Lightning's refusal of the run section (an accelerator this
+    machine lacks) as a ValueError that names the flags running it on the CPU."""
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return make_trainer(run, output, unused_parameters=unused_parameters)
+    except MisconfigurationException as error:
+        raise ValueError(run_section_refusal(error)) from error
+
+
 def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     """Stage 2 of ``recipe``. Everything the recipe can get wrong (the teacher, the pair folder
     and its split, the student's timesteps and split, the perceptual network's file) is
@@ -212,6 +225,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     )
     from dd.distill import DistillModule, PairDataModule
     from dd.losses import build_perceptual, cached_teacher_log_probs
+    from dd.mapped_pairs import check_parent_exists
     from dd.metrics.digits import DigitsPerceptual
     from dd.teacher_spec import load_teacher
     from teachers.protocol import ContinuousTeacher
@@ -224,7 +238,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     # Built first: Lightning refuses a run section (an accelerator this machine lacks) before
     # anything is loaded or written. With no perceptual term dd_loss never runs the embedding
     # head (DistillModule's check), which DDP is told.
-    trainer = make_trainer(run, output, unused_parameters=recipe.loss.perceptual_weight == 0)
+    trainer = make_trainer_of_recipe(run, output, recipe.loss.perceptual_weight == 0)
     last = output / "checkpoints" / LAST_CHECKPOINT
     done_steps = checkpoint_step(last) if last.is_file() else None
     finished = done_steps is not None and done_steps >= run.max_steps
@@ -250,11 +264,14 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     )
     continuous = isinstance(teacher, ContinuousTeacher)
     student.teacher_sampling = pair_sampling(recipe.pairs.folder, continuous=continuous)
+    # A continuous-token teacher (#13) gets the embedding-only student and its system.
+    system = ContinuousDistillModule if continuous else DistillModule
+    system.check_settings(student, recipe.loss, student.teacher_sampling)  # the loss terms
+    if recipe.pairs.memory_map is not None:
+        check_parent_exists(Path(recipe.pairs.memory_map))
     initialised_from = initial_weights(
         student, recipe.student.init_from, output, resumed=done_steps is not None
     )
-    # A continuous-token teacher (#13) gets the embedding-only student and its system.
-    system = ContinuousDistillModule if continuous else DistillModule
     # Without its weight the loss never calls the perceptual network (dd_loss: CE-only
     # training), so its file (LPIPS' VGG16) is not needed, unless the system logs it anyway.
     perceptual = None
@@ -387,15 +404,12 @@ def write_text_if_changed(path: Path, text: str) -> None:
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     recipe, resolved = parse_recipe(TrainRecipe, argv, prog="dd train")
-    # Lightning's refusal of the recipe's run section (an accelerator this machine lacks)
+    # Lightning's other refusals (its refusal of the run section is a ValueError by then)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
     try:
         train(recipe, resolved, command=shlex.join(["dd", "train", *argv]))
-    except MisconfigurationException as error:  # as dd generate
-        print(f"dd train: {run_section_refusal(error)}", file=sys.stderr)
-        return 1
-    except (FileNotFoundError, ValueError) as error:
+    except (FileNotFoundError, ValueError, MisconfigurationException) as error:
         print(f"dd train: {error}", file=sys.stderr)
         return 1
     return 0

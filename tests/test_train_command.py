@@ -252,6 +252,10 @@ def test_init_from_starts_from_a_saved_student_of_the_same_teacher(var_pairs, tm
     assert dd_main(["train", *argv, "--run.max_steps", "2"]) == 0
     card = read_card(again / "student")
     assert card["record"]["steps"] == 2 and card["record"]["init_from"] == expected
+    # ... and a resume may name where it is now (it is not read; the record stays the first)
+    moved = ["--student.init_from", str(tmp_path / "moved" / "student")]
+    assert dd_main(["train", *argv, "--run.max_steps", "3", *moved]) == 0
+    assert read_card(again / "student")["record"]["init_from"] == expected
     # A student of another teacher is refused before any training.
     other = [
         *train_argv(var_pairs, tmp_path / "other", 1),
@@ -325,6 +329,10 @@ def test_recipe_errors_are_found_before_the_pairs_load(var_pairs, tmp_path, caps
         (["--student.split_token", "999"], "split_token must be in [0, 130], got 999"),
         (["--loss.perceptual", "lpips_vgg", "--loss.vgg16_path", str(tmp_path / "vgg.pth")],
          "LPIPS-VGG needs torchvision's ImageNet VGG16 weights"),
+        (["--loss.perceptual_weight", "0", "--student.split_token", "55"],
+         "loss.perceptual_weight is 0, so the embedding head is never trained"),
+        (["--pairs.memory_map", str(tmp_path / "nowhere" / "copies")],
+         "its parent " + str(tmp_path / "nowhere") + " does not exist"),
     ):  # fmt: skip
         assert dd_main(["train", *train_argv(var_pairs, output, 2), *override]) == 1
         assert message in capsys.readouterr().err, override
@@ -353,11 +361,11 @@ WITH_TEACHER_KL = ["--loss.teacher_kl_weight", "1.0", "--loss.cache_teacher_kl_t
 @pytest.mark.parametrize("loss", [[], WITH_TEACHER_KL], ids=["ce_perceptual", "teacher_kl"])
 def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path, loss):
     """gloo on CPU: each rank takes half of every global batch and DDP averages the gradients,
-    so 3 steps on 2 processes give the 1-process weights to float32 reduction order: 3e-5
-    (measured: 6.6e-6 without the teacher-KL term, 1.0e-5 with it; 2.0e-3 with it when each
-    rank took its own mean). The two processes read the pairs from one memory-mapped copy
-    (``pairs.memory_map``), made once by the first before Lightning starts the second; the one
-    process holds them in memory."""
+    so 3 steps on 2 processes give the 1-process weights to float32 reduction order: 1e-4, room
+    for other CPUs' reductions (measured here: 6.6e-6 without the teacher-KL term, 1.0e-5 with
+    it; 2.0e-3 with it when each rank took its own mean). The two processes read the pairs
+    from one memory-mapped copy (``pairs.memory_map``), made once by the first before
+    Lightning starts the second; the one process holds them in memory."""
     one, two, copies = tmp_path / "one", tmp_path / "two", tmp_path / "mapped"
     assert dd_main(["train", *train_argv(var_pairs, one, 3), *loss]) == 0
     mapped = ["--pairs.memory_map", str(copies)]
@@ -371,7 +379,7 @@ def test_two_ddp_processes_train_the_same_student_as_one(var_pairs, tmp_path, lo
     single = dd.load_student(one / "student").student_state_dict()
     double = dd.load_student(two / "student").student_state_dict()
     for name, tensor in single.items():
-        torch.testing.assert_close(double[name], tensor, atol=3e-5, rtol=3e-5, msg=name)
+        torch.testing.assert_close(double[name], tensor, atol=1e-4, rtol=1e-4, msg=name)
 
 
 def test_a_run_resumes_with_moved_pairs_on_another_process_count(var_pairs, tmp_path, capsys):

@@ -30,14 +30,12 @@ from dd.metrics.digits import class_accuracy, frechet_distance
 from dd.sampling import choose_tokens
 from dd.student import DDStudent
 from dd.teacher_spec import load_teacher
-from dd.train_command import ema_state_dict
+from dd.train_command import load_checkpoint_student
 from dd.train_recipe import TrainRecipe
 from dd.trajectory import trajectory_input
 from teachers.data import load_digits_split
 from teachers.tiny.evaluate import balanced_labels, first_per_class
 
-STUDENT_PREFIX = "student."
-TEACHER_PREFIX = "student.teacher."
 FID_PER_CLASS = 36
 SAMPLE_BATCH = 250
 
@@ -58,13 +56,6 @@ def ema_student(
     split_token: int | None = None,
     sampling_kappa: float | None = None,
 ) -> DDStudent:
-    state = ema_state_dict(checkpoint)
-    student_state = {
-        k[len(STUDENT_PREFIX) :]: v
-        for k, v in state.items()
-        if k.startswith(STUDENT_PREFIX) and not k.startswith(TEACHER_PREFIX)
-    }
-    student_state = {k.removeprefix("backbone."): v for k, v in student_state.items()}
     student = DDStudent(
         teacher,
         recipe.student.timesteps,
@@ -75,7 +66,7 @@ def ema_student(
         ),
         backbone_options=recipe.student.backbone_options,
     )
-    student.load_student_state_dict(student_state)
+    load_checkpoint_student(student, checkpoint)
     return student.eval()
 
 

@@ -133,6 +133,13 @@ def read_shard(path: str | Path) -> Iterator[dict[str, Any]]:
         yield decode_record(sample)
 
 
+# What to do about a damaged or unreadable manifest (dd train's reader, dd verify-shards).
+REWRITE_MANIFEST = (
+    "delete it and rerun the same `dd generate` command (it checks the shards against their "
+    "receipts and writes the manifest again)"
+)
+
+
 class _HashingReader:
     """A shard file read front to back (tarfile's stream mode), hashing every byte it reads:
     the reader that decodes a shard checks its sha256 without reading it twice."""

@@ -30,6 +30,7 @@ from data_gen.pairs import (
 )
 from data_gen.shards import (
     MANIFEST_NAME,
+    REWRITE_MANIFEST,
     ShardError,
     read_json,
     read_shard,
@@ -92,10 +93,7 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     manifest = read_json(path)
     missing = [".".join(keys) for keys in MANIFEST_KEYS if not _has(manifest, keys)]
     if missing:  # a hand-edited or damaged manifest: a KeyError traceback otherwise
-        raise ShardError(
-            f"{path} lacks {', '.join(missing)}: delete it and rerun the same `dd generate` "
-            "command (it checks the shards against their receipts and writes it again)"
-        )
+        raise ShardError(f"{path} lacks {', '.join(missing)}: {REWRITE_MANIFEST}")
     return manifest
 
 

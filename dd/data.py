@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import IterableDataset
 
-from data_gen.shards import MANIFEST_NAME, ShardError, read_checked_shard
+from data_gen.shards import MANIFEST_NAME, REWRITE_MANIFEST, ShardError, read_checked_shard
 from teachers.protocol import ContinuousSamplingConfig, SamplingConfig
 
 SEED_STRIDE = 1_000_003  # separates the epoch-permutation and timestep streams of one seed
@@ -93,10 +93,6 @@ def finished_manifest(folder: str | Path, *, teacher_fingerprint: str) -> dict:
 REGENERATE = (
     "run `dd verify-shards` on the folder to list the damaged shards, delete them and their "
     ".json receipts, and rerun the same `dd generate` command to regenerate them"
-)
-REWRITE_MANIFEST = (
-    "delete it and rerun the same `dd generate` command (it checks the shards against their "
-    "receipts and writes the manifest again)"
 )
 
 
@@ -237,6 +233,13 @@ def pair_sampling(
     """The teacher's sampling settings a pair folder was made with (its manifest): a
     ``SamplingConfig``, or a ``ContinuousSamplingConfig`` for a continuous-token teacher."""
     manifest = json.loads((Path(folder) / MANIFEST_NAME).read_text())
+    return manifest_sampling(manifest, continuous=continuous)
+
+
+def manifest_sampling(
+    manifest: dict, *, continuous: bool
+) -> SamplingConfig | ContinuousSamplingConfig:
+    """``pair_sampling`` of a manifest already read."""
     return sampling_from_dict(manifest["settings"]["sampling"], continuous=continuous)
 
 

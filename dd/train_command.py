@@ -218,8 +218,8 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     from dd.data import (
         finished_manifest,
         load_pairs,
-        pair_identity,
-        pair_sampling,
+        manifest_identity,
+        manifest_sampling,
         split_heldout,
         split_sizes,
     )
@@ -263,7 +263,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         backbone_options=recipe.student.backbone_options,
     )
     continuous = isinstance(teacher, ContinuousTeacher)
-    student.teacher_sampling = pair_sampling(recipe.pairs.folder, continuous=continuous)
+    student.teacher_sampling = manifest_sampling(manifest, continuous=continuous)
     # A continuous-token teacher (#13) gets the embedding-only student and its system.
     system = ContinuousDistillModule if continuous else DistillModule
     system.check_settings(student, recipe.loss, student.teacher_sampling)  # the loss terms
@@ -307,7 +307,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     )
     # Every DDP rank writes the same content; atomically, so a rank's resume check never
     # reads a half-written file.
-    write_json_atomic(output / PAIRS_IDENTITY, pair_identity(recipe.pairs.folder))
+    write_json_atomic(output / PAIRS_IDENTITY, manifest_identity(manifest))
     train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout, recipe.pairs.num_train)
     settings = (student, perceptual, recipe.optim, recipe.loss)
     if continuous:
@@ -363,11 +363,14 @@ def written_steps(folder: Path) -> int | None:
 
 def load_checkpoint_student(student, path: Path) -> None:
     """``student`` gets the EMA weights of a ``dd train`` checkpoint (its module's
-    ``student.`` entries: the backbone, and the noise-logit scale when there is one)."""
+    ``student.`` entries: the backbone, and the noise-logit scale when there is one; the
+    frozen teacher's, which checkpoints of older runs still hold, are not the student's)."""
+    from dd.distill import FROZEN_PREFIXES
+
     weights = {
         name.removeprefix("student.").removeprefix("backbone."): value
         for name, value in ema_state_dict(path).items()
-        if name.startswith("student.")
+        if name.startswith("student.") and not name.startswith(FROZEN_PREFIXES)
     }
     student.load_student_state_dict(weights)
 

@@ -16,10 +16,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import zipfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import IO, Protocol
 
 import numpy as np
 import torch
@@ -251,23 +252,24 @@ class NpzImages:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         with self._member() as member:
-            self.shape, self._data_offset = _uint8_images_header(member, self.path)
+            self.shape = _uint8_images_header(member, self.path)
 
     @staticmethod
     def holds_images(path: str | Path) -> bool:
         with zipfile.ZipFile(path) as archive:
             return ADM_IMAGES_MEMBER in archive.namelist()
 
-    def _member(self) -> _ClosingMember:
-        archive = zipfile.ZipFile(self.path)
-        return _ClosingMember(archive.open(ADM_IMAGES_MEMBER), archive)
+    @contextlib.contextmanager
+    def _member(self) -> Iterator[IO[bytes]]:
+        with zipfile.ZipFile(self.path) as archive, archive.open(ADM_IMAGES_MEMBER) as member:
+            yield member
 
     def batches(self, batch_size: int = EMBED_BATCH) -> Iterator[torch.Tensor]:
         """``[b, 3, H, W]`` floats in ``[0, 1]`` (``embed_stream``'s batches)."""
         count, height, width, _ = self.shape
         row_bytes = height * width * 3
         with self._member() as member:
-            member.read(self._data_offset)  # past the header
+            _uint8_images_header(member, self.path)  # reads up to the data
             for start in range(0, count, batch_size):
                 rows = min(batch_size, count - start)
                 data = member.read(rows * row_bytes)
@@ -277,21 +279,9 @@ class NpzImages:
                 yield torch.from_numpy(batch.copy()).permute(0, 3, 1, 2).float() / 255
 
 
-class _ClosingMember:
-    def __init__(self, member, archive) -> None:
-        self.member, self.archive = member, archive
-
-    def __enter__(self):
-        return self.member
-
-    def __exit__(self, *exc) -> None:
-        self.member.close()
-        self.archive.close()
-
-
-def _uint8_images_header(member, path: Path) -> tuple[tuple[int, ...], int]:
-    """(shape, bytes before the data) of an ``.npy`` stream holding ``[N, H, W, 3]`` uint8 in C
-    order; a clear error for anything else."""
+def _uint8_images_header(member: IO[bytes], path: Path) -> tuple[int, ...]:
+    """The shape of an ``.npy`` stream holding ``[N, H, W, 3]`` uint8 in C order, read up to
+    its data; a clear error for anything else."""
     version = np.lib.format.read_magic(member)
     readers = {
         (1, 0): np.lib.format.read_array_header_1_0,
@@ -305,4 +295,4 @@ def _uint8_images_header(member, path: Path) -> tuple[tuple[int, ...], int]:
             f"{path}: arr_0 must be uint8 images [N, H, W, 3] (an ADM reference batch), got "
             f"{dtype} {shape}{' in Fortran order' if fortran_order else ''}"
         )
-    return shape, member.tell()
+    return shape

@@ -48,9 +48,11 @@ from data_gen.shards import (
     check_folder,
     encode_record,
     finalize_if_complete,
+    hash_finished,
     manifest_base,
+    open_manifest,
     plan_shards,
-    prepare_folder,
+    scan_folder,
 )
 from dd.compute import LIGHTNING_PYTREE_WARNING, run_section_refusal
 from dd.config import recipe_to_dict
@@ -106,6 +108,15 @@ def run_identity(teacher: Teacher, recipe: GenerateRecipe) -> RunIdentity:
         "tokens_dtype": str(token_dtype(int(vocab_size))).removeprefix("torch."),
     }
     return RunIdentity(teacher.fingerprint(), teacher.family, settings)
+
+
+def gather_objects(obj: Any, world_size: int) -> list[Any]:
+    """Every rank's ``obj``, in rank order (Lightning's strategies gather tensors only)."""
+    if world_size == 1 or not torch.distributed.is_initialized():
+        return [obj]
+    gathered: list[Any] = [None] * world_size
+    torch.distributed.all_gather_object(gathered, obj)
+    return gathered
 
 
 # --- Data ------------------------------------------------------------------------------------
@@ -164,6 +175,7 @@ class PairDataModule(L.LightningDataModule):
             manifest,
         )
         self.folder = Path(recipe.output.folder)
+        self.bar = recipe.run.progress_bar
         self.shards = plan_shards(recipe.pairs.num_pairs, recipe.output.shard_size)
         self.rank_shards: list[ShardRange] = []
         # Fewer pending shards than ranks (a small run, or a resume with few shards missing)
@@ -172,30 +184,44 @@ class PairDataModule(L.LightningDataModule):
         self.allow_zero_length_dataloader_with_multiple_devices = True
 
     def setup(self, stage: str) -> None:
-        strategy = self.trainer.strategy
-        result: dict[str, Any] = {}
-        if self.trainer.is_global_zero:
-            try:
-                result["pending"] = prepare_folder(
-                    self.folder, self.identity, self.shards, self.manifest
-                )
-            except (ShardError, OSError) as error:  # a read-only or full disk: every rank stops
-                result["error"] = str(error)
-        result = strategy.broadcast(result, src=0)  # every rank gets the same plan (or error)
-        if "error" in result:
-            raise ShardError(result["error"])
-        pending = result["pending"]
+        """Rank 0 scans the folder (cheap); every rank checks the sha256 of a share of the
+        finished shards (rank 0 hashing all of VAR-d16's 109 GB kept the others waiting for
+        minutes, more on shared storage, against the process group's timeout); rank 0 opens
+        the manifest; every rank gets the plan."""
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        self.rank_shards = [self.shards[k] for k in pending[rank::world]]
-        done = len(self.shards) - len(pending)
+        plan = self._on_rank_zero(lambda: scan_folder(self.folder, self.identity, self.shards))
+        share = [self.shards[k] for k in plan.finished[rank::world]]
+        try:
+            hash_finished(self.folder, share, progress=self.trainer.is_global_zero and self.bar)
+            error = None
+        except (ShardError, OSError) as failure:
+            error = str(failure)
+        errors = [e for e in gather_objects(error, world) if e is not None]
+        if errors:  # every rank stops with every rank's findings
+            raise ShardError("\n".join(errors))
+        self._on_rank_zero(lambda: open_manifest(self.folder, self.manifest, plan.pending))
+        self.rank_shards = [self.shards[k] for k in plan.pending[rank::world]]
         if self.trainer.is_global_zero:
             log.info(
                 "%d of %d shards already complete; %d to produce on %d ranks",
-                done,
+                len(plan.finished),
                 len(self.shards),
-                len(pending),
+                len(plan.pending),
                 world,
             )
+
+    def _on_rank_zero(self, work):
+        """``work()`` on rank 0, its result (or its one-line error, on every rank) broadcast."""
+        result: dict[str, Any] = {}
+        if self.trainer.is_global_zero:
+            try:
+                result["value"] = work()
+            except (ShardError, OSError) as error:  # a read-only or full disk: every rank stops
+                result["error"] = str(error)
+        result = self.trainer.strategy.broadcast(result, src=0)
+        if "error" in result:
+            raise ShardError(result["error"])
+        return result["value"]
 
     def predict_dataloader(self) -> DataLoader:
         return DataLoader(
@@ -337,6 +363,7 @@ class GenerationResult:
     identity: RunIdentity
     num_shards: int
     seconds: float
+    global_rank: int = 0  # the process's rank: only rank 0 reports the run
 
 
 def run_generation(
@@ -399,6 +426,12 @@ def run_generation(
             datamodule=PairDataModule(recipe, identity, dataset, manifest),
             return_predictions=False,
         )
+    # Every rank waits for the others' shards (an idle rank skips the predict hooks, so here):
+    # rank 0, done first, returned and printed nothing while the last rank wrote the complete
+    # manifest. A rank that fails meanwhile takes the waiting ones down (Lightning's launcher
+    # watches its processes), so none exits 0 on an unfinished run. (``ddp_spawn``: the ranks
+    # have ended by now, and no process group is left to wait on.)
+    trainer.strategy.barrier("pairs_published")
     seconds = time.perf_counter() - start
     complete = finalize_if_complete(folder, shards)
-    return GenerationResult(folder, complete, identity, len(shards), seconds)
+    return GenerationResult(folder, complete, identity, len(shards), seconds, trainer.global_rank)

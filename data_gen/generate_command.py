@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ShardError, ValueError, OSError, MisconfigurationException) as error:
         print(f"dd generate: {error}", file=sys.stderr)
         return 1
-    if result.complete:
+    if result.complete and result.global_rank == 0:
         print(f"complete: {result.num_shards} shards in {result.folder} (manifest.json)")
     return 0
 

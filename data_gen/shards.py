@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 import webdataset as wds
+from tqdm.auto import tqdm
 
 FORMAT_NAME = "dd-pairs"
 FORMAT_VERSION = 1
@@ -386,8 +387,8 @@ def check_folder(folder: Path, identity: RunIdentity, shards: list[ShardRange]) 
                 )
 
 
-def verify_shard_file(folder: Path, shard: ShardRange, receipt: dict[str, Any]) -> None:
-    """Raise ``ShardError`` naming the shard unless its file matches its receipt exactly."""
+def check_shard_size(folder: Path, shard: ShardRange, receipt: dict[str, Any]) -> None:
+    """The cheap half of ``verify_shard_file``: the receipt's range and the file's size."""
     path = folder / shard.name
     if (receipt.get("first_index"), receipt.get("num_records")) != (
         shard.start,
@@ -403,6 +404,11 @@ def verify_shard_file(folder: Path, shard: ShardRange, receipt: dict[str, Any]) 
             f"{path} is truncated or altered: {size} bytes, its receipt says {receipt['bytes']}; "
             "delete it (and its .json receipt) to regenerate it"
         )
+
+
+def check_shard_digest(folder: Path, shard: ShardRange, receipt: dict[str, Any]) -> None:
+    """The costly half of ``verify_shard_file``: the file's sha256 against the receipt's."""
+    path = folder / shard.name
     digest = sha256_file(path)
     if digest != receipt["sha256"]:
         raise ShardError(
@@ -411,23 +417,30 @@ def verify_shard_file(folder: Path, shard: ShardRange, receipt: dict[str, Any]) 
         )
 
 
-def prepare_folder(
-    folder: Path, identity: RunIdentity, shards: list[ShardRange], manifest_base: dict[str, Any]
-) -> list[int]:
-    """Make ``folder`` ready for this run (rank 0 only); returns the shards still to produce.
+def verify_shard_file(folder: Path, shard: ShardRange, receipt: dict[str, Any]) -> None:
+    """Raise ``ShardError`` naming the shard unless its file matches its receipt exactly."""
+    check_shard_size(folder, shard, receipt)
+    check_shard_digest(folder, shard, receipt)
 
-    Finished shards are verified against their receipts (a mismatch is an error naming the
-    shard, never silently regenerated); leftovers of a crash (``.partial`` files, receipts
-    without a shard) are removed; an ``in_progress`` manifest is written unless the folder is
-    complete: a ``complete`` manifest whose shard was deleted (to regenerate it) becomes
-    ``in_progress`` too, so that readers and ``dd demo`` do not take the folder as finished if
-    the regeneration stops.
-    """
+
+@dataclass(frozen=True)
+class FolderPlan:
+    """What a resume found: shards published (sizes checked, sha256 not yet) and to produce."""
+
+    finished: list[int]
+    pending: list[int]
+
+
+def scan_folder(folder: Path, identity: RunIdentity, shards: list[ShardRange]) -> FolderPlan:
+    """The cheap part of a resume (one process: rank 0): refuse another run's folder, remove
+    leftovers of a crash (``.partial`` files, receipts without a shard), check each finished
+    shard's receipt and size. Its sha256, the costly part, is ``hash_finished``'s (every rank
+    hashes a share: docs/pairs.md)."""
     folder.mkdir(parents=True, exist_ok=True)
     check_folder(folder, identity, shards)
     for leftover in folder.glob(f".*{PARTIAL_SUFFIX}"):
         leftover.unlink()
-    pending = []
+    finished, pending = [], []
     for shard in shards:
         tar_path, receipt_path = folder / shard.name, folder / shard.receipt_name
         if tar_path.exists():
@@ -436,15 +449,39 @@ def prepare_folder(
                     f"{tar_path} has no receipt ({receipt_path.name}): it was not published "
                     "by a generation run; delete it to regenerate it"
                 )
-            verify_shard_file(folder, shard, read_json(receipt_path))
+            check_shard_size(folder, shard, read_json(receipt_path))
+            finished.append(shard.shard)
         else:
             receipt_path.unlink(missing_ok=True)  # receipt written, crash before the rename
             pending.append(shard.shard)
+    return FolderPlan(finished, pending)
+
+
+def hash_finished(folder: Path, shards: list[ShardRange], *, progress: bool = False) -> None:
+    """Check the sha256 of finished shards against their receipts (``ShardError`` naming the
+    first mismatch, never silently regenerated); ``progress``: a bar over the bytes."""
+    sizes = [(folder / s.name).stat().st_size for s in shards]
+    with tqdm(
+        total=sum(sizes),
+        unit="B",
+        unit_scale=True,
+        desc="checking finished shards",
+        disable=not (progress and shards),
+        dynamic_ncols=True,
+    ) as bar:
+        for shard, size in zip(shards, sizes, strict=True):
+            check_shard_digest(folder, shard, read_json(folder / shard.receipt_name))
+            bar.update(size)
+
+
+def open_manifest(folder: Path, manifest_base: dict[str, Any], pending: list[int]) -> None:
+    """Write an ``in_progress`` manifest unless the folder is complete: a ``complete`` manifest
+    whose shard was deleted (to regenerate it) becomes ``in_progress`` too, so that readers and
+    ``dd demo`` do not take the folder as finished if the regeneration stops."""
     manifest_path = folder / MANIFEST_NAME
     finished = manifest_path.exists() and read_json(manifest_path).get("status") == "complete"
     if pending or not finished:
         write_json_atomic(manifest_path, {**manifest_base, "status": "in_progress", "shards": []})
-    return pending
 
 
 def manifest_base(

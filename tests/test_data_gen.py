@@ -300,6 +300,64 @@ def test_fewer_pending_shards_than_ranks_leave_a_rank_idle(spec, reference, tmp_
     assert_same_data_set(folder, reference)
 
 
+def start_rank_fault(recipe, tmp_path, mode: str, seconds: float) -> subprocess.Popen:
+    """``dd generate`` of ``recipe`` on two ``ddp`` processes, rank 1 slow or failing at its
+    last batch (``tests/generate_rank_fault.py``); the output goes to tmp_path/out.txt."""
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(dump_yaml(recipe))
+    command = [sys.executable, "-m", "tests.generate_rank_fault", mode, "1", str(seconds)]
+    command += ["--recipe", str(recipe_path), "--run.devices", "2", "--run.strategy", "ddp"]
+    out = open(tmp_path / "out.txt", "w")  # noqa: SIM115 (the children inherit it)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=out, stderr=out)
+
+
+def test_a_multi_process_run_returns_once_every_rank_is_done(spec, reference, tmp_path):
+    """Rank 0 (shards 0 and 2) finished first and returned, exit code 0, while rank 1 was
+    still writing shard 1: a script going on to ``dd train`` found the folder in progress.
+    Now the command returns when the data set is complete, and rank 0 reports it."""
+    folder = tmp_path / "pairs"
+    process = start_rank_fault(make_recipe(spec, folder, batch_size=8), tmp_path, "slow", 5)
+    assert process.wait(timeout=DDP_TIMEOUT_S) == 0, (tmp_path / "out.txt").read_text()[-3000:]
+    assert json.loads((folder / MANIFEST_NAME).read_text())["status"] == "complete"
+    assert_same_data_set(folder, reference)
+
+
+def test_a_multi_process_run_with_a_failed_rank_does_not_exit_0(spec, tmp_path):
+    """Rank 1 fails before its last shard: rank 0 used to exit 0 on the unfinished run."""
+    folder = tmp_path / "pairs"
+    process = start_rank_fault(make_recipe(spec, folder, batch_size=8), tmp_path, "fail", 5)
+    returncode = process.wait(timeout=DDP_TIMEOUT_S)
+    output = (tmp_path / "out.txt").read_text()
+    assert returncode != 0, output[-3000:]
+    assert "simulated crash of rank 1" in output
+    assert json.loads((folder / MANIFEST_NAME).read_text())["status"] == "in_progress"
+
+
+def test_ranks_share_the_resume_checks_and_report_every_damaged_shard(spec, reference, tmp_path):
+    """Rank 0 hashed every finished shard while the others waited; each rank now hashes a
+    share (rank 0 shards 0 and 2, rank 1 shard 1), and every rank stops with every finding."""
+    folder = tmp_path / "damaged"
+    shutil.copytree(reference, folder)
+    for name in ("shard-000000.tar", "shard-000001.tar"):  # same size, other bytes
+        data = bytearray((folder / name).read_bytes())
+        data[-2000] ^= 0xFF
+        (folder / name).write_bytes(bytes(data))
+    recipe_path = tmp_path / "recipe.yaml"
+    recipe_path.write_text(dump_yaml(make_recipe(spec, folder, batch_size=8)))
+    command = [sys.executable, "-m", "data_gen.generate_command", "--recipe", str(recipe_path)]
+    command += ["--run.devices", "2", "--run.strategy", "ddp"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    done = subprocess.run(
+        command, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=DDP_TIMEOUT_S
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    error = next(line for line in done.stderr.splitlines() if line.startswith("dd generate:"))
+    assert "shard-000000.tar is corrupt" in error
+    assert "shard-000001.tar is corrupt" in done.stderr  # rank 1's finding, on the next line
+    assert json.loads((folder / MANIFEST_NAME).read_text())["status"] == "complete"  # untouched
+
+
 class CrashAfterShards(Callback):
     """Simulates a crash: raises once the writer has published ``count`` shards."""
 
@@ -566,7 +624,7 @@ def test_verify_shards_checks_the_finished_shards_of_a_run_in_progress(
     (folder / "shard-000002.json").unlink()
     manifest = json.loads((folder / MANIFEST_NAME).read_text())
     (folder / MANIFEST_NAME).write_text(
-        json.dumps({**manifest, "status": "in_progress", "shards": []})  # as prepare_folder
+        json.dumps({**manifest, "status": "in_progress", "shards": []})  # as open_manifest
     )
     report = verify_folder(folder, teacher=teacher, num_records=4)
     assert report.shards_checked == 2 and report.records_checked == 4

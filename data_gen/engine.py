@@ -41,6 +41,7 @@ from data_gen.pairs import (
 )
 from data_gen.shards import (
     FORMAT_VERSION,
+    FolderLock,
     OpenShard,
     RunIdentity,
     ShardError,
@@ -176,6 +177,7 @@ class PairDataModule(L.LightningDataModule):
         )
         self.folder = Path(recipe.output.folder)
         self.bar = recipe.run.progress_bar
+        self.lock = FolderLock(self.folder)  # taken by rank 0 (``setup``)
         self.shards = plan_shards(recipe.pairs.num_pairs, recipe.output.shard_size)
         self.rank_shards: list[ShardRange] = []
         # Fewer pending shards than ranks (a small run, or a resume with few shards missing)
@@ -189,7 +191,7 @@ class PairDataModule(L.LightningDataModule):
         minutes, more on shared storage, against the process group's timeout); rank 0 opens
         the manifest; every rank gets the plan."""
         world, rank = self.trainer.world_size, self.trainer.global_rank
-        plan = self._on_rank_zero(lambda: scan_folder(self.folder, self.identity, self.shards))
+        plan = self._on_rank_zero(self._lock_and_scan)
         share = [self.shards[k] for k in plan.finished[rank::world]]
         try:
             hash_finished(self.folder, share, progress=self.trainer.is_global_zero and self.bar)
@@ -209,6 +211,10 @@ class PairDataModule(L.LightningDataModule):
                 len(plan.pending),
                 world,
             )
+
+    def _lock_and_scan(self):
+        self.lock.acquire()
+        return scan_folder(self.folder, self.identity, self.shards)
 
     def _on_rank_zero(self, work):
         """``work()`` on rank 0, its result (or its one-line error, on every rank) broadcast."""
@@ -414,24 +420,30 @@ def run_generation(
         )
     except MisconfigurationException as error:  # the run section (a GPU recipe here)
         raise ValueError(run_section_refusal(error)) from error
+    datamodule = PairDataModule(recipe, identity, dataset, manifest)
     start = time.perf_counter()
-    with warnings.catch_warnings():
-        # Both are expected here: ShardBatchSampler returns every index of its shards, and a
-        # rank (or a resumed run) may have no shard left to produce.
-        warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
-        warnings.filterwarnings("ignore", message=".*Total length of `DataLoader` across ranks.*")
-        warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING)
-        trainer.predict(
-            PairGenerator(teacher, sampling, recipe.flow),
-            datamodule=PairDataModule(recipe, identity, dataset, manifest),
-            return_predictions=False,
-        )
-    # Every rank waits for the others' shards (an idle rank skips the predict hooks, so here):
-    # rank 0, done first, returned and printed nothing while the last rank wrote the complete
-    # manifest. A rank that fails meanwhile takes the waiting ones down (Lightning's launcher
-    # watches its processes), so none exits 0 on an unfinished run. (``ddp_spawn``: the ranks
-    # have ended by now, and no process group is left to wait on.)
-    trainer.strategy.barrier("pairs_published")
-    seconds = time.perf_counter() - start
-    complete = finalize_if_complete(folder, shards)
+    try:
+        with warnings.catch_warnings():
+            # Both are expected here: ShardBatchSampler returns every index of its shards, and
+            # a rank (or a resumed run) may have no shard left to produce.
+            warnings.filterwarnings("ignore", message=".*custom batch sampler.*")
+            warnings.filterwarnings(
+                "ignore", message=".*Total length of `DataLoader` across ranks.*"
+            )
+            warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING)
+            trainer.predict(
+                PairGenerator(teacher, sampling, recipe.flow),
+                datamodule=datamodule,
+                return_predictions=False,
+            )
+        # Every rank waits for the others' shards (an idle rank skips the predict hooks, so
+        # here): rank 0, done first, returned and printed nothing while the last rank wrote the
+        # complete manifest. A rank that fails meanwhile takes the waiting ones down
+        # (Lightning's launcher watches its processes), so none exits 0 on an unfinished run.
+        # (``ddp_spawn``: the ranks have ended by now, no process group is left to wait on.)
+        trainer.strategy.barrier("pairs_published")
+        seconds = time.perf_counter() - start
+        complete = finalize_if_complete(folder, shards)
+    finally:
+        datamodule.lock.release()  # (``ddp_spawn``: rank 0's process held it, and has ended)
     return GenerationResult(folder, complete, identity, len(shards), seconds, trainer.global_rank)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import hashlib
 import io
 import json
 import os
+import socket
 import tarfile
 import uuid
 from collections.abc import Iterator
@@ -39,6 +41,7 @@ from tqdm.auto import tqdm
 FORMAT_NAME = "dd-pairs"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+LOCK_NAME = ".dd-generate.lock"
 SHARD_PATTERN = "shard-{:06d}.tar"
 RECEIPT_PATTERN = "shard-{:06d}.json"
 PARTIAL_SUFFIX = ".partial"
@@ -421,6 +424,43 @@ def verify_shard_file(folder: Path, shard: ShardRange, receipt: dict[str, Any]) 
     """Raise ``ShardError`` naming the shard unless its file matches its receipt exactly."""
     check_shard_size(folder, shard, receipt)
     check_shard_digest(folder, shard, receipt)
+
+
+class FolderLock:
+    """One ``dd generate`` run per output folder: rank 0 holds an exclusive ``flock`` on
+    ``LOCK_NAME`` from its scan to the end of the run (a second run's scan deleted the first
+    one's ``.partial`` files under it). The kernel drops the lock when the process ends,
+    however it ends: no stale lock after a kill. The file stays (removing it would let a run
+    that opens the path later lock another file)."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.handle = None
+
+    def acquire(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.folder / LOCK_NAME, "a+")  # noqa: SIM115 (held until release)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "a process"
+            handle.close()
+            raise ShardError(
+                f"{self.folder} is being written by another dd generate run ({holder}); "
+                "wait for it to end (rerunning then resumes), or give another output.folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self.handle = handle
+
+    def release(self) -> None:
+        if self.handle is not None:
+            fcntl.flock(self.handle, fcntl.LOCK_UN)
+            self.handle.close()
+            self.handle = None
 
 
 @dataclass(frozen=True)

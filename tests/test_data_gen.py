@@ -31,6 +31,7 @@ from data_gen.engine import ShardWriter, run_generation, run_identity
 from data_gen.pairs import draw_sample, map_noise, sample_seed
 from data_gen.shards import (
     MANIFEST_NAME,
+    FolderLock,
     ShardError,
     describe_difference,
     plan_shards,
@@ -422,6 +423,25 @@ def test_a_complete_folder_missing_a_shard_is_in_progress_until_regenerated(
 
 
 # --- Bad input is refused --------------------------------------------------------------------
+
+
+def test_a_folder_another_run_is_writing_is_refused_and_left_alone(spec, teacher, tmp_path):
+    """A second ``dd generate`` into a folder in use deleted the first run's ``.partial`` file
+    (taken for a crash's leftover) under it; now it is refused, naming the holder."""
+    folder = tmp_path / "in_use"
+    other_run = FolderLock(folder)
+    other_run.acquire()
+    partial = folder / ".shard-000000.tar.partial"
+    partial.write_bytes(b"the other run's shard in the making")
+    try:
+        with pytest.raises(
+            ShardError, match=rf"being written by another dd generate run \(pid {os.getpid()} on "
+        ):
+            run_generation(make_recipe(spec, folder), teacher=teacher)
+        assert partial.read_bytes() == b"the other run's shard in the making"
+    finally:
+        other_run.release()
+    assert run_generation(make_recipe(spec, folder), teacher=teacher).complete  # then resumes
 
 
 def test_folder_of_other_settings_is_refused_with_both_keys(spec, teacher, reference):

@@ -160,6 +160,44 @@ def test_self_consistency_target_has_no_gradient_and_comes_from_the_ema_head():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
 
 
+def test_the_shortcut_loss_gives_each_head_its_step_size_and_time():
+    """FAR Eq. 7-8 inside ``shortcut_loss``, with spy heads: the online head is given ``2d``, a
+    power of two in ``1 .. 1/64`` (all 7 levels of 128 draws), at ``t`` on the grid of ``2d``
+    with ``t + 2d <= 1``; the EMA head is given ``(x_t, t, d)``, then ``(x_t + d v, t + d, d)``
+    with ``d = 2d / 2``; the finest inner step ``1/128`` is queried as ``d = 0`` (docs/far.md).
+    Powers of two and their sums are exact in float32: compared exactly."""
+    settings = ShortcutSettings()
+    online, ema = [], []
+
+    def online_head(x, t, d, z):
+        online.append((x.clone(), t.clone(), d.clone()))
+        return torch.zeros_like(x)
+
+    def ema_head(x, t, d, z):
+        ema.append((x.clone(), t.clone(), d.clone()))
+        return torch.ones_like(x)  # v = 1: the midpoint is x_t + d
+
+    rows = 1024
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(rows, 2, generator=generator)
+    shortcut_loss(online_head, ema_head, tokens, torch.zeros(rows, 3), settings, generator)
+    num_sc = int(rows * settings.self_consistency_fraction)
+    [(_, _, d_flow)] = [call for call in online if call[0].shape[0] == rows - num_sc]
+    assert torch.equal(d_flow, torch.zeros_like(d_flow))  # flow matching at d = 0 (Eq. 4-6)
+    [(x_t, t, double_d)] = [call for call in online if call[0].shape[0] == num_sc]
+    levels = {2.0**-k for k in range(settings.num_step_levels)}
+    assert set(double_d.tolist()) == levels
+    assert bool((t >= 0).all()) and bool((t + double_d <= 1).all())
+    assert torch.equal(t / double_d, (t / double_d).floor())  # t on the grid of 2d
+    [(x_first, t_first, d_first), (x_second, t_second, d_second)] = ema
+    d = double_d / 2
+    d_in = torch.where(d == 2.0**-settings.num_step_levels, 0.0, d)
+    assert bool((d_in == 0).any()) and bool((d_in > 0).any())
+    assert torch.equal(d_first, d_in) and torch.equal(d_second, d_in)
+    assert torch.equal(x_first, x_t) and torch.equal(t_first, t)
+    assert torch.equal(t_second, t + d) and torch.equal(x_second, x_t + d[:, None])
+
+
 def test_tokenizer_round_trip_on_real_digits(teacher, heldout):
     tokens = teacher.encode_images(heldout.images_01())
     assert tokens.shape == (len(heldout), teacher.geometry.num_tokens, teacher.token_dim)

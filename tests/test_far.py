@@ -36,7 +36,7 @@ from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher
 from teachers.shipped import WEIGHTS_DIR
 from teachers.tiny import load_tiny_teacher, read_metadata
 from teachers.tiny.presets import TrainSettings
-from teachers.tiny.train_far import encode_tokens, train_far_model
+from teachers.tiny.train_far import encode_tokens, train_far_model, update_ema
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -207,6 +207,22 @@ def test_tokenizer_round_trip_on_real_digits(teacher, heldout):
     # The token space is standardised: unit-scale channels (within 20% on held-out images).
     std_C = tokens.reshape(-1, teacher.token_dim).std(dim=0)
     assert ((std_C - 1).abs() < 0.2).all()
+
+
+def test_the_teacher_trainers_ema_warms_up_then_keeps_its_decay():
+    """``update_ema`` at step ``k``: ``ema <- r ema + (1 - r) p`` with
+    ``r = min(decay, (1 + k) / (10 + k))``: ``r = 0.1`` at step 0 (mostly the online weights),
+    ``0.91`` at step 90, the decay itself (0.999) from step 8990 on. Float32 lerp: 1e-6."""
+    model, ema = debug_model(), debug_model()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for e in ema.parameters():
+            e.add_(torch.randn(e.shape, generator=generator))
+    for step, rate in ((0, 0.1), (90, 0.91), (9000, 0.999)):
+        before = [e.clone() for e in ema.parameters()]
+        update_ema(ema, model, step, 0.999)
+        for e, old, p in zip(ema.parameters(), before, model.parameters(), strict=True):
+            torch.testing.assert_close(e, rate * old + (1 - rate) * p, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("head_kind", ["shortcut", "flow"])

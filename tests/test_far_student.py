@@ -112,6 +112,9 @@ def test_eq6_prefix_is_returned_as_given_at_every_ar_step(student):
         out_moved = student(labels, trajectory_input(moved, tokens, boundary), boundary)
     torch.testing.assert_close(out_moved[:, :10], out[:, :10], atol=1e-6, rtol=0)
     assert (out_moved[:10, 10:] - out[:10, 10:]).abs().amax() > 1e-4
+    # Output i has seen input i (position i + 1 of the backbone): where position 10 is
+    # predicted (boundary <= 10), moving its noise moves output 10 itself, in every sample.
+    assert ((out_moved[:11, 10] - out[:11, 10]).abs().amax(dim=-1) > 1e-4).all()
     # float16 noise (pairs.noise_dtype) does not round the prefix: it was cast to float16
     half = trajectory_input(noise.half(), tokens, boundary)
     assert half.dtype == torch.float32

@@ -289,6 +289,30 @@ def test_bad_inputs_raise_clear_errors(teacher):
         session.next_tokens(torch.zeros(2, 1, c))
 
 
+def test_map_noise_checks_the_whole_noise_before_any_step(teacher):
+    """A noise of the wrong length or batch is refused with the shape ``[B, n, C]`` it should
+    have, before the backbone or the head runs (it used to fail mid-loop, at the first step
+    whose slice was wrong, naming that slice's shape)."""
+    labels = torch.tensor([1, 2])
+    calls = []
+    hooks = [
+        module.register_forward_pre_hook(lambda *_: calls.append(1))
+        for module in (teacher.model.norm, teacher.model.head)
+    ]
+    try:
+        for bad in (torch.randn(2, 8, 8), torch.randn(3, 16, 8)):
+            expected = f"noise must be float [2, 16, 8], got {tuple(bad.shape)} torch.float32"
+            with pytest.raises(ValueError) as error:
+                map_noise(teacher, labels, bad, GUIDED)
+            assert str(error.value) == expected
+            assert calls == []
+        map_noise(teacher, labels, torch.randn(2, 16, 8), GUIDED)
+        assert calls  # the hooks do see a run
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def test_shipped_far_digits_loads_strictly(tmp_path):
     entry = read_metadata()["far-digits"]
     assert entry["family"] == "far" and entry["command"].startswith("dd train-teacher")

@@ -32,7 +32,7 @@ from teachers.far.sampling import (
     head_step_size,
 )
 from teachers.far.shortcut import self_consistency_targets, shortcut_loss
-from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher
+from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher, SamplingConfig
 from teachers.shipped import WEIGHTS_DIR
 from teachers.tiny import load_tiny_teacher, read_metadata
 from teachers.tiny.presets import TrainSettings
@@ -279,6 +279,16 @@ def test_bad_inputs_raise_clear_errors(teacher):
         teacher.map_noise_teacher_forcing(
             torch.tensor([0]), torch.zeros(1, n, c), torch.full((1, n, c), float("nan"))
         )
+    codebook = "sampling must be a ContinuousSamplingConfig or None, got SamplingConfig("
+    for path in (
+        lambda: teacher.start(torch.tensor([0]), SamplingConfig()),
+        lambda: teacher.map_noise_teacher_forcing(  # was an AttributeError (no head_steps)
+            torch.tensor([0]), torch.zeros(1, n, c), torch.zeros(1, n, c), SamplingConfig()
+        ),
+    ):
+        with pytest.raises(ValueError) as error:
+            path()
+        assert str(error.value).startswith(codebook) and "\n" not in str(error.value)
     with teacher.start(torch.tensor([0, 1])) as session:
         with pytest.raises(ValueError, match="noise must be"):
             session.next_tokens(torch.zeros(2, 2, c))

@@ -287,14 +287,14 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
         "train_pairs": num_train,
         "heldout_pairs": num_heldout,
         "pairs_folder": recipe.pairs.folder,
-        "fit_seconds": None,
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+        "fit_seconds": None,  # with segments: fit_segments
+        "segments": [],
         "metrics": {},
     }
     if finished:  # stopped after its last checkpoint, before its student was written
         if trainer.is_global_zero:
             load_checkpoint_student(student, last)
-            record["written_from"] = str(last)
+            record.update(fit_segments(output / STUDENT_FOLDER, done_steps), written_from=str(last))
             folder = save_student(student, output / STUDENT_FOLDER, recipe.teacher, record=record)
             log.info("%s is at max_steps; wrote its student (EMA weights) to %s", last, folder)
         return None
@@ -342,9 +342,15 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
             )
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
     if trainer.is_global_zero:  # EMA weights were copied into the student at the end of fit
+        segment = {
+            "steps": [done_steps or 0, trainer.global_step],
+            "fit_seconds": round(time.perf_counter() - started, 1),
+            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+            "devices": f"{trainer.world_size} x {trainer.strategy.root_device.type}",
+        }
         record.update(
+            fit_segments(output / STUDENT_FOLDER, done_steps, segment),
             steps=trainer.global_step,
-            fit_seconds=round(time.perf_counter() - started, 1),
             metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
         )
         folder = save_student(
@@ -359,6 +365,28 @@ def written_steps(folder: Path) -> int | None:
     from dd.checkpoint import CARD_FILE, read_card
 
     return read_card(folder)["record"].get("steps") if (folder / CARD_FILE).is_file() else None
+
+
+def fit_segments(
+    folder: Path, resumed_from: int | None, new: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The card's ``segments``, one per fit of this run that wrote a card: when resuming
+    (``resumed_from``, the checkpoint's step), those of the card a previous fit wrote in
+    ``folder``, then ``new`` (this fit's, if it ran); and ``fit_seconds``, their total (None
+    when there is none). A fit stopped before it wrote a card is in neither: the steps ranges
+    show its gap. A card from before segments were recorded gives one, its first step None."""
+    from dd.checkpoint import CARD_FILE, read_card
+
+    segments = []
+    if resumed_from is not None and (folder / CARD_FILE).is_file():
+        before = read_card(folder)["record"]
+        segments = before["segments"] if "segments" in before else [
+            {"steps": [None, before.get("steps")], "fit_seconds": before.get("fit_seconds"),
+             "machine": before.get("machine")}
+        ]  # fmt: skip
+    segments = [*segments, *([new] if new else [])]
+    seconds = [s["fit_seconds"] for s in segments if s.get("fit_seconds") is not None]
+    return {"segments": segments, "fit_seconds": round(sum(seconds), 1) if seconds else None}
 
 
 def load_checkpoint_student(student, path: Path) -> None:

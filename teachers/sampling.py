@@ -13,6 +13,7 @@ from teachers.protocol import (
     ContinuousTeacher,
     SamplingConfig,
     Teacher,
+    check_continuous_tokens,
 )
 
 
@@ -113,9 +114,12 @@ def map_continuous_noise(
 ) -> torch.Tensor:
     """A continuous-token teacher's deterministic noise -> token map, ``[B, n, C]`` ->
     ``[B, n, C]``: each AR step's tokens are the head's sampler run from that step's noise,
-    then fed back (``teachers.protocol.ContinuousTeacherSession``). Family-independent."""
+    then fed back (``teachers.protocol.ContinuousTeacherSession``). Family-independent. The
+    whole noise is checked before the first step (``start`` has checked the labels)."""
     chosen = []
     with teacher.start(labels, sampling) as session:
+        n, batch = teacher.geometry.num_tokens, labels.shape[0]
+        check_continuous_tokens(noise, teacher.token_dim, length=n, batch_size=batch, name="noise")
         for start, end in teacher.geometry.step_ranges:
             tokens = session.next_tokens(noise[:, start:end])
             session.accept(tokens)

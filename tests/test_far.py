@@ -32,11 +32,11 @@ from teachers.far.sampling import (
     head_step_size,
 )
 from teachers.far.shortcut import self_consistency_targets, shortcut_loss
-from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher
+from teachers.protocol import ContinuousSamplingConfig, ContinuousTeacher, SamplingConfig
 from teachers.shipped import WEIGHTS_DIR
 from teachers.tiny import load_tiny_teacher, read_metadata
 from teachers.tiny.presets import TrainSettings
-from teachers.tiny.train_far import encode_tokens, train_far_model
+from teachers.tiny.train_far import encode_tokens, train_far_model, update_ema
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -160,6 +160,44 @@ def test_self_consistency_target_has_no_gradient_and_comes_from_the_ema_head():
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.head.parameters())
 
 
+def test_the_shortcut_loss_gives_each_head_its_step_size_and_time():
+    """FAR Eq. 7-8 inside ``shortcut_loss``, with spy heads: the online head is given ``2d``, a
+    power of two in ``1 .. 1/64`` (all 7 levels of 128 draws), at ``t`` on the grid of ``2d``
+    with ``t + 2d <= 1``; the EMA head is given ``(x_t, t, d)``, then ``(x_t + d v, t + d, d)``
+    with ``d = 2d / 2``; the finest inner step ``1/128`` is queried as ``d = 0`` (docs/far.md).
+    Powers of two and their sums are exact in float32: compared exactly."""
+    settings = ShortcutSettings()
+    online, ema = [], []
+
+    def online_head(x, t, d, z):
+        online.append((x.clone(), t.clone(), d.clone()))
+        return torch.zeros_like(x)
+
+    def ema_head(x, t, d, z):
+        ema.append((x.clone(), t.clone(), d.clone()))
+        return torch.ones_like(x)  # v = 1: the midpoint is x_t + d
+
+    rows = 1024
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(rows, 2, generator=generator)
+    shortcut_loss(online_head, ema_head, tokens, torch.zeros(rows, 3), settings, generator)
+    num_sc = int(rows * settings.self_consistency_fraction)
+    [(_, _, d_flow)] = [call for call in online if call[0].shape[0] == rows - num_sc]
+    assert torch.equal(d_flow, torch.zeros_like(d_flow))  # flow matching at d = 0 (Eq. 4-6)
+    [(x_t, t, double_d)] = [call for call in online if call[0].shape[0] == num_sc]
+    levels = {2.0**-k for k in range(settings.num_step_levels)}
+    assert set(double_d.tolist()) == levels
+    assert bool((t >= 0).all()) and bool((t + double_d <= 1).all())
+    assert torch.equal(t / double_d, (t / double_d).floor())  # t on the grid of 2d
+    [(x_first, t_first, d_first), (x_second, t_second, d_second)] = ema
+    d = double_d / 2
+    d_in = torch.where(d == 2.0**-settings.num_step_levels, 0.0, d)
+    assert bool((d_in == 0).any()) and bool((d_in > 0).any())
+    assert torch.equal(d_first, d_in) and torch.equal(d_second, d_in)
+    assert torch.equal(x_first, x_t) and torch.equal(t_first, t)
+    assert torch.equal(t_second, t + d) and torch.equal(x_second, x_t + d[:, None])
+
+
 def test_tokenizer_round_trip_on_real_digits(teacher, heldout):
     tokens = teacher.encode_images(heldout.images_01())
     assert tokens.shape == (len(heldout), teacher.geometry.num_tokens, teacher.token_dim)
@@ -169,6 +207,22 @@ def test_tokenizer_round_trip_on_real_digits(teacher, heldout):
     # The token space is standardised: unit-scale channels (within 20% on held-out images).
     std_C = tokens.reshape(-1, teacher.token_dim).std(dim=0)
     assert ((std_C - 1).abs() < 0.2).all()
+
+
+def test_the_teacher_trainers_ema_warms_up_then_keeps_its_decay():
+    """``update_ema`` at step ``k``: ``ema <- r ema + (1 - r) p`` with
+    ``r = min(decay, (1 + k) / (10 + k))``: ``r = 0.1`` at step 0 (mostly the online weights),
+    ``0.91`` at step 90, the decay itself (0.999) from step 8990 on. Float32 lerp: 1e-6."""
+    model, ema = debug_model(), debug_model()
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for e in ema.parameters():
+            e.add_(torch.randn(e.shape, generator=generator))
+    for step, rate in ((0, 0.1), (90, 0.91), (9000, 0.999)):
+        before = [e.clone() for e in ema.parameters()]
+        update_ema(ema, model, step, 0.999)
+        for e, old, p in zip(ema.parameters(), before, model.parameters(), strict=True):
+            torch.testing.assert_close(e, rate * old + (1 - rate) * p, atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("head_kind", ["shortcut", "flow"])
@@ -225,6 +279,16 @@ def test_bad_inputs_raise_clear_errors(teacher):
         teacher.map_noise_teacher_forcing(
             torch.tensor([0]), torch.zeros(1, n, c), torch.full((1, n, c), float("nan"))
         )
+    codebook = "sampling must be a ContinuousSamplingConfig or None, got SamplingConfig("
+    for path in (
+        lambda: teacher.start(torch.tensor([0]), SamplingConfig()),
+        lambda: teacher.map_noise_teacher_forcing(  # was an AttributeError (no head_steps)
+            torch.tensor([0]), torch.zeros(1, n, c), torch.zeros(1, n, c), SamplingConfig()
+        ),
+    ):
+        with pytest.raises(ValueError) as error:
+            path()
+        assert str(error.value).startswith(codebook) and "\n" not in str(error.value)
     with teacher.start(torch.tensor([0, 1])) as session:
         with pytest.raises(ValueError, match="noise must be"):
             session.next_tokens(torch.zeros(2, 2, c))
@@ -233,6 +297,30 @@ def test_bad_inputs_raise_clear_errors(teacher):
         assert session.step == 0
     with pytest.raises(RuntimeError, match="closed"):
         session.next_tokens(torch.zeros(2, 1, c))
+
+
+def test_map_noise_checks_the_whole_noise_before_any_step(teacher):
+    """A noise of the wrong length or batch is refused with the shape ``[B, n, C]`` it should
+    have, before the backbone or the head runs (it used to fail mid-loop, at the first step
+    whose slice was wrong, naming that slice's shape)."""
+    labels = torch.tensor([1, 2])
+    calls = []
+    hooks = [
+        module.register_forward_pre_hook(lambda *_: calls.append(1))
+        for module in (teacher.model.norm, teacher.model.head)
+    ]
+    try:
+        for bad in (torch.randn(2, 8, 8), torch.randn(3, 16, 8)):
+            expected = f"noise must be float [2, 16, 8], got {tuple(bad.shape)} torch.float32"
+            with pytest.raises(ValueError) as error:
+                map_noise(teacher, labels, bad, GUIDED)
+            assert str(error.value) == expected
+            assert calls == []
+        map_noise(teacher, labels, torch.randn(2, 16, 8), GUIDED)
+        assert calls  # the hooks do see a run
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 def test_shipped_far_digits_loads_strictly(tmp_path):

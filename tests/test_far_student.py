@@ -42,7 +42,7 @@ from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec
 from teachers.data import load_digits_split
 from teachers.far import map_noise
-from teachers.protocol import ContinuousSamplingConfig
+from teachers.protocol import ContinuousSamplingConfig, SamplingConfig
 from teachers.sampling import map_continuous_noise
 from teachers.tiny import load_tiny_teacher
 
@@ -51,6 +51,9 @@ TEACHER = "far-digits"
 TIMESTEPS = (0, 8)
 NUM_PAIRS, NUM_HELDOUT, GLOBAL_BATCH, HEAD_STEPS = 72, 8, 8, 2
 LOSS = LossSettings("digits", ce_weight=0.0, perceptual_weight=1.0, token_mse_weight=1.0)
+CODEBOOK_SAMPLING_REFUSED = (
+    "sampling must be a ContinuousSamplingConfig or None, got SamplingConfig("
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
@@ -112,6 +115,9 @@ def test_eq6_prefix_is_returned_as_given_at_every_ar_step(student):
         out_moved = student(labels, trajectory_input(moved, tokens, boundary), boundary)
     torch.testing.assert_close(out_moved[:, :10], out[:, :10], atol=1e-6, rtol=0)
     assert (out_moved[:10, 10:] - out[:10, 10:]).abs().amax() > 1e-4
+    # Output i has seen input i (position i + 1 of the backbone): where position 10 is
+    # predicted (boundary <= 10), moving its noise moves output 10 itself, in every sample.
+    assert ((out_moved[:11, 10] - out[:11, 10]).abs().amax(dim=-1) > 1e-4).all()
     # float16 noise (pairs.noise_dtype) does not round the prefix: it was cast to float16
     half = trajectory_input(noise.half(), tokens, boundary)
     assert half.dtype == torch.float32
@@ -245,7 +251,8 @@ def test_skip_n_maps_the_first_steps_then_fills_the_rest_in_one_parallel_pass(te
     """skip-n for continuous tokens: the first ``K - n`` AR steps are exactly the teacher's
     tokens of the same noise (the last of them from the parallel pass, whose inputs before it
     are all real); the later ones are the head map given placeholders, so they differ;
-    ``skip_n = 0`` is the teacher's map; out-of-range ``n`` and bad noise are refused."""
+    ``skip_n = 0`` is the teacher's map; out-of-range ``n``, bad noise and a codebook
+    ``SamplingConfig`` are refused."""
     labels = torch.arange(4)
     noise = draw_noise(4, 16, 8, torch.Generator().manual_seed(6))
     sampling = ContinuousSamplingConfig(cfg_scale=2.0, head_steps=HEAD_STEPS)
@@ -261,6 +268,12 @@ def test_skip_n_maps_the_first_steps_then_fills_the_rest_in_one_parallel_pass(te
             skip_tokens(teacher, labels, noise, bad, sampling)
     with pytest.raises(ValueError, match="noise must be"):
         skip_tokens(teacher, labels, noise[:, :8], 2, sampling)
+    # A codebook SamplingConfig: one line, whether skip-n opens a session (6) or not (15).
+    for skip_n in (0, 6, 15):
+        with pytest.raises(ValueError) as error:
+            skip_tokens(teacher, labels, noise, skip_n, SamplingConfig())
+        assert str(error.value).startswith(CODEBOOK_SAMPLING_REFUSED), skip_n
+        assert "\n" not in str(error.value)
 
 
 def test_dd_eval_and_dd_sample_run_over_a_continuous_teacher(student, pair_folder, tmp_path):

@@ -176,6 +176,8 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path, capsys, caplo
     assert student.teacher_sampling == pair_sampling(var_pairs)
     images = dd.sample(student, torch.arange(2), steps=2, generator=torch.Generator())
     assert images.shape == (2, 3, 16, 16)
+    [first] = read_card(output / "student")["record"]["segments"]
+    assert first["steps"] == [0, 4] and first["devices"] == "1 x cpu" and first["fit_seconds"] > 0
     # The same command with a larger budget resumes from last.ckpt at step 4, here with the
     # same pairs memory-mapped: where the pairs are held may change, not which.
     mapped = ["--pairs.memory_map", str(tmp_path / "mapped")]
@@ -184,6 +186,12 @@ def test_dd_train_runs_end_to_end_and_resumes(var_pairs, tmp_path, capsys, caplo
     )
     card = (output / "student" / "student.json").read_text()
     assert '"steps": 6' in card
+    # The card keeps the first fit's segment (read from the card it wrote) beside the resumed
+    # one's, and their total time (each rounded to 0.1 s).
+    record = read_card(output / "student")["record"]
+    assert record["segments"][0] == first and record["segments"][1]["steps"] == [4, 6]
+    total = first["fit_seconds"] + record["segments"][1]["fit_seconds"]
+    assert record["fit_seconds"] == pytest.approx(total, abs=0.051)
     # The written student is the EMA weights (the checkpoint's state_dict), and rerunning a
     # finished run changes nothing (a no-step fit used to leave the current weights there).
     weights = output / "student" / "student.safetensors"
@@ -295,6 +303,8 @@ def test_a_run_stopped_before_its_student_was_written_writes_it_on_rerun(
     assert weights.read_bytes() == written  # the checkpoint's EMA weights, as fit wrote them
     record = read_card(output / "student")["record"]
     assert record["steps"] == 2 and record["written_from"] == str(output / "checkpoints/last.ckpt")
+    # The fit that made the checkpoint wrote no card (its student was removed): no segment.
+    assert record["segments"] == [] and record["fit_seconds"] is None
     assert (output / "recipe.yaml").stat().st_mtime_ns == recipe_written  # not rewritten
     # A save interrupted between its two files leaves a folder without a card (not a
     # student, which the rerun above rewrites), never new weights under the old card.

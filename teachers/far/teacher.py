@@ -62,15 +62,23 @@ class FARTeacher(FrozenTeacher):
         """The DD student's trainable backbone (embedding head only; ``teachers.far.student``)."""
         return FARStudentBackbone(self.model).to(self.device)
 
-    def start(
-        self, labels: torch.Tensor, sampling: ContinuousSamplingConfig | None = None
-    ) -> FARSession:
-        """Open a session for ``labels [B]`` (``None`` = ``default_sampling()``)."""
+    def checked_sampling(
+        self, sampling: ContinuousSamplingConfig | None
+    ) -> ContinuousSamplingConfig:
+        """``sampling`` (``None``: ``default_sampling()``), a ``ValueError`` unless it is a
+        ``ContinuousSamplingConfig`` (a codebook ``SamplingConfig`` has no ``head_steps``)."""
         sampling = self.default_sampling() if sampling is None else sampling
         if not isinstance(sampling, ContinuousSamplingConfig):
             raise ValueError(
                 f"sampling must be a ContinuousSamplingConfig or None, got {sampling!r:.80}"
             )
+        return sampling
+
+    def start(
+        self, labels: torch.Tensor, sampling: ContinuousSamplingConfig | None = None
+    ) -> FARSession:
+        """Open a session for ``labels [B]`` (``None`` = ``default_sampling()``)."""
+        sampling = self.checked_sampling(sampling)
         return FARSession(self.model, self.prepare_labels(labels), sampling)
 
     def fingerprint_parts(self) -> tuple[Mapping[str, object], Sequence[tuple[str, nn.Module]]]:
@@ -94,7 +102,7 @@ class FARTeacher(FrozenTeacher):
     ) -> torch.Tensor:
         """The head map of ``noise`` at positions ``start..n-1`` given the earlier ``tokens`` (one
         pass of the trunk over the sequence; the head runs on those positions only)."""
-        sampling = self.default_sampling() if sampling is None else sampling
+        sampling = self.checked_sampling(sampling)
         labels = self.prepare_labels(labels)
         tokens = self.prepare_continuous(tokens)
         noise = self.prepare_continuous(noise, "noise")

@@ -41,7 +41,6 @@ from tqdm.auto import tqdm
 FORMAT_NAME = "dd-pairs"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-LOCK_NAME = ".dd-generate.lock"
 SHARD_PATTERN = "shard-{:06d}.tar"
 RECEIPT_PATTERN = "shard-{:06d}.json"
 PARTIAL_SUFFIX = ".partial"
@@ -427,19 +426,21 @@ def verify_shard_file(folder: Path, shard: ShardRange, receipt: dict[str, Any]) 
 
 
 class FolderLock:
-    """One ``dd generate`` run per output folder: rank 0 holds an exclusive ``flock`` on
-    ``LOCK_NAME`` from its scan to the end of the run (a second run's scan deleted the first
-    one's ``.partial`` files under it). The kernel drops the lock when the process ends,
-    however it ends: no stale lock after a kill. The file stays (removing it would let a run
-    that opens the path later lock another file)."""
+    """One run per output folder: an exclusive ``flock`` on ``folder/.dd-<command>.lock``
+    (``dd generate``'s rank 0 holds it from its scan to the end of the run: a second run's
+    scan deleted the first one's ``.partial`` files under it; ``dd train``'s while it writes).
+    The kernel drops the lock when the process ends, however it ends: no stale lock after a
+    kill. The file stays (removing it would let a run that opens the path later lock another
+    file)."""
 
-    def __init__(self, folder: Path):
-        self.folder = folder
+    def __init__(self, folder: Path, command: str = "dd generate"):
+        self.folder, self.command = folder, command
+        self.path = folder / f".{command.replace(' ', '-')}.lock"
         self.handle = None
 
     def acquire(self) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
-        handle = open(self.folder / LOCK_NAME, "a+")  # noqa: SIM115 (held until release)
+        handle = open(self.path, "a+")  # noqa: SIM115 (held until release)
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -447,14 +448,21 @@ class FolderLock:
             holder = handle.read().strip() or "a process"
             handle.close()
             raise ShardError(
-                f"{self.folder} is being written by another dd generate run ({holder}); "
-                "wait for it to end (rerunning then resumes), or give another output.folder"
+                f"{self.folder} is being written by another {self.command} run ({holder}); "
+                "wait for it to end (rerunning then resumes), or give another folder"
             ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
         handle.flush()
         self.handle = handle
+
+    def __enter__(self) -> FolderLock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.release()
 
     def release(self) -> None:
         if self.handle is not None:

@@ -211,7 +211,7 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     a start (52-104 GB)."""
     import lightning.pytorch as pl
 
-    from data_gen.shards import write_json_atomic
+    from data_gen.shards import FolderLock, write_json_atomic
     from dd.checkpoint import save_student
     from dd.continuous import check_loss_settings, student_class
     from dd.continuous_distill import ContinuousDistillModule
@@ -293,71 +293,89 @@ def train(recipe: TrainRecipe, resolved_yaml: str, command: str | None = None):
     }
     if finished:  # stopped after its last checkpoint, before its student was written
         if trainer.is_global_zero:
-            load_checkpoint_student(student, last)
-            record.update(fit_segments(output / STUDENT_FOLDER, done_steps), written_from=str(last))
-            folder = save_student(student, output / STUDENT_FOLDER, recipe.teacher, record=record)
-            log.info("%s is at max_steps; wrote its student (EMA weights) to %s", last, folder)
+            with FolderLock(output, "dd train"):
+                write_finished_student(student, last, output, done_steps, recipe, record)
         return None
-    output.mkdir(parents=True, exist_ok=True)
-    write_text_if_changed(output / "recipe.yaml", resolved_yaml)
-    pairs = load_pairs(
-        recipe.pairs.folder,
-        teacher_fingerprint=teacher.fingerprint(),
-        memory_map=recipe.pairs.memory_map,
-    )
-    # Every DDP rank writes the same content; atomically, so a rank's resume check never
-    # reads a half-written file.
-    write_json_atomic(output / PAIRS_IDENTITY, manifest_identity(manifest))
-    train_pairs, heldout = split_heldout(pairs, recipe.pairs.num_heldout, recipe.pairs.num_train)
-    settings = (student, perceptual, recipe.optim, recipe.loss)
-    if continuous:
-        module = system(*settings, run.global_batch_size)
-    else:
-        sampling = student.teacher_sampling  # for the teacher-KL term
-        module = system(*settings, run.global_batch_size, pair_sampling=sampling)
-    targets = None
-    if recipe.loss.cache_teacher_kl_targets:  # DistillModule refused it without the term
-        targets = cached_teacher_log_probs(
-            teacher, train_pairs.labels, train_pairs.tokens, sampling, progress=run.progress_bar
+    # One run per output folder (rank 0 holds it: the other ranks write only identical files).
+    lock = FolderLock(output, "dd train")
+    if trainer.is_global_zero:
+        lock.acquire()
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        write_text_if_changed(output / "recipe.yaml", resolved_yaml)
+        pairs = load_pairs(
+            recipe.pairs.folder,
+            teacher_fingerprint=teacher.fingerprint(),
+            memory_map=recipe.pairs.memory_map,
         )
-    data = PairDataModule(
-        train_pairs,
-        heldout,
-        global_batch_size=run.global_batch_size,
-        num_timesteps=len(student.timesteps),
-        seed=run.seed,
-        teacher_log_probs=targets,
-    )
-    started = time.perf_counter()
-    # weights_only: Lightning leaves it to torch's default, which an environment variable
-    # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn into unpickling.
-    resume = str(last) if last.is_file() else None
-    with warnings.catch_warnings():
-        # Expected: the frozen teacher and perceptual network stay in eval mode.
-        warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
-        warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING)
-        if resume is not None:  # the checkpoints there are this run's own, resumed from
-            warnings.filterwarnings(
-                "ignore", message=".*Checkpoint directory .* exists and is not empty.*"
+        # Every DDP rank writes the same content; atomically, so a rank's resume check never
+        # reads a half-written file.
+        write_json_atomic(output / PAIRS_IDENTITY, manifest_identity(manifest))
+        train_pairs, heldout = split_heldout(
+            pairs, recipe.pairs.num_heldout, recipe.pairs.num_train
+        )
+        settings = (student, perceptual, recipe.optim, recipe.loss)
+        if continuous:
+            module = system(*settings, run.global_batch_size)
+        else:
+            sampling = student.teacher_sampling  # for the teacher-KL term
+            module = system(*settings, run.global_batch_size, pair_sampling=sampling)
+        targets = None
+        if recipe.loss.cache_teacher_kl_targets:  # DistillModule refused it without the term
+            targets = cached_teacher_log_probs(
+                teacher, train_pairs.labels, train_pairs.tokens, sampling, progress=run.progress_bar
             )
-        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
-    if trainer.is_global_zero:  # EMA weights were copied into the student at the end of fit
-        segment = {
-            "steps": [done_steps or 0, trainer.global_step],
-            "fit_seconds": round(time.perf_counter() - started, 1),
-            "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
-            "devices": f"{trainer.world_size} x {trainer.strategy.root_device.type}",
-        }
-        record.update(
-            fit_segments(output / STUDENT_FOLDER, done_steps, segment),
-            steps=trainer.global_step,
-            metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
+        data = PairDataModule(
+            train_pairs,
+            heldout,
+            global_batch_size=run.global_batch_size,
+            num_timesteps=len(student.timesteps),
+            seed=run.seed,
+            teacher_log_probs=targets,
         )
-        folder = save_student(
-            module.student, output / STUDENT_FOLDER, recipe.teacher, record=record
-        )
-        log.info("wrote the student to %s", folder)
+        started = time.perf_counter()
+        # weights_only: Lightning leaves it to torch's default, which an environment variable
+        # (TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD) can turn into unpickling.
+        resume = str(last) if last.is_file() else None
+        with warnings.catch_warnings():
+            # Expected: the frozen teacher and perceptual network stay in eval mode.
+            warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+            warnings.filterwarnings("ignore", message=LIGHTNING_PYTREE_WARNING)
+            if resume is not None:  # the checkpoints there are this run's own, resumed from
+                warnings.filterwarnings(
+                    "ignore", message=".*Checkpoint directory .* exists and is not empty.*"
+                )
+            trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
+        if trainer.is_global_zero:  # EMA weights were copied into the student at the end of fit
+            segment = {
+                "steps": [done_steps or 0, trainer.global_step],
+                "fit_seconds": round(time.perf_counter() - started, 1),
+                "machine": f"{platform.machine()}, {torch.get_num_threads()} threads",
+                "devices": f"{trainer.world_size} x {trainer.strategy.root_device.type}",
+            }
+            record.update(
+                fit_segments(output / STUDENT_FOLDER, done_steps, segment),
+                steps=trainer.global_step,
+                metrics={k: float(v) for k, v in trainer.callback_metrics.items()},
+            )
+            folder = save_student(
+                module.student, output / STUDENT_FOLDER, recipe.teacher, record=record
+            )
+            log.info("wrote the student to %s", folder)
+    finally:
+        lock.release()
     return trainer
+
+
+def write_finished_student(student, last: Path, output: Path, done_steps, recipe, record) -> None:
+    """A run stopped after its last checkpoint, before its student was written: the student
+    from that checkpoint's EMA weights (the same bytes ``fit`` writes)."""
+    from dd.checkpoint import save_student
+
+    load_checkpoint_student(student, last)
+    record.update(fit_segments(output / STUDENT_FOLDER, done_steps), written_from=str(last))
+    folder = save_student(student, output / STUDENT_FOLDER, recipe.teacher, record=record)
+    log.info("%s is at max_steps; wrote its student (EMA weights) to %s", last, folder)
 
 
 def written_steps(folder: Path) -> int | None:
@@ -438,9 +456,11 @@ def main(argv: list[str]) -> int:
     # Lightning's other refusals (its refusal of the run section is a ValueError by then)
     from lightning.fabric.utilities.exceptions import MisconfigurationException
 
+    from data_gen.shards import ShardError  # another run holding the output folder
+
     try:
         train(recipe, resolved, command=shlex.join(["dd", "train", *argv]))
-    except (FileNotFoundError, ValueError, MisconfigurationException) as error:
+    except (FileNotFoundError, ValueError, ShardError, MisconfigurationException) as error:
         print(f"dd train: {error}", file=sys.stderr)
         return 1
     return 0

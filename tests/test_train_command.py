@@ -23,7 +23,7 @@ from data_gen.config import (
     SamplingOverrides,
 )
 from data_gen.engine import run_generation
-from data_gen.shards import read_shard
+from data_gen.shards import FolderLock, read_shard
 from dd.checkpoint import initialise_from, read_card, save_student
 from dd.cli import main as dd_main
 from dd.config import dump_yaml, read_recipe
@@ -347,6 +347,17 @@ def test_recipe_errors_are_found_before_the_pairs_load(var_pairs, tmp_path, caps
         assert dd_main(["train", *train_argv(var_pairs, output, 2), *override]) == 1
         assert message in capsys.readouterr().err, override
     assert not output.exists()  # nothing written for a run that never started
+
+
+def test_a_run_folder_another_run_is_writing_is_refused(var_pairs, tmp_path, capsys):
+    """Two ``dd train`` into one run folder (a rerun while the first still ran) both wrote
+    its checkpoints and student; the second is refused now, before it writes anything."""
+    output = tmp_path / "in_use"
+    with FolderLock(output, "dd train"):
+        assert dd_main(["train", *train_argv(var_pairs, output, 2)]) == 1
+    error = capsys.readouterr().err
+    assert f"is being written by another dd train run (pid {os.getpid()} on " in error
+    assert sorted(p.name for p in output.iterdir()) == [".dd-train.lock"]  # nothing written
 
 
 def train_on_two_processes(argv: list[str]) -> subprocess.CompletedProcess:

@@ -969,6 +969,69 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
         assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
 
 
+def test_dd_eval_refuses_an_unwritable_output_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """A folder as --output ran the whole evaluation, then died in IsADirectoryError; a path
+    through a file in FileExistsError: the results lost. Both are one line before loading."""
+
+    def nothing_may_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr("dd.eval_command.build_setup", nothing_may_load)
+    (tmp_path / "afile").write_text("not a folder")
+    argv = ["eval", "--teacher.tiny", "var-digits", "--progress_bar", "false", "--output"]
+    purpose = "give a file for the JSON report"
+    for output, message in (
+        (tmp_path, f"--output {tmp_path} is a folder: {purpose}"),
+        (tmp_path / "afile" / "x.json",
+         f"--output {tmp_path}/afile/x.json: {tmp_path}/afile is a file, not a folder: {purpose}"),
+        (tmp_path / "afile" / "deeper" / "x.json",
+         f"--output {tmp_path}/afile/deeper/x.json: {tmp_path}/afile is a file, not a folder: "
+         f"{purpose}"),
+    ):  # fmt: skip
+        assert dd_main([*argv, str(output)]) == 1
+        assert capsys.readouterr().err == f"dd eval: {message}\n"
+    # Nothing is made by the check (its probe file is removed): a new folder is made when the
+    # report is written.
+    new = tmp_path / "new" / "eval.json"
+    with pytest.raises(AssertionError, match="before the output was checked"):
+        dd_main([*argv, str(new)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+    def read_only(*args, **kwargs):  # as a read-only folder (the tests may run as root)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    assert dd_main([*argv, str(new)]) == 1
+    assert capsys.readouterr().err == (
+        f"dd eval: --output {new}: cannot write in {tmp_path} (Permission denied)\n"
+    )
+
+
+def test_dd_eval_says_in_one_line_when_the_report_cannot_be_written(tmp_path, capsys, monkeypatch):
+    """A write that fails after the run (a full disk) is one line; the table is printed first."""
+    result = {
+        "teacher": "var-digits", "one_forward_seconds_per_image": 0.001,
+        "alternated_seconds_per_image": {"forward": 0.001}, "to_forward": {}, "timing_rounds": 1,
+        "rows": [{"name": "teacher", "steps": 6, "fid": 1.0, "inception_score": 2.0,
+                  "precision": 0.5, "recall": 0.5, "class_accuracy": 0.9,
+                  "seconds_per_image": 0.01}],
+    }  # fmt: skip
+    monkeypatch.setattr("dd.eval_command.run_eval", lambda recipe: result)
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("data_gen.shards.write_text_atomic", full_disk)
+    out = tmp_path / "eval.json"
+    assert dd_main(["eval", "--teacher.tiny", "var-digits", "--output", str(out)]) == 1
+    said = capsys.readouterr()
+    assert "| teacher | 6 | 1.00 | 2.00 |" in said.out
+    assert said.err == (
+        f"dd eval: could not write the report {out} ([Errno 28] No space left on device); "
+        "the table above holds its scores\n"
+    )
+
+
 def test_stage3_checks_judge_every_target_of_the_issue():
     """Hand-made rows: teacher FID 5, onestep* 15 (gap 10); each verdict flips at its limit."""
 

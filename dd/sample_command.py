@@ -18,7 +18,10 @@ import torch
 
 from dd.compute import Precision, check_num_threads, resolve_device
 from dd.config import parse_recipe
+from dd.outputs import check_output
 from dd.teacher_spec import TeacherSpec
+
+OUTPUT_PURPOSE = "a folder for the PNGs"
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,9 @@ def run_sample(recipe: SampleRecipe) -> Path:
     from dd.evaluate import generate, parse_methods
     from dd.grids import labelled_grid, save_pngs
 
+    output = Path(recipe.output)
+    # refused before anything is loaded: a file there failed after the first method's samples
+    check_output(output, folder=True, purpose=OUTPUT_PURPOSE)
     if recipe.num_threads is not None:
         torch.set_num_threads(recipe.num_threads)
     device = resolve_device(recipe.device)  # refused before anything is loaded
@@ -83,7 +89,6 @@ def run_sample(recipe: SampleRecipe) -> Path:
     specs = method_specs(recipe.methods, setup.samplers)
     methods = parse_methods(specs, setup.samplers, preset_key=setup.preset_key)
     labels = torch.tensor(recipe.labels)
-    output = Path(recipe.output)
     rows = []
     for method in methods:
         images, _ = generate(
@@ -107,7 +112,8 @@ def main(argv: list[str]) -> int:
     )
     try:
         grid = run_sample(recipe)
-    except (FileNotFoundError, ValueError) as error:
+    # OSError: files missing or unreadable, a full or read-only disk: one line
+    except (OSError, ValueError) as error:
         print(f"dd sample: {error}", file=sys.stderr)
         return 1
     print(f"wrote {grid} and one PNG folder per method in {grid.parent}")

@@ -439,6 +439,36 @@ def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):
             assert png.read_bytes() == (again / name / png.name).read_bytes(), png
 
 
+def test_dd_sample_refuses_a_file_as_output_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """A file as --output was a NotADirectoryError traceback after the first method's samples:
+    one line before anything loads; an OSError later (a full disk) is one line too."""
+
+    def nothing_may_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr("dd.eval_command.build_setup", nothing_may_load)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    argv = ["sample", "--teacher.tiny", "llamagen-digits", "--progress_bar", "false", "--output"]
+    purpose = "give a folder for the PNGs"
+    for output, message in (
+        (afile, f"--output {afile} is a file: {purpose}"),
+        (
+            afile / "samples",
+            f"--output {afile}/samples: {afile} is a file, not a folder: {purpose}",
+        ),
+    ):
+        assert dd_main([*argv, str(output)]) == 1
+        assert capsys.readouterr().err == f"dd sample: {message}\n"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("dd.eval_command.build_setup", full_disk)
+    assert dd_main([*argv, str(tmp_path / "samples")]) == 1
+    assert capsys.readouterr().err == "dd sample: [Errno 28] No space left on device\n"
+
+
 def test_a_student_with_moved_teacher_files_takes_a_teacher_spec(tmp_path, capsys, monkeypatch):
     """A student card keeps its teacher's checkpoint paths absolute (a recipe's relative paths
     resolved against the training run's folder, not wherever the student is used); when the

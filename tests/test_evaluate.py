@@ -469,6 +469,71 @@ def test_dd_sample_refuses_a_file_as_output_before_any_model_loads(tmp_path, cap
     assert capsys.readouterr().err == "dd sample: [Errno 28] No space left on device\n"
 
 
+def test_dd_sample_never_mixes_two_runs_in_one_folder(tmp_path, capsys, monkeypatch):
+    """A second run into the same --output added its PNGs to the first's (seed 1's class-7
+    images over seed 0's, the rest kept) and left the folders of methods it did not sample
+    beside a grid without them; torch-fidelity would score the mix. Now the folder says what
+    it holds (samples.json); an earlier run's is refused unless --overwrite true, which
+    removes exactly its files; any other non-empty folder is refused. All before loading."""
+    out = tmp_path / "samples"
+    argv = ["sample", "--teacher.tiny", "llamagen-digits", "--progress_bar", "false",
+            "--output", str(out)]  # fmt: skip
+    first = ["--methods", "[teacher, 'skip:60']", "--labels", "[3, 7]"]
+    assert dd_main([*argv, *first]) == 0
+    record = json.loads((out / "samples.json").read_text())
+    sampling = dataclasses.asdict(tiny_sampling("llamagen-digits"))
+    assert record == {
+        "student": None, "teacher": "llamagen-digits", "pairs": None,
+        "method_specs": ["teacher", "skip:60"],
+        "methods": [{"name": "teacher", "steps": 64, "folder": "teacher"},
+                    {"name": "skip-60", "steps": 4, "folder": "skip-60"}],
+        "labels": [3, 7], "images": ["0000_class3.png", "0001_class7.png"], "seed": 0,
+        "batch_size": 100, "device": str(resolve_device("auto")), "precision": "32-true",
+        "sampling": sampling, "grid": "grid.png", "complete": True,
+    }  # fmt: skip
+    for name in ("teacher", "skip-60"):
+        assert sorted(p.name for p in (out / name).iterdir()) == record["images"]
+
+    def nothing_may_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    second = ["--methods", "[teacher]", "--labels", "[7, 7]", "--seed", "1"]
+    with monkeypatch.context() as patched:
+        patched.setattr("dd.eval_command.build_setup", nothing_may_load)
+        assert dd_main([*argv, *second]) == 1
+        assert capsys.readouterr().err == (
+            f"dd sample: --output {out} holds the samples of an earlier dd sample "
+            "(samples.json): give --overwrite true to replace them, or another folder\n"
+        )
+        # A file the record does not name: refused, with --overwrite too; nothing removed.
+        (out / "skip-60" / "notes.txt").write_text("mine")
+        assert dd_main([*argv, *second, "--overwrite", "true"]) == 1
+        assert capsys.readouterr().err == (
+            f"dd sample: --output {out} holds {out}/skip-60/notes.txt, which its samples.json "
+            "does not name: give a new or empty folder\n"
+        )
+        assert (out / "skip-60" / "0000_class3.png").is_file()
+        (out / "skip-60" / "notes.txt").unlink()
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        (foreign / "notes.txt").write_text("mine")
+        assert dd_main([*argv[:-1], str(foreign), *second, "--overwrite", "true"]) == 1
+        assert capsys.readouterr().err == (
+            f"dd sample: --output {foreign} is not empty and holds no samples.json of dd "
+            "sample: give a new or empty folder\n"
+        )
+        assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    assert dd_main([*argv, *second, "--overwrite", "true"]) == 0
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert files == [
+        "grid.png", "samples.json", "teacher", "teacher/0000_class7.png",
+        "teacher/0001_class7.png",
+    ]  # fmt: skip
+    record = json.loads((out / "samples.json").read_text())
+    assert record["labels"] == [7, 7] and record["seed"] == 1 and record["complete"]
+    assert [method["folder"] for method in record["methods"]] == ["teacher"]
+
+
 def test_a_student_with_moved_teacher_files_takes_a_teacher_spec(tmp_path, capsys, monkeypatch):
     """A student card keeps its teacher's checkpoint paths absolute (a recipe's relative paths
     resolved against the training run's folder, not wherever the student is used); when the
@@ -491,7 +556,8 @@ def test_a_student_with_moved_teacher_files_takes_a_teacher_spec(tmp_path, capsy
     assert dd_main([*argv, "--teacher.tiny", "var-digits", "--output", str(out)]) == 0
     assert (out / "dd_1-step" / "0000_class3.png").is_file()
     capsys.readouterr()
-    assert dd_main([*argv, "--teacher.tiny", "llamagen-digits", "--output", str(out)]) == 1
+    other = str(tmp_path / "other")
+    assert dd_main([*argv, "--teacher.tiny", "llamagen-digits", "--output", other]) == 1
     err = capsys.readouterr().err
     assert "distilled from teacher" in err and len(err.strip().splitlines()) == 1
 
@@ -531,7 +597,7 @@ def test_moved_teacher_files_alone_override_the_card(tmp_path, capsys):
     moved = ["--teacher.checkpoint", str(new / "var.safetensors"),
              "--teacher.tokenizer_checkpoint", str(new / "vae.safetensors")]  # fmt: skip
     assert dd_main([*argv, *moved]) == 0
-    assert dd_main([*argv, *moved, "--teacher.family", "var"]) == 0
+    assert dd_main([*argv, *moved, "--teacher.family", "var", "--overwrite", "true"]) == 0
     assert (tmp_path / "samples" / "dd_1-step" / "0000_class3.png").is_file()
 
 

@@ -17,7 +17,8 @@ scores it against a reference in one feature space:
 
 Also timed: one full-sequence teacher forward (the cost floor of a one-step generator). The
 teacher's sampling settings are the pairs' (their manifest), else the tiny teacher's
-recommended ones, else the family default. JSON to ``output`` (and a table on stdout).
+recommended ones, else the family default. JSON to ``output`` (checked before any model loads:
+``dd.outputs.check_output``; written atomically at the end), and a table on stdout.
 """
 
 from __future__ import annotations
@@ -33,11 +34,13 @@ import torch
 
 from dd.compute import Precision, check_num_threads, resolve_device
 from dd.config import parse_recipe
+from dd.outputs import check_output
 from dd.teacher_spec import TeacherSpec
 
 DEFAULT_METHODS = ("teacher", "dd:1", "dd:2", "dd+teacher", "skip:1", "onestep*")
 Metric = Literal["auto", "digits", "inception"]
 DIGITS_SPLITS = ("train", "heldout")
+REPORT_PURPOSE = "a file for the JSON report"
 
 
 @dataclass(frozen=True)
@@ -84,7 +87,8 @@ class EvalRecipe:
     is_splits: int = 10
     """Inception Score: the mean over this many splits of the samples, >= 1."""
     output: str | None = None
-    """The JSON report's file; null: only the table on stdout."""
+    """The JSON report's file; null: only the table on stdout. A folder, a path through a file
+    or a place that cannot be written is refused before any model loads."""
     num_threads: int | None = None
     """Intra-op CPU threads (``torch.set_num_threads``); null: torch's default."""
     device: str = "auto"
@@ -394,6 +398,8 @@ def build_space_and_reference(
 def run_eval(recipe: EvalRecipe) -> dict:
     from dd.evaluate import evaluate_methods, forward_seconds_per_image, parse_methods
 
+    if recipe.output is not None:  # refused before anything is loaded, not after the run
+        check_output(Path(recipe.output), folder=False, purpose=REPORT_PURPOSE)
     if recipe.num_threads is not None:
         torch.set_num_threads(recipe.num_threads)
     device = resolve_device(recipe.device)  # refused before anything is loaded
@@ -482,15 +488,32 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def write_report(path: Path, result: dict) -> None:
+    """The JSON report, atomically: a reader (or a run stopped while writing) sees the old
+    file or the new one, never part of one."""
+    from data_gen.shards import write_text_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(result, indent=1) + "\n")
+
+
 def main(argv: list[str]) -> int:
     recipe, _ = parse_recipe(EvalRecipe, argv, prog="dd eval", defaults_for=card_teacher_defaults)
     try:
         result = run_eval(recipe)
-    except (FileNotFoundError, ValueError) as error:
+    # OSError: files that are missing or unreadable, a full or read-only disk: one line
+    except (OSError, ValueError) as error:
         print(f"dd eval: {error}", file=sys.stderr)
         return 1
+    print(format_table(result))  # first: the scores are on stdout even if the write fails
     if recipe.output is not None:
-        Path(recipe.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(recipe.output).write_text(json.dumps(result, indent=1) + "\n")
-    print(format_table(result))
+        try:
+            write_report(Path(recipe.output), result)
+        except OSError as error:
+            print(
+                f"dd eval: could not write the report {recipe.output} ({error}); the table "
+                "above holds its scores",
+                file=sys.stderr,
+            )
+            return 1
     return 0

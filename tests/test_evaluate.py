@@ -439,6 +439,101 @@ def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):
             assert png.read_bytes() == (again / name / png.name).read_bytes(), png
 
 
+def test_dd_sample_refuses_a_file_as_output_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """A file as --output was a NotADirectoryError traceback after the first method's samples:
+    one line before anything loads; an OSError later (a full disk) is one line too."""
+
+    def nothing_may_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr("dd.eval_command.build_setup", nothing_may_load)
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    argv = ["sample", "--teacher.tiny", "llamagen-digits", "--progress_bar", "false", "--output"]
+    purpose = "give a folder for the PNGs"
+    for output, message in (
+        (afile, f"--output {afile} is a file: {purpose}"),
+        (
+            afile / "samples",
+            f"--output {afile}/samples: {afile} is a file, not a folder: {purpose}",
+        ),
+    ):
+        assert dd_main([*argv, str(output)]) == 1
+        assert capsys.readouterr().err == f"dd sample: {message}\n"
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("dd.eval_command.build_setup", full_disk)
+    assert dd_main([*argv, str(tmp_path / "samples")]) == 1
+    assert capsys.readouterr().err == "dd sample: [Errno 28] No space left on device\n"
+
+
+def test_dd_sample_never_mixes_two_runs_in_one_folder(tmp_path, capsys, monkeypatch):
+    """A second run into the same --output added its PNGs to the first's (seed 1's class-7
+    images over seed 0's, the rest kept) and left the folders of methods it did not sample
+    beside a grid without them; torch-fidelity would score the mix. Now the folder says what
+    it holds (samples.json); an earlier run's is refused unless --overwrite true, which
+    removes exactly its files; any other non-empty folder is refused. All before loading."""
+    out = tmp_path / "samples"
+    argv = ["sample", "--teacher.tiny", "llamagen-digits", "--progress_bar", "false",
+            "--output", str(out)]  # fmt: skip
+    first = ["--methods", "[teacher, 'skip:60']", "--labels", "[3, 7]"]
+    assert dd_main([*argv, *first]) == 0
+    record = json.loads((out / "samples.json").read_text())
+    sampling = dataclasses.asdict(tiny_sampling("llamagen-digits"))
+    assert record == {
+        "student": None, "teacher": "llamagen-digits", "pairs": None,
+        "method_specs": ["teacher", "skip:60"],
+        "methods": [{"name": "teacher", "steps": 64, "folder": "teacher"},
+                    {"name": "skip-60", "steps": 4, "folder": "skip-60"}],
+        "labels": [3, 7], "images": ["0000_class3.png", "0001_class7.png"], "seed": 0,
+        "batch_size": 100, "device": str(resolve_device("auto")), "precision": "32-true",
+        "sampling": sampling, "grid": "grid.png", "complete": True,
+    }  # fmt: skip
+    for name in ("teacher", "skip-60"):
+        assert sorted(p.name for p in (out / name).iterdir()) == record["images"]
+
+    def nothing_may_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    second = ["--methods", "[teacher]", "--labels", "[7, 7]", "--seed", "1"]
+    with monkeypatch.context() as patched:
+        patched.setattr("dd.eval_command.build_setup", nothing_may_load)
+        assert dd_main([*argv, *second]) == 1
+        assert capsys.readouterr().err == (
+            f"dd sample: --output {out} holds the samples of an earlier dd sample "
+            "(samples.json): give --overwrite true to replace them, or another folder\n"
+        )
+        # A file the record does not name: refused, with --overwrite too; nothing removed.
+        (out / "skip-60" / "notes.txt").write_text("mine")
+        assert dd_main([*argv, *second, "--overwrite", "true"]) == 1
+        assert capsys.readouterr().err == (
+            f"dd sample: --output {out} holds {out}/skip-60/notes.txt, which its samples.json "
+            "does not name: give a new or empty folder\n"
+        )
+        assert (out / "skip-60" / "0000_class3.png").is_file()
+        (out / "skip-60" / "notes.txt").unlink()
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        (foreign / "notes.txt").write_text("mine")
+        assert dd_main([*argv[:-1], str(foreign), *second, "--overwrite", "true"]) == 1
+        assert capsys.readouterr().err == (
+            f"dd sample: --output {foreign} is not empty and holds no samples.json of dd "
+            "sample: give a new or empty folder\n"
+        )
+        assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+    assert dd_main([*argv, *second, "--overwrite", "true"]) == 0
+    files = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    assert files == [
+        "grid.png", "samples.json", "teacher", "teacher/0000_class7.png",
+        "teacher/0001_class7.png",
+    ]  # fmt: skip
+    record = json.loads((out / "samples.json").read_text())
+    assert record["labels"] == [7, 7] and record["seed"] == 1 and record["complete"]
+    assert [method["folder"] for method in record["methods"]] == ["teacher"]
+
+
 def test_a_student_with_moved_teacher_files_takes_a_teacher_spec(tmp_path, capsys, monkeypatch):
     """A student card keeps its teacher's checkpoint paths absolute (a recipe's relative paths
     resolved against the training run's folder, not wherever the student is used); when the
@@ -461,7 +556,8 @@ def test_a_student_with_moved_teacher_files_takes_a_teacher_spec(tmp_path, capsy
     assert dd_main([*argv, "--teacher.tiny", "var-digits", "--output", str(out)]) == 0
     assert (out / "dd_1-step" / "0000_class3.png").is_file()
     capsys.readouterr()
-    assert dd_main([*argv, "--teacher.tiny", "llamagen-digits", "--output", str(out)]) == 1
+    other = str(tmp_path / "other")
+    assert dd_main([*argv, "--teacher.tiny", "llamagen-digits", "--output", other]) == 1
     err = capsys.readouterr().err
     assert "distilled from teacher" in err and len(err.strip().splitlines()) == 1
 
@@ -501,7 +597,7 @@ def test_moved_teacher_files_alone_override_the_card(tmp_path, capsys):
     moved = ["--teacher.checkpoint", str(new / "var.safetensors"),
              "--teacher.tokenizer_checkpoint", str(new / "vae.safetensors")]  # fmt: skip
     assert dd_main([*argv, *moved]) == 0
-    assert dd_main([*argv, *moved, "--teacher.family", "var"]) == 0
+    assert dd_main([*argv, *moved, "--teacher.family", "var", "--overwrite", "true"]) == 0
     assert (tmp_path / "samples" / "dd_1-step" / "0000_class3.png").is_file()
 
 
@@ -967,6 +1063,69 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     for row in result["rows"]:
         assert row["seconds_per_image"] > 0 and 0 <= row["class_accuracy"] <= 1
         assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+
+
+def test_dd_eval_refuses_an_unwritable_output_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    """A folder as --output ran the whole evaluation, then died in IsADirectoryError; a path
+    through a file in FileExistsError: the results lost. Both are one line before loading."""
+
+    def nothing_may_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output was checked")
+
+    monkeypatch.setattr("dd.eval_command.build_setup", nothing_may_load)
+    (tmp_path / "afile").write_text("not a folder")
+    argv = ["eval", "--teacher.tiny", "var-digits", "--progress_bar", "false", "--output"]
+    purpose = "give a file for the JSON report"
+    for output, message in (
+        (tmp_path, f"--output {tmp_path} is a folder: {purpose}"),
+        (tmp_path / "afile" / "x.json",
+         f"--output {tmp_path}/afile/x.json: {tmp_path}/afile is a file, not a folder: {purpose}"),
+        (tmp_path / "afile" / "deeper" / "x.json",
+         f"--output {tmp_path}/afile/deeper/x.json: {tmp_path}/afile is a file, not a folder: "
+         f"{purpose}"),
+    ):  # fmt: skip
+        assert dd_main([*argv, str(output)]) == 1
+        assert capsys.readouterr().err == f"dd eval: {message}\n"
+    # Nothing is made by the check (its probe file is removed): a new folder is made when the
+    # report is written.
+    new = tmp_path / "new" / "eval.json"
+    with pytest.raises(AssertionError, match="before the output was checked"):
+        dd_main([*argv, str(new)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
+
+    def read_only(*args, **kwargs):  # as a read-only folder (the tests may run as root)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr("tempfile.mkstemp", read_only)
+    assert dd_main([*argv, str(new)]) == 1
+    assert capsys.readouterr().err == (
+        f"dd eval: --output {new}: cannot write in {tmp_path} (Permission denied)\n"
+    )
+
+
+def test_dd_eval_says_in_one_line_when_the_report_cannot_be_written(tmp_path, capsys, monkeypatch):
+    """A write that fails after the run (a full disk) is one line; the table is printed first."""
+    result = {
+        "teacher": "var-digits", "one_forward_seconds_per_image": 0.001,
+        "alternated_seconds_per_image": {"forward": 0.001}, "to_forward": {}, "timing_rounds": 1,
+        "rows": [{"name": "teacher", "steps": 6, "fid": 1.0, "inception_score": 2.0,
+                  "precision": 0.5, "recall": 0.5, "class_accuracy": 0.9,
+                  "seconds_per_image": 0.01}],
+    }  # fmt: skip
+    monkeypatch.setattr("dd.eval_command.run_eval", lambda recipe: result)
+
+    def full_disk(path, text):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("data_gen.shards.write_text_atomic", full_disk)
+    out = tmp_path / "eval.json"
+    assert dd_main(["eval", "--teacher.tiny", "var-digits", "--output", str(out)]) == 1
+    said = capsys.readouterr()
+    assert "| teacher | 6 | 1.00 | 2.00 |" in said.out
+    assert said.err == (
+        f"dd eval: could not write the report {out} ([Errno 28] No space left on device); "
+        "the table above holds its scores\n"
+    )
 
 
 def test_stage3_checks_judge_every_target_of_the_issue():

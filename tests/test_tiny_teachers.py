@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ from teachers.tiny import (
 )
 from teachers.tiny.presets import llamagen_tiny_configs, var_tiny_configs
 from teachers.tiny.registry import known_tiny_teachers
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 # Few steps, small batches, no warm-up: each trainer must already lower its loss.
 QUICK = TrainSettings(
@@ -127,26 +130,79 @@ def test_var_trainers_lower_their_losses(digits_subset):
     assert _falls(var_record["losses"])
 
 
-def test_cli_trains_a_folder_teacher_that_loads_by_name(tmp_path):
+def _shapes(root):
+    """A tiny class-folder data set: two colours, four shades each."""
     from PIL import Image
 
-    data = tmp_path / "shapes"
     for name, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
-        (data / name).mkdir(parents=True)
+        (root / name).mkdir(parents=True)
         for i in range(4):
             Image.new("RGB", (16, 16), tuple(c // (i + 1) for c in colour)).save(
-                data / name / f"{i}.png"
+                root / name / f"{i}.png"
             )
-    out = tmp_path / "weights"
+    return root
+
+
+# Two steps of everything: a run of a few seconds that writes a complete teacher.
+MINIMAL_STEPS = ["--tokenizer-steps", "2", "--ar-steps", "2", "--ar-batch-size", "4"]
+MINIMAL_STEPS += ["--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def own_teacher(tmp_path_factory):
+    """``llamagen-shapes``, trained by ``dd train-teacher`` into a folder of its own: (the
+    folder, the entry name)."""
+    root = tmp_path_factory.mktemp("own_teacher")
+    data, out = _shapes(root / "shapes"), root / "weights"
     argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir", str(data)]
-    argv += ["--tokenizer-steps", "2", "--ar-steps", "2", "--ar-batch-size", "4", "--no-progress"]
-    argv += ["--decoder-steps", "2"]
-    assert dd_main(argv) == 0
-    entry = json.loads((out / "tiny.json").read_text())["llamagen-shapes"]
+    assert dd_main([*argv, *MINIMAL_STEPS, "--decoder-steps", "2"]) == 0
+    return out, "llamagen-shapes"
+
+
+def test_cli_trains_a_folder_teacher_that_loads_by_name(own_teacher):
+    out, name = own_teacher
+    entry = json.loads((out / "tiny.json").read_text())[name]
     assert "--data-dir" in entry["command"] and entry["record"]["wall_seconds"] > 0
     assert "--decoder-steps 2" in entry["command"] and "decoder" in entry["record"]
-    teacher = load_tiny_teacher("llamagen-shapes", weights_dir=out)
+    teacher = load_tiny_teacher(name, weights_dir=out)
     assert teacher.num_classes == 2 and isinstance(teacher, Teacher)
+
+
+def test_a_teacher_of_another_folder_is_named_with_tiny_dir(own_teacher, tmp_path, monkeypatch):
+    """A teacher dd train-teacher wrote into its own --out could not be named in a recipe:
+    ``teacher: {tiny: ...}`` looked in the shipped teachers/weights only, so dd generate,
+    train, eval and sample refused it ("unknown tiny teacher"). ``tiny_dir`` names the
+    folder; a student's card keeps it (absolute), so the student loads from anywhere."""
+    from dd.checkpoint import load_student, read_card, save_student
+    from dd.student import DDStudent
+    from dd.teacher_spec import TeacherSpec, load_teacher
+
+    out, name = own_teacher
+    with pytest.raises(ValueError, match=r"unknown tiny teacher 'llamagen-shapes'.*tiny_dir"):
+        TeacherSpec(tiny=name)  # the shipped folder: the error says where else to look
+    with pytest.raises(ValueError, match=r"in .*; known there: \['llamagen-shapes'\]"):
+        TeacherSpec(tiny="llamagen-digits", tiny_dir=str(out))
+    with pytest.raises(ValueError, match="holds no tiny teacher"):
+        TeacherSpec(tiny=name, tiny_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="'tiny_dir' is the folder of a tiny teacher"):
+        TeacherSpec(family="llamagen", checkpoint="a", tokenizer_checkpoint="b", tiny_dir="x")
+    monkeypatch.chdir(out.parent)
+    spec = TeacherSpec(tiny=name, tiny_dir=out.name)  # relative to the working directory
+    teacher = load_teacher(spec)
+    fingerprint = load_tiny_teacher(name, weights_dir=out).fingerprint()
+    assert teacher.num_classes == 2 and teacher.fingerprint() == fingerprint
+    student = DDStudent(teacher, (0, 20), 64)
+    folder = save_student(student, tmp_path / "student", spec)
+    assert read_card(folder)["teacher"] == {"tiny": name, "tiny_dir": str(out)}
+    monkeypatch.chdir(tmp_path)
+    assert load_student(folder).teacher.fingerprint() == fingerprint
+    argv = ["generate", "--recipe", str(RECIPES / "generate_tiny_llamagen.yaml")]
+    argv += ["--teacher.tiny", name, "--teacher.tiny_dir", str(out), "--pairs.num_pairs", "2"]
+    argv += ["--output.shard_size", "2", "--run.batch_size", "2", "--run.progress_bar", "false"]
+    assert dd_main([*argv, "--output.folder", str(tmp_path / "pairs")]) == 0
+    manifest = json.loads((tmp_path / "pairs" / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["teacher"]["fingerprint"] == fingerprint
 
 
 def test_cli_refuses_counts_that_train_nothing_and_a_folder_named_digits(tmp_path, capsys):

@@ -11,7 +11,8 @@ the losses, the wall time and the peak RSS in ``<out>/tiny.json`` (the entry
 (``root/<class>/<image>``; written under ``<family>-<folder name>``, the resolved folder's
 name). A run whose entry name or files belong to another entry of ``--out`` (another data
 set, family or head) is refused before it trains; re-training an entry from the same data
-replaces it.
+replaces it. A recipe names a teacher of another ``--out`` than ``teachers/weights`` with
+``teacher: {tiny: <entry>, tiny_dir: <out>}`` (``load_tiny_teacher(name, weights_dir=out)``).
 """
 
 from __future__ import annotations

@@ -329,6 +329,100 @@ def test_cli_names_map_to_their_own_files(tmp_path, capsys, monkeypatch):
     assert load_tiny_teacher("llamagen-my_set", weights_dir=out).num_classes == 3
 
 
+def _listing(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_an_interrupted_retrain_leaves_the_old_teacher_whole(tmp_path, monkeypatch):
+    """The weight files were saved straight into --out one after another, the entry last: a
+    re-train killed after the first file left the new GPT beside the old VQ under the old
+    entry, and that mix loaded without a word. Now nothing of the run is in place until all
+    its files are written (staging folder, then renames), and an interruption between the
+    renames leaves no entry rather than a mixed one."""
+    import teachers.tiny.cli as cli
+    import teachers.tiny.train_llamagen as train_llamagen
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--no-progress"]
+    argv += ["--data-dir", str(_class_folders(tmp_path / "mine"))]
+    assert dd_main(argv) == 0
+    before = _listing(out)
+    fingerprint = load_tiny_teacher("llamagen-mine", weights_dir=out).fingerprint()
+    saved = []
+
+    def save_then_die(module, path, **kwargs):
+        if saved:
+            raise KeyboardInterrupt  # killed while saving the second file
+        saved.append(path)
+        return cli_save(module, path, **kwargs)
+
+    cli_save = cli.save_weights
+    monkeypatch.setattr(cli, "save_weights", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        dd_main([*argv, "--seed", "1"])
+    assert saved and _listing(out) == before  # the old files and entry, nothing new
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no staging folder left
+    assert load_tiny_teacher("llamagen-mine", weights_dir=out).fingerprint() == fingerprint
+    monkeypatch.setattr(cli, "save_weights", cli_save)
+    replace = cli.os.replace
+    renamed = []
+
+    def rename_then_die(source, target):
+        if renamed:
+            raise KeyboardInterrupt  # killed between the renames
+        renamed.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(cli.os, "replace", rename_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        dd_main([*argv, "--seed", "1"])
+    monkeypatch.setattr(cli.os, "replace", replace)
+    assert renamed and _listing(out)[renamed[0].name] != before[renamed[0].name]
+    with pytest.raises(ValueError, match="unknown tiny teacher 'llamagen-mine'"):
+        load_tiny_teacher("llamagen-mine", weights_dir=out)
+
+
+def test_files_of_another_run_under_an_entry_are_refused(tmp_path, monkeypatch):
+    """An entry records the sha256 of its files; a file another run wrote under it (two runs
+    into one --out, a copy) is refused in one line naming the file and the command. The
+    shipped entries (written before) record none and load as before."""
+    import shutil
+
+    import teachers.tiny.train_classifier as train_classifier
+    import teachers.tiny.train_llamagen as train_llamagen
+    from dd.metrics.digits import ClassifierConfig, DigitsClassifier, load_classifier
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    monkeypatch.setattr(
+        train_classifier,
+        "train_classifier",
+        lambda train, **kwargs: (DigitsClassifier(ClassifierConfig(num_classes=2)), [0.0]),
+    )
+    data = _class_folders(tmp_path / "mine")
+    outs = {seed: tmp_path / f"weights{seed}" for seed in (0, 1)}
+    for family in ("llamagen", "classifier"):
+        for seed, out in outs.items():
+            argv = ["train-teacher", "--family", family, "--out", str(out), "--data-dir", str(data)]
+            assert dd_main([*argv, "--seed", str(seed), "--no-progress"]) == 0
+    entry = read_metadata(outs[0])["llamagen-mine"]
+    assert set(entry["sha256"]) == {"gpt", "vq"}
+    load_tiny_teacher("llamagen-mine", weights_dir=outs[0])
+    gpt = entry["files"]["gpt"]
+    shutil.copy(outs[1] / gpt, outs[0] / gpt)  # the other run's GPT beside this run's VQ
+    with pytest.raises(ValueError) as error:
+        load_tiny_teacher("llamagen-mine", weights_dir=outs[0])
+    message = str(error.value)
+    assert message.startswith(f"{outs[0] / gpt} is not the file it records") and "\n" not in message
+    assert message.endswith(f"re-run its command: {entry['command']}")
+    classifier = outs[0] / "classifier-mine.safetensors"
+    load_classifier(classifier)
+    shutil.copy(outs[1] / classifier.name, classifier)
+    with pytest.raises(ValueError, match="classifier-mine.safetensors is not the file"):
+        load_classifier(classifier)
+    assert all("sha256" not in entry for entry in read_metadata().values())
+
+
 def test_cli_names_the_entry_after_the_resolved_folder(tmp_path, capsys, monkeypatch):
     """``--data-dir .`` named the entry ``llamagen-`` (files ``llamagen__gpt.safetensors``);
     ``--data-dir /`` has no name at all."""

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from teachers.protocol import SamplingConfig, Teacher
-from teachers.shipped import WEIGHTS_DIR, read_metadata
+from teachers.shipped import WEIGHTS_DIR, check_entry_files, read_metadata
 
 TINY_TEACHERS = ("llamagen-digits", "var-digits")
 # Continuous-token teachers (teachers.protocol.ContinuousTeacher): FAR with the shortcut head,
@@ -79,13 +79,15 @@ def load_tiny_teacher(
 ) -> Teacher:
     """A tiny teacher of ``weights_dir``'s ``tiny.json`` (default: the shipped
     ``teachers/weights``: ``"llamagen-digits"``, ``"var-digits"``, or the continuous-token
-    ``"far-digits"`` / ``"far-digits-flow"``), frozen, eval mode."""
+    ``"far-digits"`` / ``"far-digits-flow"``), frozen, eval mode. Files other than those the
+    entry's ``sha256`` records (if it has any) are refused (``check_entry_files``)."""
     metadata = read_metadata(weights_dir)
     known = _teacher_names(metadata)  # tiny.json read once
     if name not in known:
         raise ValueError(unknown_tiny_teacher(name, weights_dir, known))
     weights_dir = Path(weights_dir or WEIGHTS_DIR)
     entry = metadata[name]
+    check_entry_files(name, entry, weights_dir)  # files of another run under this entry
     files, configs = entry["files"], entry["configs"]
     if entry["family"] == "llamagen":
         from teachers.llamagen import GPTConfig, VQConfig, load_llamagen_teacher

@@ -148,15 +148,81 @@ MINIMAL_STEPS = ["--tokenizer-steps", "2", "--ar-steps", "2", "--ar-batch-size",
 MINIMAL_STEPS += ["--no-progress"]
 
 
+def _train_shapes(data, out, seed=0):
+    """``dd train-teacher`` of ``llamagen-<data folder>`` with ``MINIMAL_STEPS``."""
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir", str(data)]
+    assert dd_main([*argv, *MINIMAL_STEPS, "--decoder-steps", "2", "--seed", str(seed)]) == 0
+
+
 @pytest.fixture(scope="module")
 def own_teacher(tmp_path_factory):
-    """``llamagen-shapes``, trained by ``dd train-teacher`` into a folder of its own: (the
-    folder, the entry name)."""
+    """``llamagen-shapes``, trained by ``dd train-teacher`` (seed 0) into a folder of its own:
+    (the folder, the entry name)."""
     root = tmp_path_factory.mktemp("own_teacher")
-    data, out = _shapes(root / "shapes"), root / "weights"
-    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir", str(data)]
-    assert dd_main([*argv, *MINIMAL_STEPS, "--decoder-steps", "2"]) == 0
+    out = root / "weights"
+    _train_shapes(_shapes(root / "shapes"), out)
     return out, "llamagen-shapes"
+
+
+def test_a_seed_reproduces_its_files_and_the_entry_records_the_flags(own_teacher, tmp_path):
+    """The same seed twice (in one process, the global RNG elsewhere in between) gives
+    byte-identical files, another seed other files; the entry records the seed and settings
+    the flags asked for; the weights are saved in float16 (what the shipped files hold)."""
+    from safetensors import safe_open
+
+    out, name = own_teacher
+    data = out.parent / "shapes"
+    torch.rand(7)  # moves the global RNG: module init must not depend on it
+    _train_shapes(data, tmp_path / "again")
+    _train_shapes(data, tmp_path / "other", seed=1)
+    files = read_metadata(out)[name]["files"].values()
+    for file in files:
+        assert (tmp_path / "again" / file).read_bytes() == (out / file).read_bytes(), file
+        assert (tmp_path / "other" / file).read_bytes() != (out / file).read_bytes(), file
+        with safe_open(str(out / file), "pt") as handle:
+            dtypes = {handle.get_tensor(key).dtype for key in handle.keys()}
+        assert dtypes <= {torch.float16, torch.int64} and torch.float16 in dtypes, file
+    entry = read_metadata(tmp_path / "other")[name]
+    assert entry["seed"] == 1 and "--seed 1 " in entry["command"]
+    asked = {"seed": 1, "tokenizer_steps": 2, "ar_steps": 2, "ar_batch_size": 4}
+    assert entry["settings"] == {**TrainSettings().to_dict(), **asked, "decoder_steps": 2}
+
+
+def _dry_run_settings(argv, capsys):
+    assert dd_main([*argv, "--dry-run"]) == 0
+    printed, _ = json.JSONDecoder().raw_decode(capsys.readouterr().out)
+    return printed["settings"]
+
+
+def test_the_family_defaults_and_the_flags_reach_the_settings(tmp_path, capsys):
+    """VAR trains on 32 images a batch (130 tokens each: about LlamaGen's 64 images' tokens),
+    the others on 64, unless --ar-batch-size says otherwise; every flag reaches the settings
+    the run uses and records."""
+    base = ["train-teacher", "--out", str(tmp_path / "w"), "--family"]
+    for family, batch in (("llamagen", 64), ("var", 32), ("far", 64)):
+        assert _dry_run_settings([*base, family], capsys)["ar_batch_size"] == batch
+        flags = ["--seed", "5", "--tokenizer-steps", "3", "--ar-steps", "4"]
+        settings = _dry_run_settings([*base, family, *flags, "--ar-batch-size", "8"], capsys)
+        assert (settings["seed"], settings["ar_batch_size"]) == (5, 8)
+        assert (settings["tokenizer_steps"], settings["ar_steps"]) == (3, 4)
+
+
+def test_drop_labels_drops_at_the_given_rate():
+    """CFG training replaces a label by the null class with probability ``prob`` (0.1): an
+    inverted comparison dropped 90% of them and the trainers' losses still fell."""
+    from teachers.tiny.common import drop_labels
+    from teachers.tiny.presets import CLASS_DROPOUT
+
+    n, null = 20_000, 10
+    labels = torch.arange(n) % 10
+    dropped = drop_labels(labels, null, CLASS_DROPOUT, torch.Generator().manual_seed(0))
+    is_null = dropped == null
+    # Binomial(20000, 0.1): mean 2000, standard deviation 42.4; within 5 of them.
+    assert abs(int(is_null.sum()) - n * CLASS_DROPOUT) <= 5 * (n * 0.1 * 0.9) ** 0.5
+    assert torch.equal(dropped[~is_null], labels[~is_null])
+    generator = torch.Generator().manual_seed(1)
+    assert torch.equal(drop_labels(labels, null, 0.0, generator), labels)
+    assert (drop_labels(labels, null, 1.0, generator) == null).all()
 
 
 def test_cli_trains_a_folder_teacher_that_loads_by_name(own_teacher):

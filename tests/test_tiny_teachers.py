@@ -374,6 +374,40 @@ def _untrained_llamagen(train, gpt_config, vq_config, settings, **kwargs):
     return GPT(gpt_config), VQModel(vq_config), {}
 
 
+def _untrained_var(train, var_config, vae_config, settings, **kwargs):
+    from teachers.var import VAR, VQVAE
+
+    return VAR(var_config), VQVAE(vae_config), {}
+
+
+def _untrained_far(train, far_config, ae_config, settings, shortcut, **kwargs):
+    from teachers.far.autoencoder import Autoencoder
+    from teachers.far.model import FARCausal
+
+    return FARCausal(far_config), Autoencoder(ae_config), {}
+
+
+def test_an_entry_records_the_settings_its_family_uses(tmp_path, capsys, monkeypatch):
+    """VAR and FAR entries recorded ``decoder_steps``, a LlamaGen-only setting the CLI refuses
+    for them (the shipped VAR and FAR entries do not have it). Every family's entry records the
+    settings the shipped entry of that family records, and the dry run prints them."""
+    import teachers.tiny.train_far as train_far
+    import teachers.tiny.train_llamagen as train_llamagen
+    import teachers.tiny.train_var as train_var
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    monkeypatch.setattr(train_var, "train_var", _untrained_var)
+    monkeypatch.setattr(train_far, "train_far", _untrained_far)
+    data, out = _class_folders(tmp_path / "mine"), tmp_path / "weights"
+    shipped = read_metadata()
+    for family in ("llamagen", "var", "far"):
+        argv = ["train-teacher", "--family", family, "--out", str(out), "--data-dir", str(data)]
+        assert dd_main([*argv, "--no-progress"]) == 0
+        recorded = read_metadata(out)[f"{family}-mine"]["settings"]
+        assert list(recorded) == list(shipped[f"{family}-digits"]["settings"]), family
+        assert _dry_run_settings(argv, capsys) == recorded, family
+
+
 def test_cli_names_map_to_their_own_files(tmp_path, capsys, monkeypatch):
     """Folders ``my-set`` and ``my_set`` gave two entries sharing (overwriting) the files
     ``llamagen_my_set_*``. Re-training an entry from the same data still replaces it."""

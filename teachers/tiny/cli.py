@@ -347,16 +347,22 @@ def _dry_run(
     name: str,
     files: dict,
 ) -> int:
-    """Print what ``run`` would train: the data, the settings the family uses and its configs
-    for the data's classes (the classifier uses its step count and seed only)."""
+    """Print what ``run`` would train: the data, the settings the family uses (as its entry
+    records them) and its configs for the data's classes (the classifier uses its step count
+    and seed only)."""
     num_classes = train.num_classes
     if args.family == "classifier":
         from teachers.tiny.train_classifier import CLASSIFIER_STEPS
 
         steps = CLASSIFIER_STEPS if args.classifier_steps is None else args.classifier_steps
         used, configs = {"classifier_steps": steps, "seed": args.seed}, ()
+    elif args.family == "far":
+        from teachers.tiny.train_far import far_settings_record
+
+        used = far_settings_record(settings, ShortcutSettings())
     else:
-        used = settings.to_dict()
+        used = settings.record(args.family)
+    if args.family != "classifier":
         configs = {
             "llamagen": llamagen_tiny_configs,
             "var": var_tiny_configs,
@@ -439,7 +445,7 @@ def run(args: argparse.Namespace) -> int:
             configs = {"var": dataclasses.asdict(var_config), "vae": dataclasses.asdict(vae_config)}
             modules = {"var": ar, "vae": tokenizer}
         entry["configs"] = configs
-        entry["settings"] = settings.to_dict()
+        entry["settings"] = settings.record(args.family)
         entry["record"] = {
             part: {"final_loss": _tail(rec.pop("losses")), **rec} for part, rec in record.items()
         }

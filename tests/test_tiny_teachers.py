@@ -303,6 +303,22 @@ def test_cli_refuses_a_thread_count_below_one(tmp_path, capsys):
         assert f"--threads: must be an integer >= 1, got {value}" in capsys.readouterr().err
 
 
+def test_cli_refuses_a_seed_the_trainers_cannot_use(tmp_path, capsys):
+    """``--seed 18446744073709551615`` (2**64 - 1) trained the tokenizer, then ended in a
+    traceback at ``seed + 2``: refused by argparse now, while the largest seed accepted trains
+    (LlamaGen adds the largest offset, + 3)."""
+    from teachers.tiny.common import MAX_SEED
+
+    base = ["train-teacher", "--family", "llamagen", "--out", str(tmp_path / "w"), "--dry-run"]
+    for value in (str(2**64 - 1), str(MAX_SEED + 1), "-1"):
+        with pytest.raises(SystemExit):
+            dd_main([*base, "--seed", value])
+        err = capsys.readouterr().err
+        assert err.endswith(f"--seed: must be an integer in [0, {MAX_SEED}], got {value}\n")
+    _train_shapes(_shapes(tmp_path / "shapes"), tmp_path / "w", seed=MAX_SEED)
+    assert read_metadata(tmp_path / "w")["llamagen-shapes"]["seed"] == MAX_SEED
+
+
 def test_cli_reports_a_missing_data_folder_in_one_line(tmp_path, capsys):
     """``--data-dir /nonexistent`` ended in a Python traceback; the other dd commands print one
     line and exit non-zero."""

@@ -38,7 +38,7 @@ from dd.metrics.digits import CLASSIFIER_FILE, CLASSIFIER_NAME, class_accuracy
 from teachers.data import DIGITS_DATA_NAME, ImageSet, load_digits_split, load_image_folder
 from teachers.far.config import HEAD_KINDS, ShortcutSettings
 from teachers.shipped import file_sha256, read_metadata, write_metadata_entry
-from teachers.tiny.common import peak_rss_mb, save_weights
+from teachers.tiny.common import MAX_SEED, peak_rss_mb, save_weights
 from teachers.tiny.presets import (
     TrainSettings,
     far_tiny_configs,
@@ -63,10 +63,22 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """An argparse type: a seed the trainers can use, ``0 .. MAX_SEED`` (they seed torch with
+    ``--seed`` plus small offsets, which must stay below 2**64: 2**64 - 1 trained the tokenizer,
+    then ended in a traceback)."""
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--out", required=True, type=Path, help="folder for weights + tiny.json")
-    parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    parser.add_argument(
+        "--seed", type=seed_int, default=_DEFAULTS.seed, help=f"0 .. {MAX_SEED} (default 0)"
+    )
     parser.add_argument(
         "--tokenizer-steps",
         type=positive_int,

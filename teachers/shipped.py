@@ -23,11 +23,27 @@ SHIPPED_FILE_MODE = 0o644  # mkstemp creates 0600; the file is shipped package d
 
 
 def read_metadata(weights_dir: str | Path | None = None) -> dict:
-    """The entries of ``<weights_dir>/tiny.json`` (default: the shipped folder); ``{}`` if none."""
+    """The entries of ``<weights_dir>/tiny.json`` (default: the shipped folder); ``{}`` if none.
+    A ``tiny.json`` that is not a file, not JSON, or not an object of entry objects is a
+    ``ValueError`` naming it (a folder of that name was read as no entries, and a run trained
+    for minutes before failing to write it; ``[]`` ended in an ``AttributeError``)."""
     path = Path(weights_dir or WEIGHTS_DIR) / METADATA_FILE
-    if not path.is_file():
+    if not path.exists():
         return {}
-    return json.loads(path.read_text())
+    if not path.is_file():
+        raise ValueError(f"{path} is not a file: move it away (it holds the teachers' entries)")
+    try:
+        metadata = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON: {error}") from error
+    if not isinstance(metadata, dict):
+        raise ValueError(
+            f"{path} holds a JSON {type(metadata).__name__}, not an object of entries by name"
+        )
+    for name, entry in metadata.items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: entry {name!r} is not a JSON object")
+    return metadata
 
 
 def write_metadata_entry(name: str, entry: dict | None, weights_dir: str | Path) -> Path:

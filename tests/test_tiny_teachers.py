@@ -373,6 +373,37 @@ def test_cli_checks_out_before_training(tmp_path, capsys, monkeypatch):
     assert a_file.read_text() == ""
 
 
+def test_a_broken_tiny_json_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """A folder named tiny.json in --out trained the whole run, then failed writing it
+    (IsADirectoryError traceback); '{bad' said "Expecting property name ..." without naming
+    the file; '[]' ended in an AttributeError traceback. Each is one line naming the file,
+    before training; loading from such a folder names it too."""
+    import teachers.tiny.train_classifier as train_classifier
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before tiny.json was read")
+
+    monkeypatch.setattr(train_classifier, "train_classifier", trained)
+    argv = ["train-teacher", "--family", "classifier", "--classifier-steps", "2", "--no-progress"]
+    for index, (content, why) in enumerate(
+        (
+            (None, " is not a file"),
+            ("{bad", " is not valid JSON: Expecting property name"),
+            ("[]", " holds a JSON list, not an object of entries"),
+            ('{"far-x": 1}', ": entry 'far-x' is not a JSON object"),
+        )
+    ):
+        out = tmp_path / f"w{index}"
+        out.mkdir()
+        path = out / "tiny.json"
+        path.mkdir() if content is None else path.write_text(content)
+        assert dd_main([*argv, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd train-teacher: {path}{why}") and err.count("\n") == 1
+        with pytest.raises(ValueError, match=str(path)):
+            load_tiny_teacher("far-x", weights_dir=out)
+
+
 def _class_folders(root, classes=("a", "b")):
     """A tiny class-folder data set: one 16x16 PNG per class."""
     from PIL import Image

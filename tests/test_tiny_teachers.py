@@ -196,8 +196,12 @@ def _dry_run_settings(argv, capsys):
 
 def test_the_family_defaults_and_the_flags_reach_the_settings(tmp_path, capsys):
     """VAR trains on 32 images a batch (130 tokens each: about LlamaGen's 64 images' tokens),
-    the others on 64, unless --ar-batch-size says otherwise; every flag reaches the settings
-    the run uses and records."""
+    the others on 64, unless --ar-batch-size says otherwise, as --help says (it pointed to
+    presets.py, which holds only the 64); every flag reaches the settings the run uses and
+    records."""
+    with pytest.raises(SystemExit):
+        dd_main(["train-teacher", "--help"])
+    assert "(default 64; var 32)" in " ".join(capsys.readouterr().out.split())
     base = ["train-teacher", "--out", str(tmp_path / "w"), "--family"]
     for family, batch in (("llamagen", 64), ("var", 32), ("far", 64)):
         assert _dry_run_settings([*base, family], capsys)["ar_batch_size"] == batch
@@ -371,6 +375,13 @@ def test_cli_checks_out_before_training(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert err.startswith(f"dd train-teacher: --out {out}") and err.count("\n") == 1
     assert a_file.read_text() == ""
+    # The dry run refuses what the real run would (it passed --out afile/sub), makes nothing.
+    for out in (a_file, a_file / "weights", a_file / "weights" / "deeper"):
+        assert dd_main([*argv, "--out", str(out), "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd train-teacher: --out {out}") and err.count("\n") == 1
+    assert dd_main([*argv, "--out", str(tmp_path / "new" / "weights"), "--dry-run"]) == 0
+    assert not (tmp_path / "new").exists()
 
 
 def test_a_broken_tiny_json_is_refused_before_training(tmp_path, capsys, monkeypatch):

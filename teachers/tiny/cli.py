@@ -102,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ar-batch-size",
         type=positive_int,
         default=None,
-        help="not classifier (default: per family, see presets.py)",
+        help=f"not classifier (default {_DEFAULTS.ar_batch_size}; var {VAR_AR_BATCH_SIZE})",
     )
     parser.add_argument(
         "--classifier-steps", type=positive_int, default=None, help="classifier only"
@@ -195,11 +195,17 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def prepare_out(out: Path, *, create: bool) -> None:
-    """Check that ``--out`` is (or can be made) a writable folder, and make it unless a dry run:
-    before any training, as a file there ended the whole run in ``FileExistsError`` at the
-    first save."""
+    """Check that ``--out`` is (or can be made) a writable folder, and make it unless a dry run
+    (which checks that its nearest existing parent is a writable folder): before any training,
+    as a file there ended the whole run in ``FileExistsError`` at the first save."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder: give a folder for the weights")
+    if not create and not out.exists():  # the dry run: could the real run make it?
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise ValueError(f"--out {out}: cannot make the folder ({parent} is a file)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out}: cannot make the folder ({parent} is not writable)")
     if create:
         try:
             out.mkdir(parents=True, exist_ok=True)

@@ -74,6 +74,12 @@ def seed_int(text: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "No resume: a run writes nothing until it has trained, so a run stopped before its end "
+        "loses its work and a rerun starts over (the shipped var-digits run: 26 min wall on a "
+        "shared machine). Stopped at any point, it never leaves new weight files under the old "
+        "tiny.json entry."
+    )
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--out", required=True, type=Path, help="folder for weights + tiny.json")
     parser.add_argument(

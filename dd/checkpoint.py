@@ -90,10 +90,10 @@ def save_student(
 
 
 def card_teacher(spec: TeacherSpec) -> dict[str, Any]:
-    """The card's teacher spec: its checkpoint paths absolute (a recipe's relative paths
-    would resolve against wherever the student is later used)."""
+    """The card's teacher spec: its checkpoint paths and a tiny teacher's folder absolute (a
+    recipe's relative paths would resolve against wherever the student is later used)."""
     card = {k: v for k, v in dataclasses.asdict(spec).items() if v is not None}
-    for key in ("checkpoint", "tokenizer_checkpoint"):
+    for key in ("checkpoint", "tokenizer_checkpoint", "tiny_dir"):
         if key in card:
             card[key] = os.path.abspath(card[key])
     return card

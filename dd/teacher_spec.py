@@ -2,7 +2,9 @@
 
 Three ways to name a teacher (exactly one per spec):
 
-- a shipped tiny teacher: ``{tiny: llamagen-digits}`` -> ``teachers.tiny.load_tiny_teacher``;
+- a tiny teacher: ``{tiny: llamagen-digits}`` -> ``teachers.tiny.load_tiny_teacher``, a
+  shipped one (``teachers/weights``), or one ``dd train-teacher`` wrote into its own
+  ``--out`` folder: ``{tiny: llamagen-mydata, tiny_dir: my_teachers}``;
 - a family with official checkpoint files and a size preset:
   ``{family: llamagen, preset: L, checkpoint: c2i_L_256.pt, tokenizer_checkpoint:
   vq_ds16_c2i.pt}`` -> ``teachers.registry.load_family_teacher`` (presets listed there);
@@ -23,7 +25,7 @@ import torch
 
 from teachers.protocol import Teacher
 from teachers.registry import FAMILIES, FamilySpec, load_family_teacher
-from teachers.tiny.registry import known_tiny_teachers, load_tiny_teacher
+from teachers.tiny.registry import known_tiny_teachers, load_tiny_teacher, unknown_tiny_teacher
 
 FAMILY_FIELDS = ("preset", "tokenizer_preset", "checkpoint", "tokenizer_checkpoint")
 
@@ -33,8 +35,11 @@ class TeacherSpec:
     """A recipe's ``teacher`` section (see the module docstring for the three forms)."""
 
     tiny: str | None = None
-    """A shipped tiny teacher by name (an entry of tiny.json, e.g. llamagen-digits); alone, or
-    give family instead."""
+    """A tiny teacher by name (an entry of tiny.json, e.g. llamagen-digits); alone (with
+    tiny_dir), or give family instead."""
+    tiny_dir: str | None = None
+    """The folder holding the tiny teacher's tiny.json and weights (the --out folder of
+    dd train-teacher); null: the shipped teachers/weights. Only with tiny."""
     family: str | None = None
     """A family of official checkpoints: llamagen or var (``teachers.registry``)."""
     preset: str | None = None
@@ -58,6 +63,11 @@ class TeacherSpec:
                 "teacher: give exactly one of 'tiny' (a tiny teacher of tiny.json: "
                 f"{known_tiny_teachers()}) or 'family' ({list(FAMILIES)})"
             )
+        if self.tiny is None and self.tiny_dir is not None:
+            raise ValueError(
+                "teacher: 'tiny_dir' is the folder of a tiny teacher (with 'tiny'); "
+                f"a {self.family} teacher takes checkpoint files: remove it"
+            )
         if self.tiny is not None:
             others = [name for name in FAMILY_FIELDS if getattr(self, name) is not None]
             if others or self.official_args is not None:
@@ -65,8 +75,9 @@ class TeacherSpec:
                     "teacher: 'tiny' names a complete teacher; "
                     f"remove {others or ['official_args']}"
                 )
-            if self.tiny not in (known := known_tiny_teachers()):
-                raise ValueError(f"teacher: unknown tiny teacher {self.tiny!r}; known: {known}")
+            if self.tiny not in (known := known_tiny_teachers(self.tiny_dir)):
+                why = unknown_tiny_teacher(self.tiny, self.tiny_dir, known)
+                raise ValueError(f"teacher: {why}")
             return
         if self.family not in FAMILIES:
             raise ValueError(
@@ -97,5 +108,5 @@ class TeacherSpec:
 def load_teacher(spec: TeacherSpec, *, device: torch.device | str = "cpu") -> Teacher:
     """The frozen teacher a spec names, on ``device``."""
     if spec.tiny is not None:
-        return load_tiny_teacher(spec.tiny, device=device)
+        return load_tiny_teacher(spec.tiny, weights_dir=spec.tiny_dir, device=device)
     return load_family_teacher(spec.family_spec(), device=device)

@@ -1,5 +1,8 @@
 """Bundled digits and the class-folder loader (teachers/data.py)."""
 
+import hashlib
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -53,6 +56,46 @@ def test_random_shift_keeps_shape_and_background():
     border[:, :, 0, :] = 1
     moved = random_shift(border, 1, torch.Generator().manual_seed(1))
     assert set(moved.unique().tolist()) == {-1.0, 1.0}  # the fill is -1, never 0
+
+
+# The digits every shipped model was trained on, as load_digits_split("train") makes them: the
+# sha256 of the float32 images' bytes and of the int64 labels. Bilinear 2x up-sampling of grey
+# levels k/16 is exact in float32 (every weight a small power-of-two fraction), so these bytes
+# are the same on every machine; any change of the preprocessing (grey scale, interpolation,
+# split, value range) changes them, and with them what the shipped teachers' numbers mean.
+DIGITS_TRAIN_IMAGES_SHA256 = "f1d83b9f1d5245bbd79b76038195770329929e464000ed86ef20a347b91478d3"
+DIGITS_TRAIN_LABELS_SHA256 = "15ce1cf1e95014d4b4c0d89ae25c68f2cc65e8d3a736cec3707445d260e5bb09"
+
+
+def test_the_digits_the_shipped_models_were_trained_on_are_pinned():
+    train = load_digits_split("train")
+    images = train.images
+    # A few statistics first (they say what changed): grey levels 0..16 up-sampled bilinearly
+    # give every multiple of 1/256 in [0, 1], i.e. 257 values k/128 - 1 in [-1, 1] (nearest
+    # up-sampling: 17; a grey scale of 8 instead of 16: fewer, most pixels saturated).
+    assert torch.equal((images + 1) * 128, ((images + 1) * 128).round())
+    assert images.unique().numel() == 257
+    assert images.mean().item() == pytest.approx(-0.38913, abs=1e-4)
+    assert (images == -1).float().mean().item() == pytest.approx(0.29517, abs=1e-4)
+    assert (images == 1).float().mean().item() < 0.01
+    assert hashlib.sha256(images.numpy().tobytes()).hexdigest() == DIGITS_TRAIN_IMAGES_SHA256
+    assert hashlib.sha256(train.labels.numpy().tobytes()).hexdigest() == DIGITS_TRAIN_LABELS_SHA256
+
+
+def test_random_shift_draws_every_offset_in_both_directions():
+    """Each of the (2 max_shift + 1)^2 offsets about equally often: a shift drawn in
+    ``[0, max_shift]`` only (one-sided) kept the positions in range and varied, and passed."""
+    n = 900
+    images = -torch.ones(n, 3, 16, 16)
+    images[:, :, 8, 8] = 1
+    shifted = random_shift(images, 1, torch.Generator().manual_seed(0))
+    offsets = Counter(
+        tuple((position - 8).tolist()) for position in (shifted[:, 0] == 1).nonzero()[:, 1:]
+    )
+    assert sum(offsets.values()) == n
+    assert set(offsets) == {(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1)}
+    # Binomial(900, 1/9) counts: mean 100, standard deviation 9.4; within 5 of them.
+    assert all(abs(count - 100) <= 5 * 9.43 for count in offsets.values())
 
 
 def _write_png(path, value, size=(10, 12)):

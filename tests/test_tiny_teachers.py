@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +21,8 @@ from teachers.tiny import (
 )
 from teachers.tiny.presets import llamagen_tiny_configs, var_tiny_configs
 from teachers.tiny.registry import known_tiny_teachers
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
 # Few steps, small batches, no warm-up: each trainer must already lower its loss.
 QUICK = TrainSettings(
@@ -127,26 +130,151 @@ def test_var_trainers_lower_their_losses(digits_subset):
     assert _falls(var_record["losses"])
 
 
-def test_cli_trains_a_folder_teacher_that_loads_by_name(tmp_path):
+def _shapes(root):
+    """A tiny class-folder data set: two colours, four shades each."""
     from PIL import Image
 
-    data = tmp_path / "shapes"
     for name, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
-        (data / name).mkdir(parents=True)
+        (root / name).mkdir(parents=True)
         for i in range(4):
             Image.new("RGB", (16, 16), tuple(c // (i + 1) for c in colour)).save(
-                data / name / f"{i}.png"
+                root / name / f"{i}.png"
             )
-    out = tmp_path / "weights"
+    return root
+
+
+# Two steps of everything: a run of a few seconds that writes a complete teacher.
+MINIMAL_STEPS = ["--tokenizer-steps", "2", "--ar-steps", "2", "--ar-batch-size", "4"]
+MINIMAL_STEPS += ["--no-progress"]
+
+
+def _train_shapes(data, out, seed=0):
+    """``dd train-teacher`` of ``llamagen-<data folder>`` with ``MINIMAL_STEPS``."""
     argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir", str(data)]
-    argv += ["--tokenizer-steps", "2", "--ar-steps", "2", "--ar-batch-size", "4", "--no-progress"]
-    argv += ["--decoder-steps", "2"]
-    assert dd_main(argv) == 0
-    entry = json.loads((out / "tiny.json").read_text())["llamagen-shapes"]
+    assert dd_main([*argv, *MINIMAL_STEPS, "--decoder-steps", "2", "--seed", str(seed)]) == 0
+
+
+@pytest.fixture(scope="module")
+def own_teacher(tmp_path_factory):
+    """``llamagen-shapes``, trained by ``dd train-teacher`` (seed 0) into a folder of its own:
+    (the folder, the entry name)."""
+    root = tmp_path_factory.mktemp("own_teacher")
+    out = root / "weights"
+    _train_shapes(_shapes(root / "shapes"), out)
+    return out, "llamagen-shapes"
+
+
+def test_a_seed_reproduces_its_files_and_the_entry_records_the_flags(own_teacher, tmp_path):
+    """The same seed twice (in one process, the global RNG elsewhere in between) gives
+    byte-identical files, another seed other files; the entry records the seed and settings
+    the flags asked for; the weights are saved in float16 (what the shipped files hold)."""
+    from safetensors import safe_open
+
+    out, name = own_teacher
+    data = out.parent / "shapes"
+    torch.rand(7)  # moves the global RNG: module init must not depend on it
+    _train_shapes(data, tmp_path / "again")
+    _train_shapes(data, tmp_path / "other", seed=1)
+    files = read_metadata(out)[name]["files"].values()
+    for file in files:
+        assert (tmp_path / "again" / file).read_bytes() == (out / file).read_bytes(), file
+        assert (tmp_path / "other" / file).read_bytes() != (out / file).read_bytes(), file
+        with safe_open(str(out / file), "pt") as handle:
+            dtypes = {handle.get_tensor(key).dtype for key in handle.keys()}
+        assert dtypes <= {torch.float16, torch.int64} and torch.float16 in dtypes, file
+    entry = read_metadata(tmp_path / "other")[name]
+    assert entry["seed"] == 1 and "--seed 1 " in entry["command"]
+    asked = {"seed": 1, "tokenizer_steps": 2, "ar_steps": 2, "ar_batch_size": 4}
+    assert entry["settings"] == {**TrainSettings().to_dict(), **asked, "decoder_steps": 2}
+
+
+def _dry_run_settings(argv, capsys):
+    assert dd_main([*argv, "--dry-run"]) == 0
+    printed, _ = json.JSONDecoder().raw_decode(capsys.readouterr().out)
+    return printed["settings"]
+
+
+def test_the_family_defaults_and_the_flags_reach_the_settings(tmp_path, capsys):
+    """VAR trains on 32 images a batch (130 tokens each: about LlamaGen's 64 images' tokens),
+    the others on 64, unless --ar-batch-size says otherwise, as --help says (it pointed to
+    presets.py, which holds only the 64); every flag reaches the settings the run uses and
+    records."""
+    with pytest.raises(SystemExit):
+        dd_main(["train-teacher", "--help"])
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "(default 64; var 32)" in printed
+    assert "No resume:" in printed and "a rerun starts over" in printed  # nothing saved midway
+    base = ["train-teacher", "--out", str(tmp_path / "w"), "--family"]
+    for family, batch in (("llamagen", 64), ("var", 32), ("far", 64)):
+        assert _dry_run_settings([*base, family], capsys)["ar_batch_size"] == batch
+        flags = ["--seed", "5", "--tokenizer-steps", "3", "--ar-steps", "4"]
+        settings = _dry_run_settings([*base, family, *flags, "--ar-batch-size", "8"], capsys)
+        assert (settings["seed"], settings["ar_batch_size"]) == (5, 8)
+        assert (settings["tokenizer_steps"], settings["ar_steps"]) == (3, 4)
+
+
+def test_drop_labels_drops_at_the_given_rate():
+    """CFG training replaces a label by the null class with probability ``prob`` (0.1): an
+    inverted comparison dropped 90% of them and the trainers' losses still fell."""
+    from teachers.tiny.common import drop_labels
+    from teachers.tiny.presets import CLASS_DROPOUT
+
+    n, null = 20_000, 10
+    labels = torch.arange(n) % 10
+    dropped = drop_labels(labels, null, CLASS_DROPOUT, torch.Generator().manual_seed(0))
+    is_null = dropped == null
+    # Binomial(20000, 0.1): mean 2000, standard deviation 42.4; within 5 of them.
+    assert abs(int(is_null.sum()) - n * CLASS_DROPOUT) <= 5 * (n * 0.1 * 0.9) ** 0.5
+    assert torch.equal(dropped[~is_null], labels[~is_null])
+    generator = torch.Generator().manual_seed(1)
+    assert torch.equal(drop_labels(labels, null, 0.0, generator), labels)
+    assert (drop_labels(labels, null, 1.0, generator) == null).all()
+
+
+def test_cli_trains_a_folder_teacher_that_loads_by_name(own_teacher):
+    out, name = own_teacher
+    entry = json.loads((out / "tiny.json").read_text())[name]
     assert "--data-dir" in entry["command"] and entry["record"]["wall_seconds"] > 0
     assert "--decoder-steps 2" in entry["command"] and "decoder" in entry["record"]
-    teacher = load_tiny_teacher("llamagen-shapes", weights_dir=out)
+    teacher = load_tiny_teacher(name, weights_dir=out)
     assert teacher.num_classes == 2 and isinstance(teacher, Teacher)
+
+
+def test_a_teacher_of_another_folder_is_named_with_tiny_dir(own_teacher, tmp_path, monkeypatch):
+    """A teacher dd train-teacher wrote into its own --out could not be named in a recipe:
+    ``teacher: {tiny: ...}`` looked in the shipped teachers/weights only, so dd generate,
+    train, eval and sample refused it ("unknown tiny teacher"). ``tiny_dir`` names the
+    folder; a student's card keeps it (absolute), so the student loads from anywhere."""
+    from dd.checkpoint import load_student, read_card, save_student
+    from dd.student import DDStudent
+    from dd.teacher_spec import TeacherSpec, load_teacher
+
+    out, name = own_teacher
+    with pytest.raises(ValueError, match=r"unknown tiny teacher 'llamagen-shapes'.*tiny_dir"):
+        TeacherSpec(tiny=name)  # the shipped folder: the error says where else to look
+    with pytest.raises(ValueError, match=r"in .*; known there: \['llamagen-shapes'\]"):
+        TeacherSpec(tiny="llamagen-digits", tiny_dir=str(out))
+    with pytest.raises(ValueError, match="holds no tiny teacher"):
+        TeacherSpec(tiny=name, tiny_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="'tiny_dir' is the folder of a tiny teacher"):
+        TeacherSpec(family="llamagen", checkpoint="a", tokenizer_checkpoint="b", tiny_dir="x")
+    monkeypatch.chdir(out.parent)
+    spec = TeacherSpec(tiny=name, tiny_dir=out.name)  # relative to the working directory
+    teacher = load_teacher(spec)
+    fingerprint = load_tiny_teacher(name, weights_dir=out).fingerprint()
+    assert teacher.num_classes == 2 and teacher.fingerprint() == fingerprint
+    student = DDStudent(teacher, (0, 20), 64)
+    folder = save_student(student, tmp_path / "student", spec)
+    assert read_card(folder)["teacher"] == {"tiny": name, "tiny_dir": str(out)}
+    monkeypatch.chdir(tmp_path)
+    assert load_student(folder).teacher.fingerprint() == fingerprint
+    argv = ["generate", "--recipe", str(RECIPES / "generate_tiny_llamagen.yaml")]
+    argv += ["--teacher.tiny", name, "--teacher.tiny_dir", str(out), "--pairs.num_pairs", "2"]
+    argv += ["--output.shard_size", "2", "--run.batch_size", "2", "--run.progress_bar", "false"]
+    assert dd_main([*argv, "--output.folder", str(tmp_path / "pairs")]) == 0
+    manifest = json.loads((tmp_path / "pairs" / "manifest.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["teacher"]["fingerprint"] == fingerprint
 
 
 def test_cli_refuses_counts_that_train_nothing_and_a_folder_named_digits(tmp_path, capsys):
@@ -179,6 +307,22 @@ def test_cli_refuses_a_thread_count_below_one(tmp_path, capsys):
         with pytest.raises(SystemExit):
             dd_main([*base, "--threads", value])
         assert f"--threads: must be an integer >= 1, got {value}" in capsys.readouterr().err
+
+
+def test_cli_refuses_a_seed_the_trainers_cannot_use(tmp_path, capsys):
+    """``--seed 18446744073709551615`` (2**64 - 1) trained the tokenizer, then ended in a
+    traceback at ``seed + 2``: refused by argparse now, while the largest seed accepted trains
+    (LlamaGen adds the largest offset, + 3)."""
+    from teachers.tiny.common import MAX_SEED
+
+    base = ["train-teacher", "--family", "llamagen", "--out", str(tmp_path / "w"), "--dry-run"]
+    for value in (str(2**64 - 1), str(MAX_SEED + 1), "-1"):
+        with pytest.raises(SystemExit):
+            dd_main([*base, "--seed", value])
+        err = capsys.readouterr().err
+        assert err.endswith(f"--seed: must be an integer in [0, {MAX_SEED}], got {value}\n")
+    _train_shapes(_shapes(tmp_path / "shapes"), tmp_path / "w", seed=MAX_SEED)
+    assert read_metadata(tmp_path / "w")["llamagen-shapes"]["seed"] == MAX_SEED
 
 
 def test_cli_reports_a_missing_data_folder_in_one_line(tmp_path, capsys):
@@ -233,6 +377,44 @@ def test_cli_checks_out_before_training(tmp_path, capsys, monkeypatch):
         err = capsys.readouterr().err
         assert err.startswith(f"dd train-teacher: --out {out}") and err.count("\n") == 1
     assert a_file.read_text() == ""
+    # The dry run refuses what the real run would (it passed --out afile/sub), makes nothing.
+    for out in (a_file, a_file / "weights", a_file / "weights" / "deeper"):
+        assert dd_main([*argv, "--out", str(out), "--dry-run"]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd train-teacher: --out {out}") and err.count("\n") == 1
+    assert dd_main([*argv, "--out", str(tmp_path / "new" / "weights"), "--dry-run"]) == 0
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_broken_tiny_json_is_refused_before_training(tmp_path, capsys, monkeypatch):
+    """A folder named tiny.json in --out trained the whole run, then failed writing it
+    (IsADirectoryError traceback); '{bad' said "Expecting property name ..." without naming
+    the file; '[]' ended in an AttributeError traceback. Each is one line naming the file,
+    before training; loading from such a folder names it too."""
+    import teachers.tiny.train_classifier as train_classifier
+
+    def trained(*args, **kwargs):
+        raise AssertionError("trained before tiny.json was read")
+
+    monkeypatch.setattr(train_classifier, "train_classifier", trained)
+    argv = ["train-teacher", "--family", "classifier", "--classifier-steps", "2", "--no-progress"]
+    for index, (content, why) in enumerate(
+        (
+            (None, " is not a file"),
+            ("{bad", " is not valid JSON: Expecting property name"),
+            ("[]", " holds a JSON list, not an object of entries"),
+            ('{"far-x": 1}', ": entry 'far-x' is not a JSON object"),
+        )
+    ):
+        out = tmp_path / f"w{index}"
+        out.mkdir()
+        path = out / "tiny.json"
+        path.mkdir() if content is None else path.write_text(content)
+        assert dd_main([*argv, "--out", str(out)]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd train-teacher: {path}{why}") and err.count("\n") == 1
+        with pytest.raises(ValueError, match=str(path)):
+            load_tiny_teacher("far-x", weights_dir=out)
 
 
 def _class_folders(root, classes=("a", "b")):
@@ -250,6 +432,40 @@ def _untrained_llamagen(train, gpt_config, vq_config, settings, **kwargs):
     from teachers.llamagen import GPT, VQModel
 
     return GPT(gpt_config), VQModel(vq_config), {}
+
+
+def _untrained_var(train, var_config, vae_config, settings, **kwargs):
+    from teachers.var import VAR, VQVAE
+
+    return VAR(var_config), VQVAE(vae_config), {}
+
+
+def _untrained_far(train, far_config, ae_config, settings, shortcut, **kwargs):
+    from teachers.far.autoencoder import Autoencoder
+    from teachers.far.model import FARCausal
+
+    return FARCausal(far_config), Autoencoder(ae_config), {}
+
+
+def test_an_entry_records_the_settings_its_family_uses(tmp_path, capsys, monkeypatch):
+    """VAR and FAR entries recorded ``decoder_steps``, a LlamaGen-only setting the CLI refuses
+    for them (the shipped VAR and FAR entries do not have it). Every family's entry records the
+    settings the shipped entry of that family records, and the dry run prints them."""
+    import teachers.tiny.train_far as train_far
+    import teachers.tiny.train_llamagen as train_llamagen
+    import teachers.tiny.train_var as train_var
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    monkeypatch.setattr(train_var, "train_var", _untrained_var)
+    monkeypatch.setattr(train_far, "train_far", _untrained_far)
+    data, out = _class_folders(tmp_path / "mine"), tmp_path / "weights"
+    shipped = read_metadata()
+    for family in ("llamagen", "var", "far"):
+        argv = ["train-teacher", "--family", family, "--out", str(out), "--data-dir", str(data)]
+        assert dd_main([*argv, "--no-progress"]) == 0
+        recorded = read_metadata(out)[f"{family}-mine"]["settings"]
+        assert list(recorded) == list(shipped[f"{family}-digits"]["settings"]), family
+        assert _dry_run_settings(argv, capsys) == recorded, family
 
 
 def test_cli_names_map_to_their_own_files(tmp_path, capsys, monkeypatch):
@@ -271,6 +487,100 @@ def test_cli_names_map_to_their_own_files(tmp_path, capsys, monkeypatch):
     assert metadata["llamagen-my-set"]["files"]["gpt"] == "llamagen_my_set_gpt.safetensors"
     assert load_tiny_teacher("llamagen-my-set", weights_dir=out).num_classes == 2
     assert load_tiny_teacher("llamagen-my_set", weights_dir=out).num_classes == 3
+
+
+def _listing(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+def test_an_interrupted_retrain_leaves_the_old_teacher_whole(tmp_path, monkeypatch):
+    """The weight files were saved straight into --out one after another, the entry last: a
+    re-train killed after the first file left the new GPT beside the old VQ under the old
+    entry, and that mix loaded without a word. Now nothing of the run is in place until all
+    its files are written (staging folder, then renames), and an interruption between the
+    renames leaves no entry rather than a mixed one."""
+    import teachers.tiny.cli as cli
+    import teachers.tiny.train_llamagen as train_llamagen
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--no-progress"]
+    argv += ["--data-dir", str(_class_folders(tmp_path / "mine"))]
+    assert dd_main(argv) == 0
+    before = _listing(out)
+    fingerprint = load_tiny_teacher("llamagen-mine", weights_dir=out).fingerprint()
+    saved = []
+
+    def save_then_die(module, path, **kwargs):
+        if saved:
+            raise KeyboardInterrupt  # killed while saving the second file
+        saved.append(path)
+        return cli_save(module, path, **kwargs)
+
+    cli_save = cli.save_weights
+    monkeypatch.setattr(cli, "save_weights", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        dd_main([*argv, "--seed", "1"])
+    assert saved and _listing(out) == before  # the old files and entry, nothing new
+    assert sorted(p.name for p in out.iterdir()) == sorted(before)  # no staging folder left
+    assert load_tiny_teacher("llamagen-mine", weights_dir=out).fingerprint() == fingerprint
+    monkeypatch.setattr(cli, "save_weights", cli_save)
+    replace = cli.os.replace
+    renamed = []
+
+    def rename_then_die(source, target):
+        if renamed:
+            raise KeyboardInterrupt  # killed between the renames
+        renamed.append(target)
+        replace(source, target)
+
+    monkeypatch.setattr(cli.os, "replace", rename_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        dd_main([*argv, "--seed", "1"])
+    monkeypatch.setattr(cli.os, "replace", replace)
+    assert renamed and _listing(out)[renamed[0].name] != before[renamed[0].name]
+    with pytest.raises(ValueError, match="unknown tiny teacher 'llamagen-mine'"):
+        load_tiny_teacher("llamagen-mine", weights_dir=out)
+
+
+def test_files_of_another_run_under_an_entry_are_refused(tmp_path, monkeypatch):
+    """An entry records the sha256 of its files; a file another run wrote under it (two runs
+    into one --out, a copy) is refused in one line naming the file and the command. The
+    shipped entries (written before) record none and load as before."""
+    import shutil
+
+    import teachers.tiny.train_classifier as train_classifier
+    import teachers.tiny.train_llamagen as train_llamagen
+    from dd.metrics.digits import ClassifierConfig, DigitsClassifier, load_classifier
+
+    monkeypatch.setattr(train_llamagen, "train_llamagen", _untrained_llamagen)
+    monkeypatch.setattr(
+        train_classifier,
+        "train_classifier",
+        lambda train, **kwargs: (DigitsClassifier(ClassifierConfig(num_classes=2)), [0.0]),
+    )
+    data = _class_folders(tmp_path / "mine")
+    outs = {seed: tmp_path / f"weights{seed}" for seed in (0, 1)}
+    for family in ("llamagen", "classifier"):
+        for seed, out in outs.items():
+            argv = ["train-teacher", "--family", family, "--out", str(out), "--data-dir", str(data)]
+            assert dd_main([*argv, "--seed", str(seed), "--no-progress"]) == 0
+    entry = read_metadata(outs[0])["llamagen-mine"]
+    assert set(entry["sha256"]) == {"gpt", "vq"}
+    load_tiny_teacher("llamagen-mine", weights_dir=outs[0])
+    gpt = entry["files"]["gpt"]
+    shutil.copy(outs[1] / gpt, outs[0] / gpt)  # the other run's GPT beside this run's VQ
+    with pytest.raises(ValueError) as error:
+        load_tiny_teacher("llamagen-mine", weights_dir=outs[0])
+    message = str(error.value)
+    assert message.startswith(f"{outs[0] / gpt} is not the file it records") and "\n" not in message
+    assert message.endswith(f"re-run its command: {entry['command']}")
+    classifier = outs[0] / "classifier-mine.safetensors"
+    load_classifier(classifier)
+    shutil.copy(outs[1] / classifier.name, classifier)
+    with pytest.raises(ValueError, match="classifier-mine.safetensors is not the file"):
+        load_classifier(classifier)
+    assert all("sha256" not in entry for entry in read_metadata().values())
 
 
 def test_cli_names_the_entry_after_the_resolved_folder(tmp_path, capsys, monkeypatch):

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from teachers.checkpoint import load_strict, read_state_dict
-from teachers.shipped import METADATA_FILE, WEIGHTS_DIR, read_metadata
+from teachers.shipped import METADATA_FILE, WEIGHTS_DIR, check_entry_files, read_metadata
 
 CLASSIFIER_FILE = "digits_classifier.safetensors"
 CLASSIFIER_NAME = "digits-classifier"
@@ -146,8 +146,8 @@ def load_classifier(path: str | Path | None = None) -> DigitsClassifier:
     path = Path(path) if path is not None else classifier_path()
     metadata = read_metadata(path.parent)
     named = [
-        entry
-        for entry in metadata.values()
+        (name, entry)
+        for name, entry in metadata.items()
         if entry.get("family") == "classifier" and entry["files"]["classifier"] == path.name
     ]
     if not named:
@@ -155,7 +155,8 @@ def load_classifier(path: str | Path | None = None) -> DigitsClassifier:
             f"no classifier entry for {path.name} in {path.parent / METADATA_FILE}: train it "
             "with `dd train-teacher --family classifier --out DIR`"
         )
-    entry = named[0]
+    name, entry = named[0]
+    check_entry_files(name, entry, path.parent)  # the file of another run under this entry
     model = DigitsClassifier(ClassifierConfig(**entry["configs"]["classifier"]))
     state = {k: v.float() for k, v in read_state_dict(path).items()}
     load_strict(model, state, source=str(path))

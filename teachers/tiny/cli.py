@@ -6,12 +6,16 @@
     dd train-teacher --family far --out teachers/weights --seed 0 [--head flow]
 
 Writes the weights as safetensors into ``--out`` and records configs, the command, the seed,
-the losses, the wall time and the peak RSS in ``<out>/tiny.json`` (the entry
-``load_tiny_teacher`` reads). ``--data-dir`` trains on a class-folder data set instead
-(``root/<class>/<image>``; written under ``<family>-<folder name>``, the resolved folder's
-name). A run whose entry name or files belong to another entry of ``--out`` (another data
-set, family or head) is refused before it trains; re-training an entry from the same data
-replaces it.
+the losses, the wall time, the peak RSS and each file's sha256 in ``<out>/tiny.json`` (the
+entry ``load_tiny_teacher`` reads, which checks the sha256). Nothing is written until the run
+has trained; the files then go through a staging folder and the entry comes last
+(``install``), so an interrupted run never leaves new files under the old entry.
+``--data-dir`` trains on a class-folder data set instead (``root/<class>/<image>``; written
+under ``<family>-<folder name>``, the resolved folder's name). A run whose entry name or files
+belong to another entry of ``--out`` (another data set, family or head) is refused before it
+trains; re-training an entry from the same data replaces it. A recipe names a teacher of
+another ``--out`` than ``teachers/weights`` with ``teacher: {tiny: <entry>, tiny_dir: <out>}``
+(``load_tiny_teacher(name, weights_dir=out)``).
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import json
 import logging
 import os
 import platform
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,8 +37,8 @@ import torch
 from dd.metrics.digits import CLASSIFIER_FILE, CLASSIFIER_NAME, class_accuracy
 from teachers.data import DIGITS_DATA_NAME, ImageSet, load_digits_split, load_image_folder
 from teachers.far.config import HEAD_KINDS, ShortcutSettings
-from teachers.shipped import read_metadata, write_metadata_entry
-from teachers.tiny.common import peak_rss_mb, save_weights
+from teachers.shipped import file_sha256, read_metadata, write_metadata_entry
+from teachers.tiny.common import MAX_SEED, peak_rss_mb, save_weights
 from teachers.tiny.presets import (
     TrainSettings,
     far_tiny_configs,
@@ -57,10 +63,28 @@ def positive_int(text: str) -> int:
     return value
 
 
+def seed_int(text: str) -> int:
+    """An argparse type: a seed the trainers can use, ``0 .. MAX_SEED`` (they seed torch with
+    ``--seed`` plus small offsets, which must stay below 2**64: 2**64 - 1 trained the tokenizer,
+    then ended in a traceback)."""
+    value = int(text)
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be an integer in [0, {MAX_SEED}], got {value}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = (
+        "No resume: a run writes nothing until it has trained, so a run stopped before its end "
+        "loses its work and a rerun starts over (the shipped var-digits run: 26 min wall on a "
+        "shared machine). Stopped at any point, it never leaves new weight files under the old "
+        "tiny.json entry."
+    )
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--out", required=True, type=Path, help="folder for weights + tiny.json")
-    parser.add_argument("--seed", type=int, default=_DEFAULTS.seed)
+    parser.add_argument(
+        "--seed", type=seed_int, default=_DEFAULTS.seed, help=f"0 .. {MAX_SEED} (default 0)"
+    )
     parser.add_argument(
         "--tokenizer-steps",
         type=positive_int,
@@ -84,7 +108,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ar-batch-size",
         type=positive_int,
         default=None,
-        help="not classifier (default: per family, see presets.py)",
+        help=f"not classifier (default {_DEFAULTS.ar_batch_size}; var {VAR_AR_BATCH_SIZE})",
     )
     parser.add_argument(
         "--classifier-steps", type=positive_int, default=None, help="classifier only"
@@ -177,11 +201,17 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def prepare_out(out: Path, *, create: bool) -> None:
-    """Check that ``--out`` is (or can be made) a writable folder, and make it unless a dry run:
-    before any training, as a file there ended the whole run in ``FileExistsError`` at the
-    first save."""
+    """Check that ``--out`` is (or can be made) a writable folder, and make it unless a dry run
+    (which checks that its nearest existing parent is a writable folder): before any training,
+    as a file there ended the whole run in ``FileExistsError`` at the first save."""
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder: give a folder for the weights")
+    if not create and not out.exists():  # the dry run: could the real run make it?
+        parent = next(p for p in out.absolute().parents if p.exists())
+        if not parent.is_dir():
+            raise ValueError(f"--out {out}: cannot make the folder ({parent} is a file)")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            raise ValueError(f"--out {out}: cannot make the folder ({parent} is not writable)")
     if create:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -292,8 +322,9 @@ def _environment(args: argparse.Namespace) -> dict:
     }
 
 
-def _train_far(args, settings, train, heldout, progress, out, files, entry):
-    """The FAR branch of ``run``: tokenizer + FAR-Causal with the ``--head`` head."""
+def _train_far(args, settings, train, heldout, progress, entry) -> dict[str, torch.nn.Module]:
+    """The FAR branch of ``run``: tokenizer + FAR-Causal with the ``--head`` head; the modules
+    to save by file key."""
     from teachers.tiny.train_far import far_settings_record, train_far
 
     far_config, ae_config = far_tiny_configs(train.num_classes, head_kind=args.head)
@@ -301,8 +332,6 @@ def _train_far(args, settings, train, heldout, progress, out, files, entry):
     model, autoencoder, record = train_far(
         train, far_config, ae_config, settings, shortcut, heldout=heldout, progress=progress
     )
-    save_weights(model, out / files["model"])
-    save_weights(autoencoder, out / files["autoencoder"])
     entry["configs"] = {
         "model": dataclasses.asdict(far_config),
         "autoencoder": dataclasses.asdict(ae_config),
@@ -311,6 +340,27 @@ def _train_far(args, settings, train, heldout, progress, out, files, entry):
     entry["record"] = {
         part: {"final_loss": _tail(rec.pop("losses")), **rec} for part, rec in record.items()
     }
+    return {"model": model, "autoencoder": autoencoder}
+
+
+def install(out: Path, name: str, files: dict[str, str], modules: dict, entry: dict) -> Path:
+    """Write a run's weight files and ``tiny.json`` entry into ``out`` so that no interruption
+    leaves new and old files under one entry (a re-train killed between two saves left the new
+    GPT beside the old VQ under the old entry, which loaded without a word): the files are
+    saved into a staging folder inside ``out`` (hidden, removed afterwards), their sha256
+    recorded in the entry (``load_tiny_teacher`` checks them), the old entry removed, the files
+    renamed into place and the new entry written last. Returns the path of ``tiny.json``."""
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".{name}.", suffix=".partial"))
+    try:
+        for key, module in modules.items():
+            save_weights(module, staging / files[key])
+        entry["sha256"] = {key: file_sha256(staging / files[key]) for key in modules}
+        write_metadata_entry(name, None, out)  # killed below: no entry, never a mixed one
+        for key in modules:
+            os.replace(staging / files[key], out / files[key])
+        return write_metadata_entry(name, entry, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _dry_run(
@@ -321,16 +371,22 @@ def _dry_run(
     name: str,
     files: dict,
 ) -> int:
-    """Print what ``run`` would train: the data, the settings the family uses and its configs
-    for the data's classes (the classifier uses its step count and seed only)."""
+    """Print what ``run`` would train: the data, the settings the family uses (as its entry
+    records them) and its configs for the data's classes (the classifier uses its step count
+    and seed only)."""
     num_classes = train.num_classes
     if args.family == "classifier":
         from teachers.tiny.train_classifier import CLASSIFIER_STEPS
 
         steps = CLASSIFIER_STEPS if args.classifier_steps is None else args.classifier_steps
         used, configs = {"classifier_steps": steps, "seed": args.seed}, ()
+    elif args.family == "far":
+        from teachers.tiny.train_far import far_settings_record
+
+        used = far_settings_record(settings, ShortcutSettings())
     else:
-        used = settings.to_dict()
+        used = settings.record(args.family)
+    if args.family != "classifier":
         configs = {
             "llamagen": llamagen_tiny_configs,
             "var": var_tiny_configs,
@@ -390,9 +446,9 @@ def run(args: argparse.Namespace) -> int:
             entry["record"]["heldout_accuracy"] = class_accuracy(
                 heldout.images_01(), heldout.labels, model
             )
-        save_weights(model, out / files["classifier"])
+        modules = {"classifier": model}
     elif args.family == "far":
-        _train_far(args, settings, train, heldout, progress, out, files, entry)
+        modules = _train_far(args, settings, train, heldout, progress, entry)
     else:
         if args.family == "llamagen":
             from teachers.tiny.train_llamagen import train_llamagen
@@ -412,15 +468,13 @@ def run(args: argparse.Namespace) -> int:
             )
             configs = {"var": dataclasses.asdict(var_config), "vae": dataclasses.asdict(vae_config)}
             modules = {"var": ar, "vae": tokenizer}
-        for key, module in modules.items():
-            save_weights(module, out / files[key])
         entry["configs"] = configs
-        entry["settings"] = settings.to_dict()
+        entry["settings"] = settings.record(args.family)
         entry["record"] = {
             part: {"final_loss": _tail(rec.pop("losses")), **rec} for part, rec in record.items()
         }
     entry["record"]["wall_seconds"] = round(time.perf_counter() - start, 1)
     entry["record"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
-    path = write_metadata_entry(name, entry, out)
+    path = install(out, name, files, modules, entry)
     log.info("%s: wrote %s (%s)", name, path, json.dumps(entry["record"]))
     return 0

@@ -20,6 +20,10 @@ from teachers.tiny.presets import TrainSettings
 
 SHIPPED_DTYPE = torch.float16  # shipped weights: half the bytes; loaders cast back to float32
 RESTART_NOISE = 0.01  # relative noise on restarted codes, so two restarts never coincide
+# The trainers seed torch with the run's seed plus offsets up to this (train_llamagen's decoder
+# refit: seed + 3); torch takes seeds below 2**64, so a run's seed is at most MAX_SEED.
+MAX_SEED_OFFSET = 3
+MAX_SEED = 2**64 - 1 - MAX_SEED_OFFSET
 
 
 def warmup_cosine(step: int, total_steps: int, warmup_steps: int) -> float:

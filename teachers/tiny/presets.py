@@ -101,6 +101,24 @@ class TrainSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def record(self, family: str) -> dict:
+        """The settings a ``family`` run uses, as its ``tiny.json`` entry records them: without
+        those of other families (``FAMILY_ONLY_SETTINGS``), which it ignores."""
+        return {
+            key: value
+            for key, value in self.to_dict().items()
+            if family in FAMILY_ONLY_SETTINGS.get(key, (family,))
+        }
+
+
+# Settings only some families use (the others' entries leave them out): LlamaGen's decoder
+# refit; the VQ codebook's commitment and dead-code restarts (FAR's tokenizer is continuous).
+FAMILY_ONLY_SETTINGS: dict[str, tuple[str, ...]] = {
+    "decoder_steps": ("llamagen",),
+    "commitment_beta": ("llamagen", "var"),
+    "dead_code_every": ("llamagen", "var"),
+}
+
 
 def far_tiny_configs(
     num_classes: int = DIGITS_NUM_CLASSES, *, head_kind: str = "shortcut"

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from teachers.protocol import SamplingConfig, Teacher
-from teachers.shipped import WEIGHTS_DIR, read_metadata
+from teachers.shipped import WEIGHTS_DIR, check_entry_files, read_metadata
 
 TINY_TEACHERS = ("llamagen-digits", "var-digits")
 # Continuous-token teachers (teachers.protocol.ContinuousTeacher): FAR with the shortcut head,
@@ -46,8 +46,9 @@ def tiny_sampling(name: str) -> SamplingConfig:
 
 
 def known_tiny_teachers(weights_dir: str | Path | None = None) -> list[str]:
-    """The teachers ``load_tiny_teacher`` can load: the entries of ``tiny.json`` of a teacher
-    family, the shipped ones and any ``dd train-teacher`` wrote there."""
+    """The teachers ``load_tiny_teacher`` can load from ``weights_dir`` (default: the shipped
+    ``teachers/weights``): the teacher entries of its ``tiny.json``, the shipped ones and any
+    ``dd train-teacher`` wrote there."""
     return _teacher_names(read_metadata(weights_dir))
 
 
@@ -55,20 +56,38 @@ def _teacher_names(metadata: dict) -> list[str]:
     return sorted(name for name, entry in metadata.items() if entry.get("family") in TINY_FAMILIES)
 
 
+def unknown_tiny_teacher(name: str, weights_dir: str | Path | None, known: list[str]) -> str:
+    """Why ``name`` is not a tiny teacher of ``weights_dir``: the names that folder holds, or
+    that it holds none; for the shipped folder, where a teacher trained elsewhere is named."""
+    if weights_dir is None or Path(weights_dir).resolve() == WEIGHTS_DIR:
+        return (
+            f"unknown tiny teacher {name!r}; known: {known} (the shipped teachers/weights; for "
+            "a teacher dd train-teacher wrote into another --out folder, give that folder: "
+            "teacher.tiny_dir)"
+        )
+    if not known:
+        held = "does not exist" if not Path(weights_dir).exists() else "holds no tiny teacher"
+        return (
+            f"unknown tiny teacher {name!r}: {weights_dir} {held} (tiny_dir is the --out "
+            "folder of dd train-teacher, holding its tiny.json)"
+        )
+    return f"unknown tiny teacher {name!r} in {weights_dir}; known there: {known}"
+
+
 def load_tiny_teacher(
     name: str, *, weights_dir: str | Path | None = None, device: torch.device | str = "cpu"
 ) -> Teacher:
-    """A shipped tiny teacher (``"llamagen-digits"``, ``"var-digits"``, or the continuous-token
-    ``"far-digits"`` / ``"far-digits-flow"``), frozen, eval mode."""
-    weights_dir = Path(weights_dir or WEIGHTS_DIR)
+    """A tiny teacher of ``weights_dir``'s ``tiny.json`` (default: the shipped
+    ``teachers/weights``: ``"llamagen-digits"``, ``"var-digits"``, or the continuous-token
+    ``"far-digits"`` / ``"far-digits-flow"``), frozen, eval mode. Files other than those the
+    entry's ``sha256`` records (if it has any) are refused (``check_entry_files``)."""
     metadata = read_metadata(weights_dir)
     known = _teacher_names(metadata)  # tiny.json read once
     if name not in known:
-        raise ValueError(
-            f"unknown tiny teacher {name!r}; known: {known or list(TINY_TEACHERS)}"
-            + ("" if known else f" (none trained yet in {weights_dir})")
-        )
+        raise ValueError(unknown_tiny_teacher(name, weights_dir, known))
+    weights_dir = Path(weights_dir or WEIGHTS_DIR)
     entry = metadata[name]
+    check_entry_files(name, entry, weights_dir)  # files of another run under this entry
     files, configs = entry["files"], entry["configs"]
     if entry["family"] == "llamagen":
         from teachers.llamagen import GPTConfig, VQConfig, load_llamagen_teacher
@@ -105,6 +124,6 @@ def tiny_teacher_data(name: str, *, weights_dir: str | Path | None = None) -> st
     """The data set a tiny teacher was trained on (its ``tiny.json`` entry's ``data``: the
     digits for the shipped ones, a ``--data-dir`` folder's name for ``dd train-teacher``'s)."""
     metadata = read_metadata(weights_dir)
-    if name not in _teacher_names(metadata):
-        raise ValueError(f"unknown tiny teacher {name!r}; known: {_teacher_names(metadata)}")
+    if name not in (known := _teacher_names(metadata)):
+        raise ValueError(unknown_tiny_teacher(name, weights_dir, known))
     return metadata[name]["data"]

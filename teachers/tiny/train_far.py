@@ -40,12 +40,12 @@ ENCODE_BATCH = 512
 EMA_WARMUP = 10  # EMA decay min(ema_decay, (1 + k) / (EMA_WARMUP + k)) at step k
 LOG_EVERY = 50
 HELDOUT_SEED = 12345  # fixed noise and times for the held-out flow-matching loss
-# FAR's settings that do not apply to a continuous tokenizer (recorded settings leave them out).
-VQ_ONLY_SETTINGS = ("commitment_beta", "dead_code_every")
 
 
 def far_settings_record(settings: TrainSettings, shortcut: ShortcutSettings) -> dict:
-    record = {k: v for k, v in settings.to_dict().items() if k not in VQ_ONLY_SETTINGS}
+    """FAR's settings as its entry records them: not those of the VQ tokenizers or LlamaGen's
+    decoder refit (``TrainSettings.record``), plus the decoder noise and the shortcut's."""
+    record = settings.record("far")
     record["decoder_latent_noise"] = DECODER_LATENT_NOISE
     record["shortcut"] = shortcut.to_dict()
     return record

@@ -259,14 +259,16 @@ def build_setup(
             token_table = token_table_from_pairs(pairs, teacher)
     elif student is not None:  # the settings of its pairs (recorded, or the tiny teacher's)
         sampling = student.teacher_sampling
-    else:
+    elif teacher_spec.tiny_dir is None:  # the shipped tiny teachers' tuned settings
         sampling = TINY_SAMPLING.get(teacher_spec.tiny)
     samplers = Samplers(
         teacher, sampling or teacher.default_sampling(), student, token_table, token_pool,
         precision,
     )  # fmt: skip
     name = teacher_spec.tiny or teacher_spec.family
-    data = None if teacher_spec.tiny is None else tiny_teacher_data(teacher_spec.tiny)
+    data = None
+    if teacher_spec.tiny is not None:  # a teacher of another --out folder too (tiny_dir)
+        data = tiny_teacher_data(teacher_spec.tiny, weights_dir=teacher_spec.tiny_dir)
     return Setup(samplers, name, preset_key_of(teacher_spec), data)
 
 

@@ -275,6 +275,14 @@ def test_a_teacher_of_another_folder_is_named_with_tiny_dir(own_teacher, tmp_pat
     manifest = json.loads((tmp_path / "pairs" / "manifest.json").read_text())
     assert manifest["status"] == "complete"
     assert manifest["teacher"]["fingerprint"] == fingerprint
+    # dd sample (and dd eval, the same setup) looked the teacher's data up in the shipped folder
+    argv = ["sample", "--student", str(folder), "--methods", "[teacher, 'dd:1']"]
+    argv += ["--labels", "[0, 1]", "--output", str(tmp_path / "samples")]
+    assert dd_main(argv) == 0
+    assert sorted(p.name for p in (tmp_path / "samples" / "teacher").iterdir()) == [
+        "0000_class0.png",
+        "0001_class1.png",
+    ]
 
 
 def test_cli_refuses_counts_that_train_nothing_and_a_folder_named_digits(tmp_path, capsys):

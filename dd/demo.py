@@ -295,10 +295,14 @@ def demo_train_recipe(name: str, settings: DemoSettings, pairs: Path):
 def student_folder(name: str, settings: DemoSettings, recipe, output: Path) -> Path:
     """The run folder of a demo student, named by a digest of its whole training recipe
     (``demo_train_recipe``): a finished student is reused only for the same training, and
-    other settings get their own folder."""
+    other settings get their own folder. The digest reads the pair folder relative to
+    ``output``: how ``--output`` is spelled (relative, absolute, ``x/../x``) or where the
+    output folder has moved does not rename the student (it retrained into a second folder)."""
     from dd.config import dump_yaml
 
-    digest = hashlib.sha256(dump_yaml(recipe).encode()).hexdigest()
+    pairs = os.path.relpath(Path(recipe.pairs.folder).resolve(), Path(output).resolve())
+    named = dataclasses.replace(recipe, pairs=dataclasses.replace(recipe.pairs, folder=pairs))
+    digest = hashlib.sha256(dump_yaml(named).encode()).hexdigest()
     return output / "students" / f"{name}-{settings.num_pairs}-{settings.train_steps}-{digest[:8]}"
 
 

@@ -900,17 +900,22 @@ def test_image_size_option_is_refused_where_it_means_nothing(capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):
-    """A finished demo student is reused by folder: only the same training may find it."""
-    pairs = tmp_path / "pairs"
+def test_demo_students_of_other_training_settings_get_other_folders(tmp_path, monkeypatch):
+    """A finished demo student is reused by folder: only the same training may find it, and
+    however ``--output`` is spelled or wherever the output folder has moved (a relative and
+    an absolute spelling trained the same student into two folders)."""
 
-    def folder_of(settings):
+    def folder_of(settings, output=tmp_path):
+        pairs = Path(output) / "pairs" / f"llamagen-digits-{settings.num_pairs}"  # make_pairs'
         recipe = demo_train_recipe("llamagen-digits", settings, pairs)
-        return student_folder("llamagen-digits", settings, recipe, tmp_path)
+        return student_folder("llamagen-digits", settings, recipe, Path(output))
 
     settings = DEMO_PRESETS["default"]["llamagen-digits"]
     folder = folder_of(settings)
     assert folder == folder_of(settings)
+    monkeypatch.chdir(tmp_path.parent)
+    for spelling in (tmp_path.name, f"{tmp_path.name}/../{tmp_path.name}", tmp_path / "moved"):
+        assert folder_of(settings, spelling).name == folder.name, spelling
     assert folder.name.startswith(f"llamagen-digits-4000-{settings.train_steps}-")
     for change in ({"lr": 1e-3}, {"ema_decay": 0.999}, {"global_batch_size": 32},
                    {"cosine_warmup_steps": None}):  # fmt: skip

@@ -51,6 +51,11 @@ REPORT_METHODS = ("teacher", "dd", "dd+teacher", "skip", "onestep*")
 GRID_LABELS = tuple(range(10))
 FID_REFERENCE = "train"  # the digits split FID is measured against (docs/embedded_default.md)
 IS_SPLITS = 1  # the digits classifier's IS over all samples (few samples per split otherwise)
+# A student's training checkpoints every this many steps (a shorter one at its last step only):
+# an interrupted one resumes from the newest, losing at most this many steps (about 2 min of
+# var-digits' default training on a 2-core machine). Checkpoints do not change the student,
+# byte for byte (tests/test_evaluate.py), nor its folder's name (``student_folder``).
+CHECKPOINT_EVERY_STEPS = 250
 DD_LIMITS = {1: 0.5, 2: 0.35}  # the stage-3 issue's rule: DD k-step FID <= teacher + x gap
 ACCURACY_POINTS = 5.0  # the stage-3 issue: DD 1-step class accuracy within 5 points
 SPEED_RATIO = 1.2  # the stage-3 issue: DD 1-step seconds per image <= 1.2x one teacher forward
@@ -285,7 +290,7 @@ def demo_train_recipe(name: str, settings: DemoSettings, pairs: Path):
             ema_decay=recipe.run.ema_decay if settings.ema_decay is None else settings.ema_decay,
             global_batch_size=settings.global_batch_size,
             val_every_steps=settings.train_steps,
-            checkpoint_every_steps=settings.train_steps,
+            checkpoint_every_steps=min(settings.train_steps, CHECKPOINT_EVERY_STEPS),
             num_threads=None,
             progress_bar=False,
         ),
@@ -297,11 +302,16 @@ def student_folder(name: str, settings: DemoSettings, recipe, output: Path) -> P
     (``demo_train_recipe``): a finished student is reused only for the same training, and
     other settings get their own folder. The digest reads the pair folder relative to
     ``output``: how ``--output`` is spelled (relative, absolute, ``x/../x``) or where the
-    output folder has moved does not rename the student (it retrained into a second folder)."""
+    output folder has moved does not rename the student (it retrained into a second folder).
+    How often the training checkpoints is left out (read as its last step only): it does not
+    change the student."""
     from dd.config import dump_yaml
 
     pairs = os.path.relpath(Path(recipe.pairs.folder).resolve(), Path(output).resolve())
-    named = dataclasses.replace(recipe, pairs=dataclasses.replace(recipe.pairs, folder=pairs))
+    run = dataclasses.replace(recipe.run, checkpoint_every_steps=recipe.run.max_steps)
+    named = dataclasses.replace(
+        recipe, pairs=dataclasses.replace(recipe.pairs, folder=pairs), run=run
+    )
     digest = hashlib.sha256(dump_yaml(named).encode()).hexdigest()
     return output / "students" / f"{name}-{settings.num_pairs}-{settings.train_steps}-{digest[:8]}"
 

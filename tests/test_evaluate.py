@@ -505,10 +505,13 @@ def test_moved_teacher_files_alone_override_the_card(tmp_path, capsys):
     assert (tmp_path / "samples" / "dd_1-step" / "0000_class3.png").is_file()
 
 
-def test_demo_report_schema_from_a_toy_run(tmp_path):
+def test_demo_report_schema_from_a_toy_run(tmp_path, monkeypatch):
     """The whole demo at toy size (48 pairs, 2 training steps, 2 samples per class): the
     report.json schema of the stage-3 issue, every report file, and pairs reused on a rerun;
-    far-digits (#13) in the same schema, family "far", teacher / DD 1-, 2-step / onestep*."""
+    far-digits (#13) in the same schema, family "far", teacher / DD 1-, 2-step / onestep*.
+    The in-process run checkpoints its students every step (an interrupted training resumes
+    from there), the worker processes' at their last step only: the same students, byte for
+    byte, in folders of the same names."""
     toy = {
         name: DemoSettings(
             num_pairs=48, train_steps=2, global_batch_size=8, num_heldout=8, eval_per_class=2,
@@ -518,6 +521,7 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
         for name in ("llamagen-digits", "var-digits", "far-digits")
     }  # fmt: skip
     threads = torch.get_num_threads()
+    monkeypatch.setattr("dd.demo.CHECKPOINT_EVERY_STEPS", 1)  # this process only
     try:
         report = run_demo(tmp_path, toy, progress=False, num_threads=1)
     finally:
@@ -566,6 +570,16 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
             (r["method"], r["steps"], r["fid"], r["class_accuracy"])
             for r in side["teachers"][name]["rows"]
         ], name
+    students = sorted((tmp_path / "students").iterdir())
+    assert [s.name for s in students] == sorted(
+        s.name for s in (tmp_path / "side" / "students").iterdir()
+    )
+    for student in students:
+        assert (student / "checkpoints" / "epoch=0-step=1.ckpt").is_file()
+        side_student = tmp_path / "side" / "students" / student.name
+        assert not (side_student / "checkpoints" / "epoch=0-step=1.ckpt").exists()
+        weights = "student/student.safetensors"
+        assert (student / weights).read_bytes() == (side_student / weights).read_bytes()
     side_report = (tmp_path / "side" / "report.md").read_text()
     assert "1 threads per process, 2 processes running stages side by side" in side_report
     with pytest.raises(ValueError, match="workers must be >= 1"):
@@ -913,6 +927,9 @@ def test_demo_students_of_other_training_settings_get_other_folders(tmp_path, mo
     settings = DEMO_PRESETS["default"]["llamagen-digits"]
     folder = folder_of(settings)
     assert folder == folder_of(settings)
+    # A default training checkpoints on the way (an interrupted one restarted from step 0).
+    recipe = demo_train_recipe("llamagen-digits", settings, tmp_path / "pairs")
+    assert recipe.run.checkpoint_every_steps == 250 < settings.train_steps
     monkeypatch.chdir(tmp_path.parent)
     for spelling in (tmp_path.name, f"{tmp_path.name}/../{tmp_path.name}", tmp_path / "moved"):
         assert folder_of(settings, spelling).name == folder.name, spelling

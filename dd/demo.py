@@ -16,6 +16,8 @@ Writes ``report.json`` (schema of the stage-3 issue), ``report.md``, ``grids/<te
 finished pairs and students (a finished stage is skipped; an interrupted one resumes).
 ``workers`` processes run the stages side by side (``run_stages``: a free process takes the next
 ready stage of any teacher; 2 on a 2-core laptop), each with its own lines of progress bars.
+A failing stage, SIGTERM, SIGHUP or Ctrl-C stops them all (``stage_pool``; a worker whose demo
+process is gone ends itself, ``_watch_parent``); ``main`` reports a stage's refusal in one line.
 """
 
 from __future__ import annotations
@@ -26,10 +28,13 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -600,6 +605,7 @@ def run_stage(
 ) -> tuple[object, float]:
     """One stage of one teacher, given what its earlier stages returned (``done``, by stage):
     (its result: the pair folder, the student folder, or the evaluation; seconds)."""
+    quiet_lightning()  # here, not at a worker's start: a stopped pool's workers start in 2 s, not 5
     began = time.perf_counter()
     if stage == "pairs":
         result = make_pairs(name, settings, output, progress)
@@ -647,7 +653,11 @@ def run_stages(
         for future in finished:
             stage, index = running.pop(future)
             name = names[index]
-            done[name][STAGES[stage]], timings[f"{name} {STAGES[stage]}"] = future.result()
+            try:
+                done[name][STAGES[stage]], timings[f"{name} {STAGES[stage]}"] = future.result()
+            except Exception as error:  # the caller stops the other stages (``stage_pool``)
+                error.add_note(f"in the {STAGES[stage]} stage of {name}")
+                raise
             if stage + 1 < len(STAGES):
                 ready.append((stage + 1, index))
             else:
@@ -668,17 +678,108 @@ def run_now(function: Callable, *args, **kwargs) -> Future:
     return future
 
 
-def _start_worker(slots, lock, num_threads: int | None) -> None:
-    """A worker process: its own two lines of progress bars (tqdm's ``TQDM_POSITION``, which
-    ``dd.train_command.make_trainer`` follows too), the shared tqdm lock, its thread count."""
+PARENT_POLL_SECONDS = 0.5  # how often a worker process checks that the demo's process lives
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker's daemon thread: ends the worker once the demo's process (``parent``) is gone,
+    killed before it could stop its pool. Such orphans finished their stage, then waited
+    forever on the pool's pipe (about 840 MB each), training the same student as a rerun."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+def _start_worker(slots, lock, num_threads: int | None, parent: int) -> None:
+    """A worker process: ended when the demo's process is gone (``_watch_parent``), its own two
+    lines of progress bars (tqdm's ``TQDM_POSITION``, which ``dd.train_command.make_trainer``
+    follows too), the shared tqdm lock, its thread count."""
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     with slots.get_lock():
         slot = slots.value
         slots.value += 1
     os.environ["TQDM_POSITION"] = str(2 * slot + 2)  # lines 2k+2, 2k+3 (0: the demo's own)
     tqdm.set_lock(lock)
-    quiet_lightning()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
+
+
+@contextmanager
+def stage_pool(slots: int, num_threads: int | None) -> Iterator[ProcessPoolExecutor]:
+    """``slots`` spawned worker processes (``_start_worker``). Left by an exception (a failed
+    stage, ``DemoStopped``, Ctrl-C), the pool is stopped at once (``stop_pool``): leaving it
+    normally waits for the running stages, minutes of training."""
+    context = multiprocessing.get_context("spawn")
+    lock = context.RLock()  # one tqdm lock for every process' bars
+    tqdm.set_lock(lock)
+    pool = ProcessPoolExecutor(
+        max_workers=slots,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(context.Value("i", 0), lock, num_threads, os.getpid()),
+    )
+    try:
+        yield pool
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown()
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace_seconds: float = 2.0) -> None:
+    """Cancel the stages not started and end the running ones: SIGTERM, then SIGKILL to those
+    still alive after ``grace_seconds`` (a training under Lightning's SIGTERM handler stops at
+    its next step, then waits for more work). A stopped stage resumes on a rerun: pair shards,
+    checkpoints and students are written to a temporary file and renamed."""
+    # The pool's own processes (Python 3.14's terminate_workers does the same).
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+class DemoStopped(BaseException):
+    """SIGTERM or SIGHUP to the demo's process (``stopped_by_signals``): raised there so that it
+    stops its worker processes (``stage_pool``) before it ends."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``DemoStopped`` in the main thread (the first one; the handlers
+    are restored then, so a second signal acts as it would have). Nothing in another thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+
+    def restore() -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    def stop(signum, frame) -> None:
+        restore()
+        raise DemoStopped(signum)
+
+    for number in STOP_SIGNALS:
+        signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        restore()
 
 
 def quiet_lightning() -> None:
@@ -713,15 +814,7 @@ def run_demo(
         results, timings = run_stages(settings, output, run_now, 1, seed=seed, progress=progress)
     else:
         slots = min(workers, len(settings))  # one teacher's stages run one after another
-        context = multiprocessing.get_context("spawn")
-        lock = context.RLock()  # one tqdm lock for every process' bars
-        tqdm.set_lock(lock)
-        with ProcessPoolExecutor(
-            max_workers=slots,
-            mp_context=context,
-            initializer=_start_worker,
-            initargs=(context.Value("i", 0), lock, num_threads),
-        ) as pool:
+        with stage_pool(slots, num_threads) as pool:
             results, timings = run_stages(
                 settings, output, pool.submit, slots, seed=seed, progress=progress
             )
@@ -750,17 +843,31 @@ def main(argv: list[str]) -> int:
     except ValueError as error:
         print(f"dd demo: {error}", file=sys.stderr)
         return 1
-    quiet_lightning()
+    from data_gen.shards import ShardError
+
     began = time.perf_counter()
-    report = run_demo(
-        recipe.output,
-        settings,
-        preset=recipe.preset,
-        seed=recipe.seed,
-        progress=recipe.progress_bar,
-        workers=recipe.workers,
-        num_threads=recipe.num_threads,
-    )
+    try:
+        with stopped_by_signals():
+            report = run_demo(
+                recipe.output,
+                settings,
+                preset=recipe.preset,
+                seed=recipe.seed,
+                progress=recipe.progress_bar,
+                workers=recipe.workers,
+                num_threads=recipe.num_threads,
+            )
+    except DemoStopped as stopped:
+        print(
+            f"dd demo: {stopped}; the worker processes are stopped too. Rerunning the same "
+            "command reuses the finished stages and resumes the others",
+            file=sys.stderr,
+        )
+        return 128 + stopped.signum
+    except (ShardError, ValueError, OSError) as error:  # a stage's refusal: its message only
+        where = "".join(f" ({note})" for note in getattr(error, "__notes__", ()))
+        print(f"dd demo: {error}{where}", file=sys.stderr)
+        return 1
     print((Path(recipe.output) / "report.md").read_text())
     print(f"dd demo: {time.perf_counter() - began:.0f} s; report in {recipe.output}/report.md")
     return 0 if report["teachers"] else 1

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -69,6 +73,7 @@ from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec
 from teachers.data import load_digits_split
 from teachers.tiny import load_tiny_teacher, tiny_sampling
+from tests import demo_stand_in
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -609,6 +614,88 @@ def test_demo_stages_run_every_training_before_any_evaluation(tmp_path, monkeypa
     assert list(timings) == [f"{n} {s}" for n in "abc" for s in ("pairs", "distil", "evaluate")]
     with pytest.raises(RuntimeError, match="training failed"):
         run_stages({"boom": settings["a"]}, tmp_path, run_now, 1, seed=0, progress=False)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STAND_IN_TEACHERS = ["--teachers", "[llamagen-digits, var-digits]", "--progress_bar", "false"]
+
+
+def process_gone(pid: int) -> bool:
+    """No process ``pid``, or a zombie (an orphan's, when init does not reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def stage_pids(output: Path, names=("llamagen-digits", "var-digits"), timeout=60.0) -> list[int]:
+    """The process ids the stand-in stages of ``names`` write (``tests/demo_stand_in.py``)."""
+    files = [output / f"{name}.pid" for name in names]
+    deadline = time.monotonic() + timeout
+    while not all(file.is_file() and file.read_text() for file in files):
+        assert time.monotonic() < deadline, "the stand-in stages did not start"
+        time.sleep(0.1)
+    return [int(file.read_text()) for file in files]
+
+
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """The processes of ``pids`` still alive after ``seconds`` (then killed: no orphan)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not all(map(process_gone, pids)):
+        time.sleep(0.1)
+    alive = [pid for pid in pids if not process_gone(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    return alive
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_demo_worker_processes_end_with_the_demo(tmp_path, signum):
+    """Killed by SIGTERM, the demo's process stopped without its spawned workers: they finished
+    their stage, then waited forever (about 840 MB each) and trained the student a rerun was
+    training. Now SIGTERM stops the pool first (one line, exit 128 + 15), and a worker whose
+    parent is gone however it ended (SIGKILL) ends itself within a second."""
+    output = tmp_path / "demo"
+    command = [sys.executable, "-m", "tests.demo_stand_in", "--quick", "--output", str(output),
+               "--teachers", "[var-digits]", "--progress_bar", "false"]  # fmt: skip
+    demo = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = stage_pids(output, ["var-digits"])  # one worker process: its stage
+        demo.send_signal(signum)
+        code = demo.wait(timeout=30)
+    finally:
+        demo.kill()
+    assert wait_gone(pids, 5) == []
+    err = demo.stderr.read()
+    if signum == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM, err
+        assert "dd demo: stopped by SIGTERM; the worker processes are stopped" in err, err
+        assert "Traceback" not in err, err
+    else:
+        assert code == -signal.SIGKILL, err
+
+
+def test_a_failing_demo_stage_stops_the_others_and_says_why_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """A pair folder the demo refused (a ShardError) showed a 35- to 49-line traceback, and
+    only once the other worker had finished its stage (minutes of training): now the others
+    are stopped at once and the refusal is one line, naming the stage."""
+    monkeypatch.setattr("dd.demo.run_stage", demo_stand_in.stage)  # pickled by reference
+    monkeypatch.setenv(demo_stand_in.FAIL_VARIABLE, "var-digits")
+    began = time.monotonic()
+    code = dd_main(["demo", "--quick", *STAND_IN_TEACHERS, "--output", str(tmp_path)])
+    assert code == 1 and time.monotonic() - began < demo_stand_in.SLEEP_SECONDS / 3
+    assert wait_gone(stage_pids(tmp_path, ["llamagen-digits"]), 1) == []
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dd demo: {tmp_path} holds pairs of other settings (stand-in) "
+                   "(in the pairs stage of var-digits)")  # fmt: skip
 
 
 def random_inception_network():

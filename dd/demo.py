@@ -791,6 +791,45 @@ def quiet_lightning() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+MARKER_FILE = ".dd-demo"  # a demo's output folder (``claim_output``)
+# What a demo writes at the top of its output folder: a folder of an older demo (before the
+# marker) holds nothing else.
+DEMO_ENTRIES = ("pairs", "students", "grids", "report.md", "report.json", "timings.json",
+                "quality_vs_steps.png", ".dd-demo.lock")  # fmt: skip
+
+
+def claim_output(output: Path):
+    """The demo's hold on ``output`` (a ``FolderLock``, to release): created if need be, refused
+    if it holds anything but a demo's (no ``MARKER_FILE``; a folder of an older demo, all
+    ``DEMO_ENTRIES`` with its ``pairs``, is taken) or another demo is writing it (the lock: two
+    demos trained the same students). Every report file there is rewritten by the run: a
+    user's own folder lost its report.md. A file, a path under a file or a folder that cannot
+    be made is a ValueError naming ``output``, before any work."""
+    from data_gen.shards import FolderLock
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        marker = output / MARKER_FILE
+        if not marker.is_file():
+            entries = {entry.name for entry in output.iterdir()}
+            older_demo = "pairs" in entries and entries <= set(DEMO_ENTRIES)
+            if entries and not older_demo:
+                raise ValueError(
+                    f"{output} is not empty and is not a dd demo folder (no {MARKER_FILE}): the "
+                    "demo writes its reports there, over files of the same names. Give a new "
+                    "or empty folder"
+                )
+        # Before the lock: a second demo started meanwhile finds a demo's folder, then the lock.
+        marker.write_text(
+            "A dd demo output folder: every dd demo run into it rewrites its reports.\n"
+        )
+        lock = FolderLock(output, "dd demo")
+        lock.acquire()  # a ShardError if another dd demo holds it
+    except OSError as error:
+        raise ValueError(f"cannot use {output} as the output folder: {error}") from error
+    return lock
+
+
 def run_demo(
     output: str | Path,
     settings: dict[str, DemoSettings],
@@ -807,23 +846,28 @@ def run_demo(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    if workers == 1:
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
-        results, timings = run_stages(settings, output, run_now, 1, seed=seed, progress=progress)
-    else:
-        slots = min(workers, len(settings))  # one teacher's stages run one after another
-        with stage_pool(slots, num_threads) as pool:
+    lock = claim_output(output)
+    try:
+        if workers == 1:
+            if num_threads is not None:
+                torch.set_num_threads(num_threads)
             results, timings = run_stages(
-                settings, output, pool.submit, slots, seed=seed, progress=progress
+                settings, output, run_now, 1, seed=seed, progress=progress
             )
-    report = report_json(results)
-    (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot_quality_vs_steps(results, output / "quality_vs_steps.png")
-    markdown = report_markdown(results, timings, preset, workers, num_threads)
-    (output / "report.md").write_text(markdown)
-    (output / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+        else:
+            slots = min(workers, len(settings))  # one teacher's stages run one after another
+            with stage_pool(slots, num_threads) as pool:
+                results, timings = run_stages(
+                    settings, output, pool.submit, slots, seed=seed, progress=progress
+                )
+        report = report_json(results)
+        (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        plot_quality_vs_steps(results, output / "quality_vs_steps.png")
+        markdown = report_markdown(results, timings, preset, workers, num_threads)
+        (output / "report.md").write_text(markdown)
+        (output / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    finally:
+        lock.release()
     return report
 
 

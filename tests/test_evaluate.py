@@ -532,6 +532,7 @@ def test_demo_report_schema_from_a_toy_run(tmp_path, monkeypatch):
     finally:
         torch.set_num_threads(threads)
     assert json.loads((tmp_path / "report.json").read_text()) == report
+    assert (tmp_path / ".dd-demo").is_file()  # the demo's folder now (claim_output)
     assert set(report) == {"teachers"} and set(report["teachers"]) == set(toy)
     for name, entry in report["teachers"].items():
         assert set(entry) == {
@@ -696,6 +697,47 @@ def test_a_failing_demo_stage_stops_the_others_and_says_why_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err == (f"dd demo: {tmp_path} holds pairs of other settings (stand-in) "
                    "(in the pairs stage of var-digits)")  # fmt: skip
+
+
+def test_demo_output_folder_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    """``--output`` a file, a path under a file or one that cannot be made: tracebacks
+    (FileExistsError, NotADirectoryError); a user's own folder: its report.md overwritten; a
+    folder another demo is writing: both trained the same students. Each is now refused in
+    one line before any stage; a demo's folder (its marker), or an older demo's, is taken."""
+    from data_gen.shards import FolderLock
+    from dd.demo import MARKER_FILE, claim_output
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a stage ran")
+
+    monkeypatch.setattr("dd.demo.run_stages", no_stage)
+    file = tmp_path / "file"
+    file.write_text("mine")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "report.md").write_text("mine")
+    busy = tmp_path / "busy"  # a demo's folder, another demo running in it
+    busy.mkdir()
+    (busy / MARKER_FILE).write_text("")
+    cases = [(file, "File exists"), (file / "sub", "Not a directory"),
+             (own, "is not empty and is not a dd demo folder"),
+             (busy, "is being written by another dd demo run")]  # fmt: skip
+    if Path("/proc/self").is_dir():
+        cases.append((Path("/proc/dd-demo-test"), "cannot use /proc/dd-demo-test as the output"))
+    with FolderLock(busy, "dd demo"):
+        for output, message in cases:
+            assert dd_main(["demo", "--quick", "--output", str(output)]) == 1, output
+            err = capsys.readouterr().err
+            assert err.startswith("dd demo: ") and err.count("\n") == 1 and message in err, err
+    assert [entry.name for entry in own.iterdir()] == ["report.md"]
+    assert (own / "report.md").read_text() == "mine"
+    older = tmp_path / "older"  # a folder of a demo from before the marker
+    (older / "pairs").mkdir(parents=True)
+    (older / "report.md").write_text("an older demo's")
+    claim_output(older).release()
+    assert (older / MARKER_FILE).is_file()
+    (older / "notes.txt").write_text("the user's")  # a demo's folder, by its marker
+    claim_output(older).release()
 
 
 def random_inception_network():

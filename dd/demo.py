@@ -10,10 +10,12 @@ For each tiny teacher (``llamagen-digits``, ``var-digits``, and the continuous-t
 3. sample: one labelled grid, every method on the same labels and per-sample seeds;
 4. evaluate: ``dd.evaluate`` in the digits classifier's space against the train split.
 
-Writes ``report.json`` (schema of the stage-3 issue), ``report.md``, ``grids/<teacher>.png`` and
-``quality_vs_steps.png``. Settings: the recipes, overridden by ``DemoSettings`` (``DEMO_PRESETS``:
-``default`` and ``quick``; the numbers live only there). Rerunning the same command reuses the
-finished pairs and students (a finished stage is skipped; an interrupted one resumes).
+Writes ``report.json`` (schema of the stage-3 issue, and the run's preset, seed and settings),
+``report.md``, ``grids/<teacher>.png`` and ``quality_vs_steps.png``, after removing the previous
+run's (``remove_previous_reports``). Settings: the recipes, overridden by ``DemoSettings``
+(``DEMO_PRESETS``: ``default`` and ``quick``; the numbers live only there). Rerunning the same
+command reuses the finished pairs and students (a finished stage is skipped; an interrupted one
+resumes).
 ``workers`` processes run the stages side by side (``run_stages``: a free process takes the next
 ready stage of any teacher; 2 on a 2-core laptop), each with its own lines of progress bars.
 A failing stage, SIGTERM, SIGHUP or Ctrl-C stops them all (``stage_pool``; a worker whose demo
@@ -422,11 +424,11 @@ ROW_KEYS = ("method", "name", "steps", "fid", "class_accuracy", "seconds_per_ima
 TEACHER_KEYS = ("family", "num_tokens", "num_ar_steps", "one_forward_seconds_per_image")
 
 
-def report_json(results: dict[str, dict]) -> dict:
+def report_json(results: dict[str, dict], run: dict | None = None) -> dict:
     """``{"teachers": {name: {family, num_tokens, num_ar_steps, one_forward_seconds_per_image,
     rows: [{method, name, steps, fid, class_accuracy, seconds_per_image}]}}}`` (the issue's
-    schema, and each row's name)."""
-    return {
+    schema, and each row's name), and ``"run"``: what produced them (``run_record``)."""
+    report = {
         "teachers": {
             name: {
                 **{key: result[key] for key in TEACHER_KEYS},
@@ -435,6 +437,52 @@ def report_json(results: dict[str, dict]) -> dict:
             for name, result in results.items()
         }
     }
+    return report if run is None else {**report, "run": run}
+
+
+def run_record(settings: dict[str, DemoSettings], preset: str, seed: int) -> dict:
+    """``{"preset", "seed", "overridden": {teacher: {key: value}}, "settings": {teacher:
+    DemoSettings}}``: the run's settings, and which of them differ from the preset's
+    (``--train_steps`` and the like; ``overridden`` is null for settings of no preset)."""
+
+    def plain(settings: DemoSettings) -> dict:
+        return {key: list(v) if isinstance(v, tuple) else v
+                for key, v in dataclasses.asdict(settings).items()}  # fmt: skip
+
+    overridden = None
+    if preset in DEMO_PRESETS:
+        overridden = {}
+        for name, chosen in settings.items():
+            preset_values, values = plain(DEMO_PRESETS[preset][name]), plain(chosen)
+            changed = {key: v for key, v in values.items() if v != preset_values[key]}
+            if changed:
+                overridden[name] = changed
+    return {
+        "preset": preset,
+        "seed": seed,
+        "overridden": overridden,
+        "settings": {name: plain(chosen) for name, chosen in settings.items()},
+    }
+
+
+def describe_run(run: dict) -> str:
+    """report.md's words for ``run_record``: "Preset `quick`, overridden: train_steps 400; seed
+    0" (a value that differs between teachers is given per teacher)."""
+    words = f"Preset `{run['preset']}`"
+    changes: dict[str, dict[str, object]] = {}
+    for name, changed in (run["overridden"] or {}).items():
+        for key, value in changed.items():
+            changes.setdefault(key, {})[name] = value
+    if changes:
+        said = []
+        for key, by_teacher in changes.items():
+            values = set(map(str, by_teacher.values()))
+            if len(by_teacher) == len(run["settings"]) and len(values) == 1:
+                said.append(f"{key} {values.pop()}")
+            else:
+                said.append(f"{key} " + ", ".join(f"{v} ({n})" for n, v in by_teacher.items()))
+        words += ", overridden: " + "; ".join(said)
+    return f"{words}; seed {run['seed']}"
 
 
 def stage3_checks(result: dict) -> list[str]:
@@ -508,7 +556,7 @@ def stage3_checks(result: dict) -> list[str]:
 def report_markdown(
     results: dict[str, dict],
     timings: dict[str, float],
-    preset: str,
+    run: dict,
     workers: int = 1,
     num_threads: int | None = None,
 ) -> str:
@@ -521,7 +569,7 @@ def report_markdown(
     lines = [
         "# Distilled Decoding demo",
         "",
-        f"Preset `{preset}`; CPU, {threads} threads per process, "
+        f"{describe_run(run)}; CPU, {threads} threads per process, "
         f"{side_by_side}. Quality in the digits "
         f"classifier's space (FID against the {FID_REFERENCE} split; IS over all samples); "
         "seconds per image include decoding. `steps` = model calls per image.",
@@ -794,8 +842,8 @@ def quiet_lightning() -> None:
 MARKER_FILE = ".dd-demo"  # a demo's output folder (``claim_output``)
 # What a demo writes at the top of its output folder: a folder of an older demo (before the
 # marker) holds nothing else.
-DEMO_ENTRIES = ("pairs", "students", "grids", "report.md", "report.json", "timings.json",
-                "quality_vs_steps.png", ".dd-demo.lock")  # fmt: skip
+REPORT_FILES = ("report.md", "report.json", "timings.json", "quality_vs_steps.png")
+DEMO_ENTRIES = ("pairs", "students", "grids", *REPORT_FILES, ".dd-demo.lock")
 
 
 def claim_output(output: Path):
@@ -830,6 +878,19 @@ def claim_output(output: Path):
     return lock
 
 
+def remove_previous_reports(output: Path) -> None:
+    """The report files of the folder's previous run (only the files the demo writes): an
+    interrupted rerun with another seed left its grid beside the earlier run's reports. The
+    new ones are written as the run goes (grids) and at its end (the rest)."""
+    for name in REPORT_FILES:
+        (output / name).unlink(missing_ok=True)
+    grids = output / "grids"
+    for name in DEMO_TEACHERS:
+        (grids / f"{name}.png").unlink(missing_ok=True)
+    if grids.is_dir() and not any(grids.iterdir()):
+        grids.rmdir()
+
+
 def run_demo(
     output: str | Path,
     settings: dict[str, DemoSettings],
@@ -848,6 +909,7 @@ def run_demo(
     output = Path(output)
     lock = claim_output(output)
     try:
+        remove_previous_reports(output)
         if workers == 1:
             if num_threads is not None:
                 torch.set_num_threads(num_threads)
@@ -860,10 +922,11 @@ def run_demo(
                 results, timings = run_stages(
                     settings, output, pool.submit, slots, seed=seed, progress=progress
                 )
-        report = report_json(results)
+        run = run_record(settings, preset, seed)
+        report = report_json(results, run)
         (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
         plot_quality_vs_steps(results, output / "quality_vs_steps.png")
-        markdown = report_markdown(results, timings, preset, workers, num_threads)
+        markdown = report_markdown(results, timings, run, workers, num_threads)
         (output / "report.md").write_text(markdown)
         (output / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
     finally:

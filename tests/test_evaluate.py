@@ -27,10 +27,12 @@ from dd.demo import (
     DEMO_PRESETS,
     DemoSettings,
     demo_train_recipe,
+    describe_run,
     make_pairs,
     report_json,
     run_demo,
     run_now,
+    run_record,
     run_stages,
     stage3_checks,
     student_folder,
@@ -533,7 +535,13 @@ def test_demo_report_schema_from_a_toy_run(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     assert json.loads((tmp_path / "report.json").read_text()) == report
     assert (tmp_path / ".dd-demo").is_file()  # the demo's folder now (claim_output)
-    assert set(report) == {"teachers"} and set(report["teachers"]) == set(toy)
+    assert set(report) == {"teachers", "run"} and set(report["teachers"]) == set(toy)
+    assert report["run"] == {  # what made the rows (custom settings: no preset to override)
+        "preset": "custom", "seed": 0, "overridden": None,
+        "settings": {name: {**dataclasses.asdict(s), "methods": list(s.methods)}
+                     for name, s in toy.items()},
+    }  # fmt: skip
+    assert "Preset `custom`; seed 0; CPU" in (tmp_path / "report.md").read_text()
     for name, entry in report["teachers"].items():
         assert set(entry) == {
             "family", "num_tokens", "num_ar_steps", "one_forward_seconds_per_image", "rows"
@@ -690,6 +698,15 @@ def test_a_failing_demo_stage_stops_the_others_and_says_why_in_one_line(
     are stopped at once and the refusal is one line, naming the stage."""
     monkeypatch.setattr("dd.demo.run_stage", demo_stand_in.stage)  # pickled by reference
     monkeypatch.setenv(demo_stand_in.FAIL_VARIABLE, "var-digits")
+    # A previous run's reports are removed as the run starts (only the demo's own files): an
+    # interrupted rerun left its new grid beside the old reports.
+    (tmp_path / ".dd-demo").write_text("")
+    (tmp_path / "grids").mkdir()
+    names = ("report.md", "report.json", "timings.json", "quality_vs_steps.png",
+             "grids/var-digits.png", "grids/far-digits.png")  # fmt: skip
+    previous = [tmp_path / name for name in names]
+    for file in [*previous, tmp_path / "grids" / "mine.txt"]:
+        file.write_text("previous")
     began = time.monotonic()
     code = dd_main(["demo", "--quick", *STAND_IN_TEACHERS, "--output", str(tmp_path)])
     assert code == 1 and time.monotonic() - began < demo_stand_in.SLEEP_SECONDS / 3
@@ -697,6 +714,8 @@ def test_a_failing_demo_stage_stops_the_others_and_says_why_in_one_line(
     err = capsys.readouterr().err.strip()
     assert err == (f"dd demo: {tmp_path} holds pairs of other settings (stand-in) "
                    "(in the pairs stage of var-digits)")  # fmt: skip
+    assert not any(file.exists() for file in previous)
+    assert (tmp_path / "grids" / "mine.txt").read_text() == "previous"
 
 
 def test_demo_output_folder_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
@@ -1077,6 +1096,19 @@ def test_demo_presets_overrides_and_unknown_teachers(capsys):
 
     settings = DemoRecipe(preset="quick", train_steps=5, teachers=["var-digits"]).settings()
     assert list(settings) == ["var-digits"] and settings["var-digits"].train_steps == 5
+    # report.md said "Preset quick" only, whatever was overridden; report.json had no settings
+    run = run_record(settings, "quick", 3)
+    assert run["overridden"] == {"var-digits": {"train_steps": 5}} and run["seed"] == 3
+    assert run["settings"]["var-digits"]["train_steps"] == 5
+    assert describe_run(run) == "Preset `quick`, overridden: train_steps 5; seed 3"
+    both = DemoRecipe(preset="quick", teachers=["var-digits", "far-digits"]).settings()
+    assert describe_run(run_record(both, "quick", 0)) == "Preset `quick`; seed 0"
+    both["far-digits"] = dataclasses.replace(both["far-digits"], train_steps=7, num_pairs=800)
+    both["var-digits"] = dataclasses.replace(both["var-digits"], train_steps=9)
+    assert describe_run(run_record(both, "quick", 0)) == (
+        "Preset `quick`, overridden: train_steps 9 (var-digits), 7 (far-digits); "
+        "num_pairs 800 (far-digits); seed 0"
+    )
     assert settings["var-digits"].num_pairs == DEMO_PRESETS["quick"]["var-digits"].num_pairs
     for teachers in ("[mnist-digits]", "[]", "[var-digits, var-digits]"):
         assert dd_main(["demo", "--quick", "--teachers", teachers, "--output", "/nonexistent"]) == 1

@@ -950,6 +950,13 @@ def main(argv: list[str]) -> int:
     except ValueError as error:
         print(f"dd demo: {error}", file=sys.stderr)
         return 1
+    if not RECIPES_DIR.is_dir():  # a non-editable install: the recipes are not package data
+        print(
+            f"dd demo: the demo reads the tiny recipes of the repository's recipes/ folder, "
+            f"not found at {RECIPES_DIR}: install from a clone with `pip install -e .`",
+            file=sys.stderr,
+        )
+        return 1
     from data_gen.shards import ShardError
 
     began = time.perf_counter()

@@ -718,6 +718,17 @@ def test_a_failing_demo_stage_stops_the_others_and_says_why_in_one_line(
     assert (tmp_path / "grids" / "mine.txt").read_text() == "previous"
 
 
+def test_demo_without_the_recipes_folder_says_how_to_install(tmp_path, monkeypatch, capsys):
+    """A non-editable install has no recipes/ beside the package (they are not package data):
+    the demo failed in its first stage; now it says so in one line before any work."""
+    monkeypatch.setattr("dd.demo.RECIPES_DIR", tmp_path / "site-packages" / "recipes")
+    output = tmp_path / "demo"
+    assert dd_main(["demo", "--quick", "--workers", "1", "--output", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "recipes/ folder, not found at" in err, err
+    assert "install from a clone with `pip install -e .`" in err and not output.exists()
+
+
 def test_demo_output_folder_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
     """``--output`` a file, a path under a file or one that cannot be made: tracebacks
     (FileExistsError, NotADirectoryError); a user's own folder: its report.md overwritten; a

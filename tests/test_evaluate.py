@@ -600,6 +600,44 @@ def test_demo_report_schema_from_a_toy_run(tmp_path, monkeypatch):
         run_demo(tmp_path / "none", toy, workers=0)
 
 
+def test_demo_plot_tells_each_rows_markers_and_ticks_apart():
+    """quality_vs_steps.png: the ms-per-image markers were all grey with no label, though
+    several rows share a step count (llamagen's DD 2-step and skip-62), and the tick labels
+    21 and 25 overlapped ("2125"). Now each row's two markers share its colour, the legend
+    names every row with its model calls, and no two tick labels overlap."""
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+
+    from dd.demo import quality_figure
+
+    steps = {"teacher": 64, "dd 1-step": 1, "dd 2-step": 2, "dd+teacher a": 21, "dd+teacher b": 7,
+             "onestep*": 1, "skip-26": 38, "skip-39": 25, "skip-62": 2}  # fmt: skip
+    rows = [{"name": name, "steps": n, "fid": 10.0 + i, "seconds_per_image": 0.001 * (i + 1)}
+            for i, (name, n) in enumerate(steps.items())]  # fmt: skip
+    result = {"details": rows, "one_forward_seconds_per_image": 0.005}
+    figure = quality_figure({"llamagen-digits": result})
+    try:
+        fid_axis, seconds_axis = figure.axes
+        fid_colors = [c.get_facecolor()[0] for c in fid_axis.collections]
+        seconds_colors = [c.get_facecolor()[0] for c in seconds_axis.collections]
+        assert len(fid_colors) == len(seconds_colors) == len(rows)
+        assert [tuple(c) for c in fid_colors] == [tuple(c) for c in seconds_colors]
+        assert len({matplotlib.colors.to_hex(c) for c in fid_colors}) == len(rows)
+        legend = [text.get_text() for text in fid_axis.get_legend().get_texts()]
+        assert legend == [f"{name} ({n} call{'s' if n > 1 else ''})" for name, n in steps.items()]
+        figure.canvas.draw()
+        labels = [(label.get_text(), label.get_window_extent())
+                  for label in fid_axis.get_xticklabels() if label.get_text().strip()]  # fmt: skip
+        assert {"21", "25"} <= {text.strip() for text, _ in labels}  # both, one a line lower
+        for i, (text, box) in enumerate(labels):  # "\n25": on the second line
+            for other, other_box in labels[i + 1 :]:
+                same_line = text.count("\n") == other.count("\n")
+                assert not (same_line and box.x1 > other_box.x0 and other_box.x1 > box.x0)
+            assert not box.overlaps(fid_axis.xaxis.label.get_window_extent())
+    finally:
+        plt.close(figure)
+
+
 def test_demo_stages_run_every_training_before_any_evaluation(tmp_path, monkeypatch):
     """run_stages' order (one slot: the order a free process takes stages in): every teacher's
     pairs, then the trainings, then the evaluations, each given its own teacher's earlier

@@ -690,7 +690,8 @@ def run_stage(
 ) -> tuple[object, float]:
     """One stage of one teacher, given what its earlier stages returned (``done``, by stage):
     (its result: the pair folder, the student folder, or the evaluation; seconds)."""
-    quiet_lightning()  # here, not at a worker's start: a stopped pool's workers start in 2 s, not 5
+    if _IN_WORKER:  # here, not at a worker's start: a stopped pool's workers start in 2 s, not 5
+        quiet_lightning()  # (in the demo's own process run_demo quiets it for the run only)
     began = time.perf_counter()
     if stage == "pairs":
         result = make_pairs(name, settings, output, progress)
@@ -775,10 +776,15 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
+_IN_WORKER = False  # set in the pool's worker processes (``_start_worker``)
+
+
 def _start_worker(slots, lock, num_threads: int | None, parent: int) -> None:
     """A worker process: ended when the demo's process is gone (``_watch_parent``), its own two
     lines of progress bars (tqdm's ``TQDM_POSITION``, which ``dd.train_command.make_trainer``
     follows too), the shared tqdm lock, its thread count."""
+    global _IN_WORKER
+    _IN_WORKER = True
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     with slots.get_lock():
         slot = slots.value
@@ -867,13 +873,32 @@ def stopped_by_signals() -> Iterator[None]:
         restore()
 
 
-def quiet_lightning() -> None:
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def quiet_lightning() -> dict[str, int]:
     """Keep the bars only: Lightning's INFO lines (devices, tips) off. Lightning sets its
-    loggers' levels when first imported, so it is imported before they are lowered."""
+    loggers' levels when first imported, so it is imported before they are lowered. Returns
+    the levels they had (``lightning_quieted`` restores them)."""
     import lightning.pytorch  # noqa: F401
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+    levels = {name: logging.getLogger(name).level for name in LIGHTNING_LOGGERS}
+    for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    return levels
+
+
+@contextmanager
+def lightning_quieted() -> Iterator[None]:
+    """``quiet_lightning`` for a block: the stages run in the caller's own process (one
+    worker) leave its Lightning loggers as they were (a test after a demo missed their INFO
+    lines)."""
+    levels = quiet_lightning()
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
 
 
 MARKER_FILE = ".dd-demo"  # a demo's output folder (``claim_output``)
@@ -950,9 +975,10 @@ def run_demo(
         if workers == 1:
             if num_threads is not None:
                 torch.set_num_threads(num_threads)
-            results, timings = run_stages(
-                settings, output, run_now, 1, seed=seed, progress=progress
-            )
+            with lightning_quieted():
+                results, timings = run_stages(
+                    settings, output, run_now, 1, seed=seed, progress=progress
+                )
         else:
             slots = min(workers, len(settings))  # one teacher's stages run one after another
             with stage_pool(slots, num_threads) as pool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -529,10 +530,16 @@ def test_demo_report_schema_from_a_toy_run(tmp_path, monkeypatch):
     }  # fmt: skip
     threads = torch.get_num_threads()
     monkeypatch.setattr("dd.demo.CHECKPOINT_EVERY_STEPS", 1)  # this process only
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels when imported)
+
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
     try:
         report = run_demo(tmp_path, toy, progress=False, num_threads=1)
     finally:
         torch.set_num_threads(threads)
+    # Lightning quieted for the run only (tests after it missed Lightning's INFO lines)
+    assert lightning_logger.level == level
     assert json.loads((tmp_path / "report.json").read_text()) == report
     assert (tmp_path / ".dd-demo").is_file()  # the demo's folder now (claim_output)
     assert set(report) == {"teachers", "run"} and set(report["teachers"]) == set(toy)

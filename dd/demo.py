@@ -1036,8 +1036,8 @@ def main(argv: list[str]) -> int:
             )
     except DemoStopped as stopped:
         print(
-            f"dd demo: {stopped}; the worker processes are stopped too. Rerunning the same "
-            "command reuses the finished stages and resumes the others",
+            f"dd demo: {stopped}, its running stages too. Rerunning the same command reuses "
+            "the finished stages and resumes the others",
             file=sys.stderr,
         )
         return 128 + stopped.signum

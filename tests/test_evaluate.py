@@ -729,7 +729,7 @@ def test_demo_worker_processes_end_with_the_demo(tmp_path, signum):
     err = demo.stderr.read()
     if signum == signal.SIGTERM:
         assert code == 128 + signal.SIGTERM, err
-        assert "dd demo: stopped by SIGTERM; the worker processes are stopped" in err, err
+        assert "dd demo: stopped by SIGTERM, its running stages too. Rerunning" in err, err
         assert "Traceback" not in err, err
     else:
         assert code == -signal.SIGKILL, err

@@ -10,12 +10,16 @@ For each tiny teacher (``llamagen-digits``, ``var-digits``, and the continuous-t
 3. sample: one labelled grid, every method on the same labels and per-sample seeds;
 4. evaluate: ``dd.evaluate`` in the digits classifier's space against the train split.
 
-Writes ``report.json`` (schema of the stage-3 issue), ``report.md``, ``grids/<teacher>.png`` and
-``quality_vs_steps.png``. Settings: the recipes, overridden by ``DemoSettings`` (``DEMO_PRESETS``:
-``default`` and ``quick``; the numbers live only there). Rerunning the same command reuses the
-finished pairs and students (a finished stage is skipped; an interrupted one resumes).
+Writes ``report.json`` (schema of the stage-3 issue, and the run's preset, seed and settings),
+``report.md``, ``grids/<teacher>.png`` and ``quality_vs_steps.png``, after removing the previous
+run's (``remove_previous_reports``). Settings: the recipes, overridden by ``DemoSettings``
+(``DEMO_PRESETS``: ``default`` and ``quick``; the numbers live only there). Rerunning the same
+command reuses the finished pairs and students (a finished stage is skipped; an interrupted one
+resumes).
 ``workers`` processes run the stages side by side (``run_stages``: a free process takes the next
 ready stage of any teacher; 2 on a 2-core laptop), each with its own lines of progress bars.
+A failing stage, SIGTERM, SIGHUP or Ctrl-C stops them all (``stage_pool``; a worker whose demo
+process is gone ends itself, ``_watch_parent``); ``main`` reports a stage's refusal in one line.
 """
 
 from __future__ import annotations
@@ -26,10 +30,13 @@ import json
 import logging
 import multiprocessing
 import os
+import signal
 import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -51,6 +58,11 @@ REPORT_METHODS = ("teacher", "dd", "dd+teacher", "skip", "onestep*")
 GRID_LABELS = tuple(range(10))
 FID_REFERENCE = "train"  # the digits split FID is measured against (docs/embedded_default.md)
 IS_SPLITS = 1  # the digits classifier's IS over all samples (few samples per split otherwise)
+# A student's training checkpoints every this many steps (a shorter one at its last step only):
+# an interrupted one resumes from the newest, losing at most this many steps (about 2 min of
+# var-digits' default training on a 2-core machine). Checkpoints do not change the student,
+# byte for byte (tests/test_evaluate.py), nor its folder's name (``student_folder``).
+CHECKPOINT_EVERY_STEPS = 250
 DD_LIMITS = {1: 0.5, 2: 0.35}  # the stage-3 issue's rule: DD k-step FID <= teacher + x gap
 ACCURACY_POINTS = 5.0  # the stage-3 issue: DD 1-step class accuracy within 5 points
 SPEED_RATIO = 1.2  # the stage-3 issue: DD 1-step seconds per image <= 1.2x one teacher forward
@@ -285,7 +297,7 @@ def demo_train_recipe(name: str, settings: DemoSettings, pairs: Path):
             ema_decay=recipe.run.ema_decay if settings.ema_decay is None else settings.ema_decay,
             global_batch_size=settings.global_batch_size,
             val_every_steps=settings.train_steps,
-            checkpoint_every_steps=settings.train_steps,
+            checkpoint_every_steps=min(settings.train_steps, CHECKPOINT_EVERY_STEPS),
             num_threads=None,
             progress_bar=False,
         ),
@@ -295,10 +307,19 @@ def demo_train_recipe(name: str, settings: DemoSettings, pairs: Path):
 def student_folder(name: str, settings: DemoSettings, recipe, output: Path) -> Path:
     """The run folder of a demo student, named by a digest of its whole training recipe
     (``demo_train_recipe``): a finished student is reused only for the same training, and
-    other settings get their own folder."""
+    other settings get their own folder. The digest reads the pair folder relative to
+    ``output``: how ``--output`` is spelled (relative, absolute, ``x/../x``) or where the
+    output folder has moved does not rename the student (it retrained into a second folder).
+    How often the training checkpoints is left out (read as its last step only): it does not
+    change the student."""
     from dd.config import dump_yaml
 
-    digest = hashlib.sha256(dump_yaml(recipe).encode()).hexdigest()
+    pairs = os.path.relpath(Path(recipe.pairs.folder).resolve(), Path(output).resolve())
+    run = dataclasses.replace(recipe.run, checkpoint_every_steps=recipe.run.max_steps)
+    named = dataclasses.replace(
+        recipe, pairs=dataclasses.replace(recipe.pairs, folder=pairs), run=run
+    )
+    digest = hashlib.sha256(dump_yaml(named).encode()).hexdigest()
     return output / "students" / f"{name}-{settings.num_pairs}-{settings.train_steps}-{digest[:8]}"
 
 
@@ -403,11 +424,11 @@ ROW_KEYS = ("method", "name", "steps", "fid", "class_accuracy", "seconds_per_ima
 TEACHER_KEYS = ("family", "num_tokens", "num_ar_steps", "one_forward_seconds_per_image")
 
 
-def report_json(results: dict[str, dict]) -> dict:
+def report_json(results: dict[str, dict], run: dict | None = None) -> dict:
     """``{"teachers": {name: {family, num_tokens, num_ar_steps, one_forward_seconds_per_image,
     rows: [{method, name, steps, fid, class_accuracy, seconds_per_image}]}}}`` (the issue's
-    schema, and each row's name)."""
-    return {
+    schema, and each row's name), and ``"run"``: what produced them (``run_record``)."""
+    report = {
         "teachers": {
             name: {
                 **{key: result[key] for key in TEACHER_KEYS},
@@ -416,6 +437,52 @@ def report_json(results: dict[str, dict]) -> dict:
             for name, result in results.items()
         }
     }
+    return report if run is None else {**report, "run": run}
+
+
+def run_record(settings: dict[str, DemoSettings], preset: str, seed: int) -> dict:
+    """``{"preset", "seed", "overridden": {teacher: {key: value}}, "settings": {teacher:
+    DemoSettings}}``: the run's settings, and which of them differ from the preset's
+    (``--train_steps`` and the like; ``overridden`` is null for settings of no preset)."""
+
+    def plain(settings: DemoSettings) -> dict:
+        return {key: list(v) if isinstance(v, tuple) else v
+                for key, v in dataclasses.asdict(settings).items()}  # fmt: skip
+
+    overridden = None
+    if preset in DEMO_PRESETS:
+        overridden = {}
+        for name, chosen in settings.items():
+            preset_values, values = plain(DEMO_PRESETS[preset][name]), plain(chosen)
+            changed = {key: v for key, v in values.items() if v != preset_values[key]}
+            if changed:
+                overridden[name] = changed
+    return {
+        "preset": preset,
+        "seed": seed,
+        "overridden": overridden,
+        "settings": {name: plain(chosen) for name, chosen in settings.items()},
+    }
+
+
+def describe_run(run: dict) -> str:
+    """report.md's words for ``run_record``: "Preset `quick`, overridden: train_steps 400; seed
+    0" (a value that differs between teachers is given per teacher)."""
+    words = f"Preset `{run['preset']}`"
+    changes: dict[str, dict[str, object]] = {}
+    for name, changed in (run["overridden"] or {}).items():
+        for key, value in changed.items():
+            changes.setdefault(key, {})[name] = value
+    if changes:
+        said = []
+        for key, by_teacher in changes.items():
+            values = set(map(str, by_teacher.values()))
+            if len(by_teacher) == len(run["settings"]) and len(values) == 1:
+                said.append(f"{key} {values.pop()}")
+            else:
+                said.append(f"{key} " + ", ".join(f"{v} ({n})" for n, v in by_teacher.items()))
+        words += ", overridden: " + "; ".join(said)
+    return f"{words}; seed {run['seed']}"
 
 
 def stage3_checks(result: dict) -> list[str]:
@@ -489,7 +556,7 @@ def stage3_checks(result: dict) -> list[str]:
 def report_markdown(
     results: dict[str, dict],
     timings: dict[str, float],
-    preset: str,
+    run: dict,
     workers: int = 1,
     num_threads: int | None = None,
 ) -> str:
@@ -502,7 +569,7 @@ def report_markdown(
     lines = [
         "# Distilled Decoding demo",
         "",
-        f"Preset `{preset}`; CPU, {threads} threads per process, "
+        f"{describe_run(run)}; CPU, {threads} threads per process, "
         f"{side_by_side}. Quality in the digits "
         f"classifier's space (FID against the {FID_REFERENCE} split; IS over all samples); "
         "seconds per image include decoding. `steps` = model calls per image.",
@@ -538,36 +605,73 @@ def report_markdown(
     return "\n".join(lines)
 
 
-def plot_quality_vs_steps(results: dict[str, dict], path: Path) -> None:
-    """FID against model calls per image (log), seconds per image on the right axis."""
+def quality_figure(results: dict[str, dict]):
+    """FID against model calls per image (log, o), ms per image on the right axis (x), one
+    panel per teacher. A row's two markers share its colour, named in the panel's legend with
+    its model calls: the grey x's of rows of the same calls (llamagen's DD 2-step and skip-62,
+    var's three rows at 4 calls) could not be told apart. Tick labels that would overlap go a
+    line lower (``stagger_tick_labels``: 21 and 25 read "2125")."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    figure, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 4.5), squeeze=False)
+    figure, axes = plt.subplots(1, len(results), figsize=(6 * len(results), 5.5), squeeze=False)
     for axis, (name, result) in zip(axes[0], results.items(), strict=True):
         seconds_axis = axis.twinx()
-        for row in result["details"]:
-            axis.scatter(row["steps"], row["fid"], marker="o")
+        for index, row in enumerate(result["details"]):
+            color = f"C{index % 10}"
+            calls = f"{row['steps']} call{'s' if row['steps'] != 1 else ''}"
+            axis.scatter(row["steps"], row["fid"], marker="o", color=color,
+                         label=f"{row['name']} ({calls})")  # fmt: skip
             axis.annotate(row["name"], (row["steps"], row["fid"]), fontsize=7,
                           xytext=(3, 3), textcoords="offset points")  # fmt: skip
             seconds_axis.scatter(row["steps"], 1000 * row["seconds_per_image"], marker="x",
-                                 color="grey")  # fmt: skip
+                                 color=color)  # fmt: skip
         forward_ms = 1000 * result["one_forward_seconds_per_image"]
         seconds_axis.axhline(forward_ms, color="grey", linestyle=":", linewidth=1)
         axis.set_xscale("log")
         axis.set_xticks(sorted({row["steps"] for row in result["details"]}))
-        axis.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
         axis.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.set_yscale("log")  # skip-n rows reach hundreds; DD and the teacher sit near 10
         axis.set_xlabel("model calls per image (log)")
         axis.set_ylabel("FID, digits features (o, log)")
-        seconds_axis.set_ylabel("ms per image (x; dotted: one teacher forward)")
+        seconds_axis.set_ylabel("ms per image (x, the colour of its row; dotted: one forward)")
         axis.set_title(name)
+        axis.legend(fontsize=6, ncol=2, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     figure.tight_layout()
-    figure.savefig(path, dpi=120)
+    for axis in axes[0]:
+        stagger_tick_labels(figure, axis)
+    return figure
+
+
+def stagger_tick_labels(figure, axis) -> None:
+    """The x tick labels (integers), each on the first of two lines where it does not overlap
+    the label before it; left out when both are taken (the legend gives every row's calls)."""
+    figure.canvas.draw()
+    ticks = list(axis.get_xticks())
+    axis.set_xticks(ticks, [str(int(tick)) for tick in ticks])
+    figure.canvas.draw()
+    ends = [float("-inf"), float("-inf")]  # right end of the last label on each line, pixels
+    labels = []
+    for label in axis.get_xticklabels():
+        box = label.get_window_extent()
+        line = next((k for k, end in enumerate(ends) if box.x0 > end + 2), None)
+        if line is None:
+            labels.append("")
+        else:
+            ends[line] = box.x1
+            labels.append("\n" * line + label.get_text())
+    axis.set_xticks(ticks, labels)
+
+
+def plot_quality_vs_steps(results: dict[str, dict], path: Path) -> None:
+    """``quality_figure``, saved (legends below the panels included)."""
+    import matplotlib.pyplot as plt
+
+    figure = quality_figure(results)
+    figure.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(figure)
 
 
@@ -586,6 +690,8 @@ def run_stage(
 ) -> tuple[object, float]:
     """One stage of one teacher, given what its earlier stages returned (``done``, by stage):
     (its result: the pair folder, the student folder, or the evaluation; seconds)."""
+    if _IN_WORKER:  # here, not at a worker's start: a stopped pool's workers start in 2 s, not 5
+        quiet_lightning()  # (in the demo's own process run_demo quiets it for the run only)
     began = time.perf_counter()
     if stage == "pairs":
         result = make_pairs(name, settings, output, progress)
@@ -633,7 +739,11 @@ def run_stages(
         for future in finished:
             stage, index = running.pop(future)
             name = names[index]
-            done[name][STAGES[stage]], timings[f"{name} {STAGES[stage]}"] = future.result()
+            try:
+                done[name][STAGES[stage]], timings[f"{name} {STAGES[stage]}"] = future.result()
+            except Exception as error:  # the caller stops the other stages (``stage_pool``)
+                error.add_note(f"in the {STAGES[stage]} stage of {name}")
+                raise
             if stage + 1 < len(STAGES):
                 ready.append((stage + 1, index))
             else:
@@ -654,26 +764,193 @@ def run_now(function: Callable, *args, **kwargs) -> Future:
     return future
 
 
-def _start_worker(slots, lock, num_threads: int | None) -> None:
-    """A worker process: its own two lines of progress bars (tqdm's ``TQDM_POSITION``, which
-    ``dd.train_command.make_trainer`` follows too), the shared tqdm lock, its thread count."""
+PARENT_POLL_SECONDS = 0.5  # how often a worker process checks that the demo's process lives
+
+
+def _watch_parent(parent: int) -> None:
+    """A worker's daemon thread: ends the worker once the demo's process (``parent``) is gone,
+    killed before it could stop its pool. Such orphans finished their stage, then waited
+    forever on the pool's pipe (about 840 MB each), training the same student as a rerun."""
+    while os.getppid() == parent:
+        time.sleep(PARENT_POLL_SECONDS)
+    os._exit(1)
+
+
+_IN_WORKER = False  # set in the pool's worker processes (``_start_worker``)
+
+
+def _start_worker(slots, lock, num_threads: int | None, parent: int) -> None:
+    """A worker process: ended when the demo's process is gone (``_watch_parent``), its own two
+    lines of progress bars (tqdm's ``TQDM_POSITION``, which ``dd.train_command.make_trainer``
+    follows too), the shared tqdm lock, its thread count."""
+    global _IN_WORKER
+    _IN_WORKER = True
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     with slots.get_lock():
         slot = slots.value
         slots.value += 1
     os.environ["TQDM_POSITION"] = str(2 * slot + 2)  # lines 2k+2, 2k+3 (0: the demo's own)
     tqdm.set_lock(lock)
-    quiet_lightning()
     if num_threads is not None:
         torch.set_num_threads(num_threads)
 
 
-def quiet_lightning() -> None:
+@contextmanager
+def stage_pool(slots: int, num_threads: int | None) -> Iterator[ProcessPoolExecutor]:
+    """``slots`` spawned worker processes (``_start_worker``). Left by an exception (a failed
+    stage, ``DemoStopped``, Ctrl-C), the pool is stopped at once (``stop_pool``): leaving it
+    normally waits for the running stages, minutes of training."""
+    context = multiprocessing.get_context("spawn")
+    lock = context.RLock()  # one tqdm lock for every process' bars
+    tqdm.set_lock(lock)
+    pool = ProcessPoolExecutor(
+        max_workers=slots,
+        mp_context=context,
+        initializer=_start_worker,
+        initargs=(context.Value("i", 0), lock, num_threads, os.getpid()),
+    )
+    try:
+        yield pool
+    except BaseException:
+        stop_pool(pool)
+        raise
+    pool.shutdown()
+
+
+def stop_pool(pool: ProcessPoolExecutor, grace_seconds: float = 2.0) -> None:
+    """Cancel the stages not started and end the running ones: SIGTERM, then SIGKILL to those
+    still alive after ``grace_seconds`` (a training under Lightning's SIGTERM handler stops at
+    its next step, then waits for more work). A stopped stage resumes on a rerun: pair shards,
+    checkpoints and students are written to a temporary file and renamed."""
+    # The pool's own processes (Python 3.14's terminate_workers does the same).
+    processes = list((pool._processes or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
+
+
+class DemoStopped(BaseException):
+    """SIGTERM or SIGHUP to the demo's process (``stopped_by_signals``): raised there so that it
+    stops its worker processes (``stage_pool``) before it ends."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"stopped by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+@contextmanager
+def stopped_by_signals() -> Iterator[None]:
+    """SIGTERM and SIGHUP raise ``DemoStopped`` in the main thread (the first one; the handlers
+    are restored then, so a second signal acts as it would have). Nothing in another thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+
+    def restore() -> None:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+    def stop(signum, frame) -> None:
+        restore()
+        raise DemoStopped(signum)
+
+    for number in STOP_SIGNALS:
+        signal.signal(number, stop)
+    try:
+        yield
+    finally:
+        restore()
+
+
+LIGHTNING_LOGGERS = ("lightning", "lightning.pytorch", "lightning.fabric")
+
+
+def quiet_lightning() -> dict[str, int]:
     """Keep the bars only: Lightning's INFO lines (devices, tips) off. Lightning sets its
-    loggers' levels when first imported, so it is imported before they are lowered."""
+    loggers' levels when first imported, so it is imported before they are lowered. Returns
+    the levels they had (``lightning_quieted`` restores them)."""
     import lightning.pytorch  # noqa: F401
 
-    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+    levels = {name: logging.getLogger(name).level for name in LIGHTNING_LOGGERS}
+    for name in LIGHTNING_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    return levels
+
+
+@contextmanager
+def lightning_quieted() -> Iterator[None]:
+    """``quiet_lightning`` for a block: the stages run in the caller's own process (one
+    worker) leave its Lightning loggers as they were (a test after a demo missed their INFO
+    lines)."""
+    levels = quiet_lightning()
+    try:
+        yield
+    finally:
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+MARKER_FILE = ".dd-demo"  # a demo's output folder (``claim_output``)
+# What a demo writes at the top of its output folder: a folder of an older demo (before the
+# marker) holds nothing else.
+REPORT_FILES = ("report.md", "report.json", "timings.json", "quality_vs_steps.png")
+DEMO_ENTRIES = ("pairs", "students", "grids", *REPORT_FILES, ".dd-demo.lock")
+
+
+def claim_output(output: Path):
+    """The demo's hold on ``output`` (a ``FolderLock``, to release): created if need be, refused
+    if it holds anything but a demo's (no ``MARKER_FILE``; a folder of an older demo, all
+    ``DEMO_ENTRIES`` with its ``pairs``, is taken) or another demo is writing it (the lock: two
+    demos trained the same students). Every report file there is rewritten by the run: a
+    user's own folder lost its report.md. A file, a path under a file or a folder that cannot
+    be made is a ValueError naming ``output``, before any work."""
+    from data_gen.shards import FolderLock
+
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        marker = output / MARKER_FILE
+        if not marker.is_file():
+            entries = {entry.name for entry in output.iterdir()}
+            older_demo = "pairs" in entries and entries <= set(DEMO_ENTRIES)
+            if entries and not older_demo:
+                raise ValueError(
+                    f"{output} is not empty and is not a dd demo folder (no {MARKER_FILE}): the "
+                    "demo writes its reports there, over files of the same names. Give a new "
+                    "or empty folder"
+                )
+        # Before the lock: a second demo started meanwhile finds a demo's folder, then the lock.
+        marker.write_text(
+            "A dd demo output folder: every dd demo run into it rewrites its reports.\n"
+        )
+        lock = FolderLock(output, "dd demo")
+        lock.acquire()  # a ShardError if another dd demo holds it
+    except OSError as error:
+        raise ValueError(f"cannot use {output} as the output folder: {error}") from error
+    return lock
+
+
+def remove_previous_reports(output: Path) -> None:
+    """The report files of the folder's previous run (only the files the demo writes): an
+    interrupted rerun with another seed left its grid beside the earlier run's reports. The
+    new ones are written as the run goes (grids) and at its end (the rest)."""
+    for name in REPORT_FILES:
+        (output / name).unlink(missing_ok=True)
+    grids = output / "grids"
+    for name in DEMO_TEACHERS:
+        (grids / f"{name}.png").unlink(missing_ok=True)
+    if grids.is_dir() and not any(grids.iterdir()):
+        grids.rmdir()
 
 
 def run_demo(
@@ -692,31 +969,31 @@ def run_demo(
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    if workers == 1:
-        if num_threads is not None:
-            torch.set_num_threads(num_threads)
-        results, timings = run_stages(settings, output, run_now, 1, seed=seed, progress=progress)
-    else:
-        slots = min(workers, len(settings))  # one teacher's stages run one after another
-        context = multiprocessing.get_context("spawn")
-        lock = context.RLock()  # one tqdm lock for every process' bars
-        tqdm.set_lock(lock)
-        with ProcessPoolExecutor(
-            max_workers=slots,
-            mp_context=context,
-            initializer=_start_worker,
-            initargs=(context.Value("i", 0), lock, num_threads),
-        ) as pool:
-            results, timings = run_stages(
-                settings, output, pool.submit, slots, seed=seed, progress=progress
-            )
-    report = report_json(results)
-    (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
-    plot_quality_vs_steps(results, output / "quality_vs_steps.png")
-    markdown = report_markdown(results, timings, preset, workers, num_threads)
-    (output / "report.md").write_text(markdown)
-    (output / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    lock = claim_output(output)
+    try:
+        remove_previous_reports(output)
+        if workers == 1:
+            if num_threads is not None:
+                torch.set_num_threads(num_threads)
+            with lightning_quieted():
+                results, timings = run_stages(
+                    settings, output, run_now, 1, seed=seed, progress=progress
+                )
+        else:
+            slots = min(workers, len(settings))  # one teacher's stages run one after another
+            with stage_pool(slots, num_threads) as pool:
+                results, timings = run_stages(
+                    settings, output, pool.submit, slots, seed=seed, progress=progress
+                )
+        run = run_record(settings, preset, seed)
+        report = report_json(results, run)
+        (output / "report.json").write_text(json.dumps(report, indent=1) + "\n")
+        plot_quality_vs_steps(results, output / "quality_vs_steps.png")
+        markdown = report_markdown(results, timings, run, workers, num_threads)
+        (output / "report.md").write_text(markdown)
+        (output / "timings.json").write_text(json.dumps(timings, indent=1) + "\n")
+    finally:
+        lock.release()
     return report
 
 
@@ -736,17 +1013,38 @@ def main(argv: list[str]) -> int:
     except ValueError as error:
         print(f"dd demo: {error}", file=sys.stderr)
         return 1
-    quiet_lightning()
+    if not RECIPES_DIR.is_dir():  # a non-editable install: the recipes are not package data
+        print(
+            f"dd demo: the demo reads the tiny recipes of the repository's recipes/ folder, "
+            f"not found at {RECIPES_DIR}: install from a clone with `pip install -e .`",
+            file=sys.stderr,
+        )
+        return 1
+    from data_gen.shards import ShardError
+
     began = time.perf_counter()
-    report = run_demo(
-        recipe.output,
-        settings,
-        preset=recipe.preset,
-        seed=recipe.seed,
-        progress=recipe.progress_bar,
-        workers=recipe.workers,
-        num_threads=recipe.num_threads,
-    )
+    try:
+        with stopped_by_signals():
+            report = run_demo(
+                recipe.output,
+                settings,
+                preset=recipe.preset,
+                seed=recipe.seed,
+                progress=recipe.progress_bar,
+                workers=recipe.workers,
+                num_threads=recipe.num_threads,
+            )
+    except DemoStopped as stopped:
+        print(
+            f"dd demo: {stopped}, its running stages too. Rerunning the same command reuses "
+            "the finished stages and resumes the others",
+            file=sys.stderr,
+        )
+        return 128 + stopped.signum
+    except (ShardError, ValueError, OSError) as error:  # a stage's refusal: its message only
+        where = "".join(f" ({note})" for note in getattr(error, "__notes__", ()))
+        print(f"dd demo: {error}{where}", file=sys.stderr)
+        return 1
     print((Path(recipe.output) / "report.md").read_text())
     print(f"dd demo: {time.perf_counter() - began:.0f} s; report in {recipe.output}/report.md")
     return 0 if report["teachers"] else 1

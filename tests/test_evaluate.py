@@ -6,6 +6,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
+import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,10 +28,12 @@ from dd.demo import (
     DEMO_PRESETS,
     DemoSettings,
     demo_train_recipe,
+    describe_run,
     make_pairs,
     report_json,
     run_demo,
     run_now,
+    run_record,
     run_stages,
     stage3_checks,
     student_folder,
@@ -69,6 +76,7 @@ from dd.student import DDStudent
 from dd.teacher_spec import TeacherSpec
 from teachers.data import load_digits_split
 from teachers.tiny import load_tiny_teacher, tiny_sampling
+from tests import demo_stand_in
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -601,10 +609,13 @@ def test_moved_teacher_files_alone_override_the_card(tmp_path, capsys):
     assert (tmp_path / "samples" / "dd_1-step" / "0000_class3.png").is_file()
 
 
-def test_demo_report_schema_from_a_toy_run(tmp_path):
+def test_demo_report_schema_from_a_toy_run(tmp_path, monkeypatch):
     """The whole demo at toy size (48 pairs, 2 training steps, 2 samples per class): the
     report.json schema of the stage-3 issue, every report file, and pairs reused on a rerun;
-    far-digits (#13) in the same schema, family "far", teacher / DD 1-, 2-step / onestep*."""
+    far-digits (#13) in the same schema, family "far", teacher / DD 1-, 2-step / onestep*.
+    The in-process run checkpoints its students every step (an interrupted training resumes
+    from there), the worker processes' at their last step only: the same students, byte for
+    byte, in folders of the same names."""
     toy = {
         name: DemoSettings(
             num_pairs=48, train_steps=2, global_batch_size=8, num_heldout=8, eval_per_class=2,
@@ -614,12 +625,26 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
         for name in ("llamagen-digits", "var-digits", "far-digits")
     }  # fmt: skip
     threads = torch.get_num_threads()
+    monkeypatch.setattr("dd.demo.CHECKPOINT_EVERY_STEPS", 1)  # this process only
+    import lightning.pytorch  # noqa: F401  (it sets its loggers' levels when imported)
+
+    lightning_logger = logging.getLogger("lightning.pytorch")
+    level = lightning_logger.level
     try:
         report = run_demo(tmp_path, toy, progress=False, num_threads=1)
     finally:
         torch.set_num_threads(threads)
+    # Lightning quieted for the run only (tests after it missed Lightning's INFO lines)
+    assert lightning_logger.level == level
     assert json.loads((tmp_path / "report.json").read_text()) == report
-    assert set(report) == {"teachers"} and set(report["teachers"]) == set(toy)
+    assert (tmp_path / ".dd-demo").is_file()  # the demo's folder now (claim_output)
+    assert set(report) == {"teachers", "run"} and set(report["teachers"]) == set(toy)
+    assert report["run"] == {  # what made the rows (custom settings: no preset to override)
+        "preset": "custom", "seed": 0, "overridden": None,
+        "settings": {name: {**dataclasses.asdict(s), "methods": list(s.methods)}
+                     for name, s in toy.items()},
+    }  # fmt: skip
+    assert "Preset `custom`; seed 0; CPU" in (tmp_path / "report.md").read_text()
     for name, entry in report["teachers"].items():
         assert set(entry) == {
             "family", "num_tokens", "num_ar_steps", "one_forward_seconds_per_image", "rows"
@@ -662,10 +687,58 @@ def test_demo_report_schema_from_a_toy_run(tmp_path):
             (r["method"], r["steps"], r["fid"], r["class_accuracy"])
             for r in side["teachers"][name]["rows"]
         ], name
+    students = sorted((tmp_path / "students").iterdir())
+    assert [s.name for s in students] == sorted(
+        s.name for s in (tmp_path / "side" / "students").iterdir()
+    )
+    for student in students:
+        assert (student / "checkpoints" / "epoch=0-step=1.ckpt").is_file()
+        side_student = tmp_path / "side" / "students" / student.name
+        assert not (side_student / "checkpoints" / "epoch=0-step=1.ckpt").exists()
+        weights = "student/student.safetensors"
+        assert (student / weights).read_bytes() == (side_student / weights).read_bytes()
     side_report = (tmp_path / "side" / "report.md").read_text()
     assert "1 threads per process, 2 processes running stages side by side" in side_report
     with pytest.raises(ValueError, match="workers must be >= 1"):
         run_demo(tmp_path / "none", toy, workers=0)
+
+
+def test_demo_plot_tells_each_rows_markers_and_ticks_apart():
+    """quality_vs_steps.png: the ms-per-image markers were all grey with no label, though
+    several rows share a step count (llamagen's DD 2-step and skip-62), and the tick labels
+    21 and 25 overlapped ("2125"). Now each row's two markers share its colour, the legend
+    names every row with its model calls, and no two tick labels overlap."""
+    import matplotlib.colors
+    import matplotlib.pyplot as plt
+
+    from dd.demo import quality_figure
+
+    steps = {"teacher": 64, "dd 1-step": 1, "dd 2-step": 2, "dd+teacher a": 21, "dd+teacher b": 7,
+             "onestep*": 1, "skip-26": 38, "skip-39": 25, "skip-62": 2}  # fmt: skip
+    rows = [{"name": name, "steps": n, "fid": 10.0 + i, "seconds_per_image": 0.001 * (i + 1)}
+            for i, (name, n) in enumerate(steps.items())]  # fmt: skip
+    result = {"details": rows, "one_forward_seconds_per_image": 0.005}
+    figure = quality_figure({"llamagen-digits": result})
+    try:
+        fid_axis, seconds_axis = figure.axes
+        fid_colors = [c.get_facecolor()[0] for c in fid_axis.collections]
+        seconds_colors = [c.get_facecolor()[0] for c in seconds_axis.collections]
+        assert len(fid_colors) == len(seconds_colors) == len(rows)
+        assert [tuple(c) for c in fid_colors] == [tuple(c) for c in seconds_colors]
+        assert len({matplotlib.colors.to_hex(c) for c in fid_colors}) == len(rows)
+        legend = [text.get_text() for text in fid_axis.get_legend().get_texts()]
+        assert legend == [f"{name} ({n} call{'s' if n > 1 else ''})" for name, n in steps.items()]
+        figure.canvas.draw()
+        labels = [(label.get_text(), label.get_window_extent())
+                  for label in fid_axis.get_xticklabels() if label.get_text().strip()]  # fmt: skip
+        assert {"21", "25"} <= {text.strip() for text, _ in labels}  # both, one a line lower
+        for i, (text, box) in enumerate(labels):  # "\n25": on the second line
+            for other, other_box in labels[i + 1 :]:
+                same_line = text.count("\n") == other.count("\n")
+                assert not (same_line and box.x1 > other_box.x0 and other_box.x1 > box.x0)
+            assert not box.overlaps(fid_axis.xaxis.label.get_window_extent())
+    finally:
+        plt.close(figure)
 
 
 def test_demo_stages_run_every_training_before_any_evaluation(tmp_path, monkeypatch):
@@ -691,6 +764,151 @@ def test_demo_stages_run_every_training_before_any_evaluation(tmp_path, monkeypa
     assert list(timings) == [f"{n} {s}" for n in "abc" for s in ("pairs", "distil", "evaluate")]
     with pytest.raises(RuntimeError, match="training failed"):
         run_stages({"boom": settings["a"]}, tmp_path, run_now, 1, seed=0, progress=False)
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+STAND_IN_TEACHERS = ["--teachers", "[llamagen-digits, var-digits]", "--progress_bar", "false"]
+
+
+def process_gone(pid: int) -> bool:
+    """No process ``pid``, or a zombie (an orphan's, when init does not reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in "ZX"
+    except FileNotFoundError:
+        return True
+    except OSError:  # no /proc
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+
+def stage_pids(output: Path, names=("llamagen-digits", "var-digits"), timeout=60.0) -> list[int]:
+    """The process ids the stand-in stages of ``names`` write (``tests/demo_stand_in.py``)."""
+    files = [output / f"{name}.pid" for name in names]
+    deadline = time.monotonic() + timeout
+    while not all(file.is_file() and file.read_text() for file in files):
+        assert time.monotonic() < deadline, "the stand-in stages did not start"
+        time.sleep(0.1)
+    return [int(file.read_text()) for file in files]
+
+
+def wait_gone(pids: list[int], seconds: float) -> list[int]:
+    """The processes of ``pids`` still alive after ``seconds`` (then killed: no orphan)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not all(map(process_gone, pids)):
+        time.sleep(0.1)
+    alive = [pid for pid in pids if not process_gone(pid)]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    return alive
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+def test_demo_worker_processes_end_with_the_demo(tmp_path, signum):
+    """Killed by SIGTERM, the demo's process stopped without its spawned workers: they finished
+    their stage, then waited forever (about 840 MB each) and trained the student a rerun was
+    training. Now SIGTERM stops the pool first (one line, exit 128 + 15), and a worker whose
+    parent is gone however it ended (SIGKILL) ends itself within a second."""
+    output = tmp_path / "demo"
+    command = [sys.executable, "-m", "tests.demo_stand_in", "--quick", "--output", str(output),
+               "--teachers", "[var-digits]", "--progress_bar", "false"]  # fmt: skip
+    demo = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    try:
+        pids = stage_pids(output, ["var-digits"])  # one worker process: its stage
+        demo.send_signal(signum)
+        code = demo.wait(timeout=30)
+    finally:
+        demo.kill()
+    assert wait_gone(pids, 5) == []
+    err = demo.stderr.read()
+    if signum == signal.SIGTERM:
+        assert code == 128 + signal.SIGTERM, err
+        assert "dd demo: stopped by SIGTERM, its running stages too. Rerunning" in err, err
+        assert "Traceback" not in err, err
+    else:
+        assert code == -signal.SIGKILL, err
+
+
+def test_a_failing_demo_stage_stops_the_others_and_says_why_in_one_line(
+    tmp_path, monkeypatch, capsys
+):
+    """A pair folder the demo refused (a ShardError) showed a 35- to 49-line traceback, and
+    only once the other worker had finished its stage (minutes of training): now the others
+    are stopped at once and the refusal is one line, naming the stage."""
+    monkeypatch.setattr("dd.demo.run_stage", demo_stand_in.stage)  # pickled by reference
+    monkeypatch.setenv(demo_stand_in.FAIL_VARIABLE, "var-digits")
+    # A previous run's reports are removed as the run starts (only the demo's own files): an
+    # interrupted rerun left its new grid beside the old reports.
+    (tmp_path / ".dd-demo").write_text("")
+    (tmp_path / "grids").mkdir()
+    names = ("report.md", "report.json", "timings.json", "quality_vs_steps.png",
+             "grids/var-digits.png", "grids/far-digits.png")  # fmt: skip
+    previous = [tmp_path / name for name in names]
+    for file in [*previous, tmp_path / "grids" / "mine.txt"]:
+        file.write_text("previous")
+    began = time.monotonic()
+    code = dd_main(["demo", "--quick", *STAND_IN_TEACHERS, "--output", str(tmp_path)])
+    assert code == 1 and time.monotonic() - began < demo_stand_in.SLEEP_SECONDS / 3
+    assert wait_gone(stage_pids(tmp_path, ["llamagen-digits"]), 1) == []
+    err = capsys.readouterr().err.strip()
+    assert err == (f"dd demo: {tmp_path} holds pairs of other settings (stand-in) "
+                   "(in the pairs stage of var-digits)")  # fmt: skip
+    assert not any(file.exists() for file in previous)
+    assert (tmp_path / "grids" / "mine.txt").read_text() == "previous"
+
+
+def test_demo_without_the_recipes_folder_says_how_to_install(tmp_path, monkeypatch, capsys):
+    """A non-editable install has no recipes/ beside the package (they are not package data):
+    the demo failed in its first stage; now it says so in one line before any work."""
+    monkeypatch.setattr("dd.demo.RECIPES_DIR", tmp_path / "site-packages" / "recipes")
+    output = tmp_path / "demo"
+    assert dd_main(["demo", "--quick", "--workers", "1", "--output", str(output)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "recipes/ folder, not found at" in err, err
+    assert "install from a clone with `pip install -e .`" in err and not output.exists()
+
+
+def test_demo_output_folder_is_checked_before_any_work(tmp_path, monkeypatch, capsys):
+    """``--output`` a file, a path under a file or one that cannot be made: tracebacks
+    (FileExistsError, NotADirectoryError); a user's own folder: its report.md overwritten; a
+    folder another demo is writing: both trained the same students. Each is now refused in
+    one line before any stage; a demo's folder (its marker), or an older demo's, is taken."""
+    from data_gen.shards import FolderLock
+    from dd.demo import MARKER_FILE, claim_output
+
+    def no_stage(*args, **kwargs):
+        raise AssertionError("a stage ran")
+
+    monkeypatch.setattr("dd.demo.run_stages", no_stage)
+    file = tmp_path / "file"
+    file.write_text("mine")
+    own = tmp_path / "own"
+    own.mkdir()
+    (own / "report.md").write_text("mine")
+    busy = tmp_path / "busy"  # a demo's folder, another demo running in it
+    busy.mkdir()
+    (busy / MARKER_FILE).write_text("")
+    cases = [(file, "File exists"), (file / "sub", "Not a directory"),
+             (own, "is not empty and is not a dd demo folder"),
+             (busy, "is being written by another dd demo run")]  # fmt: skip
+    if Path("/proc/self").is_dir():
+        cases.append((Path("/proc/dd-demo-test"), "cannot use /proc/dd-demo-test as the output"))
+    with FolderLock(busy, "dd demo"):
+        for output, message in cases:
+            assert dd_main(["demo", "--quick", "--output", str(output)]) == 1, output
+            err = capsys.readouterr().err
+            assert err.startswith("dd demo: ") and err.count("\n") == 1 and message in err, err
+    assert [entry.name for entry in own.iterdir()] == ["report.md"]
+    assert (own / "report.md").read_text() == "mine"
+    older = tmp_path / "older"  # a folder of a demo from before the marker
+    (older / "pairs").mkdir(parents=True)
+    (older / "report.md").write_text("an older demo's")
+    claim_output(older).release()
+    assert (older / MARKER_FILE).is_file()
+    (older / "notes.txt").write_text("the user's")  # a demo's folder, by its marker
+    claim_output(older).release()
 
 
 def random_inception_network():
@@ -996,17 +1214,25 @@ def test_image_size_option_is_refused_where_it_means_nothing(capsys):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_demo_students_of_other_training_settings_get_other_folders(tmp_path):
-    """A finished demo student is reused by folder: only the same training may find it."""
-    pairs = tmp_path / "pairs"
+def test_demo_students_of_other_training_settings_get_other_folders(tmp_path, monkeypatch):
+    """A finished demo student is reused by folder: only the same training may find it, and
+    however ``--output`` is spelled or wherever the output folder has moved (a relative and
+    an absolute spelling trained the same student into two folders)."""
 
-    def folder_of(settings):
+    def folder_of(settings, output=tmp_path):
+        pairs = Path(output) / "pairs" / f"llamagen-digits-{settings.num_pairs}"  # make_pairs'
         recipe = demo_train_recipe("llamagen-digits", settings, pairs)
-        return student_folder("llamagen-digits", settings, recipe, tmp_path)
+        return student_folder("llamagen-digits", settings, recipe, Path(output))
 
     settings = DEMO_PRESETS["default"]["llamagen-digits"]
     folder = folder_of(settings)
     assert folder == folder_of(settings)
+    # A default training checkpoints on the way (an interrupted one restarted from step 0).
+    recipe = demo_train_recipe("llamagen-digits", settings, tmp_path / "pairs")
+    assert recipe.run.checkpoint_every_steps == 250 < settings.train_steps
+    monkeypatch.chdir(tmp_path.parent)
+    for spelling in (tmp_path.name, f"{tmp_path.name}/../{tmp_path.name}", tmp_path / "moved"):
+        assert folder_of(settings, spelling).name == folder.name, spelling
     assert folder.name.startswith(f"llamagen-digits-4000-{settings.train_steps}-")
     for change in ({"lr": 1e-3}, {"ema_decay": 0.999}, {"global_batch_size": 32},
                    {"cosine_warmup_steps": None}):  # fmt: skip
@@ -1022,6 +1248,19 @@ def test_demo_presets_overrides_and_unknown_teachers(capsys):
 
     settings = DemoRecipe(preset="quick", train_steps=5, teachers=["var-digits"]).settings()
     assert list(settings) == ["var-digits"] and settings["var-digits"].train_steps == 5
+    # report.md said "Preset quick" only, whatever was overridden; report.json had no settings
+    run = run_record(settings, "quick", 3)
+    assert run["overridden"] == {"var-digits": {"train_steps": 5}} and run["seed"] == 3
+    assert run["settings"]["var-digits"]["train_steps"] == 5
+    assert describe_run(run) == "Preset `quick`, overridden: train_steps 5; seed 3"
+    both = DemoRecipe(preset="quick", teachers=["var-digits", "far-digits"]).settings()
+    assert describe_run(run_record(both, "quick", 0)) == "Preset `quick`; seed 0"
+    both["far-digits"] = dataclasses.replace(both["far-digits"], train_steps=7, num_pairs=800)
+    both["var-digits"] = dataclasses.replace(both["var-digits"], train_steps=9)
+    assert describe_run(run_record(both, "quick", 0)) == (
+        "Preset `quick`, overridden: train_steps 9 (var-digits), 7 (far-digits); "
+        "num_pairs 800 (far-digits); seed 0"
+    )
     assert settings["var-digits"].num_pairs == DEMO_PRESETS["quick"]["var-digits"].num_pairs
     for teachers in ("[mnist-digits]", "[]", "[var-digits, var-digits]"):
         assert dd_main(["demo", "--quick", "--teachers", teachers, "--output", "/nonexistent"]) == 1

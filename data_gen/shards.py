@@ -38,6 +38,8 @@ import torch
 import webdataset as wds
 from tqdm.auto import tqdm
 
+from teachers.shipped import file_sha256 as sha256_file  # one file hasher
+
 FORMAT_NAME = "dd-pairs"
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
@@ -207,14 +209,6 @@ def read_checked_shard(path: str | Path, entry: dict[str, Any]) -> Iterator[dict
 
 
 # --- Files -----------------------------------------------------------------------------------
-
-
-def sha256_file(path: str | Path) -> str:
-    hasher = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(HASH_CHUNK_BYTES):
-            hasher.update(chunk)
-    return hasher.hexdigest()
 
 
 def write_json_atomic(path: Path, data: Any) -> None:

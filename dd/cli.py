@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 LIGHTNING_RANK_ZERO_LOGGER = "lightning.pytorch.utilities.rank_zero"
@@ -74,6 +75,15 @@ def drop_lightning_advert() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    try:
+        return route(argv)
+    except KeyboardInterrupt:  # Ctrl-C: one line, not the traceback of wherever it landed
+        command = argv[0] if argv and not argv[0].startswith("-") else ""
+        print(f"dd{' ' + command if command else ''}: interrupted (Ctrl-C)", file=sys.stderr)
+        return 128 + signal.SIGINT
+
+
+def route(argv: list[str]) -> int:
     drop_lightning_advert()
     if argv and argv[0] in RECIPE_COMMANDS:
         module_name = RECIPE_COMMANDS[argv[0]][0]

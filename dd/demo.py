@@ -785,6 +785,9 @@ def _start_worker(slots, lock, num_threads: int | None, parent: int) -> None:
     follows too), the shared tqdm lock, its thread count."""
     global _IN_WORKER
     _IN_WORKER = True
+    # Ctrl-C reaches the terminal's whole process group: the demo's process stops the pool
+    # (``stopped_by_signals``), a worker interrupted on its own printed its traceback too.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     with slots.get_lock():
         slot = slots.value
@@ -798,7 +801,7 @@ def _start_worker(slots, lock, num_threads: int | None, parent: int) -> None:
 @contextmanager
 def stage_pool(slots: int, num_threads: int | None) -> Iterator[ProcessPoolExecutor]:
     """``slots`` spawned worker processes (``_start_worker``). Left by an exception (a failed
-    stage, ``DemoStopped``, Ctrl-C), the pool is stopped at once (``stop_pool``): leaving it
+    stage, ``DemoStopped``), the pool is stopped at once (``stop_pool``): leaving it
     normally waits for the running stages, minutes of training."""
     context = multiprocessing.get_context("spawn")
     lock = context.RLock()  # one tqdm lock for every process' bars
@@ -837,25 +840,28 @@ def stop_pool(pool: ProcessPoolExecutor, grace_seconds: float = 2.0) -> None:
 
 
 class DemoStopped(BaseException):
-    """SIGTERM or SIGHUP to the demo's process (``stopped_by_signals``): raised there so that it
-    stops its worker processes (``stage_pool``) before it ends."""
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP to the demo's process (``stopped_by_signals``):
+    raised there so that it stops its worker processes (``stage_pool``) before it ends."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(f"stopped by {signal.Signals(signum).name}")
         self.signum = signum
 
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
 @contextmanager
 def stopped_by_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP raise ``DemoStopped`` in the main thread (the first one; the handlers
-    are restored then, so a second signal acts as it would have). Nothing in another thread."""
+    """SIGINT, SIGTERM and SIGHUP raise ``DemoStopped`` in the main thread (the first one; the
+    handlers are restored then, so a second signal acts as it would have). A signal the demo
+    started with ignored stays ignored: SIGHUP under ``nohup``, SIGINT in a background job of
+    a script. Nothing in another thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    previous = {number: was for number, was in previous.items() if was != signal.SIG_IGN}
 
     def restore() -> None:
         for number, handler in previous.items():
@@ -865,7 +871,7 @@ def stopped_by_signals() -> Iterator[None]:
         restore()
         raise DemoStopped(signum)
 
-    for number in STOP_SIGNALS:
+    for number in previous:
         signal.signal(number, stop)
     try:
         yield

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import signal
 import typing
 
 import pytest
 
 import dd.config
 from dd.cli import RECIPE_COMMANDS
+from dd.cli import main as dd_main
 
 
 def command_parser(module_name: str, monkeypatch, capsys):
@@ -58,3 +60,22 @@ def test_every_option_has_help_text(command, monkeypatch, capsys):
     assert undocumented(parser) == []
     for section in dataclasses_in(schema) - {schema}:
         assert undocumented(dd.config.recipe_parser(section, prog=section.__name__)) == [], section
+
+
+@pytest.mark.parametrize(
+    "argv, module, function",
+    [
+        (["eval", "--student", "s"], "dd.eval_command", "main"),  # a recipe command
+        (["train-teacher", "--family", "classifier", "--out", "w"], "teachers.tiny.cli", "run"),
+    ],
+)
+def test_ctrl_c_in_a_command_is_one_line(argv, module, function, monkeypatch, capsys):
+    """Ctrl-C in ``dd eval``, ``dd sample`` or ``dd train-teacher`` printed the traceback of
+    wherever the KeyboardInterrupt landed: now one line naming the command, exit 128 + SIGINT."""
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib.import_module(module), function, interrupted)
+    assert dd_main(argv) == 128 + signal.SIGINT
+    assert capsys.readouterr().err == f"dd {argv[0]}: interrupted (Ctrl-C)\n"

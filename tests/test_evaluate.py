@@ -805,30 +805,68 @@ def wait_gone(pids: list[int], seconds: float) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGKILL])
+STAND_IN_COMMAND = [sys.executable, "-m", "tests.demo_stand_in", "--quick",
+                    "--teachers", "[var-digits]", "--progress_bar", "false"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "signum", [signal.SIGINT, signal.SIGTERM, signal.SIGKILL], ids=lambda s: signal.Signals(s).name
+)
 def test_demo_worker_processes_end_with_the_demo(tmp_path, signum):
     """Killed by SIGTERM, the demo's process stopped without its spawned workers: they finished
     their stage, then waited forever (about 840 MB each) and trained the student a rerun was
     training. Now SIGTERM stops the pool first (one line, exit 128 + 15), and a worker whose
-    parent is gone however it ended (SIGKILL) ends itself within a second."""
+    parent is gone however it ended (SIGKILL) ends itself within a second. Ctrl-C, sent by a
+    terminal to its whole process group, printed the demo's traceback (and, with the workers
+    interrupted on their own, theirs): now one line too, exit 130, the pool stopped by the
+    demo."""
     output = tmp_path / "demo"
-    command = [sys.executable, "-m", "tests.demo_stand_in", "--quick", "--output", str(output),
-               "--teachers", "[var-digits]", "--progress_bar", "false"]  # fmt: skip
-    demo = subprocess.Popen(command, cwd=REPO_ROOT, stderr=subprocess.PIPE, text=True)
+    demo = subprocess.Popen([*STAND_IN_COMMAND, "--output", str(output)], cwd=REPO_ROOT,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     try:
         pids = stage_pids(output, ["var-digits"])  # one worker process: its stage
-        demo.send_signal(signum)
+        if signum == signal.SIGINT:
+            os.killpg(demo.pid, signum)  # as a terminal's Ctrl-C: the process group
+        else:
+            demo.send_signal(signum)
         code = demo.wait(timeout=30)
     finally:
         demo.kill()
     assert wait_gone(pids, 5) == []
     err = demo.stderr.read()
-    if signum == signal.SIGTERM:
-        assert code == 128 + signal.SIGTERM, err
-        assert "dd demo: stopped by SIGTERM, its running stages too. Rerunning" in err, err
-        assert "Traceback" not in err, err
-    else:
+    if signum == signal.SIGKILL:
         assert code == -signal.SIGKILL, err
+    else:
+        assert code == 128 + signum, err
+        name = signal.Signals(signum).name
+        assert f"dd demo: stopped by {name}, its running stages too. Rerunning" in err, err
+        assert "Traceback" not in err, err
+
+
+def test_a_demo_started_under_nohup_keeps_running_on_sighup(tmp_path):
+    """``nohup dd demo ... &`` starts it with SIGHUP ignored, so that closing the terminal does
+    not stop it; the demo's own handler replaced that and stopped at the hang-up. A signal
+    ignored at the start stays ignored (the workers inherit it); SIGTERM still stops it."""
+    output = tmp_path / "demo"
+
+    def nohup() -> None:
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+    demo = subprocess.Popen([*STAND_IN_COMMAND, "--output", str(output)], cwd=REPO_ROOT,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=nohup)  # fmt: skip
+    try:
+        pids = stage_pids(output, ["var-digits"])
+        os.killpg(demo.pid, signal.SIGHUP)  # a hang-up reaches the whole group
+        with pytest.raises(subprocess.TimeoutExpired):
+            demo.wait(timeout=3)
+        assert not any(map(process_gone, pids))
+        demo.send_signal(signal.SIGTERM)
+        code = demo.wait(timeout=30)
+    finally:
+        demo.kill()
+    assert wait_gone(pids, 5) == []
+    assert code == 128 + signal.SIGTERM, demo.stderr.read()
 
 
 def test_a_failing_demo_stage_stops_the_others_and_says_why_in_one_line(

@@ -180,6 +180,10 @@ def parse_methods(
                 f"unknown method {spec!r}; give teacher, dd:K, dd+teacher[:pre-trained-n-m], "
                 "skip:N or onestep*"
             )
+    names = [method.name for method in methods]
+    repeated = sorted({name for name in names if names.count(name) > 1})
+    if repeated:  # dd sample wrote both into one folder, dd eval sampled and scored it twice
+        raise ValueError(f"methods {list(specs)} give {repeated} more than once")
     return methods
 
 

@@ -326,6 +326,11 @@ def test_bad_methods_are_refused(samplers):
     ):
         with pytest.raises(ValueError, match=message):
             parse_methods([spec], samplers)
+    # one method twice (as a preset and by its range, say): one folder in dd sample, two rows
+    second = samplers.student.timesteps[1]  # no preset key: (second - 1, second) is a preset
+    for specs in (["dd:1", "dd:1"], ["dd+teacher", f"dd+teacher:{second - 1}-{second}"]):
+        with pytest.raises(ValueError, match="more than once"):
+            parse_methods(specs, samplers)
     one_step = DDStudent(samplers.teacher, (0,), 0)
     with pytest.raises(ValueError, match="two timesteps or more"):
         parse_methods(["dd+teacher"], dataclasses.replace(samplers, student=one_step))

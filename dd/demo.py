@@ -136,7 +136,7 @@ SKIPS = {
 # longest teacher's (1,873 s against 801 s in the 98a3fcc run), so both cores stay busy. The
 # demo's time depends on the machine far more than on these sizes: 9 min 9 s on one (450
 # llamagen steps), 43 min on one 3.7x to 5.8x slower per stage (var 800 steps), 16 min on
-# another (docs/embedded_default.md, "The demo").
+# another (docs/demo_runs.md).
 # The codebook students train with a cosine schedule from 2e-3 (the recipes: constant 1e-3);
 # var-digits in batches of 32: 1,100 steps of 32 beat 600 of 64 at about the same time
 # (1-step FID 8.25 against 9.34, docs/distillation.md, "LR schedule and EMA of short runs").
@@ -158,7 +158,7 @@ DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
         # 2-step 7.26 / 6.72 and 7.44 / 6.67 on average), but only at 1,500 do the
         # teacher-interleaved rows lie between DD 2-step and the teacher on average (6.16-6.35
         # against 6.67 and 4.95; 1,250: 6.74-6.97 against 6.72); about 100 s more of training
-        # than 1,250 (docs/embedded_default.md, "The demo").
+        # than 1,250 (docs/demo_runs.md, "Commit 02a0ee5's run").
         "var-digits": DemoSettings(
             num_pairs=4000, train_steps=1500, global_batch_size=32, num_heldout=200,
             ema_decay=0.99, lr=2e-3, cosine_warmup_steps=50,
@@ -174,7 +174,7 @@ DEMO_PRESETS: dict[str, dict[str, DemoSettings]] = {
     },
     "quick": {
         # Sized for the 2-core machine 3.7x-5.8x slower than the 10-minute one: 60 / 40 / 60
-        # steps and 200 samples took 7 min of demo there (docs/embedded_default.md). The
+        # steps and 200 samples took 7 min of demo there (docs/demo_runs.md, "`--quick`"). The
         # students are far from their teachers at any of these sizes: --quick shows the run.
         "llamagen-digits": DemoSettings(
             num_pairs=600, train_steps=30, global_batch_size=64, num_heldout=100, ema_decay=0.85,
@@ -718,7 +718,7 @@ def run_stages(
     ``STAGES``, ties in teacher order: every teacher's pairs and training start before any
     evaluation, and the evaluations fill the gaps the long trainings leave. (Whole teachers per
     worker left one core idle for the last 246 s of the default run, 1,194 s, on a 2-core
-    machine: docs/embedded_default.md, "The demo".) Returns (results, seconds by stage)."""
+    machine: docs/demo_runs.md.) Returns (results, seconds by stage)."""
     names = list(settings)
     done: dict[str, dict[str, object]] = {name: {} for name in names}
     timings: dict[str, float] = {}

@@ -8,8 +8,8 @@ that never change an output) are skipped.
 
 ``entry_format`` is the header of one entry. It is a parameter only because the two families
 recorded their shipped fingerprints (pair-shard manifests, the shipped students' cards in
-``dd/weights/*/student.json``) with
-different field orders; each family keeps its own so that no recorded value changes.
+``dd/weights/*/student.json``) with different field orders; each family keeps its own so that
+no recorded value changes.
 """
 
 from __future__ import annotations

@@ -159,7 +159,10 @@ class TeacherSession(Protocol):
         ...
 
     def accept(self, tokens: torch.Tensor) -> None:
-        """Feed the tokens ``[B, L_step]`` chosen for the current step; advance one step."""
+        """Feed the tokens ``[B, L_step]`` chosen for the current step; advance one step.
+
+        The project's sessions run no forward here: the next ``next_log_probs`` runs every
+        step accepted since then in one pass (a given prefix, Alg. 4, costs one forward)."""
         ...
 
     def close(self) -> None:

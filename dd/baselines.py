@@ -89,7 +89,9 @@ def teacher_forcing_log_probs(
     n - 1``, each given the earlier tokens of ``tokens_BN``, in ONE parallel forward (two with
     CFG: the label and the null class), guided as the teacher's session guides
     (``guided_log_probs_all``). Equal to stepping the session through ``tokens_BN``
-    (tests/test_baselines.py) at the cost of one full-sequence forward instead of K steps."""
+    (tests/test_baselines.py) at the cost of one full-sequence forward instead of K steps.
+    Settings the teacher's session refuses are refused here too (``check_sampling``)."""
+    teacher.check_sampling(sampling)
     geometry = teacher.geometry
     batch = labels_B.shape[0]
     guided = sampling.uses_cfg
@@ -138,6 +140,8 @@ def skip_tokens(
         raise ValueError(f"fill must be 'sample' or 'argmax', got {fill!r}")
     check_labels(labels, teacher.num_classes)
     sampling = sampling or teacher.default_sampling()
+    # Before any forward: with skip_n = K - 1 no session (whose start checks them) is opened.
+    teacher.check_sampling(sampling)
     if skip_n == 0:
         return teacher_tokens(teacher, labels, uniforms_BN, sampling).cpu()
     incremental_steps = num_steps - skip_n - 1

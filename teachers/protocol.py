@@ -208,6 +208,11 @@ class Teacher(Protocol):
         """The family's sampling defaults (DD paper App. C; docs/teachers.md)."""
         ...
 
+    def check_sampling(self, sampling: SamplingConfig) -> None:
+        """Raise a ``ValueError`` for settings this family cannot honour (``start`` calls it;
+        so must any sampler that guides the teacher's logits without a session)."""
+        ...
+
     def fingerprint(self) -> str:
         """A short stable hash of the weights and architecture: names the teacher in shards."""
         ...

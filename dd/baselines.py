@@ -189,13 +189,14 @@ class ClassTokenTable:
     ) -> ClassTokenTable:
         """From pair tokens ``[N, n]`` and labels ``[N]`` (kept on the CPU); every class needs a
         pair."""
+        check_labels(labels, num_classes)  # before bincount, which refuses negative labels
         tokens, labels = tokens.cpu(), labels.cpu()
         counts = torch.bincount(labels, minlength=num_classes)
-        if counts.numel() > num_classes or (counts == 0).any():
-            missing = (counts[:num_classes] == 0).nonzero().flatten().tolist()
+        if (counts == 0).any():
+            missing = (counts == 0).nonzero().flatten().tolist()
             raise ValueError(
-                f"labels must be in [0, {num_classes}) and every class needs pairs to estimate "
-                f"frequencies from; no pairs of classes {missing}"
+                f"every class needs pairs to estimate frequencies from; no pairs of classes "
+                f"{missing}"
             )
         grouped = tokens[labels.argsort(stable=True)].to(token_dtype(vocab_size))
         offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])

@@ -134,6 +134,17 @@ def test_bad_baseline_input_is_refused(named_teacher):
         ClassTokenTable.of(torch.zeros(9, 4, dtype=torch.long), torch.arange(9), 10, 64)
 
 
+def test_token_table_names_bad_labels_as_bad_labels():
+    """A label outside ``[0, num_classes)`` is a bad label, not an absent class (the old
+    message listed no absent class: []) and not torch.bincount's RuntimeError (for -1)."""
+    tokens = torch.zeros(20, 4, dtype=torch.long)
+    every_class = torch.arange(18) % 3
+    for bad in (3, -1):
+        labels = torch.cat([every_class, torch.tensor([bad, 0])])
+        with pytest.raises(ValueError, match=rf"class labels must be in \[0, 3\).*got \[{bad}\]"):
+            ClassTokenTable.of(tokens, labels, 3, 64)
+
+
 REFUSED_SAMPLING = {  # a setting each family's session refuses (its check_sampling)
     "llamagen-digits": (SamplingConfig(cfg_scale=2.0, cfg_schedule="linear"), "constant scale"),
     "var-digits": (SamplingConfig(cfg_scale=2.0, cfg_interval=3.0), "no cfg_interval"),

@@ -97,6 +97,25 @@ def test_vq_file_given_to_gpt_loader_and_gpt_file_to_vq_loader():
         load_vq(fixture_path("var_vqvae_{tag}.safetensors"), TINY_VQ)
 
 
+@pytest.mark.parametrize(
+    ("load", "name", "named"),
+    [
+        (lambda p: load_gpt(p, TINY_GPT), "var_{tag}.safetensors", "a VAR checkpoint"),
+        (lambda p: load_gpt(p, TINY_GPT), "var_vqvae_{tag}.safetensors", "VAR's multi-scale VQVAE"),
+        (lambda p: load_vq(p, TINY_VQ), "var_{tag}.safetensors", "a VAR transformer"),
+        (lambda p: load_vq(p, TINY_VQ), "var_vqvae_{tag}.safetensors", "VAR's multi-scale VQVAE"),
+    ],
+)
+def test_var_files_given_to_llamagen_loaders_are_named_as_vars(load, name, named):
+    """The likely cause names the VAR file given, not a LlamaGen file to pass elsewhere (VAR's
+    VQVAE was 'a VQ tokenizer file: pass it as the vq checkpoint'; VAR's transformer 'an AR
+    model checkpoint: pass it as the gpt checkpoint')."""
+    with pytest.raises(CheckpointError) as error:
+        load(fixture_path(name))
+    cause = str(error.value).split("likely cause: ")[1]
+    assert cause.startswith(f"this is {named}") and "pass it as" not in cause
+
+
 def test_vq_level_count_mismatch_is_named(tmp_path):
     save_file(VQModel(TINY_VQ).state_dict(), str(tmp_path / "vq.safetensors"))
     deeper = VQConfig(

@@ -3,7 +3,10 @@
 Accepted layouts (those LlamaGen's autoregressive/sample/sample_c2i.py loads):
 ``{"model": sd}`` (c2i B/L/XL, the VQ tokenizer), ``{"module": sd}`` (DeepSpeed),
 ``{"state_dict": sd}``, and the bare state dict of the FSDP files (XXL, 3B); ``.pt``/``.pth``
-through ``torch.load(weights_only=True)``, or safetensors.
+through ``torch.load(weights_only=True)``, or safetensors. The checkpoints LlamaGen's own
+training scripts write (train_c2i.py, vq_train.py: ``{"model", "optimizer", "steps", "args",
+...}``, ``"args"`` an ``argparse.Namespace``, allow-listed as plain data by
+``teachers.checkpoint``) load by their ``"model"``.
 ``freqs_cis`` is not a weight and is dropped (after checking its grid size). Loading is
 strict; a mismatch raises ``CheckpointError`` listing the differing keys and naming the
 likely cause. Models are built on the ``meta`` device and materialised only by the load, so

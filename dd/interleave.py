@@ -59,9 +59,16 @@ def check_interleave(
 ) -> tuple[int, int]:
     """``(first, second)`` checked against the student's trained ``timesteps`` and the
     teacher's ``num_steps`` AR steps: ``0 <= first < second`` and ``second`` one of the trained
-    timesteps after the first."""
+    timesteps after the first. An empty range (``first >= second``, both in the sequence) has
+    its own message."""
     first, second = parse_interleave(interleave)
     later = list(timesteps[1:])
+    if 0 <= first < num_steps and 0 <= second < num_steps and first >= second:
+        raise ValueError(
+            f"interleave {interleave!r} = AR steps [{first}, {second}) is an empty range: the "
+            "teacher would regenerate no AR step; give first < second (DD alone: give steps "
+            "instead of interleave)"
+        )
     if not 0 <= first < second < num_steps:
         raise ValueError(
             f"interleave {interleave!r} = AR steps [{first}, {second}) lies outside the "

@@ -89,7 +89,9 @@ def teacher_forcing_log_probs(
     n - 1``, each given the earlier tokens of ``tokens_BN``, in ONE parallel forward (two with
     CFG: the label and the null class), guided as the teacher's session guides
     (``guided_log_probs_all``). Equal to stepping the session through ``tokens_BN``
-    (tests/test_baselines.py) at the cost of one full-sequence forward instead of K steps."""
+    (tests/test_baselines.py) at the cost of one full-sequence forward instead of K steps.
+    Settings the teacher's session refuses are refused here too (``check_sampling``)."""
+    teacher.check_sampling(sampling)
     geometry = teacher.geometry
     batch = labels_B.shape[0]
     guided = sampling.uses_cfg
@@ -138,6 +140,8 @@ def skip_tokens(
         raise ValueError(f"fill must be 'sample' or 'argmax', got {fill!r}")
     check_labels(labels, teacher.num_classes)
     sampling = sampling or teacher.default_sampling()
+    # Before any forward: with skip_n = K - 1 no session (whose start checks them) is opened.
+    teacher.check_sampling(sampling)
     if skip_n == 0:
         return teacher_tokens(teacher, labels, uniforms_BN, sampling).cpu()
     incremental_steps = num_steps - skip_n - 1
@@ -185,13 +189,14 @@ class ClassTokenTable:
     ) -> ClassTokenTable:
         """From pair tokens ``[N, n]`` and labels ``[N]`` (kept on the CPU); every class needs a
         pair."""
+        check_labels(labels, num_classes)  # before bincount, which refuses negative labels
         tokens, labels = tokens.cpu(), labels.cpu()
         counts = torch.bincount(labels, minlength=num_classes)
-        if counts.numel() > num_classes or (counts == 0).any():
-            missing = (counts[:num_classes] == 0).nonzero().flatten().tolist()
+        if (counts == 0).any():
+            missing = (counts == 0).nonzero().flatten().tolist()
             raise ValueError(
-                f"labels must be in [0, {num_classes}) and every class needs pairs to estimate "
-                f"frequencies from; no pairs of classes {missing}"
+                f"every class needs pairs to estimate frequencies from; no pairs of classes "
+                f"{missing}"
             )
         grouped = tokens[labels.argsort(stable=True)].to(token_dtype(vocab_size))
         offsets = torch.cat([counts.new_zeros(1), counts.cumsum(0)])

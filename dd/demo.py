@@ -34,7 +34,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -341,12 +341,12 @@ def distil(name: str, settings: DemoSettings, pairs: Path, output: Path, progres
     return student
 
 
-def demo_samplers(student_folder: Path, pairs: Path):
-    """(``dd.evaluate.Samplers``, interleave preset key) of a student and its pair folder, as
-    ``dd eval`` builds them (``dd.eval_command.build_setup``)."""
+def demo_samplers(student_folder: Path, pairs: Path, methods: Sequence[str]):
+    """(``dd.evaluate.Samplers``, interleave preset key) of a student and its pair folder for
+    ``methods``, as ``dd eval`` builds them (``dd.eval_command.build_setup``)."""
     from dd.eval_command import build_setup
 
-    setup = build_setup(str(student_folder), None, str(pairs))
+    setup = build_setup(str(student_folder), None, str(pairs), methods=list(methods))
     return setup.samplers, setup.preset_key
 
 
@@ -372,7 +372,7 @@ def evaluate_teacher(
     from dd.metrics.spaces import DigitsSpace
     from teachers.data import load_digits_split
 
-    samplers, preset_key = demo_samplers(student_folder, pairs)
+    samplers, preset_key = demo_samplers(student_folder, pairs, settings.methods)
     teacher = samplers.teacher
     methods = parse_methods(settings.methods, samplers, preset_key=preset_key)
     grid_labels = torch.tensor(GRID_LABELS)

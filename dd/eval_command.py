@@ -54,8 +54,9 @@ class EvalRecipe:
     with one: what differs from its card's spec, field by field (where its teacher's files are
     now: --teacher.checkpoint, --teacher.tokenizer_checkpoint); the fingerprint must match."""
     pairs: str | None = None
-    """A pair folder of the teacher: onestep*'s token frequencies and the teacher's sampling
-    settings; null: no onestep*, and the student's recorded (or the tiny teacher's) sampling."""
+    """A pair folder of the teacher: the teacher's sampling settings and onestep*'s token
+    frequencies (read only when onestep* is among the methods); null: no onestep*, and the
+    student's recorded (or the tiny teacher's) sampling."""
     methods: list[str] | None = None
     """Method specs (``dd.evaluate``): teacher, dd:K, dd+teacher (the presets; or
     dd+teacher:pre-trained-n-m, dd+teacher:first-second), skip:N, onestep*; null: the defaults
@@ -212,17 +213,44 @@ def load_card_teacher(folder: Path, *, device: torch.device | str):
         ) from error
 
 
+def asks_for_onestep(methods: list[str] | None) -> bool:
+    """Whether onestep* is among the methods (``None``: the defaults, which hold it)."""
+    return methods is None or "onestep*" in methods
+
+
+def onestep_tokens_of_pairs(pairs: str, teacher, *, continuous: bool):
+    """``(token_table, token_pool)``: onestep*'s tokens of a finished pair folder (a
+    ``ClassTokenTable`` for a codebook teacher, the pairs' tokens and labels for a continuous
+    one). What the folder cannot give (a class without pairs) is an error of that method."""
+    from dd.baselines import token_table_from_pairs
+    from dd.data import load_pairs
+
+    try:
+        if continuous:  # onestep* draws the pairs' own tokens (dd.continuous_sampling)
+            pair_set = load_pairs(pairs, teacher_fingerprint=teacher.fingerprint())
+            return None, (pair_set.tokens, pair_set.labels)
+        return token_table_from_pairs(pairs, teacher), None
+    except ValueError as error:
+        raise ValueError(
+            f"method 'onestep*': {error} (the other methods need no such tokens: leave "
+            "onestep* out of the methods to run them)"
+        ) from error
+
+
 def build_setup(
     student_path: str | None,
     teacher_spec: TeacherSpec | None,
     pairs: str | None,
     *,
+    methods: list[str] | None = None,
     device: torch.device | str = "cpu",
     precision: Precision = "32-true",
 ) -> Setup:
-    from dd.baselines import token_table_from_pairs
+    """The samplers of a recipe. ``pairs`` gives the teacher's sampling settings and, when
+    ``methods`` asks for onestep* (``None``: the defaults, which do), its tokens; a folder that
+    cannot give those fails as method 'onestep*', and fails no other method."""
     from dd.checkpoint import load_student, read_card, student_folder
-    from dd.data import finished_manifest, load_pairs, pair_sampling
+    from dd.data import finished_manifest, pair_sampling
     from dd.evaluate import Samplers
     from dd.teacher_spec import load_teacher
     from teachers.tiny import TINY_SAMPLING
@@ -252,11 +280,8 @@ def build_setup(
         # may be of the other kind (a FAR folder's head_steps for a LlamaGen student).
         finished_manifest(pairs, teacher_fingerprint=teacher.fingerprint())
         sampling = pair_sampling(pairs, continuous=continuous)
-        if continuous:  # onestep* draws the pairs' own tokens (dd.continuous_sampling)
-            pair_set = load_pairs(pairs, teacher_fingerprint=teacher.fingerprint())
-            token_pool = (pair_set.tokens, pair_set.labels)
-        else:
-            token_table = token_table_from_pairs(pairs, teacher)
+        if asks_for_onestep(methods):
+            token_table, token_pool = onestep_tokens_of_pairs(pairs, teacher, continuous=continuous)
     elif student is not None:  # the settings of its pairs (recorded, or the tiny teacher's)
         sampling = student.teacher_sampling
     elif teacher_spec.tiny_dir is None:  # the shipped tiny teachers' tuned settings
@@ -406,8 +431,9 @@ def run_eval(recipe: EvalRecipe) -> dict:
         torch.set_num_threads(recipe.num_threads)
     device = resolve_device(recipe.device)  # refused before anything is loaded
     setup = build_setup(
-        recipe.student, recipe.teacher, recipe.pairs, device=device, precision=recipe.precision
-    )
+        recipe.student, recipe.teacher, recipe.pairs, methods=recipe.methods, device=device,
+        precision=recipe.precision,
+    )  # fmt: skip
     samplers = setup.samplers
     teacher = samplers.teacher
     scored_size = scored_image_size(teacher, recipe.image_size)

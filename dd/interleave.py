@@ -7,7 +7,9 @@ The paper writes ``pre-trained-n-m`` for: after DD step 1, the teacher re-genera
 
 Cost in model calls (the paper's "#Step" column): ``second - first`` teacher steps, DD step 2,
 and DD step 1 unless ``first == 0`` (then every token it made is regenerated, so it is skipped):
-VAR pre-trained-1-6 = 6, 4-6 = 4, 5-6 = 3; LlamaGen 1-81 = 81, 41-81 = 42, 61-81 = 22.
+VAR pre-trained-1-6 = 6, 4-6 = 4, 5-6 = 3; LlamaGen 1-81 = 81, 41-81 = 42, 61-81 = 22. A
+teacher step is one trunk forward: the sessions run the kept prefix ``[0, first)`` lazily, in
+the forward of the first regenerated step (``tests/test_sampling.py`` counts the passes).
 """
 
 from __future__ import annotations
@@ -57,9 +59,16 @@ def check_interleave(
 ) -> tuple[int, int]:
     """``(first, second)`` checked against the student's trained ``timesteps`` and the
     teacher's ``num_steps`` AR steps: ``0 <= first < second`` and ``second`` one of the trained
-    timesteps after the first."""
+    timesteps after the first. An empty range (``first >= second``, both in the sequence) has
+    its own message."""
     first, second = parse_interleave(interleave)
     later = list(timesteps[1:])
+    if 0 <= first < num_steps and 0 <= second < num_steps and first >= second:
+        raise ValueError(
+            f"interleave {interleave!r} = AR steps [{first}, {second}) is an empty range: the "
+            "teacher would regenerate no AR step; give first < second (DD alone: give steps "
+            "instead of interleave)"
+        )
     if not 0 <= first < second < num_steps:
         raise ValueError(
             f"interleave {interleave!r} = AR steps [{first}, {second}) lies outside the "

@@ -45,8 +45,8 @@ class SampleRecipe:
     """The teacher (``--teacher.help``). Without a student: the teacher and the baselines only;
     with one: what differs from its card's spec, field by field (as in dd eval)."""
     pairs: str | None = None
-    """A pair folder of the teacher: onestep*'s token frequencies and the teacher's sampling
-    settings; null: no onestep*."""
+    """A pair folder of the teacher: the teacher's sampling settings and onestep*'s token
+    frequencies (read only when onestep* is among the methods); null: no onestep*."""
     methods: list[str] | None = None
     """Method specs as in ``dd eval`` (teacher, dd:K, dd+teacher, skip:N, onestep*); null:
     dd eval's defaults that the inputs allow."""
@@ -207,8 +207,9 @@ def run_sample(recipe: SampleRecipe) -> Path:
         torch.set_num_threads(recipe.num_threads)
     device = resolve_device(recipe.device)  # refused before anything is loaded
     setup = build_setup(
-        recipe.student, recipe.teacher, recipe.pairs, device=device, precision=recipe.precision
-    )
+        recipe.student, recipe.teacher, recipe.pairs, methods=recipe.methods, device=device,
+        precision=recipe.precision,
+    )  # fmt: skip
     specs = method_specs(recipe.methods, setup.samplers)
     methods = parse_methods(specs, setup.samplers, preset_key=setup.preset_key)
     labels = torch.tensor(recipe.labels)

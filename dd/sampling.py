@@ -246,8 +246,8 @@ def sample_tokens_interleaved(
     with teacher.start(labels, sampling) as session:
         for step in range(second):
             start, end = geometry.step_ranges[step]
-            # The kept prefix is only fed: a lazy session (LlamaGen) runs it in one forward
-            # with the first regenerated step; VAR's runs each scale (its next input needs it).
+            # The kept prefix is only fed: both sessions are lazy and run it in one forward
+            # with the first regenerated step (Alg. 4's cost: second - first teacher calls).
             if step >= first:
                 log_probs = session.next_log_probs()
                 drawn = sample_from_uniforms(log_probs, uniforms_BN[:, start:end])

@@ -9,6 +9,8 @@ paths, so each family states which wrappers it accepts.
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import pickle
 import re
 import warnings
@@ -21,6 +23,12 @@ from torch import nn
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be loaded into the requested model."""
+
+
+# Classes of plain data (no code runs to rebuild them) that official training checkpoints
+# pickle beside the weights: LlamaGen's train_c2i.py and vq_train.py save their command line
+# as an argparse.Namespace under "args". Allow-listed for weights_only=True reads only.
+PLAIN_DATA_GLOBALS = (argparse.Namespace,)
 
 
 def read_state_dict(path: str | Path) -> dict[str, object]:
@@ -66,30 +74,44 @@ def _torch_load_weights_only(path: Path) -> object:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
-            loaded = torch.load(str(path), map_location="cpu", weights_only=True)
+            with plain_data_globals():
+                loaded = torch.load(str(path), map_location="cpu", weights_only=True)
         except Exception as error:  # noqa: BLE001 - re-raised with the file named
-            raise CheckpointError(
-                f"{path} is not a PyTorch checkpoint readable with weights_only=True (a "
-                f"truncated download? an HTML page? another format?): {_load_failure(error)}"
-            ) from error
+            raise CheckpointError(_load_failure(path, error)) from error
     for warning in caught:
         warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     return loaded
 
 
-def _load_failure(error: Exception) -> str:
-    """What went wrong in torch's words, without its advice: the class a pickle names (never
-    unpickled here), else the first sentence of torch's message."""
+def plain_data_globals() -> contextlib.AbstractContextManager:
+    """``PLAIN_DATA_GLOBALS`` allowed for the ``weights_only=True`` loads in the block (torch
+    2.4, without ``safe_globals``: allowed process-wide, harmless for plain data)."""
+    serialization = torch.serialization
+    if hasattr(serialization, "safe_globals"):
+        return serialization.safe_globals(list(PLAIN_DATA_GLOBALS))
+    serialization.add_safe_globals(list(PLAIN_DATA_GLOBALS))
+    return contextlib.nullcontext()
+
+
+def _load_failure(path: Path, error: Exception) -> str:
+    """What went wrong, in one line and without torch's advice (weights_only=False): a class
+    the file pickles (read fine, but never unpickled here), else a guess at what the file is
+    and the first sentence of torch's message."""
     text = str(error)
     pickled = re.search(r"Unsupported global: GLOBAL ([\w.]+)", text)
     if pickled:
         return (
-            f"it pickles {pickled.group(1)}, which is never unpickled here: save the model's "
-            "state_dict() (or a safetensors file) instead"
+            f"{path}: it pickles {pickled.group(1)}, which is never unpickled here "
+            "(weights_only=True): save the model's state_dict() (or a safetensors file) instead"
         )
     if isinstance(error, pickle.UnpicklingError):
-        return "not torch's zip or pickle format"
-    return (text.strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+        reason = "not torch's zip or pickle format"
+    else:
+        reason = (text.strip().splitlines() or [type(error).__name__])[0].split(". ")[0]
+    return (
+        f"{path} is not a PyTorch checkpoint readable with weights_only=True (a truncated "
+        f"download? an HTML page? another format?): {reason}"
+    )
 
 
 def unwrap(

@@ -159,7 +159,10 @@ class TeacherSession(Protocol):
         ...
 
     def accept(self, tokens: torch.Tensor) -> None:
-        """Feed the tokens ``[B, L_step]`` chosen for the current step; advance one step."""
+        """Feed the tokens ``[B, L_step]`` chosen for the current step; advance one step.
+
+        The project's sessions run no forward here: the next ``next_log_probs`` runs every
+        step accepted since then in one pass (a given prefix, Alg. 4, costs one forward)."""
         ...
 
     def close(self) -> None:
@@ -203,6 +206,11 @@ class Teacher(Protocol):
 
     def default_sampling(self) -> SamplingConfig:
         """The family's sampling defaults (DD paper App. C; docs/teachers.md)."""
+        ...
+
+    def check_sampling(self, sampling: SamplingConfig) -> None:
+        """Raise a ``ValueError`` for settings this family cannot honour (``start`` calls it;
+        so must any sampler that guides the teacher's logits without a session)."""
         ...
 
     def fingerprint(self) -> str:

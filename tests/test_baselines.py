@@ -28,6 +28,7 @@ from dd.baselines import (
 from dd.data import load_pairs
 from dd.sampling import draw_randomness
 from dd.teacher_spec import TeacherSpec
+from teachers.protocol import SamplingConfig
 from teachers.sampling import sample_from_uniforms
 from teachers.tiny import load_tiny_teacher, tiny_sampling
 
@@ -131,6 +132,45 @@ def test_bad_baseline_input_is_refused(named_teacher):
         onestep_tokens(table, labels - 1, u)
     with pytest.raises(ValueError, match=r"no pairs of classes \[9\]"):
         ClassTokenTable.of(torch.zeros(9, 4, dtype=torch.long), torch.arange(9), 10, 64)
+
+
+def test_token_table_names_bad_labels_as_bad_labels():
+    """A label outside ``[0, num_classes)`` is a bad label, not an absent class (the old
+    message listed no absent class: []) and not torch.bincount's RuntimeError (for -1)."""
+    tokens = torch.zeros(20, 4, dtype=torch.long)
+    every_class = torch.arange(18) % 3
+    for bad in (3, -1):
+        labels = torch.cat([every_class, torch.tensor([bad, 0])])
+        with pytest.raises(ValueError, match=rf"class labels must be in \[0, 3\).*got \[{bad}\]"):
+            ClassTokenTable.of(tokens, labels, 3, 64)
+
+
+REFUSED_SAMPLING = {  # a setting each family's session refuses (its check_sampling)
+    "llamagen-digits": (SamplingConfig(cfg_scale=2.0, cfg_schedule="linear"), "constant scale"),
+    "var-digits": (SamplingConfig(cfg_scale=2.0, cfg_interval=3.0), "no cfg_interval"),
+}
+
+
+def test_skip_refuses_settings_the_teacher_refuses_before_any_forward(named_teacher):
+    """skip-n with every step after the first skipped (n = K - 1) opens no session, whose start
+    checks the settings: it must check them itself, as n = K - 2 does, and before any
+    forward (the teacher-forcing forward of the last n + 1 steps included)."""
+    name, teacher = named_teacher
+    bad, message = REFUSED_SAMPLING[name]
+    labels, u = torch.arange(2), uniforms(teacher, 2, seed=0)
+    tokens = torch.zeros(2, teacher.geometry.num_tokens, dtype=torch.long)
+    block = teacher.gpt.layers[0] if name == "llamagen-digits" else teacher.var.blocks[0]
+    forwards = []
+    hook = block.register_forward_pre_hook(lambda *_: forwards.append(1))
+    try:
+        for skip_n in (teacher.geometry.num_steps - 2, teacher.geometry.num_steps - 1):
+            with pytest.raises(ValueError, match=message):
+                skip_tokens(teacher, labels, u, skip_n, bad)
+        with pytest.raises(ValueError, match=message):
+            teacher_forcing_log_probs(teacher, labels, tokens, bad)
+    finally:
+        hook.remove()
+    assert forwards == []
 
 
 def test_token_table_draws_the_inverse_cdf_of_the_dense_frequencies():

@@ -428,6 +428,46 @@ def test_default_methods_are_those_the_inputs_allow(capsys):
     assert method_specs(None, continuous) == list(DEFAULT_METHODS)
 
 
+def test_a_pair_folder_without_some_class_fails_onestep_only(tmp_path, capsys):
+    """A pair folder gives the teacher's sampling settings to every method and its tokens to
+    onestep*. One without pairs of some class (8 balanced var-digits pairs: classes 8 and 9
+    absent) failed every method, onestep* asked for or not; now only onestep* fails, as
+    method 'onestep*' (by name or among the defaults), in dd sample and dd eval alike (both
+    build their samplers with ``build_setup``)."""
+    from data_gen.config import (
+        GenerateRecipe,
+        OutputSettings,
+        PairSettings,
+        RunSettings,
+        SamplingOverrides,
+    )
+    from data_gen.engine import run_generation
+
+    name, folder = "var-digits", tmp_path / "pairs"
+    sampling = dataclasses.replace(tiny_sampling(name), cfg_scale=1.5)  # not the tiny default
+    recipe = GenerateRecipe(
+        teacher=TeacherSpec(tiny=name),
+        sampling=SamplingOverrides(**dataclasses.asdict(sampling)),
+        pairs=PairSettings(num_pairs=8, labels="balanced", seed=0),
+        output=OutputSettings(folder=str(folder), shard_size=8),
+        run=RunSettings(batch_size=8, accelerator="cpu", devices=1, progress_bar=False),
+    )
+    assert run_generation(recipe).complete
+    argv = ["sample", "--teacher.tiny", name, "--pairs", str(folder), "--labels", "[3, 9]",
+            "--progress_bar", "false", "--output"]  # fmt: skip
+    out = tmp_path / "samples"
+    assert dd_main([*argv, str(out), "--methods", "[teacher, 'skip:1']"]) == 0, capsys.readouterr()
+    assert json.loads((out / "samples.json").read_text())["sampling"]["cfg_scale"] == 1.5
+    assert dd_main([*argv, str(tmp_path / "none"), "--methods", "[teacher, 'onestep*']"]) == 1
+    assert "method 'onestep*'" in capsys.readouterr().err
+    spec = TeacherSpec(tiny=name)
+    setup = build_setup(None, spec, str(folder), methods=["teacher"])
+    assert setup.samplers.token_table is None and setup.samplers.sampling == sampling
+    for methods in (None, ["onestep*"]):  # None: the defaults, which hold onestep*
+        with pytest.raises(ValueError, match=r"method 'onestep\*'.*no pairs of classes \[8, 9\]"):
+            build_setup(None, spec, str(folder), methods=methods)
+
+
 def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):
     out = tmp_path / "samples"
     code = dd_main(

@@ -1,5 +1,7 @@
 """Loading LlamaGen checkpoints: every official wrapper round-trips; bad files fail clearly."""
 
+import argparse
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -97,6 +99,25 @@ def test_vq_file_given_to_gpt_loader_and_gpt_file_to_vq_loader():
         load_vq(fixture_path("var_vqvae_{tag}.safetensors"), TINY_VQ)
 
 
+@pytest.mark.parametrize(
+    ("load", "name", "named"),
+    [
+        (lambda p: load_gpt(p, TINY_GPT), "var_{tag}.safetensors", "a VAR checkpoint"),
+        (lambda p: load_gpt(p, TINY_GPT), "var_vqvae_{tag}.safetensors", "VAR's multi-scale VQVAE"),
+        (lambda p: load_vq(p, TINY_VQ), "var_{tag}.safetensors", "a VAR transformer"),
+        (lambda p: load_vq(p, TINY_VQ), "var_vqvae_{tag}.safetensors", "VAR's multi-scale VQVAE"),
+    ],
+)
+def test_var_files_given_to_llamagen_loaders_are_named_as_vars(load, name, named):
+    """The likely cause names the VAR file given, not a LlamaGen file to pass elsewhere (VAR's
+    VQVAE was 'a VQ tokenizer file: pass it as the vq checkpoint'; VAR's transformer 'an AR
+    model checkpoint: pass it as the gpt checkpoint')."""
+    with pytest.raises(CheckpointError) as error:
+        load(fixture_path(name))
+    cause = str(error.value).split("likely cause: ")[1]
+    assert cause.startswith(f"this is {named}") and "pass it as" not in cause
+
+
 def test_vq_level_count_mismatch_is_named(tmp_path):
     save_file(VQModel(TINY_VQ).state_dict(), str(tmp_path / "vq.safetensors"))
     deeper = VQConfig(
@@ -119,10 +140,71 @@ def test_missing_file_is_a_file_not_found_error(tmp_path):
 
 
 def test_pickled_code_is_refused(tmp_path):
+    """A class the file pickles is named as the cause, not guessed to be a truncated download
+    or an HTML page (the file was read fine)."""
     path = tmp_path / "evil.pt"
     torch.save({"model": GPT(TINY_GPT).state_dict(), "args": _NotAWeight()}, path)
     with pytest.raises(CheckpointError, match="it pickles .*_NotAWeight, which is never unpickled"):
         load_gpt(path, TINY_GPT)
+    with pytest.raises(CheckpointError) as error:
+        load_gpt(path, TINY_GPT)
+    assert "truncated download" not in str(error.value) and "HTML" not in str(error.value)
+
+
+def training_args(**script_specific) -> argparse.Namespace:
+    """A command line as LlamaGen's training scripts parse it: plain strings, numbers, flags
+    and None (a subset of train_c2i.py's arguments, with the fields init_distributed_mode
+    adds)."""
+    return argparse.Namespace(
+        data_path="/data/imagenet", cloud_save_path="/ckpt", no_local_save=False,
+        results_dir="results", image_size=256, downsample_size=16, num_classes=10, epochs=300,
+        lr=1e-4, weight_decay=5e-2, beta1=0.9, beta2=0.95, max_grad_norm=1.0,
+        global_batch_size=256, global_seed=0, ckpt_every=5000, mixed_precision="bf16", ema=True,
+        rank=0, gpu=0, distributed=True, dist_backend="nccl", **script_specific,
+    )  # fmt: skip
+
+
+def optimizer_state(module: torch.nn.Module) -> dict:
+    """An AdamW state after one step (its tensors, betas tuple and flags), as saved."""
+    optimizer = torch.optim.AdamW(module.parameters(), lr=1e-4, betas=(0.9, 0.95))
+    for parameter in module.parameters():
+        parameter.grad = torch.full_like(parameter, 1e-3)
+    optimizer.step()
+    return optimizer.state_dict()
+
+
+def test_llamagens_own_training_checkpoints_load(tmp_path):
+    """LlamaGen's autoregressive/train/train_c2i.py saves ``{"model", "optimizer", "steps",
+    "args": argparse.Namespace}`` (+ ``"ema"`` with --ema), tokenizer/tokenizer_image/vq_train.py
+    adds ``"discriminator"`` and ``"optimizer_disc"``: both load under weights_only=True (the
+    Namespace is allow-listed plain data), "model" is the weights read (not "ema"), and the file
+    is refused once it pickles anything else."""
+    torch.manual_seed(0)
+    gpt, ema = GPT(TINY_GPT), GPT(TINY_GPT)
+    gpt_state = {k: v.clone() for k, v in gpt.state_dict().items()}
+    gpt_path = tmp_path / "0050000.pt"
+    torch.save(
+        {"model": gpt_state, "optimizer": optimizer_state(gpt), "steps": 50000,
+         "args": training_args(gpt_model="GPT-B", gpt_type="c2i", vocab_size=256, gpt_ckpt=None,
+                               cls_token_num=1, dropout_p=0.1, no_compile=False),
+         "ema": ema.state_dict()},
+        gpt_path,
+    )  # fmt: skip
+    assert _state_dicts_equal(load_gpt(gpt_path, TINY_GPT).state_dict(), gpt_state)
+    vq, discriminator = VQModel(TINY_VQ), torch.nn.Conv2d(3, 8, 4)
+    vq_state = {k: v.clone() for k, v in vq.state_dict().items()}
+    vq_path = tmp_path / "vq_0010000.pt"
+    torch.save(
+        {"model": vq_state, "optimizer": optimizer_state(vq),
+         "discriminator": discriminator.state_dict(),
+         "optimizer_disc": optimizer_state(discriminator), "steps": 10000,
+         "args": training_args(vq_model="VQ-16", vq_ckpt=None, codebook_size=256, compile=False)},
+        vq_path,
+    )  # fmt: skip
+    assert _state_dicts_equal(load_vq(vq_path, TINY_VQ).state_dict(), vq_state)
+    torch.save({"model": gpt_state, "args": training_args(extra=_NotAWeight())}, gpt_path)
+    with pytest.raises(CheckpointError, match="it pickles .*_NotAWeight"):
+        load_gpt(gpt_path, TINY_GPT)
 
 
 def test_safetensors_under_a_pt_name_loads(tmp_path):

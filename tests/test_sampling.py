@@ -217,22 +217,29 @@ def test_interleaved_teacher_regenerates_exactly_its_range(student):
     assert not torch.equal(late[:, kept:boundary], one_step[:, kept:boundary])
 
 
-def test_interleaved_teacher_prefills_the_kept_prefix_in_one_forward():
-    """LlamaGen's session runs accepted tokens lazily: Alg. 4 feeds DD's kept prefix without
-    asking for its log-probabilities, so the teacher's trunk runs once for the prefix and the
-    first regenerated token, then once per further token (``second - first`` passes, not
-    ``second``), and draws what stepping the session through the prefix draws (the two paths
-    differ by float round-off: at least 99% of the regenerated tokens equal)."""
-    teacher = load_tiny_teacher("llamagen-digits")
+def first_trunk_block(teacher):
+    """The teacher's first transformer block: it runs once per trunk forward."""
+    return teacher.gpt.layers[0] if teacher.family == "llamagen" else teacher.var.blocks[0]
+
+
+@pytest.mark.parametrize("name", ("llamagen-digits", "var-digits"))
+def test_interleaved_teacher_prefills_the_kept_prefix_in_one_forward(name):
+    """Both sessions run accepted steps lazily: Alg. 4 feeds DD's kept prefix without asking
+    for its log-probabilities, so the teacher's trunk runs once for the prefix and the first
+    regenerated step, then once per further step (``second - first`` passes, the count
+    ``interleave_model_calls`` reports, not ``second``), and draws what stepping the session
+    through the prefix draws (the two paths differ by float round-off: at least 99% of the
+    regenerated tokens equal)."""
+    teacher = load_tiny_teacher(name)
     torch.manual_seed(0)
     second = teacher.geometry.num_steps // 2
     student = DDStudent(teacher, (0, second), teacher.geometry.step_ranges[second][0])
     labels = torch.arange(8) % student.num_classes
     randomness = draw_randomness(8, teacher.geometry.num_tokens, student.code_dim, None)
-    sampling = tiny_sampling("llamagen-digits")
+    sampling = tiny_sampling(name)
     first = second // 2
     passes = []
-    hook = teacher.gpt.layers[0].register_forward_hook(lambda *_: passes.append(1))
+    hook = first_trunk_block(teacher).register_forward_hook(lambda *_: passes.append(1))
     try:
         tokens = sample_tokens_interleaved(
             student, labels, randomness.noise_BNC, (first, second),
@@ -240,7 +247,7 @@ def test_interleaved_teacher_prefills_the_kept_prefix_in_one_forward():
         )  # fmt: skip
     finally:
         hook.remove()
-    assert len(passes) == second - first
+    assert first > 0 and len(passes) == second - first
     stepped = sample_tokens(student, labels, randomness.noise_BNC, steps=1)
     with teacher.start(labels, sampling) as session:
         for step in range(second):
@@ -251,16 +258,21 @@ def test_interleaved_teacher_prefills_the_kept_prefix_in_one_forward():
                     log_probs, randomness.uniforms_BN[:, start:end]
                 )
             session.accept(stepped[:, start:end])
-    assert (tokens[:, first:second] == stepped[:, first:second]).float().mean() >= 0.99
+    begin, end = teacher.geometry.step_ranges[first][0], teacher.geometry.step_ranges[second][0]
+    assert (tokens[:, begin:end] == stepped[:, begin:end]).float().mean() >= 0.99
 
 
 def test_interleaving_ranges_outside_the_sequence_or_trained_steps_are_refused(student):
     labels = torch.zeros(2, dtype=torch.long)
     n_steps = student.geometry.num_steps
     second = student.timesteps[1]
-    for bad in ((0, n_steps), (-1, second), (second, second), (0, 0), "pre-trained-0-3"):
+    for bad in ((0, n_steps), (-1, second), "pre-trained-0-3"):
         with pytest.raises(ValueError, match="outside the sequence"):
             dd.sample(student, labels, interleave=bad)
+    for empty in ((second, second), (0, 0), (second, second - 1), preset_name(second, second)):
+        with pytest.raises(ValueError, match=r"is an empty range.*give first < second") as error:
+            dd.sample(student, labels, interleave=empty)
+        assert "outside the sequence" not in str(error.value)  # it lies inside it
     with pytest.raises(ValueError, match="trained timestep"):
         dd.sample(student, labels, interleave=(0, second + 1))
     with pytest.raises(ValueError, match="pre-trained-n-m"):

@@ -68,6 +68,27 @@ def test_llamagen_file_is_named(var_config):
         load_vqvae(fixture_path("llamagen_vq_{tag}.safetensors"), "debug")
 
 
+def likely_cause(error: pytest.ExceptionInfo) -> str:
+    return str(error.value).split("likely cause: ")[1]
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("llamagen_gpt_{tag}.safetensors", "a LlamaGen GPT"),
+        ("llamagen_vq_{tag}.safetensors", "a LlamaGen tokenizer"),
+    ],
+)
+def test_llamagen_files_are_named_by_kind(name, kind, var_config):
+    """Each VAR loader names the kind of LlamaGen file it was given (the GPT given to the
+    VQVAE loader was called a LlamaGen tokenizer, its tokenizer given to the transformer
+    loader listed the GPT's keys)."""
+    for load in (lambda path: load_var(path, var_config), lambda path: load_vqvae(path, "debug")):
+        with pytest.raises(CheckpointError) as error:
+            load(fixture_path(name))
+        assert likely_cause(error).startswith(f"this looks like {kind} ")
+
+
 def test_old_checkpoint_without_l2_attention_is_diagnosed(tmp_path, var_config, var_state):
     old = {k: v for k, v in var_state.items() if not k.endswith("scale_mul_1H11")}
     path = tmp_path / "var_old.pth"

@@ -3,7 +3,10 @@
 Accepted layouts (those LlamaGen's autoregressive/sample/sample_c2i.py loads):
 ``{"model": sd}`` (c2i B/L/XL, the VQ tokenizer), ``{"module": sd}`` (DeepSpeed),
 ``{"state_dict": sd}``, and the bare state dict of the FSDP files (XXL, 3B); ``.pt``/``.pth``
-through ``torch.load(weights_only=True)``, or safetensors.
+through ``torch.load(weights_only=True)``, or safetensors. The checkpoints LlamaGen's own
+training scripts write (train_c2i.py, vq_train.py: ``{"model", "optimizer", "steps", "args",
+...}``, ``"args"`` an ``argparse.Namespace``, allow-listed as plain data by
+``teachers.checkpoint``) load by their ``"model"``.
 ``freqs_cis`` is not a weight and is dropped (after checking its grid size). Loading is
 strict; a mismatch raises ``CheckpointError`` listing the differing keys and naming the
 likely cause. Models are built on the ``meta`` device and materialised only by the load, so
@@ -106,6 +109,12 @@ def describe_gpt_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str,
 def _gpt_cause(state_dict: Mapping[str, torch.Tensor], config: GPTConfig) -> str:
     if _has_marker(state_dict, _VAR_MARKERS):
         return "this is a VAR checkpoint, not LlamaGen: load it with the VAR teacher (teachers.var)"
+    # VAR's VQVAE has encoder./decoder./quantize. keys too: named before LlamaGen's tokenizer
+    if _has_marker(state_dict, _VAR_VAE_MARKERS):
+        return (
+            "this is VAR's multi-scale VQVAE, not a LlamaGen GPT: load it with the VAR teacher "
+            "(teachers.var) as its VQVAE"
+        )
     if _has_marker(state_dict, _VQ_MARKERS) and not _has_marker(state_dict, _GPT_MARKERS):
         return "this is a VQ tokenizer file: pass it as the vq checkpoint, not the gpt checkpoint"
     found = describe_gpt_state_dict(state_dict)
@@ -180,8 +189,15 @@ def load_gpt(
 def _vq_cause(state_dict: Mapping[str, torch.Tensor], config: VQConfig) -> str:
     if _has_marker(state_dict, _VAR_VAE_MARKERS):
         return "this is VAR's multi-scale VQVAE, not LlamaGen's tokenizer: use the VAR teacher"
-    if _has_marker(state_dict, _GPT_MARKERS + _VAR_MARKERS):
-        return "this is an AR model checkpoint, not a VQ tokenizer: pass it as the gpt checkpoint"
+    if _has_marker(state_dict, _VAR_MARKERS):  # before the GPT's: it is not LlamaGen's at all
+        return (
+            "this is a VAR transformer checkpoint, not LlamaGen's tokenizer: load it with the "
+            "VAR teacher (teachers.var)"
+        )
+    if _has_marker(state_dict, _GPT_MARKERS):
+        return (
+            "this is a LlamaGen GPT checkpoint, not a VQ tokenizer: pass it as the gpt checkpoint"
+        )
     levels = {int(k.split(".")[2]) for k in state_dict if k.startswith("encoder.conv_blocks.")}
     if levels and len(levels) != len(config.ch_mult):
         return (

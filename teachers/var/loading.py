@@ -30,10 +30,18 @@ def _strip_compiled_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k.removeprefix(_COMPILED_PREFIX): v for k, v in state.items()}
 
 
-def _is_llamagen(keys: set[str]) -> bool:
-    return any(k.startswith(("layers.", "tok_embeddings.", "cls_embedding.")) for k in keys) or any(
-        k.startswith(("encoder.conv_blocks.", "decoder.conv_blocks.")) for k in keys
-    )
+_LLAMAGEN_GPT_MARKERS = ("layers.", "tok_embeddings.", "cls_embedding.")
+_LLAMAGEN_VQ_MARKERS = ("encoder.conv_blocks.", "decoder.conv_blocks.")
+
+
+def llamagen_kind(keys: set[str]) -> str | None:
+    """Which LlamaGen file ``keys`` come from, as the messages name it; ``None``: not one.
+    The GPT's markers first: its keys never look like a tokenizer's."""
+    if any(k.startswith(_LLAMAGEN_GPT_MARKERS) for k in keys):
+        return "a LlamaGen GPT (layers.*, tok_embeddings.*)"
+    if any(k.startswith(_LLAMAGEN_VQ_MARKERS) for k in keys):
+        return "a LlamaGen tokenizer (conv_blocks.*)"
+    return None
 
 
 def depth_remedy(depth: int) -> str:
@@ -52,8 +60,8 @@ def diagnose_var(state: dict[str, torch.Tensor], config: VARConfig):
 
     def diagnose(missing: set[str], unexpected: set[str]) -> str:
         keys = set(state)
-        if _is_llamagen(keys):
-            return "this looks like a LlamaGen checkpoint (layers.*, tok_embeddings.*), not VAR"
+        if kind := llamagen_kind(keys):
+            return f"this looks like {kind}, not VAR's transformer"
         if not any(k.startswith("blocks.") for k in keys):
             return "no VAR transformer keys (blocks.*): wrong file (a VQVAE tokenizer?)"
         depth = 1 + max(int(k.split(".")[1]) for k in keys if k.startswith("blocks."))
@@ -92,8 +100,8 @@ def diagnose_var(state: dict[str, torch.Tensor], config: VARConfig):
 def diagnose_vqvae(state: dict[str, torch.Tensor], config: VQVAEConfig):
     def diagnose(missing: set[str], unexpected: set[str]) -> str:
         keys = set(state)
-        if _is_llamagen(keys):
-            return "this looks like a LlamaGen tokenizer (conv_blocks.*), not VAR's VQVAE"
+        if kind := llamagen_kind(keys):
+            return f"this looks like {kind}, not VAR's VQVAE"
         if any(k.startswith("blocks.") for k in keys):
             return "this is a VAR transformer checkpoint, not the VQVAE"
         emb = state.get("quantize.embedding.weight")

@@ -11,6 +11,14 @@ Sampling settings honoured (``SamplingConfig``): ``cfg_scale``; ``cfg_schedule``
 ``top_p``; ``temperature`` (an extension: the official code has none; logits are divided
 after CFG; 1.0 is the official behaviour). ``cfg_interval`` (LlamaGen only) is rejected by
 ``VARTeacher.check_sampling``.
+
+Accepted scales are run through the trunk lazily, as LlamaGen's session runs its tokens:
+``accept`` only does the VQVAE arithmetic (``f_hat`` and the next scale's input), and the next
+``next_log_probs`` runs every pending scale in ONE KV-cached forward under the block-causal
+mask (a scale sees its own and the earlier scales, as in teacher forcing). So feeding a given
+prefix of scales (paper Alg. 4) costs one forward together with the first scale asked for,
+and accepting the last scale costs none. A session asked for every scale (the teacher's own
+sampler) runs one scale per forward without a mask, as the official sampler does.
 """
 
 from __future__ import annotations
@@ -61,7 +69,9 @@ class VARSession:
         self._log_probs: torch.Tensor | None = None
         with torch.no_grad():
             self.cond_BD = var.class_emb(labels)
-            self._x_BlC = var.start_tokens(self.cond_BD)
+            # Inputs [X, p_k^2, C] of scales ran_scales..step, not yet run through the trunk.
+            self._pending_x: list[torch.Tensor] = [var.start_tokens(self.cond_BD)]
+        self._ran_scales = 0  # scales [0, ran_scales) are in the KV cache
         last = vae.config.patch_nums[-1]
         self.f_hat = torch.zeros(B, vae.config.z_channels, last, last, device=device)
         self.cache: KVCache | None = KVCache(var.config.depth)
@@ -92,10 +102,25 @@ class VARSession:
                 raise
         return self._log_probs
 
+    def _pending_bias(self) -> torch.Tensor | None:
+        """Block-causal mask of the pending scales' queries over every key so far
+        ``[1, 1, l_pending, l_all]``; ``None`` for one scale (it sees all cached keys and
+        itself, the official sampler's unmasked step)."""
+        if len(self._pending_x) == 1:
+            return None
+        ranges = self.teacher.var.config.scale_ranges
+        begin, end = ranges[self._ran_scales][0], ranges[self._step][1]
+        bias = self.teacher.var.attn_bias_for_masking[:, :, begin:end, :end]
+        return bias.to(self._pending_x[0].dtype)
+
     def _run_scale(self) -> torch.Tensor:
+        """One trunk forward over every pending scale; the guided log-probs of the last."""
         var = self.teacher.var
-        h = var.run_blocks(self._x_BlC, self.cond_BD, None, self.cache)
-        logits = var.get_logits(h, self.cond_BD)
+        x_XlC = torch.cat(self._pending_x, dim=1)
+        h_XlC = var.run_blocks(x_XlC, self.cond_BD, self._pending_bias(), self.cache)
+        self._ran_scales, self._pending_x = self._step + 1, []
+        pn = self.teacher.geometry.step_grids[self._step][0]
+        logits = var.get_logits(h_XlC[:, -pn * pn :], self.cond_BD)
         B, K = self.batch_size, self.teacher.geometry.num_steps
         if self.guided:
             logits = guide_logits(logits[:B], logits[B:], self.sampling, self._step, K)
@@ -106,12 +131,13 @@ class VARSession:
 
     @torch.no_grad()
     def accept(self, tokens: torch.Tensor) -> None:
-        """Feed scale ``k``'s tokens ``[B, p_k^2]``; computes ``f_hat`` and the next input."""
+        """Feed scale ``k``'s tokens ``[B, p_k^2]``; computes ``f_hat`` and the next input.
+
+        No trunk pass: a scale nobody asked log-probs for stays pending until the next
+        ``next_log_probs`` (see the module docstring)."""
         self._check_open()
         pn = self.teacher.geometry.step_grids[self._step][0]
         check_tokens(tokens, self.teacher.vocab_size, length=pn * pn, batch_size=self.batch_size)
-        if self._log_probs is None:  # the scale must have run once to fill the KV cache
-            self.next_log_probs()
         var, quant = self.teacher.var, self.teacher.vae.quantize
         tokens = tokens.to(self.f_hat.device).long()
         h_BChw = quant.embedding(tokens).transpose(1, 2).reshape(self.batch_size, -1, pn, pn)
@@ -121,9 +147,8 @@ class VARSession:
         if next_BChw is not None:
             next_BlCv = next_BChw.flatten(2).transpose(1, 2)
             x = var.scale_tokens(self._step, next_BlCv)
-            self._x_BlC = torch.cat((x, x)) if self.guided else x
+            self._pending_x.append(torch.cat((x, x)) if self.guided else x)
         else:
-            self._x_BlC = None
             self.close()
 
     def image(self) -> torch.Tensor:
@@ -137,6 +162,7 @@ class VARSession:
             return self.teacher.vae.fhat_to_img(self.f_hat).add(1).mul(0.5)
 
     def close(self) -> None:
+        self._pending_x = []
         if self.cache is not None:
             self.cache.clear()
             self.cache = None

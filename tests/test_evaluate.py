@@ -149,6 +149,60 @@ def test_npz_reference_and_generic_metric_behaviour(tmp_path):
         inception_score(logits, splits=0)
 
 
+def wrong_npz_files(folder: Path) -> dict[str, Path]:
+    """Files a user may pass as an ``.npz`` reference that are not one."""
+    np.savez(folder / "good.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    files = {name: folder / f"{name}.npz" for name in ("npy", "page", "cut", "objects")}
+    with open(files["npy"], "wb") as handle:  # np.save to an open file keeps the name
+        np.save(handle, np.zeros(3))
+    files["page"].write_text("<html>Not Found</html>\n")
+    files["cut"].write_bytes((folder / "good.npz").read_bytes()[:50_000])  # a cut download
+    np.savez(files["objects"], mu=np.array([object()], dtype=object), sigma=np.eye(1))
+    return files
+
+
+def test_a_wrong_npz_is_one_value_error_naming_the_file_and_the_format(tmp_path):
+    """An .npy under an .npz name was a TypeError traceback, a truncated download a BadZipFile
+    traceback, an HTML page numpy's advice to load it with allow_pickle (without the path);
+    each is now a ValueError naming the file and the ADM format. A sigma that is not
+    symmetric (beyond 1e-6 of its largest value) is not a covariance: refused; float32
+    rounding (1e-8 relative) is not."""
+    for name, path in wrong_npz_files(tmp_path).items():
+        with pytest.raises(ValueError) as error:
+            load_stats_npz(str(path))
+        message = str(error.value)
+        assert message.startswith(str(path)), name
+        assert "ADM reference batch" in message and "mu [D] and sigma [D, D]" in message, name
+        assert "arr_0" in message and "allow_pickle" not in message, name
+    sigma = np.eye(4) + 0.5
+    for asymmetry, accepted in ((1e-8, True), (1e-4, False)):
+        skewed = sigma.copy()
+        skewed[0, 1] += asymmetry * 1.5  # relative to max |sigma| = 1.5
+        np.savez(tmp_path / "skewed.npz", mu=np.zeros(4), sigma=skewed)
+        if accepted:
+            assert np.array_equal(load_stats_npz(str(tmp_path / "skewed.npz")).sigma, skewed)
+            continue
+        with pytest.raises(ValueError, match="skewed.npz: sigma is not symmetric .* above 1e-06"):
+            load_stats_npz(str(tmp_path / "skewed.npz"))
+    with pytest.raises(FileNotFoundError):  # not "not an .npz archive"
+        load_stats_npz(str(tmp_path / "missing.npz"))
+
+
+def test_dd_eval_says_in_one_line_that_a_reference_is_not_an_npz(
+    tmp_path, capsys, random_inception_file
+):
+    """Through the command: the .npy and the truncated download ended in tracebacks."""
+    files = wrong_npz_files(tmp_path)
+    argv = ["eval", "--teacher.tiny", "var-digits", "--metric", "inception",
+            "--inception_weights", str(random_inception_file), "--methods", "[teacher]",
+            "--progress_bar", "false", "--reference"]  # fmt: skip
+    for name in ("npy", "cut"):
+        assert dd_main([*argv, str(files[name])]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd eval: {files[name]} is not an .npz (zip) archive; expected")
+        assert len(err.strip().splitlines()) == 1, err
+
+
 def test_streamed_embedding_equals_embedding_all_images_at_once():
     """``dd eval`` embeds each batch of images as it comes (``embed_stream``, re-cut into
     ``EMBED_BATCH`` rows): exactly the features and logits of embedding them all at once,

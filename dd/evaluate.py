@@ -50,6 +50,7 @@ from dd.interleave import (
     parse_interleave,
     preset_name,
 )
+from dd.metrics.digits import check_unit_images
 from dd.metrics.generative import FeatureStats, frechet_distance, inception_score, precision_recall
 from dd.metrics.spaces import FeatureSpace, embed_stream, resize_for_scoring
 from dd.sampling import (
@@ -549,6 +550,14 @@ def score(
     return result
 
 
+def checked_images(batches: Iterable[torch.Tensor], name: str) -> Iterator[torch.Tensor]:
+    """``batches`` as they are, each checked to be float images in ``[0, 1]``
+    (``check_unit_images``; its errors start with ``name``)."""
+    for batch in batches:
+        check_unit_images(batch, name)
+        yield batch
+
+
 def evaluate_methods(
     methods: Sequence[Method],
     samplers: Samplers,
@@ -589,6 +598,9 @@ def evaluate_methods(
             method, samplers, labels, seed=seed, batch_size=batch_size,
             progress=progress, parts=parts,
         )  # fmt: skip
+        # checked before the resize (it clamps) and named: the space's own check cannot say
+        # which method's images are wrong (a diverged student's NaN, say)
+        batches = checked_images(batches, f"the images of {method.name}")
         if image_size is not None:  # between batches: generate_batches' clocks do not see it
             batches = (resize_for_scoring(batch, image_size) for batch in batches)
         features, logits = embed_stream(space, batches)

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import dd.evaluate as dd_evaluate
 from dd.baselines import ClassTokenTable
 from dd.cli import main as dd_main
 from dd.compute import resolve_device
@@ -215,6 +216,51 @@ def test_streamed_embedding_equals_embedding_all_images_at_once():
         assert all(torch.equal(a, b) for a, b in zip(streamed, whole, strict=True)), size
     with pytest.raises(ValueError, match="no images"):
         embed_stream(space, [])
+
+
+def test_digits_space_refuses_the_images_inception_space_refuses():
+    """dd eval's and dd demo's digits space took [-1, 1] images (FID 10.8 instead of 5.9 on
+    200 held-out digits), uint8 images (23.8) and NaN (a LinAlgError of the FID's
+    eigenvalues) without a word; InceptionSpace refused them."""
+    space = DigitsSpace()
+    good = load_digits_split("heldout").images_01()[:8]
+    for bad, message in (
+        (good * 2 - 1, r"images must be in \[0, 1\], got values in \[-1"),
+        ((good * 255).round().to(torch.uint8), "images must be float images in .* torch.uint8"),
+        (good * float("nan"), "images hold NaN or infinite values"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            space.embed(bad)
+
+
+def test_dd_eval_names_the_method_whose_images_are_wrong(monkeypatch, capsys):
+    """A method whose decoded images are NaN (a diverged student) or in [-1, 1] (here skip-1's,
+    after a right teacher row): one line saying whose images, checked before the resize
+    (which clamps) and the space."""
+    teacher_class = type(load_tiny_teacher("var-digits"))
+    decode, skip = teacher_class.decode_tokens, dd_evaluate.skip_tokens
+    state = {"skipping": False, "wrong": None}
+
+    def marking_skip(*args, **kwargs):  # from here on the images are skip-1's
+        state["skipping"] = True
+        return skip(*args, **kwargs)
+
+    def decode_wrongly(self, tokens):
+        images = decode(self, tokens)
+        return state["wrong"](images) if state["skipping"] else images
+
+    monkeypatch.setattr(dd_evaluate, "skip_tokens", marking_skip)
+    monkeypatch.setattr(teacher_class, "decode_tokens", decode_wrongly)
+    argv = ["eval", "--teacher.tiny", "var-digits", "--methods", "[teacher, 'skip:1']",
+            "--num_per_class", "1", "--is_splits", "1", "--progress_bar", "false"]  # fmt: skip
+    for wrong, message in (
+        (lambda images: images * float("nan"), "hold NaN or infinite values (a diverged model?)"),
+        (lambda images: images * 2 - 1, "must be in [0, 1], got values in [-1"),
+    ):
+        state.update(skipping=False, wrong=wrong)
+        assert dd_main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd eval: the images of skip-1 {message}"), err
 
 
 def test_missing_inception_weights_name_the_file_and_where_to_put_it(tmp_path, capsys):

@@ -249,11 +249,14 @@ def continuous_method_tokens(
     )  # fmt: skip
 
 
-def wait_for_device() -> None:
-    """On a GPU, calls return before their kernels finish: wait for them before reading a
-    clock (nothing to wait for on the CPU)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def wait_for_device(device: torch.device | str) -> None:
+    """On a GPU, calls return before their kernels finish: wait for those of ``device`` (the
+    models') before reading a clock. ``torch.cuda.synchronize()`` without a device waits for
+    the current one, cuda:0, so a run on cuda:1 timed kernel launches only; a CPU run on a GPU
+    machine has nothing to wait for."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -286,7 +289,7 @@ def generate_batches(
         randomness = randomness_at(base, indices, n, code_dim)
         drawn = time.perf_counter()
         tokens = model_calls(method, samplers, batch, randomness, indices, base)
-        wait_for_device()
+        wait_for_device(teacher.device)
         modelled = time.perf_counter()
         images = teacher.decode_tokens(tokens).float().cpu()
         decoded = time.perf_counter()
@@ -337,11 +340,14 @@ def model_calls(
 
 
 def alternated_seconds(
-    calls: Mapping[str, Callable[[], object]], repeats: int
+    calls: Mapping[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device | str = "cpu",
 ) -> dict[str, list[float]]:
     """Seconds of each call in each of ``repeats`` rounds that run every call once, in turn,
     after one warm-up round. Other load on the machine falls on all of them alike, so ratios
-    taken round by round, or of medians, hold better than timings taken at different moments."""
+    taken round by round, or of medians, hold better than timings taken at different moments.
+    ``device``: where the calls run (``wait_for_device``)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     seconds: dict[str, list[float]] = {name: [] for name in calls}
@@ -349,10 +355,10 @@ def alternated_seconds(
         call()
     for _ in range(repeats):
         for name, call in calls.items():
-            wait_for_device()
+            wait_for_device(device)
             began = time.perf_counter()
             call()
-            wait_for_device()
+            wait_for_device(device)
             seconds[name].append(time.perf_counter() - began)
     return seconds
 
@@ -460,7 +466,7 @@ def forward_seconds_per_image(
     if dd_methods:  # what the all-in call adds to the model calls, beside the noise
         tokens = model_calls(dd_methods[0], samplers, labels, randomness, indices, base)
         calls["decode"] = functools.partial(teacher.decode_tokens, tokens)
-    seconds = alternated_seconds(calls, repeats)
+    seconds = alternated_seconds(calls, repeats, teacher.device)
     return ForwardTiming(
         {name: statistics.median(v) / batch_size for name, v in seconds.items()},
         {

@@ -57,6 +57,7 @@ from dd.evaluate import (
     forward_seconds_per_image,
     generate,
     parse_methods,
+    wait_for_device,
 )
 from dd.metrics.digits import frechet_distance as torchmetrics_fid
 from dd.metrics.generative import (
@@ -1560,6 +1561,28 @@ def test_stage3_checks_judge_every_target_of_the_issue():
     assert "DD 2-step (8.60): 1 of 2" in text
     assert "against skip-62 (2 model calls) 300.00: met" in text and "skip-39" not in text
     assert stage3_checks({"details": details[:3], "one_forward_seconds_per_image": 1.0}) == []
+
+
+def test_timing_waits_for_the_models_cuda_device_and_never_for_another(monkeypatch):
+    """Simulated CUDA (no GPU here): ``torch.cuda.synchronize()`` without a device waits for
+    the current one (cuda:0), so with ``--device cuda:1`` the timed calls were not waited for;
+    a CPU run on a GPU machine synchronised a GPU it does not use."""
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: seen.append(device))
+    wait_for_device(torch.device("cuda:1"))
+    assert seen == [torch.device("cuda:1")]
+    seen.clear()
+    alternated_seconds({"a": lambda: None, "b": lambda: None}, repeats=2, device="cuda:1")
+    assert seen == [torch.device("cuda:1")] * 8  # before and after each of 2 x 2 timed calls
+    seen.clear()
+    teacher = load_tiny_teacher("var-digits")  # on the CPU
+    samplers = Samplers(teacher, tiny_sampling("var-digits"))
+    methods = parse_methods(["teacher"], samplers)
+    generate(methods[0], samplers, torch.arange(2), seed=0, batch_size=2)
+    forward_seconds_per_image(samplers, methods, batch_size=2, seed=0, repeats=1)
+    wait_for_device("cpu")
+    assert seen == []
 
 
 def test_alternated_seconds_time_every_call_in_turn():

@@ -397,6 +397,92 @@ def build_space_and_reference(
     return space, reference, str(path)
 
 
+def fid_rows_of(labels: torch.Tensor, fid_per_class: int | None, num_classes: int):
+    """The rows FID and precision/recall are computed on: the first ``fid_per_class`` samples
+    of each class, or None (all of them)."""
+    if fid_per_class is None:
+        return None
+    return torch.cat(
+        [(labels == c).nonzero().flatten()[:fid_per_class] for c in range(num_classes)]
+    )
+
+
+def fid_sample_source(recipe: EvalRecipe, num_classes: int) -> str:
+    """Where the FID sample count comes from, for the errors and warnings that give it."""
+    per_class = recipe.fid_per_class or recipe.num_per_class
+    option = "num_per_class" if recipe.fid_per_class is None else "fid_per_class"
+    return f"{option} {per_class} x {num_classes} classes"
+
+
+def check_sample_counts(
+    recipe: EvalRecipe, num_samples: int, fid_samples: int, classes: int
+) -> None:
+    """Counts the teacher's class count decides, refused before the reference is embedded and
+    before any sampling: they failed only in the scoring of the first method, hours into a
+    real teacher's run."""
+    if recipe.is_splits > num_samples:
+        raise ValueError(
+            f"is_splits {recipe.is_splits} is more than the {num_samples} samples "
+            f"(num_per_class {recipe.num_per_class} x {classes} classes): give is_splits <= "
+            f"{num_samples}"
+        )
+    if fid_samples < 2:
+        raise ValueError(
+            f"FID needs 2 samples or more; {fid_sample_source(recipe, classes)} gives {fid_samples}"
+        )
+
+
+def check_reference_counts(
+    recipe: EvalRecipe, reference, reference_name: str, fid_samples: int, classes: int
+) -> None:
+    """Precision/recall (when the reference has features) need more than k samples on each
+    side; refused before any sampling (they failed after the first method was sampled)."""
+    from dd.metrics.generative import PR_NEIGHBOURS as k
+
+    if reference.features is None:  # statistics alone: no precision/recall to compute
+        return
+    held = reference.features.shape[0]
+    if held <= k:
+        raise ValueError(
+            f"the reference {reference_name} holds {held} images: precision/recall with k = {k} "
+            f"need more than {k}"
+        )
+    if fid_samples <= k:
+        raise ValueError(
+            f"precision/recall with k = {k} need more than {k} generated samples; "
+            f"{fid_sample_source(recipe, classes)} gives {fid_samples}"
+        )
+
+
+def sample_count_warnings(
+    recipe: EvalRecipe, reference, fid_samples: int, classes: int
+) -> list[str]:
+    """One-line warnings about counts that are allowed but bias the scores."""
+    dimension = int(reference.stats.mu.shape[0])
+    if fid_samples > dimension:
+        return []
+    return [
+        f"FID of {fid_samples} samples ({fid_sample_source(recipe, classes)}) in "
+        f"{dimension}-d features: at or below the dimension their covariance is singular and "
+        "FID is biased high, far above the same model's with more samples (docs/evaluation.md, "
+        "fid_per_class)"
+    ]
+
+
+def build_reference(recipe: EvalRecipe, tiny_data, scored_size, device):
+    """``build_space_and_reference``, with a reference of fewer than two images named (its
+    error spoke of features and did not say they were the reference's)."""
+    from dd.metrics.generative import TooFewFeatures
+
+    try:
+        return build_space_and_reference(recipe, tiny_data, scored_size=scored_size, device=device)
+    except TooFewFeatures as error:
+        raise ValueError(
+            f"the reference {recipe.reference or 'train'} holds too few images for FID "
+            f"({error}): give one of 2 images or more (more than 3 for precision/recall)"
+        ) from None
+
+
 def run_eval(recipe: EvalRecipe) -> dict:
     from dd.evaluate import evaluate_methods, forward_seconds_per_image, parse_methods
 
@@ -410,19 +496,19 @@ def run_eval(recipe: EvalRecipe) -> dict:
     )
     samplers = setup.samplers
     teacher = samplers.teacher
+    classes = teacher.num_classes
+    labels = torch.arange(classes).repeat_interleave(recipe.num_per_class)
+    fid_rows = fid_rows_of(labels, recipe.fid_per_class, classes)
+    fid_samples = int(labels.shape[0] if fid_rows is None else fid_rows.shape[0])
+    check_sample_counts(recipe, int(labels.shape[0]), fid_samples, classes)
     scored_size = scored_image_size(teacher, recipe.image_size)
-    space, reference, reference_name = build_space_and_reference(
-        recipe, setup.tiny_data, scored_size=scored_size, device=device
-    )
+    space, reference, reference_name = build_reference(recipe, setup.tiny_data, scored_size, device)
+    check_reference_counts(recipe, reference, reference_name, fid_samples, classes)
+    warnings = sample_count_warnings(recipe, reference, fid_samples, classes)
+    for warning in warnings:  # now, not after hours of sampling
+        print(f"dd eval: warning: {warning}", file=sys.stderr)
     specs = method_specs(recipe.methods, samplers)
     methods = parse_methods(specs, samplers, preset_key=setup.preset_key)
-    labels = torch.arange(teacher.num_classes).repeat_interleave(recipe.num_per_class)
-    fid_rows = None
-    if recipe.fid_per_class is not None:
-        fid_rows = torch.cat(
-            [(labels == c).nonzero().flatten()[: recipe.fid_per_class]
-             for c in range(teacher.num_classes)]
-        )  # fmt: skip
     rows = evaluate_methods(
         methods,
         samplers,
@@ -452,11 +538,12 @@ def run_eval(recipe: EvalRecipe) -> dict:
         "scored_image_size": size_json(scored_size),
         "reference_image_size": size_json(reference.size),
         "num_samples": int(labels.shape[0]),
-        "fid_samples": int(labels.shape[0] if fid_rows is None else fid_rows.shape[0]),
+        "fid_samples": fid_samples,
         "seed": recipe.seed,
         "device": str(device),
         "precision": recipe.precision,
         "threads": torch.get_num_threads(),
+        "warnings": warnings,
         "rows": rows,
     }
 

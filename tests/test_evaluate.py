@@ -260,7 +260,7 @@ def test_dd_eval_names_the_method_whose_images_are_wrong(monkeypatch, capsys):
     ):
         state.update(skipping=False, wrong=wrong)
         assert dd_main(argv) == 1
-        err = capsys.readouterr().err
+        err = capsys.readouterr().err.splitlines()[-1]  # after the warning of 10 FID samples
         assert err.startswith(f"dd eval: the images of skip-1 {message}"), err
 
 
@@ -485,6 +485,170 @@ def test_eval_counts_are_refused_before_any_sampling():
         with pytest.raises(ValueError, match=message):
             EvalRecipe(teacher=spec, **changes)
     assert EvalRecipe(teacher=spec, fid_per_class=100, is_splits=1).fid_per_class == 100
+
+
+class ReachedSampling(Exception):
+    """Raised in place of ``evaluate_methods``: every check before sampling passed."""
+
+
+def count_model_calls(monkeypatch) -> dict[str, int]:
+    """Counts the batches of model calls ``dd.evaluate`` makes (the audit's measure of
+    "refused before any sampling")."""
+    calls = {"model_calls": 0}
+    real = dd_evaluate.model_calls
+
+    def counting(*args, **kwargs):
+        calls["model_calls"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dd_evaluate, "model_calls", counting)
+    return calls
+
+
+def stop_at_sampling(monkeypatch) -> None:
+    """Reaching ``evaluate_methods`` raises ``ReachedSampling`` instead of sampling: a recipe
+    that passes every check costs nothing more."""
+
+    def reached(*args, **kwargs):
+        raise ReachedSampling
+
+    monkeypatch.setattr(dd_evaluate, "evaluate_methods", reached)
+
+
+def test_too_many_is_splits_are_refused_before_any_sampling(monkeypatch):
+    """is_splits above the sample count (num_per_class x the teacher's classes) failed in the
+    first method's scoring, after its sampling (12.6 s for var-digits; hours for a real
+    teacher); as many splits as samples is allowed."""
+    calls = count_model_calls(monkeypatch)
+    recipe = EvalRecipe(
+        teacher=TeacherSpec(tiny="var-digits"), methods=["teacher"], num_per_class=1,
+        is_splits=11, progress_bar=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"is_splits 11 is more than the 10 samples \(num_per"):
+        run_eval(recipe)
+    assert calls["model_calls"] == 0
+    stop_at_sampling(monkeypatch)
+    with pytest.raises(ReachedSampling):
+        run_eval(dataclasses.replace(recipe, is_splits=10))
+
+
+def test_a_reference_too_small_for_the_metrics_is_refused_before_any_sampling(
+    tmp_path, monkeypatch, random_inception_file
+):
+    """precision/recall with k = 3 need more than 3 reference images (a folder or an ADM
+    batch's arr_0): 3 failed after the first method's sampling; 1 image failed before it but
+    said "need features [N >= 2, D], got (1, 2048)" without saying whose. 4 pass."""
+    calls = count_model_calls(monkeypatch)
+    recipe = EvalRecipe(
+        teacher=TeacherSpec(tiny="var-digits"), methods=["teacher"], num_per_class=1,
+        is_splits=1, metric="inception", inception_weights=str(random_inception_file),
+        progress_bar=False,
+    )  # fmt: skip
+    pixels = reference_folder(tmp_path / "three", 16, count=3)
+    np.savez(tmp_path / "adm.npz", arr_0=pixels, mu=stats_mu(0), sigma=np.eye(2048))
+    for reference in (tmp_path / "three", tmp_path / "adm.npz"):
+        with pytest.raises(
+            ValueError,
+            match=f"the reference {reference} holds 3 images: precision/recall with k = 3 need "
+            "more than 3",
+        ):
+            run_eval(dataclasses.replace(recipe, reference=str(reference)))
+    reference_folder(tmp_path / "one", 16, count=1)
+    with pytest.raises(
+        ValueError,
+        match=rf"the reference {tmp_path / 'one'} holds too few images for FID \(need features "
+        r"\[N >= 2, D\], got \(1, 2048\)\)",
+    ):
+        run_eval(dataclasses.replace(recipe, reference=str(tmp_path / "one")))
+    assert calls["model_calls"] == 0
+    stop_at_sampling(monkeypatch)
+    reference_folder(tmp_path / "four", 16, count=4)
+    with pytest.raises(ReachedSampling):
+        run_eval(dataclasses.replace(recipe, reference=str(tmp_path / "four")))
+
+
+def two_class_teacher(root: Path, monkeypatch) -> TeacherSpec:
+    """``dd train-teacher`` of a two-class data set, two steps of each stage (a few seconds),
+    into a copy of the shipped weights folder: a teacher with too few classes for
+    precision/recall on one sample per class. (Registered beside the shipped teachers, not
+    given by tiny_dir: build_setup cannot yet take a tiny_dir teacher without pairs.)"""
+    import shutil
+
+    from PIL import Image
+
+    import teachers.shipped
+    import teachers.tiny.registry
+
+    for name, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (root / "shapes" / name).mkdir(parents=True)
+        for shade in range(4):
+            image = Image.new("RGB", (16, 16), tuple(c // (shade + 1) for c in colour))
+            image.save(root / "shapes" / name / f"{shade}.png")
+    weights = root / "weights"
+    shutil.copytree(teachers.shipped.WEIGHTS_DIR, weights)
+    monkeypatch.setattr(teachers.shipped, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(teachers.tiny.registry, "WEIGHTS_DIR", weights)
+    steps = ["--tokenizer-steps", "2", "--ar-steps", "2", "--ar-batch-size", "4",
+             "--decoder-steps", "2", "--no-progress"]  # fmt: skip
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(weights),
+            "--data-dir", str(root / "shapes"), *steps]  # fmt: skip
+    assert dd_main(argv) == 0
+    return TeacherSpec(tiny="llamagen-shapes")
+
+
+def test_an_fid_subset_too_small_for_precision_recall_is_refused_before_any_sampling(
+    tmp_path, monkeypatch, random_inception_file
+):
+    """fid_per_class x classes is the sample count of FID and precision/recall: 1 x 2 classes
+    is too few for k = 3, said before any sampling; an .npz of statistics alone (FID only)
+    takes it."""
+    recipe = EvalRecipe(
+        teacher=two_class_teacher(tmp_path, monkeypatch), methods=["teacher"], num_per_class=4,
+        fid_per_class=1, is_splits=1, metric="inception",
+        inception_weights=str(random_inception_file), progress_bar=False,
+        reference=str(tmp_path / "images"),
+    )  # fmt: skip
+    reference_folder(tmp_path / "images", 16, count=8)
+    calls = count_model_calls(monkeypatch)
+    with pytest.raises(
+        ValueError,
+        match=r"precision/recall with k = 3 need more than 3 generated samples; fid_per_class 1 "
+        r"x 2 classes gives 2",
+    ):
+        run_eval(recipe)
+    assert calls["model_calls"] == 0
+    stop_at_sampling(monkeypatch)
+    np.savez(tmp_path / "stats.npz", mu=stats_mu(0), sigma=np.eye(2048))
+    with pytest.raises(ReachedSampling):
+        run_eval(dataclasses.replace(recipe, reference=str(tmp_path / "stats.npz")))
+
+
+def test_fid_of_no_more_samples_than_feature_dimensions_is_warned_of(monkeypatch, capsys):
+    """At or below the feature dimension the samples' covariance is singular and FID is
+    biased high (benchmarks/fid_sample_count.py: 360 real digits 2.29, 64 of them 27.95):
+    one stderr line before any sampling (the report's ``warnings`` list: tested with the
+    report below); none above it."""
+    stop_at_sampling(monkeypatch)
+    recipe = EvalRecipe(
+        teacher=TeacherSpec(tiny="var-digits"), methods=["teacher"], num_per_class=7,
+        fid_per_class=6, is_splits=1, progress_bar=False,
+    )  # fmt: skip
+    with pytest.raises(ReachedSampling):
+        run_eval(recipe)
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "dd eval: warning: FID of 60 samples (fid_per_class 6 x 10 classes) in 64-d features: "
+        "at or below the dimension their covariance is singular"
+    )
+    assert len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ReachedSampling):
+        run_eval(dataclasses.replace(recipe, fid_per_class=None))  # 70 samples
+    assert "warning" not in capsys.readouterr().err
+    from dd.eval_command import sample_count_warnings
+
+    reference = Reference(FeatureStats(np.zeros(64), np.eye(64)))
+    assert len(sample_count_warnings(recipe, reference, 64, 10)) == 1  # at: warned
+    assert sample_count_warnings(recipe, reference, 65, 10) == []
 
 
 def test_a_local_folder_named_like_a_shipped_student_is_that_folder(tmp_path, monkeypatch):

@@ -26,6 +26,11 @@ IS_SHUFFLE_SEED = 2020  # torch-fidelity's (isc_features_to_metric's rng_seed)
 DISTANCE_CHUNK = 1024  # rows of a pairwise-distance block (memory: chunk x N floats)
 
 
+class TooFewFeatures(ValueError):
+    """Fewer than two feature rows: no covariance (its own class, so that ``dd eval`` can say
+    it is the reference's images that are too few)."""
+
+
 @dataclass(frozen=True)
 class FeatureStats:
     """Mean ``[D]`` and covariance ``[D, D]`` of a feature set (the ADM ``.npz`` fields)."""
@@ -36,7 +41,7 @@ class FeatureStats:
     @classmethod
     def of(cls, features: torch.Tensor) -> FeatureStats:
         if features.dim() != 2 or features.shape[0] < 2:
-            raise ValueError(f"need features [N >= 2, D], got {tuple(features.shape)}")
+            raise TooFewFeatures(f"need features [N >= 2, D], got {tuple(features.shape)}")
         x = features.double().cpu().numpy()
         return cls(x.mean(0), np.cov(x, rowvar=False))
 

@@ -18,7 +18,8 @@ scores it against a reference in one feature space:
 Also timed: one full-sequence teacher forward (the cost floor of a one-step generator). The
 teacher's sampling settings are the pairs' (their manifest), else the tiny teacher's
 recommended ones, else the family default. JSON to ``output`` (checked before any model loads:
-``dd.outputs.check_output``; written atomically at the end), and a table on stdout.
+``dd.outputs.check_output``; written atomically after each finished method, ``complete``
+false, and at the end), and a table on stdout, row by row as the methods finish.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -87,7 +89,8 @@ class EvalRecipe:
     is_splits: int = 10
     """Inception Score: the mean over this many splits of the samples, >= 1."""
     output: str | None = None
-    """The JSON report's file; null: only the table on stdout. A folder, a path through a file
+    """The JSON report's file; null: only the table on stdout. Written after each finished
+    method (complete: false, the rows so far) and at the end. A folder, a path through a file
     or a place that cannot be written is refused before any model loads."""
     num_threads: int | None = None
     """Intra-op CPU threads (``torch.set_num_threads``); null: torch's default."""
@@ -483,7 +486,18 @@ def build_reference(recipe: EvalRecipe, tiny_data, scored_size, device):
         ) from None
 
 
-def run_eval(recipe: EvalRecipe) -> dict:
+TIMING_KEYS = (
+    "one_forward_seconds_per_image",
+    "alternated_seconds_per_image",
+    "to_forward",
+    "timing_rounds",
+)
+
+
+def run_eval(recipe: EvalRecipe, on_row: Callable[[dict], None] | None = None) -> dict:
+    """The report (docs/evaluation.md, "The JSON report"). ``on_row(report)``: after each
+    finished method, the report so far (``complete`` false, the timing keys null: the
+    timing runs after the last method)."""
     from dd.evaluate import evaluate_methods, forward_seconds_per_image, parse_methods
 
     if recipe.output is not None:  # refused before anything is loaded, not after the run
@@ -509,27 +523,13 @@ def run_eval(recipe: EvalRecipe) -> dict:
         print(f"dd eval: warning: {warning}", file=sys.stderr)
     specs = method_specs(recipe.methods, samplers)
     methods = parse_methods(specs, samplers, preset_key=setup.preset_key)
-    rows = evaluate_methods(
-        methods,
-        samplers,
-        labels,
-        space,
-        reference,
-        seed=recipe.seed,
-        batch_size=recipe.batch_size,
-        fid_rows=fid_rows,
-        is_splits=recipe.is_splits,
-        image_size=recipe.image_size,
-        progress=recipe.progress_bar,
-    )
-    timing = forward_seconds_per_image(samplers, methods, recipe.batch_size, seed=recipe.seed)
-    return {
+    report = {
+        "complete": False,
         "teacher": setup.teacher_name,
         "family": teacher.family,
         "num_tokens": teacher.geometry.num_tokens,
         "num_ar_steps": teacher.geometry.num_steps,
-        "one_forward_seconds_per_image": timing.seconds_per_image["forward"],
-        **timing.as_json(),
+        **dict.fromkeys(TIMING_KEYS),  # measured after the last method
         "sampling": dataclasses.asdict(samplers.sampling),
         "feature_space": space.name,
         "reference": reference_name,
@@ -544,14 +544,56 @@ def run_eval(recipe: EvalRecipe) -> dict:
         "precision": recipe.precision,
         "threads": torch.get_num_threads(),
         "warnings": warnings,
-        "rows": rows,
+        "rows": [],
     }
 
+    def row_done(row: dict) -> None:
+        report["rows"].append(row)
+        if on_row is not None:
+            on_row(report)
 
-def format_table(result: dict) -> str:
-    def show(value, scale=1.0, digits=2):
-        return "-" if value is None else f"{scale * value:.{digits}f}"
+    evaluate_methods(
+        methods,
+        samplers,
+        labels,
+        space,
+        reference,
+        seed=recipe.seed,
+        batch_size=recipe.batch_size,
+        fid_rows=fid_rows,
+        is_splits=recipe.is_splits,
+        image_size=recipe.image_size,
+        progress=recipe.progress_bar,
+        on_row=row_done,
+    )
+    timing = forward_seconds_per_image(samplers, methods, recipe.batch_size, seed=recipe.seed)
+    report["one_forward_seconds_per_image"] = timing.seconds_per_image["forward"]
+    report.update(timing.as_json())
+    report["complete"] = True
+    return report
 
+
+def show(value, scale=1.0, digits=2) -> str:
+    return "-" if value is None else f"{scale * value:.{digits}f}"
+
+
+TABLE_HEAD = (
+    "| method | steps | FID | IS | precision | recall | class acc. % | ms/image |",
+    "|---|---|---|---|---|---|---|---|",
+)
+
+
+def table_row(row: dict) -> str:
+    return (
+        f"| {row['name']} | {row['steps']} | {show(row['fid'])} | "
+        f"{show(row['inception_score'])} | {show(row['precision'])} | {show(row['recall'])} | "
+        f"{show(row['class_accuracy'], 100, 1)} | {show(row['seconds_per_image'], 1000)} |"
+    )
+
+
+def timing_line(result: dict) -> str:
+    """The teacher forward and the alternated DD timings in one line, printed under the table:
+    they are timed after the last method, and the rows are printed as their methods finish."""
     forward_ms = 1000 * result["one_forward_seconds_per_image"]
     alternated = result["alternated_seconds_per_image"]
     model_calls = "".join(
@@ -562,19 +604,10 @@ def format_table(result: dict) -> str:
     )
     rounds = result["timing_rounds"]
     alternation = f" (medians of {rounds} rounds timed alternately with it)" if model_calls else ""
-    lines = [
+    return (
         f"{result['teacher']}: one full-sequence teacher forward {forward_ms:.2f} ms/image"
-        f"{model_calls}{alternation}",
-        "| method | steps | FID | IS | precision | recall | class acc. % | ms/image |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in result["rows"]:
-        lines.append(
-            f"| {row['name']} | {row['steps']} | {show(row['fid'])} | "
-            f"{show(row['inception_score'])} | {show(row['precision'])} | {show(row['recall'])} | "
-            f"{show(row['class_accuracy'], 100, 1)} | {show(row['seconds_per_image'], 1000)} |"
-        )
-    return "\n".join(lines)
+        f"{model_calls}{alternation}"
+    )
 
 
 def write_report(path: Path, result: dict) -> None:
@@ -586,15 +619,69 @@ def write_report(path: Path, result: dict) -> None:
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+class RowsAsTheyFinish:
+    """What ``main`` does after each finished method: its table line on stdout, and, with
+    ``output``, the report so far written over the file (``complete`` false), so that a
+    later method's failure or a stopped run keeps the rows already paid for."""
+
+    def __init__(self, output: str | None) -> None:
+        self.output = None if output is None else Path(output)
+        self.printed = 0  # rows on stdout
+        self.saved = 0  # rows in the report file
+
+    def print_rows(self, rows: list[dict]) -> None:
+        from tqdm.auto import tqdm
+
+        lines = [*TABLE_HEAD] if self.printed == 0 else []
+        lines += [table_row(row) for row in rows[self.printed :]]
+        for line in lines:
+            tqdm.write(line, file=sys.stdout)  # above the progress bars, not through them
+        sys.stdout.flush()
+        self.printed = len(rows)
+
+    def row_done(self, report: dict) -> None:
+        self.print_rows(report["rows"])
+        if self.output is None:
+            return
+        try:
+            write_report(self.output, report)
+        except OSError as error:  # the run goes on: its rows are on stdout
+            print(
+                f"dd eval: could not write the report so far to {self.output} ({error}); "
+                "the evaluation goes on and the table holds its rows",
+                file=sys.stderr,
+            )
+            return
+        self.saved = len(report["rows"])
+
+    def kept(self) -> str:
+        """Where the rows finished before a failure are, for its one-line error."""
+        if self.saved:
+            return (
+                f" (the report {self.output} holds the {plural(self.saved, 'finished row')}, "
+                '"complete": false)'
+            )
+        if self.printed:
+            return f" (the table above holds the {plural(self.printed, 'finished row')})"
+        return ""
+
+
 def main(argv: list[str]) -> int:
     recipe, _ = parse_recipe(EvalRecipe, argv, prog="dd eval", defaults_for=card_teacher_defaults)
+    rows = RowsAsTheyFinish(recipe.output)
     try:
-        result = run_eval(recipe)
+        result = run_eval(recipe, on_row=rows.row_done)
     # OSError: files that are missing or unreadable, a full or read-only disk: one line
     except (OSError, ValueError) as error:
-        print(f"dd eval: {error}", file=sys.stderr)
+        print(f"dd eval: {error}{rows.kept()}", file=sys.stderr)
         return 1
-    print(format_table(result))  # first: the scores are on stdout even if the write fails
+    # the rows not printed yet and the timing, first: on stdout even if the write fails
+    rows.print_rows(result["rows"])
+    print(timing_line(result))
     if recipe.output is not None:
         try:
             write_report(Path(recipe.output), result)

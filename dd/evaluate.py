@@ -578,6 +578,7 @@ def evaluate_methods(
     image_size: int | None,
     progress: bool = True,
     warm_up: bool | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """One row per method: its name, kind, steps, metrics and seconds per image (in all; of the
     model calls alone: ``model_seconds_per_image``, without noise drawing and decoding; and of
@@ -587,7 +588,9 @@ def evaluate_methods(
     embedded (``resize_for_scoring``); that is scoring, not sampling, so it is not timed.
     ``warm_up`` (null: on CUDA only): each method first samples and decodes one batch
     untimed, since CUDA initialises lazily (kernels, library handles, the allocator's pools),
-    which would fall on the first method timed (the teacher, by default)."""
+    which would fall on the first method timed (the teacher, by default). ``on_row``: called
+    with each row as soon as its method is scored (``dd eval`` prints it and saves the report
+    so far: a failure in a later method kept nothing of hours of GPU rows)."""
     if warm_up is None:
         warm_up = samplers.teacher.device.type == "cuda"
     rows = []
@@ -626,4 +629,6 @@ def evaluate_methods(
                 "decode_seconds_per_image": parts["decode"],
             }  # fmt: skip
         )
+        if on_row is not None:
+            on_row(rows[-1])
     return rows

@@ -1588,7 +1588,27 @@ def test_demo_presets_overrides_and_unknown_teachers(capsys):
         DemoSettings(100, 1, 8, -5, 1, None, 1, ("teacher",))
 
 
-def test_dd_eval_writes_json_with_timings(tmp_path):
+def recorded_report_writes(monkeypatch) -> list[tuple[bool, int, list]]:
+    """``write_report`` of ``dd eval``, recording each report's ``complete``, row count and
+    timing keys' values as it writes them."""
+    from dd import eval_command
+
+    writes = []
+    real = eval_command.write_report
+    timing_keys = ("one_forward_seconds_per_image", "alternated_seconds_per_image",
+                   "to_forward", "timing_rounds")  # fmt: skip
+
+    def recording(path, result):
+        timing = [result.get(key) for key in timing_keys]
+        writes.append((result.get("complete"), len(result["rows"]), timing))
+        real(path, result)
+
+    monkeypatch.setattr(eval_command, "write_report", recording)
+    return writes
+
+
+def test_dd_eval_writes_json_with_timings(tmp_path, monkeypatch, capsys):
+    writes = recorded_report_writes(monkeypatch)
     out = tmp_path / "eval.json"
     code = dd_main(
         ["eval", "--teacher.tiny", "var-digits", "--num_per_class", "2", "--is_splits", "1",
@@ -1597,7 +1617,15 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     )  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["num_ar_steps"] == 6 and result["one_forward_seconds_per_image"] > 0
+    # written after each method (complete false), then whole (timings too)
+    assert [(complete, rows) for complete, rows, _ in writes] == [(False, 1), (False, 2), (True, 2)]
+    assert writes[0][2] == [None] * 4 and None not in writes[-1][2]
+    assert result["complete"] is True and result["num_ar_steps"] == 6
+    assert result["one_forward_seconds_per_image"] > 0
+    assert result["warnings"][0].startswith("FID of 20 samples (num_per_class 2 x 10 classes)")
+    out_lines = capsys.readouterr().out.splitlines()  # the rows, then the timing line
+    assert out_lines[2].startswith("| teacher | 6 |") and out_lines[3].startswith("| skip-2 |")
+    assert out_lines[4].startswith("var-digits: one full-sequence teacher forward")
     assert result["alternated_seconds_per_image"] == {
         "forward": result["one_forward_seconds_per_image"]
     }  # no DD method asked: only the forward is timed
@@ -1611,6 +1639,41 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     for row in result["rows"]:
         assert row["seconds_per_image"] > 0 and 0 <= row["class_accuracy"] <= 1
         assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+
+
+def test_a_failing_method_leaves_the_report_of_the_methods_before_it(tmp_path, monkeypatch, capsys):
+    """dd eval wrote its JSON only at the end: a failure in the last of several GPU methods
+    lost hours of rows. The second method fails at sampling time here (skip_tokens
+    monkeypatched to raise the ValueError of a sampler refusing its input): the report holds
+    the teacher's row, complete false, the timing keys null, and the one-line error says so;
+    without --output it points to the table, whose row was printed as it finished."""
+
+    def refusing(*args, **kwargs):
+        raise ValueError("skip-n refused its input (a stand-in for a sampler failing midway)")
+
+    monkeypatch.setattr(dd_evaluate, "skip_tokens", refusing)
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--teacher.tiny", "var-digits", "--methods", "[teacher, 'skip:1']",
+            "--num_per_class", "1", "--is_splits", "1", "--progress_bar", "false"]  # fmt: skip
+    assert dd_main([*argv, "--output", str(out)]) == 1
+    said = capsys.readouterr()
+    err = [line for line in said.err.splitlines() if not line.startswith("dd eval: warning")]
+    assert err == [
+        "dd eval: skip-n refused its input (a stand-in for a sampler failing midway) (the "
+        f'report {out} holds the 1 finished row, "complete": false)'
+    ]
+    assert said.out.splitlines()[2].startswith("| teacher | 6 |")
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and [row["name"] for row in report["rows"]] == ["teacher"]
+    assert report["one_forward_seconds_per_image"] is None and report["to_forward"] is None
+    assert report["rows"][0]["fid"] > 0 and report["num_samples"] == 10
+    assert report["warnings"][0].startswith("FID of 10 samples")
+    assert dd_main(argv) == 1
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith("(the table above holds the 1 finished row)")
+    )
 
 
 def test_dd_eval_refuses_an_unwritable_output_before_any_model_loads(tmp_path, capsys, monkeypatch):
@@ -1660,7 +1723,7 @@ def test_dd_eval_says_in_one_line_when_the_report_cannot_be_written(tmp_path, ca
                   "precision": 0.5, "recall": 0.5, "class_accuracy": 0.9,
                   "seconds_per_image": 0.01}],
     }  # fmt: skip
-    monkeypatch.setattr("dd.eval_command.run_eval", lambda recipe: result)
+    monkeypatch.setattr("dd.eval_command.run_eval", lambda recipe, on_row=None: result)
 
     def full_disk(path, text):
         raise OSError(28, "No space left on device")

@@ -188,6 +188,12 @@ def test_a_wrong_npz_is_one_value_error_naming_the_file_and_the_format(tmp_path)
             load_stats_npz(str(tmp_path / "skewed.npz"))
     with pytest.raises(FileNotFoundError):  # not "not an .npz archive"
         load_stats_npz(str(tmp_path / "missing.npz"))
+    # images without statistics (the ADM evaluator computes them itself): refused, by name
+    np.savez(tmp_path / "images.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(
+        ValueError, match=r"images.npz: no \['mu', 'sigma'\] arrays \(has \['arr_0'\]\)"
+    ):
+        load_stats_npz(str(tmp_path / "images.npz"))
 
 
 def test_dd_eval_says_in_one_line_that_a_reference_is_not_an_npz(

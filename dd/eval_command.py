@@ -18,7 +18,8 @@ scores it against a reference in one feature space:
 Also timed: one full-sequence teacher forward (the cost floor of a one-step generator). The
 teacher's sampling settings are the pairs' (their manifest), else the tiny teacher's
 recommended ones, else the family default. JSON to ``output`` (checked before any model loads:
-``dd.outputs.check_output``; written atomically at the end), and a table on stdout.
+``dd.outputs.check_output``; written atomically after each finished method, ``complete``
+false, and at the end), and a table on stdout, row by row as the methods finish.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -88,7 +90,8 @@ class EvalRecipe:
     is_splits: int = 10
     """Inception Score: the mean over this many splits of the samples, >= 1."""
     output: str | None = None
-    """The JSON report's file; null: only the table on stdout. A folder, a path through a file
+    """The JSON report's file; null: only the table on stdout. Written after each finished
+    method (complete: false, the rows so far) and at the end. A folder, a path through a file
     or a place that cannot be written is refused before any model loads."""
     num_threads: int | None = None
     """Intra-op CPU threads (``torch.set_num_threads``); null: torch's default."""
@@ -422,7 +425,104 @@ def build_space_and_reference(
     return space, reference, str(path)
 
 
-def run_eval(recipe: EvalRecipe) -> dict:
+def fid_rows_of(labels: torch.Tensor, fid_per_class: int | None, num_classes: int):
+    """The rows FID and precision/recall are computed on: the first ``fid_per_class`` samples
+    of each class, or None (all of them)."""
+    if fid_per_class is None:
+        return None
+    return torch.cat(
+        [(labels == c).nonzero().flatten()[:fid_per_class] for c in range(num_classes)]
+    )
+
+
+def fid_sample_source(recipe: EvalRecipe, num_classes: int) -> str:
+    """Where the FID sample count comes from, for the errors and warnings that give it."""
+    per_class = recipe.fid_per_class or recipe.num_per_class
+    option = "num_per_class" if recipe.fid_per_class is None else "fid_per_class"
+    return f"{option} {per_class} x {num_classes} classes"
+
+
+def check_sample_counts(
+    recipe: EvalRecipe, num_samples: int, fid_samples: int, classes: int
+) -> None:
+    """Counts the teacher's class count decides, refused before the reference is embedded and
+    before any sampling: they failed only in the scoring of the first method, hours into a
+    real teacher's run."""
+    if recipe.is_splits > num_samples:
+        raise ValueError(
+            f"is_splits {recipe.is_splits} is more than the {num_samples} samples "
+            f"(num_per_class {recipe.num_per_class} x {classes} classes): give is_splits <= "
+            f"{num_samples}"
+        )
+    if fid_samples < 2:
+        raise ValueError(
+            f"FID needs 2 samples or more; {fid_sample_source(recipe, classes)} gives {fid_samples}"
+        )
+
+
+def check_reference_counts(
+    recipe: EvalRecipe, reference, reference_name: str, fid_samples: int, classes: int
+) -> None:
+    """Precision/recall (when the reference has features) need more than k samples on each
+    side; refused before any sampling (they failed after the first method was sampled)."""
+    from dd.metrics.generative import PR_NEIGHBOURS as k
+
+    if reference.features is None:  # statistics alone: no precision/recall to compute
+        return
+    held = reference.features.shape[0]
+    if held <= k:
+        raise ValueError(
+            f"the reference {reference_name} holds {held} images: precision/recall with k = {k} "
+            f"need more than {k}"
+        )
+    if fid_samples <= k:
+        raise ValueError(
+            f"precision/recall with k = {k} need more than {k} generated samples; "
+            f"{fid_sample_source(recipe, classes)} gives {fid_samples}"
+        )
+
+
+def sample_count_warnings(
+    recipe: EvalRecipe, reference, fid_samples: int, classes: int
+) -> list[str]:
+    """One-line warnings about counts that are allowed but bias the scores."""
+    dimension = int(reference.stats.mu.shape[0])
+    if fid_samples > dimension:
+        return []
+    return [
+        f"FID of {fid_samples} samples ({fid_sample_source(recipe, classes)}) in "
+        f"{dimension}-d features: at or below the dimension their covariance is singular and "
+        "FID is biased high, far above the same model's with more samples (docs/evaluation.md, "
+        "fid_per_class)"
+    ]
+
+
+def build_reference(recipe: EvalRecipe, tiny_data, scored_size, device):
+    """``build_space_and_reference``, with a reference of fewer than two images named (its
+    error spoke of features and did not say they were the reference's)."""
+    from dd.metrics.generative import TooFewFeatures
+
+    try:
+        return build_space_and_reference(recipe, tiny_data, scored_size=scored_size, device=device)
+    except TooFewFeatures as error:
+        raise ValueError(
+            f"the reference {recipe.reference or 'train'} holds too few images for FID "
+            f"({error}): give one of 2 images or more (more than 3 for precision/recall)"
+        ) from None
+
+
+TIMING_KEYS = (
+    "one_forward_seconds_per_image",
+    "alternated_seconds_per_image",
+    "to_forward",
+    "timing_rounds",
+)
+
+
+def run_eval(recipe: EvalRecipe, on_row: Callable[[dict], None] | None = None) -> dict:
+    """The report (docs/evaluation.md, "The JSON report"). ``on_row(report)``: after each
+    finished method, the report so far (``complete`` false, the timing keys null: the
+    timing runs after the last method)."""
     from dd.evaluate import evaluate_methods, forward_seconds_per_image, parse_methods
 
     if recipe.output is not None:  # refused before anything is loaded, not after the run
@@ -436,20 +536,49 @@ def run_eval(recipe: EvalRecipe) -> dict:
     )  # fmt: skip
     samplers = setup.samplers
     teacher = samplers.teacher
+    classes = teacher.num_classes
+    labels = torch.arange(classes).repeat_interleave(recipe.num_per_class)
+    fid_rows = fid_rows_of(labels, recipe.fid_per_class, classes)
+    fid_samples = int(labels.shape[0] if fid_rows is None else fid_rows.shape[0])
+    check_sample_counts(recipe, int(labels.shape[0]), fid_samples, classes)
     scored_size = scored_image_size(teacher, recipe.image_size)
-    space, reference, reference_name = build_space_and_reference(
-        recipe, setup.tiny_data, scored_size=scored_size, device=device
-    )
+    space, reference, reference_name = build_reference(recipe, setup.tiny_data, scored_size, device)
+    check_reference_counts(recipe, reference, reference_name, fid_samples, classes)
+    warnings = sample_count_warnings(recipe, reference, fid_samples, classes)
+    for warning in warnings:  # now, not after hours of sampling
+        print(f"dd eval: warning: {warning}", file=sys.stderr)
     specs = method_specs(recipe.methods, samplers)
     methods = parse_methods(specs, samplers, preset_key=setup.preset_key)
-    labels = torch.arange(teacher.num_classes).repeat_interleave(recipe.num_per_class)
-    fid_rows = None
-    if recipe.fid_per_class is not None:
-        fid_rows = torch.cat(
-            [(labels == c).nonzero().flatten()[: recipe.fid_per_class]
-             for c in range(teacher.num_classes)]
-        )  # fmt: skip
-    rows = evaluate_methods(
+    report = {
+        "complete": False,
+        "teacher": setup.teacher_name,
+        "family": teacher.family,
+        "num_tokens": teacher.geometry.num_tokens,
+        "num_ar_steps": teacher.geometry.num_steps,
+        **dict.fromkeys(TIMING_KEYS),  # measured after the last method
+        "sampling": dataclasses.asdict(samplers.sampling),
+        "feature_space": space.name,
+        "reference": reference_name,
+        # (height, width) of the images scored (after image_size's resize) and of the
+        # reference's images (null for an .npz of statistics alone: its size is unknown).
+        "scored_image_size": size_json(scored_size),
+        "reference_image_size": size_json(reference.size),
+        "num_samples": int(labels.shape[0]),
+        "fid_samples": fid_samples,
+        "seed": recipe.seed,
+        "device": str(device),
+        "precision": recipe.precision,
+        "threads": torch.get_num_threads(),
+        "warnings": warnings,
+        "rows": [],
+    }
+
+    def row_done(row: dict) -> None:
+        report["rows"].append(row)
+        if on_row is not None:
+            on_row(report)
+
+    evaluate_methods(
         methods,
         samplers,
         labels,
@@ -461,36 +590,36 @@ def run_eval(recipe: EvalRecipe) -> dict:
         is_splits=recipe.is_splits,
         image_size=recipe.image_size,
         progress=recipe.progress_bar,
+        on_row=row_done,
     )
     timing = forward_seconds_per_image(samplers, methods, recipe.batch_size, seed=recipe.seed)
-    return {
-        "teacher": setup.teacher_name,
-        "family": teacher.family,
-        "num_tokens": teacher.geometry.num_tokens,
-        "num_ar_steps": teacher.geometry.num_steps,
-        "one_forward_seconds_per_image": timing.seconds_per_image["forward"],
-        **timing.as_json(),
-        "sampling": dataclasses.asdict(samplers.sampling),
-        "feature_space": space.name,
-        "reference": reference_name,
-        # (height, width) of the images scored (after image_size's resize) and of the
-        # reference's images (null for an .npz of statistics alone: its size is unknown).
-        "scored_image_size": size_json(scored_size),
-        "reference_image_size": size_json(reference.size),
-        "num_samples": int(labels.shape[0]),
-        "fid_samples": int(labels.shape[0] if fid_rows is None else fid_rows.shape[0]),
-        "seed": recipe.seed,
-        "device": str(device),
-        "precision": recipe.precision,
-        "threads": torch.get_num_threads(),
-        "rows": rows,
-    }
+    report["one_forward_seconds_per_image"] = timing.seconds_per_image["forward"]
+    report.update(timing.as_json())
+    report["complete"] = True
+    return report
 
 
-def format_table(result: dict) -> str:
-    def show(value, scale=1.0, digits=2):
-        return "-" if value is None else f"{scale * value:.{digits}f}"
+def show(value, scale=1.0, digits=2) -> str:
+    return "-" if value is None else f"{scale * value:.{digits}f}"
 
+
+TABLE_HEAD = (
+    "| method | steps | FID | IS | precision | recall | class acc. % | ms/image |",
+    "|---|---|---|---|---|---|---|---|",
+)
+
+
+def table_row(row: dict) -> str:
+    return (
+        f"| {row['name']} | {row['steps']} | {show(row['fid'])} | "
+        f"{show(row['inception_score'])} | {show(row['precision'])} | {show(row['recall'])} | "
+        f"{show(row['class_accuracy'], 100, 1)} | {show(row['seconds_per_image'], 1000)} |"
+    )
+
+
+def timing_line(result: dict) -> str:
+    """The teacher forward and the alternated DD timings in one line, printed under the table:
+    they are timed after the last method, and the rows are printed as their methods finish."""
     forward_ms = 1000 * result["one_forward_seconds_per_image"]
     alternated = result["alternated_seconds_per_image"]
     model_calls = "".join(
@@ -501,19 +630,10 @@ def format_table(result: dict) -> str:
     )
     rounds = result["timing_rounds"]
     alternation = f" (medians of {rounds} rounds timed alternately with it)" if model_calls else ""
-    lines = [
+    return (
         f"{result['teacher']}: one full-sequence teacher forward {forward_ms:.2f} ms/image"
-        f"{model_calls}{alternation}",
-        "| method | steps | FID | IS | precision | recall | class acc. % | ms/image |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for row in result["rows"]:
-        lines.append(
-            f"| {row['name']} | {row['steps']} | {show(row['fid'])} | "
-            f"{show(row['inception_score'])} | {show(row['precision'])} | {show(row['recall'])} | "
-            f"{show(row['class_accuracy'], 100, 1)} | {show(row['seconds_per_image'], 1000)} |"
-        )
-    return "\n".join(lines)
+        f"{model_calls}{alternation}"
+    )
 
 
 def write_report(path: Path, result: dict) -> None:
@@ -525,15 +645,69 @@ def write_report(path: Path, result: dict) -> None:
     write_text_atomic(path, json.dumps(result, indent=1) + "\n")
 
 
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+class RowsAsTheyFinish:
+    """What ``main`` does after each finished method: its table line on stdout, and, with
+    ``output``, the report so far written over the file (``complete`` false), so that a
+    later method's failure or a stopped run keeps the rows already paid for."""
+
+    def __init__(self, output: str | None) -> None:
+        self.output = None if output is None else Path(output)
+        self.printed = 0  # rows on stdout
+        self.saved = 0  # rows in the report file
+
+    def print_rows(self, rows: list[dict]) -> None:
+        from tqdm.auto import tqdm
+
+        lines = [*TABLE_HEAD] if self.printed == 0 else []
+        lines += [table_row(row) for row in rows[self.printed :]]
+        for line in lines:
+            tqdm.write(line, file=sys.stdout)  # above the progress bars, not through them
+        sys.stdout.flush()
+        self.printed = len(rows)
+
+    def row_done(self, report: dict) -> None:
+        self.print_rows(report["rows"])
+        if self.output is None:
+            return
+        try:
+            write_report(self.output, report)
+        except OSError as error:  # the run goes on: its rows are on stdout
+            print(
+                f"dd eval: could not write the report so far to {self.output} ({error}); "
+                "the evaluation goes on and the table holds its rows",
+                file=sys.stderr,
+            )
+            return
+        self.saved = len(report["rows"])
+
+    def kept(self) -> str:
+        """Where the rows finished before a failure are, for its one-line error."""
+        if self.saved:
+            return (
+                f" (the report {self.output} holds the {plural(self.saved, 'finished row')}, "
+                '"complete": false)'
+            )
+        if self.printed:
+            return f" (the table above holds the {plural(self.printed, 'finished row')})"
+        return ""
+
+
 def main(argv: list[str]) -> int:
     recipe, _ = parse_recipe(EvalRecipe, argv, prog="dd eval", defaults_for=card_teacher_defaults)
+    rows = RowsAsTheyFinish(recipe.output)
     try:
-        result = run_eval(recipe)
+        result = run_eval(recipe, on_row=rows.row_done)
     # OSError: files that are missing or unreadable, a full or read-only disk: one line
     except (OSError, ValueError) as error:
-        print(f"dd eval: {error}", file=sys.stderr)
+        print(f"dd eval: {error}{rows.kept()}", file=sys.stderr)
         return 1
-    print(format_table(result))  # first: the scores are on stdout even if the write fails
+    # the rows not printed yet and the timing, first: on stdout even if the write fails
+    rows.print_rows(result["rows"])
+    print(timing_line(result))
     if recipe.output is not None:
         try:
             write_report(Path(recipe.output), result)

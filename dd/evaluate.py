@@ -50,6 +50,7 @@ from dd.interleave import (
     parse_interleave,
     preset_name,
 )
+from dd.metrics.digits import check_unit_images
 from dd.metrics.generative import FeatureStats, frechet_distance, inception_score, precision_recall
 from dd.metrics.spaces import FeatureSpace, embed_stream, resize_for_scoring
 from dd.sampling import (
@@ -248,11 +249,14 @@ def continuous_method_tokens(
     )  # fmt: skip
 
 
-def wait_for_device() -> None:
-    """On a GPU, calls return before their kernels finish: wait for them before reading a
-    clock (nothing to wait for on the CPU)."""
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
+def wait_for_device(device: torch.device | str) -> None:
+    """On a GPU, calls return before their kernels finish: wait for those of ``device`` (the
+    models') before reading a clock. ``torch.cuda.synchronize()`` without a device waits for
+    the current one, cuda:0, so a run on cuda:1 timed kernel launches only; a CPU run on a GPU
+    machine has nothing to wait for."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 @torch.no_grad()
@@ -285,7 +289,7 @@ def generate_batches(
         randomness = randomness_at(base, indices, n, code_dim)
         drawn = time.perf_counter()
         tokens = model_calls(method, samplers, batch, randomness, indices, base)
-        wait_for_device()
+        wait_for_device(teacher.device)
         modelled = time.perf_counter()
         images = teacher.decode_tokens(tokens).float().cpu()
         decoded = time.perf_counter()
@@ -336,11 +340,14 @@ def model_calls(
 
 
 def alternated_seconds(
-    calls: Mapping[str, Callable[[], object]], repeats: int
+    calls: Mapping[str, Callable[[], object]],
+    repeats: int,
+    device: torch.device | str = "cpu",
 ) -> dict[str, list[float]]:
     """Seconds of each call in each of ``repeats`` rounds that run every call once, in turn,
     after one warm-up round. Other load on the machine falls on all of them alike, so ratios
-    taken round by round, or of medians, hold better than timings taken at different moments."""
+    taken round by round, or of medians, hold better than timings taken at different moments.
+    ``device``: where the calls run (``wait_for_device``)."""
     if repeats < 1:
         raise ValueError(f"repeats must be >= 1, got {repeats}")
     seconds: dict[str, list[float]] = {name: [] for name in calls}
@@ -348,10 +355,10 @@ def alternated_seconds(
         call()
     for _ in range(repeats):
         for name, call in calls.items():
-            wait_for_device()
+            wait_for_device(device)
             began = time.perf_counter()
             call()
-            wait_for_device()
+            wait_for_device(device)
             seconds[name].append(time.perf_counter() - began)
     return seconds
 
@@ -459,7 +466,7 @@ def forward_seconds_per_image(
     if dd_methods:  # what the all-in call adds to the model calls, beside the noise
         tokens = model_calls(dd_methods[0], samplers, labels, randomness, indices, base)
         calls["decode"] = functools.partial(teacher.decode_tokens, tokens)
-    seconds = alternated_seconds(calls, repeats)
+    seconds = alternated_seconds(calls, repeats, teacher.device)
     return ForwardTiming(
         {name: statistics.median(v) / batch_size for name, v in seconds.items()},
         {
@@ -549,6 +556,14 @@ def score(
     return result
 
 
+def checked_images(batches: Iterable[torch.Tensor], name: str) -> Iterator[torch.Tensor]:
+    """``batches`` as they are, each checked to be float images in ``[0, 1]``
+    (``check_unit_images``; its errors start with ``name``)."""
+    for batch in batches:
+        check_unit_images(batch, name)
+        yield batch
+
+
 def evaluate_methods(
     methods: Sequence[Method],
     samplers: Samplers,
@@ -563,6 +578,7 @@ def evaluate_methods(
     image_size: int | None,
     progress: bool = True,
     warm_up: bool | None = None,
+    on_row: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """One row per method: its name, kind, steps, metrics and seconds per image (in all; of the
     model calls alone: ``model_seconds_per_image``, without noise drawing and decoding; and of
@@ -572,7 +588,9 @@ def evaluate_methods(
     embedded (``resize_for_scoring``); that is scoring, not sampling, so it is not timed.
     ``warm_up`` (null: on CUDA only): each method first samples and decodes one batch
     untimed, since CUDA initialises lazily (kernels, library handles, the allocator's pools),
-    which would fall on the first method timed (the teacher, by default)."""
+    which would fall on the first method timed (the teacher, by default). ``on_row``: called
+    with each row as soon as its method is scored (``dd eval`` prints it and saves the report
+    so far: a failure in a later method kept nothing of hours of GPU rows)."""
     if warm_up is None:
         warm_up = samplers.teacher.device.type == "cuda"
     rows = []
@@ -589,6 +607,9 @@ def evaluate_methods(
             method, samplers, labels, seed=seed, batch_size=batch_size,
             progress=progress, parts=parts,
         )  # fmt: skip
+        # checked before the resize (it clamps) and named: the space's own check cannot say
+        # which method's images are wrong (a diverged student's NaN, say)
+        batches = checked_images(batches, f"the images of {method.name}")
         if image_size is not None:  # between batches: generate_batches' clocks do not see it
             batches = (resize_for_scoring(batch, image_size) for batch in batches)
         features, logits = embed_stream(space, batches)
@@ -608,4 +629,6 @@ def evaluate_methods(
                 "decode_seconds_per_image": parts["decode"],
             }  # fmt: skip
         )
+        if on_row is not None:
+            on_row(rows[-1])
     return rows

@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 
+import dd.evaluate as dd_evaluate
 from dd.baselines import ClassTokenTable
 from dd.cli import main as dd_main
 from dd.compute import resolve_device
@@ -56,6 +57,7 @@ from dd.evaluate import (
     forward_seconds_per_image,
     generate,
     parse_methods,
+    wait_for_device,
 )
 from dd.metrics.digits import frechet_distance as torchmetrics_fid
 from dd.metrics.generative import (
@@ -149,6 +151,66 @@ def test_npz_reference_and_generic_metric_behaviour(tmp_path):
         inception_score(logits, splits=0)
 
 
+def wrong_npz_files(folder: Path) -> dict[str, Path]:
+    """Files a user may pass as an ``.npz`` reference that are not one."""
+    np.savez(folder / "good.npz", mu=np.zeros(2048), sigma=np.eye(2048))
+    files = {name: folder / f"{name}.npz" for name in ("npy", "page", "cut", "objects")}
+    with open(files["npy"], "wb") as handle:  # np.save to an open file keeps the name
+        np.save(handle, np.zeros(3))
+    files["page"].write_text("<html>Not Found</html>\n")
+    files["cut"].write_bytes((folder / "good.npz").read_bytes()[:50_000])  # a cut download
+    np.savez(files["objects"], mu=np.array([object()], dtype=object), sigma=np.eye(1))
+    return files
+
+
+def test_a_wrong_npz_is_one_value_error_naming_the_file_and_the_format(tmp_path):
+    """An .npy under an .npz name was a TypeError traceback, a truncated download a BadZipFile
+    traceback, an HTML page numpy's advice to load it with allow_pickle (without the path);
+    each is now a ValueError naming the file and the ADM format. A sigma that is not
+    symmetric (beyond 1e-6 of its largest value) is not a covariance: refused; float32
+    rounding (1e-8 relative) is not."""
+    for name, path in wrong_npz_files(tmp_path).items():
+        with pytest.raises(ValueError) as error:
+            load_stats_npz(str(path))
+        message = str(error.value)
+        assert message.startswith(str(path)), name
+        assert "ADM reference batch" in message and "mu [D] and sigma [D, D]" in message, name
+        assert "arr_0" in message and "allow_pickle" not in message, name
+    sigma = np.eye(4) + 0.5
+    for asymmetry, accepted in ((1e-8, True), (1e-4, False)):
+        skewed = sigma.copy()
+        skewed[0, 1] += asymmetry * 1.5  # relative to max |sigma| = 1.5
+        np.savez(tmp_path / "skewed.npz", mu=np.zeros(4), sigma=skewed)
+        if accepted:
+            assert np.array_equal(load_stats_npz(str(tmp_path / "skewed.npz")).sigma, skewed)
+            continue
+        with pytest.raises(ValueError, match="skewed.npz: sigma is not symmetric .* above 1e-06"):
+            load_stats_npz(str(tmp_path / "skewed.npz"))
+    with pytest.raises(FileNotFoundError):  # not "not an .npz archive"
+        load_stats_npz(str(tmp_path / "missing.npz"))
+    # images without statistics (the ADM evaluator computes them itself): refused, by name
+    np.savez(tmp_path / "images.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    with pytest.raises(
+        ValueError, match=r"images.npz: no \['mu', 'sigma'\] arrays \(has \['arr_0'\]\)"
+    ):
+        load_stats_npz(str(tmp_path / "images.npz"))
+
+
+def test_dd_eval_says_in_one_line_that_a_reference_is_not_an_npz(
+    tmp_path, capsys, random_inception_file
+):
+    """Through the command: the .npy and the truncated download ended in tracebacks."""
+    files = wrong_npz_files(tmp_path)
+    argv = ["eval", "--teacher.tiny", "var-digits", "--metric", "inception",
+            "--inception_weights", str(random_inception_file), "--methods", "[teacher]",
+            "--progress_bar", "false", "--reference"]  # fmt: skip
+    for name in ("npy", "cut"):
+        assert dd_main([*argv, str(files[name])]) == 1
+        err = capsys.readouterr().err
+        assert err.startswith(f"dd eval: {files[name]} is not an .npz (zip) archive; expected")
+        assert len(err.strip().splitlines()) == 1, err
+
+
 def test_streamed_embedding_equals_embedding_all_images_at_once():
     """``dd eval`` embeds each batch of images as it comes (``embed_stream``, re-cut into
     ``EMBED_BATCH`` rows): exactly the features and logits of embedding them all at once,
@@ -161,6 +223,51 @@ def test_streamed_embedding_equals_embedding_all_images_at_once():
         assert all(torch.equal(a, b) for a, b in zip(streamed, whole, strict=True)), size
     with pytest.raises(ValueError, match="no images"):
         embed_stream(space, [])
+
+
+def test_digits_space_refuses_the_images_inception_space_refuses():
+    """dd eval's and dd demo's digits space took [-1, 1] images (FID 10.8 instead of 5.9 on
+    200 held-out digits), uint8 images (23.8) and NaN (a LinAlgError of the FID's
+    eigenvalues) without a word; InceptionSpace refused them."""
+    space = DigitsSpace()
+    good = load_digits_split("heldout").images_01()[:8]
+    for bad, message in (
+        (good * 2 - 1, r"images must be in \[0, 1\], got values in \[-1"),
+        ((good * 255).round().to(torch.uint8), "images must be float images in .* torch.uint8"),
+        (good * float("nan"), "images hold NaN or infinite values"),
+    ):
+        with pytest.raises(ValueError, match=message):
+            space.embed(bad)
+
+
+def test_dd_eval_names_the_method_whose_images_are_wrong(monkeypatch, capsys):
+    """A method whose decoded images are NaN (a diverged student) or in [-1, 1] (here skip-1's,
+    after a right teacher row): one line saying whose images, checked before the resize
+    (which clamps) and the space."""
+    teacher_class = type(load_tiny_teacher("var-digits"))
+    decode, skip = teacher_class.decode_tokens, dd_evaluate.skip_tokens
+    state = {"skipping": False, "wrong": None}
+
+    def marking_skip(*args, **kwargs):  # from here on the images are skip-1's
+        state["skipping"] = True
+        return skip(*args, **kwargs)
+
+    def decode_wrongly(self, tokens):
+        images = decode(self, tokens)
+        return state["wrong"](images) if state["skipping"] else images
+
+    monkeypatch.setattr(dd_evaluate, "skip_tokens", marking_skip)
+    monkeypatch.setattr(teacher_class, "decode_tokens", decode_wrongly)
+    argv = ["eval", "--teacher.tiny", "var-digits", "--methods", "[teacher, 'skip:1']",
+            "--num_per_class", "1", "--is_splits", "1", "--progress_bar", "false"]  # fmt: skip
+    for wrong, message in (
+        (lambda images: images * float("nan"), "hold NaN or infinite values (a diverged model?)"),
+        (lambda images: images * 2 - 1, "must be in [0, 1], got values in [-1"),
+    ):
+        state.update(skipping=False, wrong=wrong)
+        assert dd_main(argv) == 1
+        err = capsys.readouterr().err.splitlines()[-1]  # after the warning of 10 FID samples
+        assert err.startswith(f"dd eval: the images of skip-1 {message}"), err
 
 
 def test_missing_inception_weights_name_the_file_and_where_to_put_it(tmp_path, capsys):
@@ -384,6 +491,170 @@ def test_eval_counts_are_refused_before_any_sampling():
         with pytest.raises(ValueError, match=message):
             EvalRecipe(teacher=spec, **changes)
     assert EvalRecipe(teacher=spec, fid_per_class=100, is_splits=1).fid_per_class == 100
+
+
+class ReachedSampling(Exception):
+    """Raised in place of ``evaluate_methods``: every check before sampling passed."""
+
+
+def count_model_calls(monkeypatch) -> dict[str, int]:
+    """Counts the batches of model calls ``dd.evaluate`` makes (the audit's measure of
+    "refused before any sampling")."""
+    calls = {"model_calls": 0}
+    real = dd_evaluate.model_calls
+
+    def counting(*args, **kwargs):
+        calls["model_calls"] += 1
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(dd_evaluate, "model_calls", counting)
+    return calls
+
+
+def stop_at_sampling(monkeypatch) -> None:
+    """Reaching ``evaluate_methods`` raises ``ReachedSampling`` instead of sampling: a recipe
+    that passes every check costs nothing more."""
+
+    def reached(*args, **kwargs):
+        raise ReachedSampling
+
+    monkeypatch.setattr(dd_evaluate, "evaluate_methods", reached)
+
+
+def test_too_many_is_splits_are_refused_before_any_sampling(monkeypatch):
+    """is_splits above the sample count (num_per_class x the teacher's classes) failed in the
+    first method's scoring, after its sampling (12.6 s for var-digits; hours for a real
+    teacher); as many splits as samples is allowed."""
+    calls = count_model_calls(monkeypatch)
+    recipe = EvalRecipe(
+        teacher=TeacherSpec(tiny="var-digits"), methods=["teacher"], num_per_class=1,
+        is_splits=11, progress_bar=False,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match=r"is_splits 11 is more than the 10 samples \(num_per"):
+        run_eval(recipe)
+    assert calls["model_calls"] == 0
+    stop_at_sampling(monkeypatch)
+    with pytest.raises(ReachedSampling):
+        run_eval(dataclasses.replace(recipe, is_splits=10))
+
+
+def test_a_reference_too_small_for_the_metrics_is_refused_before_any_sampling(
+    tmp_path, monkeypatch, random_inception_file
+):
+    """precision/recall with k = 3 need more than 3 reference images (a folder or an ADM
+    batch's arr_0): 3 failed after the first method's sampling; 1 image failed before it but
+    said "need features [N >= 2, D], got (1, 2048)" without saying whose. 4 pass."""
+    calls = count_model_calls(monkeypatch)
+    recipe = EvalRecipe(
+        teacher=TeacherSpec(tiny="var-digits"), methods=["teacher"], num_per_class=1,
+        is_splits=1, metric="inception", inception_weights=str(random_inception_file),
+        progress_bar=False,
+    )  # fmt: skip
+    pixels = reference_folder(tmp_path / "three", 16, count=3)
+    np.savez(tmp_path / "adm.npz", arr_0=pixels, mu=stats_mu(0), sigma=np.eye(2048))
+    for reference in (tmp_path / "three", tmp_path / "adm.npz"):
+        with pytest.raises(
+            ValueError,
+            match=f"the reference {reference} holds 3 images: precision/recall with k = 3 need "
+            "more than 3",
+        ):
+            run_eval(dataclasses.replace(recipe, reference=str(reference)))
+    reference_folder(tmp_path / "one", 16, count=1)
+    with pytest.raises(
+        ValueError,
+        match=rf"the reference {tmp_path / 'one'} holds too few images for FID \(need features "
+        r"\[N >= 2, D\], got \(1, 2048\)\)",
+    ):
+        run_eval(dataclasses.replace(recipe, reference=str(tmp_path / "one")))
+    assert calls["model_calls"] == 0
+    stop_at_sampling(monkeypatch)
+    reference_folder(tmp_path / "four", 16, count=4)
+    with pytest.raises(ReachedSampling):
+        run_eval(dataclasses.replace(recipe, reference=str(tmp_path / "four")))
+
+
+def two_class_teacher(root: Path, monkeypatch) -> TeacherSpec:
+    """``dd train-teacher`` of a two-class data set, two steps of each stage (a few seconds),
+    into a copy of the shipped weights folder: a teacher with too few classes for
+    precision/recall on one sample per class. (Registered beside the shipped teachers, not
+    given by tiny_dir: build_setup cannot yet take a tiny_dir teacher without pairs.)"""
+    import shutil
+
+    from PIL import Image
+
+    import teachers.shipped
+    import teachers.tiny.registry
+
+    for name, colour in (("red", (255, 0, 0)), ("blue", (0, 0, 255))):
+        (root / "shapes" / name).mkdir(parents=True)
+        for shade in range(4):
+            image = Image.new("RGB", (16, 16), tuple(c // (shade + 1) for c in colour))
+            image.save(root / "shapes" / name / f"{shade}.png")
+    weights = root / "weights"
+    shutil.copytree(teachers.shipped.WEIGHTS_DIR, weights)
+    monkeypatch.setattr(teachers.shipped, "WEIGHTS_DIR", weights)
+    monkeypatch.setattr(teachers.tiny.registry, "WEIGHTS_DIR", weights)
+    steps = ["--tokenizer-steps", "2", "--ar-steps", "2", "--ar-batch-size", "4",
+             "--decoder-steps", "2", "--no-progress"]  # fmt: skip
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(weights),
+            "--data-dir", str(root / "shapes"), *steps]  # fmt: skip
+    assert dd_main(argv) == 0
+    return TeacherSpec(tiny="llamagen-shapes")
+
+
+def test_an_fid_subset_too_small_for_precision_recall_is_refused_before_any_sampling(
+    tmp_path, monkeypatch, random_inception_file
+):
+    """fid_per_class x classes is the sample count of FID and precision/recall: 1 x 2 classes
+    is too few for k = 3, said before any sampling; an .npz of statistics alone (FID only)
+    takes it."""
+    recipe = EvalRecipe(
+        teacher=two_class_teacher(tmp_path, monkeypatch), methods=["teacher"], num_per_class=4,
+        fid_per_class=1, is_splits=1, metric="inception",
+        inception_weights=str(random_inception_file), progress_bar=False,
+        reference=str(tmp_path / "images"),
+    )  # fmt: skip
+    reference_folder(tmp_path / "images", 16, count=8)
+    calls = count_model_calls(monkeypatch)
+    with pytest.raises(
+        ValueError,
+        match=r"precision/recall with k = 3 need more than 3 generated samples; fid_per_class 1 "
+        r"x 2 classes gives 2",
+    ):
+        run_eval(recipe)
+    assert calls["model_calls"] == 0
+    stop_at_sampling(monkeypatch)
+    np.savez(tmp_path / "stats.npz", mu=stats_mu(0), sigma=np.eye(2048))
+    with pytest.raises(ReachedSampling):
+        run_eval(dataclasses.replace(recipe, reference=str(tmp_path / "stats.npz")))
+
+
+def test_fid_of_no_more_samples_than_feature_dimensions_is_warned_of(monkeypatch, capsys):
+    """At or below the feature dimension the samples' covariance is singular and FID is
+    biased high (benchmarks/fid_sample_count.py: 360 real digits 2.29, 64 of them 27.95):
+    one stderr line before any sampling (the report's ``warnings`` list: tested with the
+    report below); none above it."""
+    stop_at_sampling(monkeypatch)
+    recipe = EvalRecipe(
+        teacher=TeacherSpec(tiny="var-digits"), methods=["teacher"], num_per_class=7,
+        fid_per_class=6, is_splits=1, progress_bar=False,
+    )  # fmt: skip
+    with pytest.raises(ReachedSampling):
+        run_eval(recipe)
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "dd eval: warning: FID of 60 samples (fid_per_class 6 x 10 classes) in 64-d features: "
+        "at or below the dimension their covariance is singular"
+    )
+    assert len(err.strip().splitlines()) == 1, err
+    with pytest.raises(ReachedSampling):
+        run_eval(dataclasses.replace(recipe, fid_per_class=None))  # 70 samples
+    assert "warning" not in capsys.readouterr().err
+    from dd.eval_command import sample_count_warnings
+
+    reference = Reference(FeatureStats(np.zeros(64), np.eye(64)))
+    assert len(sample_count_warnings(recipe, reference, 64, 10)) == 1  # at: warned
+    assert sample_count_warnings(recipe, reference, 65, 10) == []
 
 
 def test_a_local_folder_named_like_a_shipped_student_is_that_folder(tmp_path, monkeypatch):
@@ -1363,7 +1634,27 @@ def test_demo_presets_overrides_and_unknown_teachers(capsys):
         DemoSettings(100, 1, 8, -5, 1, None, 1, ("teacher",))
 
 
-def test_dd_eval_writes_json_with_timings(tmp_path):
+def recorded_report_writes(monkeypatch) -> list[tuple[bool, int, list]]:
+    """``write_report`` of ``dd eval``, recording each report's ``complete``, row count and
+    timing keys' values as it writes them."""
+    from dd import eval_command
+
+    writes = []
+    real = eval_command.write_report
+    timing_keys = ("one_forward_seconds_per_image", "alternated_seconds_per_image",
+                   "to_forward", "timing_rounds")  # fmt: skip
+
+    def recording(path, result):
+        timing = [result.get(key) for key in timing_keys]
+        writes.append((result.get("complete"), len(result["rows"]), timing))
+        real(path, result)
+
+    monkeypatch.setattr(eval_command, "write_report", recording)
+    return writes
+
+
+def test_dd_eval_writes_json_with_timings(tmp_path, monkeypatch, capsys):
+    writes = recorded_report_writes(monkeypatch)
     out = tmp_path / "eval.json"
     code = dd_main(
         ["eval", "--teacher.tiny", "var-digits", "--num_per_class", "2", "--is_splits", "1",
@@ -1372,7 +1663,15 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     )  # fmt: skip
     assert code == 0
     result = json.loads(out.read_text())
-    assert result["num_ar_steps"] == 6 and result["one_forward_seconds_per_image"] > 0
+    # written after each method (complete false), then whole (timings too)
+    assert [(complete, rows) for complete, rows, _ in writes] == [(False, 1), (False, 2), (True, 2)]
+    assert writes[0][2] == [None] * 4 and None not in writes[-1][2]
+    assert result["complete"] is True and result["num_ar_steps"] == 6
+    assert result["one_forward_seconds_per_image"] > 0
+    assert result["warnings"][0].startswith("FID of 20 samples (num_per_class 2 x 10 classes)")
+    out_lines = capsys.readouterr().out.splitlines()  # the rows, then the timing line
+    assert out_lines[2].startswith("| teacher | 6 |") and out_lines[3].startswith("| skip-2 |")
+    assert out_lines[4].startswith("var-digits: one full-sequence teacher forward")
     assert result["alternated_seconds_per_image"] == {
         "forward": result["one_forward_seconds_per_image"]
     }  # no DD method asked: only the forward is timed
@@ -1386,6 +1685,41 @@ def test_dd_eval_writes_json_with_timings(tmp_path):
     for row in result["rows"]:
         assert row["seconds_per_image"] > 0 and 0 <= row["class_accuracy"] <= 1
         assert row["fid"] >= 0 and 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+
+
+def test_a_failing_method_leaves_the_report_of_the_methods_before_it(tmp_path, monkeypatch, capsys):
+    """dd eval wrote its JSON only at the end: a failure in the last of several GPU methods
+    lost hours of rows. The second method fails at sampling time here (skip_tokens
+    monkeypatched to raise the ValueError of a sampler refusing its input): the report holds
+    the teacher's row, complete false, the timing keys null, and the one-line error says so;
+    without --output it points to the table, whose row was printed as it finished."""
+
+    def refusing(*args, **kwargs):
+        raise ValueError("skip-n refused its input (a stand-in for a sampler failing midway)")
+
+    monkeypatch.setattr(dd_evaluate, "skip_tokens", refusing)
+    out = tmp_path / "eval.json"
+    argv = ["eval", "--teacher.tiny", "var-digits", "--methods", "[teacher, 'skip:1']",
+            "--num_per_class", "1", "--is_splits", "1", "--progress_bar", "false"]  # fmt: skip
+    assert dd_main([*argv, "--output", str(out)]) == 1
+    said = capsys.readouterr()
+    err = [line for line in said.err.splitlines() if not line.startswith("dd eval: warning")]
+    assert err == [
+        "dd eval: skip-n refused its input (a stand-in for a sampler failing midway) (the "
+        f'report {out} holds the 1 finished row, "complete": false)'
+    ]
+    assert said.out.splitlines()[2].startswith("| teacher | 6 |")
+    report = json.loads(out.read_text())
+    assert report["complete"] is False and [row["name"] for row in report["rows"]] == ["teacher"]
+    assert report["one_forward_seconds_per_image"] is None and report["to_forward"] is None
+    assert report["rows"][0]["fid"] > 0 and report["num_samples"] == 10
+    assert report["warnings"][0].startswith("FID of 10 samples")
+    assert dd_main(argv) == 1
+    assert (
+        capsys.readouterr()
+        .err.splitlines()[-1]
+        .endswith("(the table above holds the 1 finished row)")
+    )
 
 
 def test_dd_eval_refuses_an_unwritable_output_before_any_model_loads(tmp_path, capsys, monkeypatch):
@@ -1435,7 +1769,7 @@ def test_dd_eval_says_in_one_line_when_the_report_cannot_be_written(tmp_path, ca
                   "precision": 0.5, "recall": 0.5, "class_accuracy": 0.9,
                   "seconds_per_image": 0.01}],
     }  # fmt: skip
-    monkeypatch.setattr("dd.eval_command.run_eval", lambda recipe: result)
+    monkeypatch.setattr("dd.eval_command.run_eval", lambda recipe, on_row=None: result)
 
     def full_disk(path, text):
         raise OSError(28, "No space left on device")
@@ -1500,6 +1834,28 @@ def test_stage3_checks_judge_every_target_of_the_issue():
     assert "DD 2-step (8.60): 1 of 2" in text
     assert "against skip-62 (2 model calls) 300.00: met" in text and "skip-39" not in text
     assert stage3_checks({"details": details[:3], "one_forward_seconds_per_image": 1.0}) == []
+
+
+def test_timing_waits_for_the_models_cuda_device_and_never_for_another(monkeypatch):
+    """Simulated CUDA (no GPU here): ``torch.cuda.synchronize()`` without a device waits for
+    the current one (cuda:0), so with ``--device cuda:1`` the timed calls were not waited for;
+    a CPU run on a GPU machine synchronised a GPU it does not use."""
+    seen = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device=None: seen.append(device))
+    wait_for_device(torch.device("cuda:1"))
+    assert seen == [torch.device("cuda:1")]
+    seen.clear()
+    alternated_seconds({"a": lambda: None, "b": lambda: None}, repeats=2, device="cuda:1")
+    assert seen == [torch.device("cuda:1")] * 8  # before and after each of 2 x 2 timed calls
+    seen.clear()
+    teacher = load_tiny_teacher("var-digits")  # on the CPU
+    samplers = Samplers(teacher, tiny_sampling("var-digits"))
+    methods = parse_methods(["teacher"], samplers)
+    generate(methods[0], samplers, torch.arange(2), seed=0, batch_size=2)
+    forward_seconds_per_image(samplers, methods, batch_size=2, seed=0, repeats=1)
+    wait_for_device("cpu")
+    assert seen == []
 
 
 def test_alternated_seconds_time_every_call_in_turn():

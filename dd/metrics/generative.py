@@ -13,6 +13,8 @@ the tiny ones). Everything is computed in float64.
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +24,11 @@ PR_NEIGHBOURS = 3  # k of Kynkaenniemi et al. / the ADM evaluator
 IS_SPLITS = 10  # the usual Inception Score protocol
 IS_SHUFFLE_SEED = 2020  # torch-fidelity's (isc_features_to_metric's rng_seed)
 DISTANCE_CHUNK = 1024  # rows of a pairwise-distance block (memory: chunk x N floats)
+
+
+class TooFewFeatures(ValueError):
+    """Fewer than two feature rows: no covariance (its own class, so that ``dd eval`` can say
+    it is the reference's images that are too few)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +41,7 @@ class FeatureStats:
     @classmethod
     def of(cls, features: torch.Tensor) -> FeatureStats:
         if features.dim() != 2 or features.shape[0] < 2:
-            raise ValueError(f"need features [N >= 2, D], got {tuple(features.shape)}")
+            raise TooFewFeatures(f"need features [N >= 2, D], got {tuple(features.shape)}")
         x = features.double().cpu().numpy()
         return cls(x.mean(0), np.cov(x, rowvar=False))
 
@@ -106,15 +113,46 @@ def precision_recall(
     return float(precision), float(recall)
 
 
+NPZ_FORMAT = (
+    "an ADM reference batch: an .npz (zip) archive with mu [D] and sigma [D, D], and "
+    "optionally arr_0 images [N, H, W, 3] uint8 for precision/recall"
+)
+# sigma is a covariance: symmetric up to the rounding of whoever computed it (float32 stores
+# ~1e-7 relative); a larger asymmetry is another array saved under that name.
+SIGMA_SYMMETRY_RTOL = 1e-6
+
+
+def _read_npz_arrays(path: str, keys: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """``keys`` of the ``.npz`` at ``path`` as float64, or one ``ValueError`` naming the file
+    and ``NPZ_FORMAT``: an ``.npy`` under an ``.npz`` name, a truncated download or an HTML
+    page gave a TypeError or BadZipFile traceback, or numpy's advice to load the file with
+    ``allow_pickle`` (never to be taken for a downloaded file)."""
+    with open(path, "rb") as handle:  # a missing file stays a FileNotFoundError
+        if not zipfile.is_zipfile(handle):
+            raise ValueError(f"{path} is not an .npz (zip) archive; expected {NPZ_FORMAT}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            names = list(data.files)
+            arrays = {key: data[key].astype(np.float64) for key in keys if key in names}
+    # object arrays (numpy: "... when allow_pickle=False"), corrupt members, bad CRCs, text
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, ValueError, TypeError) as error:
+        raise ValueError(
+            f"{path}: {'/'.join(keys)} could not be read as float arrays "
+            f"({type(error).__name__}); expected {NPZ_FORMAT}"
+        ) from None
+    missing = [key for key in keys if key not in arrays]
+    if missing:
+        raise ValueError(f"{path}: no {missing} arrays (has {names}); expected {NPZ_FORMAT}")
+    return arrays
+
+
 def load_stats_npz(path: str, feature_dim: int | None = None) -> FeatureStats:
     """``mu`` and ``sigma`` from an ``.npz`` (the ADM reference batches' format), checked when
-    read (``dd eval`` reads it before generating anything): ``mu [D]``, ``sigma [D, D]``, finite,
-    and ``D == feature_dim`` when given (2048 for Inception's pool features)."""
-    with np.load(path, allow_pickle=False) as data:
-        missing = [key for key in ("mu", "sigma") if key not in data.files]
-        if missing:
-            raise ValueError(f"{path}: no {missing} arrays (has {data.files}); need mu and sigma")
-        mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+    read (``dd eval`` reads it before generating anything): a zip archive of ``.npy`` arrays,
+    ``mu [D]``, ``sigma [D, D]`` symmetric (to ``SIGMA_SYMMETRY_RTOL`` of its largest value),
+    finite, and ``D == feature_dim`` when given (2048 for Inception's pool features)."""
+    arrays = _read_npz_arrays(path, ("mu", "sigma"))
+    mu, sigma = arrays["mu"], arrays["sigma"]
     size = mu.shape[0] if mu.ndim == 1 else None
     if size is None or sigma.shape != (size, size):
         raise ValueError(
@@ -124,4 +162,11 @@ def load_stats_npz(path: str, feature_dim: int | None = None) -> FeatureStats:
         raise ValueError(f"{path}: statistics of {size}-d features; this space has {feature_dim}")
     if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
         raise ValueError(f"{path}: mu or sigma holds NaN or infinite values")
+    asymmetry = float(np.abs(sigma - sigma.T).max()) if size else 0.0
+    scale = float(np.abs(sigma).max()) if size else 0.0
+    if asymmetry > SIGMA_SYMMETRY_RTOL * scale:
+        raise ValueError(
+            f"{path}: sigma is not symmetric (max |sigma - sigma.T| = {asymmetry:.3g}, above "
+            f"{SIGMA_SYMMETRY_RTOL:g} x max |sigma| = {scale:.3g}): not a covariance"
+        )
     return FeatureStats(mu, sigma)

@@ -93,6 +93,9 @@ class DigitsSpace:
         self.classifier = default_classifier()
 
     def _one(self, images_01: torch.Tensor):
+        # as InceptionSpace's: [-1, 1] or uint8 images scored a wrong FID without a word, NaN
+        # failed in the FID's eigenvalues without saying it was the images
+        check_unit_images(images_01, "images")
         features = self.classifier.features(images_01.float().cpu())
         return features, self.classifier.head(features)
 

@@ -277,7 +277,7 @@ def build_setup(
     from teachers.protocol import ContinuousTeacher
 
     continuous = isinstance(teacher, ContinuousTeacher)
-    token_table = token_pool = None
+    token_table = token_pool = sampling = None  # None: the teacher's default_sampling
     if pairs is not None:
         # Pairs of another teacher are refused by fingerprint first: their sampling settings
         # may be of the other kind (a FAR folder's head_steps for a LlamaGen student).

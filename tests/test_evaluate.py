@@ -576,8 +576,7 @@ def test_a_reference_too_small_for_the_metrics_is_refused_before_any_sampling(
 def two_class_teacher(root: Path, monkeypatch) -> TeacherSpec:
     """``dd train-teacher`` of a two-class data set, two steps of each stage (a few seconds),
     into a copy of the shipped weights folder: a teacher with too few classes for
-    precision/recall on one sample per class. (Registered beside the shipped teachers, not
-    given by tiny_dir: build_setup cannot yet take a tiny_dir teacher without pairs.)"""
+    precision/recall on one sample per class, registered beside the shipped teachers."""
     import shutil
 
     from PIL import Image

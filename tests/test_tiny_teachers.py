@@ -288,9 +288,7 @@ def test_a_teacher_of_another_folder_is_named_with_tiny_dir(own_teacher, tmp_pat
     argv = ["sample", "--teacher.tiny", name, "--teacher.tiny_dir", str(out)]
     argv += ["--methods", "[teacher]", "--labels", "[1]", "--output", str(tmp_path / "alone")]
     assert dd_main(argv) == 0
-    assert [p.name for p in (tmp_path / "alone" / "teacher").iterdir()] == [
-        "0000_class1.png"
-    ]
+    assert [p.name for p in (tmp_path / "alone" / "teacher").iterdir()] == ["0000_class1.png"]
 
 
 def test_cli_refuses_counts_that_train_nothing_and_a_folder_named_digits(tmp_path, capsys):

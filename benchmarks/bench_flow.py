@@ -17,7 +17,10 @@ falls on all of them alike; each ratio is taken within a round and reported as t
 quartiles over the rounds (``dd.evaluate.RatioSpread``). Results go to docs/benchmarks.md
 ("AR flow-matching map").
 
-    PYTHONPATH=. python3 benchmarks/bench_flow.py --batch-size 2 --seq-len 256
+    PYTHONPATH=. python3 benchmarks/bench_flow.py --batch-size 2 --seq-len 256 --threads 1
+
+One thread on a shared machine: a 2-thread call waits whenever the other core is busy, which
+scatters even alternated ratios (docs/benchmarks.md shows both).
 """
 
 from __future__ import annotations

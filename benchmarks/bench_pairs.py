@@ -17,7 +17,8 @@ over the plain sampler's taken batch by batch (median and quartiles over the bat
 first batch, a warm-up, is left out when there are more than two). Trainer start-up, the
 receipt and the manifest fall outside the batches and are reported separately.
 Bytes per pair: one real record of the VAR-d16 and LlamaGen-L shapes written through the
-shard writer (marginal cost of a record in a shard, tar headers included).
+shard writer (marginal cost of a record in a shard, tar headers included), and the same with a
+float tar mtime (webdataset's default) instead of the writer's fixed integer 0.
 Results go to docs/benchmarks.md ("Pair generation").
 
     python3 benchmarks/bench_pairs.py --teacher llamagen-digits --batch-size 64 --num-batches 12
@@ -36,11 +37,13 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 import torch
 from common import machine_description
 from lightning.pytorch.callbacks import Callback
 
+import data_gen.shards
 from data_gen.config import (
     FlowSettings,
     GenerateRecipe,
@@ -170,36 +173,44 @@ def bench_speed(spec: TeacherSpec, label: str, batch_size: int, num_batches: int
     )
 
 
-def bench_bytes() -> None:
+def record_bytes(n: int, code_dim: int, vocab: int, noise_dtype: torch.dtype) -> int:
     """Bytes of one record inside a shard: from the first member of record 0 to that of record 1
     (tar headers and padding included; the shard's end-of-archive padding excluded)."""
+    with tempfile.TemporaryDirectory() as folder:
+        identity = RunIdentity("0" * 16, "bench", {})
+        shard = OpenShard(Path(folder), ShardRange(0, 0, 2), identity)
+        for index in range(2):
+            _, noise = draw_sample(
+                0, index, num_tokens=n, code_dim=code_dim, num_classes=1000, noise_dtype=noise_dtype
+            )
+            tokens = torch.randint(vocab, (n,)).to(token_dtype(vocab))
+            shard.write(encode_record(index, 7, noise, tokens, "0" * 16))
+        shard.close()
+        with tarfile.open(Path(folder) / shard.shard.name) as tar:
+            members = tar.getmembers()
+    return members[len(members) // 2].offset - members[0].offset
+
+
+def bench_bytes() -> None:
+    """Bytes per record of each release shape, and what a float tar mtime (webdataset's
+    ``TarWriter`` default, ``time.time()``) would add: tarfile then writes a PAX header."""
     print("\n| shape | noise dtype | bytes per pair (in a shard) | payload (noise + tokens) |")
     print("|---|---|---|---|")
     for name, n, code_dim, vocab in RECORD_SHAPES:
         for noise_dtype in (torch.float32, torch.float16):
-            with tempfile.TemporaryDirectory() as folder:
-                identity = RunIdentity("0" * 16, "bench", {})
-                shard = OpenShard(Path(folder), ShardRange(0, 0, 2), identity)
-                for index in range(2):
-                    _, noise = draw_sample(
-                        0,
-                        index,
-                        num_tokens=n,
-                        code_dim=code_dim,
-                        num_classes=1000,
-                        noise_dtype=noise_dtype,
-                    )
-                    tokens = torch.randint(vocab, (n,)).to(token_dtype(vocab))
-                    shard.write(encode_record(index, 7, noise, tokens, "0" * 16))
-                shard.close()
-                with tarfile.open(Path(folder) / shard.shard.name) as tar:
-                    members = tar.getmembers()
-            per_pair = members[len(members) // 2].offset - members[0].offset
+            per_pair = record_bytes(n, code_dim, vocab, noise_dtype)
             payload = n * code_dim * noise_dtype.itemsize + n * token_dtype(vocab).itemsize
             print(
                 f"| {name} ({n} tokens, C={code_dim}, V={vocab}) | "
                 f"{str(noise_dtype).removeprefix('torch.')} | {per_pair:,} | {payload:,} |"
             )
+    print("\n| shape, float32 noise | bytes per pair, mtime 0 | float mtime | added per record |")
+    print("|---|---|---|---|")
+    for name, n, code_dim, vocab in RECORD_SHAPES:
+        fixed = record_bytes(n, code_dim, vocab, torch.float32)
+        with mock.patch.object(data_gen.shards, "TAR_MTIME", time.time()):
+            floating = record_bytes(n, code_dim, vocab, torch.float32)
+        print(f"| {name} | {fixed:,} | {floating:,} | {floating - fixed:,} |")
 
 
 def main() -> None:

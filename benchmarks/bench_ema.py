@@ -90,6 +90,12 @@ def memory(names: list[str]) -> None:
 
 
 def drift(steps: int, decay: float) -> None:
+    """The drift runs in a temporary folder (pairs, both Trainer runs), removed at the end."""
+    with tempfile.TemporaryDirectory(prefix="bench_ema_") as scratch:
+        drift_in(Path(scratch), steps, decay)
+
+
+def drift_in(root: Path, steps: int, decay: float) -> None:
     from data_gen.config import (
         GenerateRecipe,
         OutputSettings,
@@ -106,7 +112,6 @@ def drift(steps: int, decay: float) -> None:
     from teachers.tiny import tiny_sampling
 
     name = "llamagen-digits"
-    root = Path(tempfile.mkdtemp(prefix="bench_ema_"))
     recipe = GenerateRecipe(
         teacher=TeacherSpec(tiny=name),
         sampling=SamplingOverrides(**dataclasses.asdict(tiny_sampling(name))),

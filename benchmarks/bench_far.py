@@ -1,19 +1,20 @@
 """FAR's claim in miniature: the shortcut head at few head steps against the flow-matching head.
 
     python benchmarks/bench_far.py                      # the table of docs/far.md
-    python benchmarks/bench_far.py --seeds 0 --shortcut-steps 8 --flow-steps --cfg 1 1.5 2 3
+    python benchmarks/bench_far.py --seeds 0 --shortcut-steps 1 8 --flow-steps 50 --cfg 1 1.5 2 3
 
 Both shipped FAR teachers (``far-digits``: shortcut head; ``far-digits-flow``: the same
 backbone and head architecture trained by flow matching only, same seed and steps) map the
 same Gaussian noise (one draw per seed, shared by every row of that seed) through their
-KV-cached sessions with ``M`` Euler head steps per token. Rows are run one after another in
-one process, so the timings are side by side. Per row and seed: FID in the digits classifier's
-feature space (``dd/metrics/digits.py``) of ``--fid-per-class`` x 10 samples against the train
-split (as ``benchmarks/eval_tiny.py``), class accuracy, and seconds per image (the wall time
-of the noise -> token map over the whole batch, decoding excluded, divided by the batch).
-Printed as mean and spread (min..max) over ``--seeds``. Reference rows: real held-out images
-(the floor FID at this sample size), the FAR tokenizer's reconstructions of them, and, with
-``--compare-tiny``, the discrete tiny teachers with their own sampling settings.
+KV-cached sessions with ``M`` Euler head steps per token. Rows are run one after another in one
+process: their timings come from consecutive passes, not from calls alternated round by round,
+so a change of load between rows moves their ratios. Per row and seed: FID in the digits
+classifier's feature space (``dd/metrics/digits.py``) of ``--fid-per-class`` x 10 samples
+against the train split (as ``benchmarks/eval_tiny.py``), class accuracy, and seconds per image
+(the wall time of the noise -> token map over the whole batch, decoding excluded, divided by the
+batch). Printed as mean and spread (min..max) over ``--seeds``. Reference rows: real held-out
+images (the floor FID at this sample size), the FAR tokenizer's reconstructions of them, and,
+with ``--compare-tiny``, the discrete tiny teachers with their own sampling settings.
 """
 
 from __future__ import annotations

@@ -2,7 +2,9 @@
 
 The full-sequence forward at the same batch is the floor a one-step generator built on this
 backbone is held to (the DD student runs one such pass). Random weights: speed does not
-depend on the values. Results go to docs/benchmarks.md ("LlamaGen teacher").
+depend on the values. The forwards are timed as one block, then the sampling runs as another
+(consecutive passes, not alternated round by round): load that changes between the blocks moves
+their ratio. Results go to docs/benchmarks.md ("LlamaGen teacher").
 
     python3 benchmarks/bench_llamagen.py --preset B --batch-size 8
 """

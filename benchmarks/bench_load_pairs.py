@@ -9,7 +9,7 @@ each loads the pairs, reads every row once (an epoch's gathers), and, while all 
 hold the pairs, reports: the load's seconds, the growth of its peak RSS during the load
 (``ru_maxrss``: the transient copies a loader makes), the growth of its private (anonymous)
 memory and its proportional set size (PSS: a page mapped by k processes counts 1/k in each),
-both against the process before the load. The memory-mapped way first makes its copy in
+both against the process before the load, in MiB. The memory-mapped way first makes its copy in
 ``--memory-map`` (default: a fresh temporary folder), timed on its own; its processes then map
 that copy. Run it on another commit's tree (a git worktree on ``PYTHONPATH``) to compare loaders.
 """
@@ -64,10 +64,10 @@ def one_process(pairs: str, memory_map: str | None, threads: int, barrier, resul
     results.put(
         {
             "seconds": seconds,
-            "kept_mb": kept / 2**20,
-            "peak_growth_mb": peak_growth / 1024,
-            "private_growth_mb": (after["anon"] - before["anon"]) / 1024,
-            "pss_growth_mb": (after["pss"] - before["pss"]) / 1024,
+            "kept_mib": kept / 2**20,
+            "peak_growth_mib": peak_growth / 1024,
+            "private_growth_mib": (after["anon"] - before["anon"]) / 1024,
+            "pss_growth_mib": (after["pss"] - before["pss"]) / 1024,
         }
     )
 
@@ -126,9 +126,10 @@ def main() -> None:
             ):
                 print(
                     f"{name}, process {rank} of {args.processes}: load {r['seconds']:.2f} s, "
-                    f"pairs {r['kept_mb']:.1f} MB, peak RSS growth {r['peak_growth_mb']:.1f} MB, "
-                    f"private growth {r['private_growth_mb']:.1f} MB, "
-                    f"PSS growth {r['pss_growth_mb']:.1f} MB"
+                    f"pairs {r['kept_mib']:.1f} MiB, "
+                    f"peak RSS growth {r['peak_growth_mib']:.1f} MiB, "
+                    f"private growth {r['private_growth_mib']:.1f} MiB, "
+                    f"PSS growth {r['pss_growth_mib']:.1f} MiB"
                 )
 
 

@@ -2,14 +2,19 @@
 
     python benchmarks/bench_train.py --teacher llamagen-digits --batch-size 64 --threads 2
 
-Times, per step, averaged over ``--steps`` after ``--warmup``: the student forward and
-backward through the CE term alone, the decode + perceptual path (forward and backward through
-the frozen decoder and the digits features), the optimiser step, an EMA update of the student
-backbone (what ``EMAWeightAveraging`` does each step, here on the backbone alone) and the data
+Times per step: the student forward and backward through the CE term alone, the decode +
+perceptual path (forward and backward through the frozen decoder and the digits features), the
+optimiser step, an EMA update of the student backbone (one ``lerp_`` per backbone parameter: an
+approximation of the step ``dd train``'s ``dd.ema.FrozenSharingEMA`` makes, which goes through
+Lightning's ``AveragedModel`` over every trainable parameter, not timed here) and the data
 (building one batch from ``dd.data.BatchOrder`` over random pairs of the right shape). Apart,
 not in the full step: the teacher-KL term's targets (``loss.teacher_kl_weight``: one parallel
 teacher-forcing forward, two with CFG, no grad), the cost that term adds, beside the same
-targets formed one AR step at a time through the KV-cached session.
+targets formed one AR step at a time through the KV-cached session. All of these and the full
+step are timed in turn, one call each per round (``dd.evaluate.alternated_seconds``),
+``--steps`` rounds after ``--warmup`` warm-up rounds: medians over the rounds, and each share or
+ratio taken within a round (median and quartiles), so load on a shared machine falls on all of
+them alike.
 
 Then the framework: ``dd train``'s own Trainer (``dd.train_command.make_trainer``: EMA callback,
 step checkpoints, clipping, logging, the data module) against a plain loop doing the same
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +36,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 
 from dd.data import BatchOrder, PairBatches, PairSet
+from dd.evaluate import RatioSpread, alternated_seconds
 from dd.losses import dd_loss, teacher_log_probs
 from dd.metrics.digits import feature_distance
 from dd.student import DDStudent
@@ -193,36 +200,63 @@ def main() -> None:
                 session.next_log_probs()
                 session.accept(data["tokens"][:, start:end])
 
+    def teacher_kl_targets_stepped_no_grad():
+        with torch.no_grad():
+            teacher_kl_targets_stepped()
+
     forward_backward_ce()  # gradients exist for the optimiser timing
     parts = {
-        "student forward + backward (CE only)": timed(forward_backward_ce, args.steps, args.warmup),
-        "decode + perceptual, forward + backward": timed(
-            decode_perceptual, args.steps, args.warmup
-        ),
-        "optimizer step (AdamW)": timed(optimizer.step, args.steps, args.warmup),
-        "EMA update (backbone)": timed(ema, args.steps, args.warmup),
-        "data (one batch)": timed(next_batch, args.steps, args.warmup),
+        "student forward + backward (CE only)": forward_backward_ce,
+        "decode + perceptual, forward + backward": decode_perceptual,
+        "optimizer step (AdamW)": optimizer.step,
+        "EMA update (backbone)": ema,
+        "data (one batch)": next_batch,
     }
-    kl_targets = timed(teacher_kl_targets, args.steps, args.warmup)
-    with torch.no_grad():
-        kl_stepped = timed(teacher_kl_targets_stepped, args.steps, args.warmup)
-    whole = timed(full_step, args.steps, args.warmup)
+    calls = {
+        **parts,
+        "kl targets": teacher_kl_targets,
+        "kl stepped": teacher_kl_targets_stepped_no_grad,
+        "full step": full_step,
+    }
+    for _ in range(max(args.warmup - 1, 0)):  # alternated_seconds adds one warm-up round
+        for call in calls.values():
+            call()
+    seconds = alternated_seconds(calls, args.steps)
+    median = {name: statistics.median(values) for name, values in seconds.items()}
+    whole = median["full step"]
     params = sum(p.numel() for p in student.backbone.parameters())
     print(
         f"{args.teacher}: batch {batch}, {n} tokens, student {params / 1e6:.2f}M params, "
-        f"{args.threads} threads"
+        f"{args.threads} threads; every part, the teacher-KL targets and the full step "
+        f"alternated, {args.steps} rounds after {max(args.warmup, 1)} warm-up rounds; "
+        "ms: medians over the rounds; ratios: within each round, median (quartiles)"
     )
-    print("| part | ms per step | share of the full step |")
+    print("| part | ms per step | share of the full step (round by round) |")
     print("|---|---|---|")
-    for name, seconds in parts.items():
-        print(f"| {name} | {1000 * seconds:.1f} | {100 * seconds / whole:.0f}% |")
+    for name in parts:
+        share = RatioSpread.of_rounds(seconds[name], seconds["full step"])
+        print(
+            f"| {name} | {1000 * median[name]:.1f} | {100 * share.median:.0f}% "
+            f"({100 * share.low:.0f}-{100 * share.high:.0f}%) |"
+        )
     print(f"| full step (forward, both losses, backward, AdamW) | {1000 * whole:.1f} | 100% |")
     print(f"pairs per second (full step): {batch / whole:.0f}")
+    kl = RatioSpread.of_rounds(seconds["kl targets"], seconds["full step"])
+    stepped = RatioSpread.of_rounds(seconds["kl stepped"], seconds["full step"])
+    with_term = [
+        (full + parallel) / (full + one_by_one)
+        for full, parallel, one_by_one in zip(
+            seconds["full step"], seconds["kl targets"], seconds["kl stepped"], strict=True
+        )
+    ]
+    now = RatioSpread.of_rounds(with_term, [1.0] * len(with_term))
     print(
         "apart: teacher-KL targets (parallel teacher forcing, no grad) "
-        f"{1000 * kl_targets:.1f} ms, "
-        f"+{100 * kl_targets / whole:.0f}% of the full step (stepping the KV-cached session "
-        f"instead: {1000 * kl_stepped:.1f} ms, +{100 * kl_stepped / whole:.0f}%)"
+        f"{1000 * median['kl targets']:.1f} ms, +{100 * kl.median:.0f}% of the full step "
+        f"({100 * kl.low:.0f}-{100 * kl.high:.0f}%); stepping the KV-cached session instead: "
+        f"{1000 * median['kl stepped']:.1f} ms, +{100 * stepped.median:.0f}% "
+        f"({100 * stepped.low:.0f}-{100 * stepped.high:.0f}%); a step with the parallel targets "
+        f"over one with the stepped ones: {now.median:.2f}x ({now.low:.2f}-{now.high:.2f})"
     )
     if args.lightning_steps:
         times = framework_overhead(

@@ -6,7 +6,9 @@ the official VQVAE ``vae_ch160v4096z32`` for decoding. Sampling runs the batch a
 ``[cond; null]`` (2 x batch rows) with the README FID settings (cfg 1.5, top-k 900, top-p
 0.96); its time is split into the transformer scales and the VQVAE decode. The full-sequence
 forward (block-causal mask, 680 tokens, no CFG) at the same batch is the floor a one-step
-student built on this backbone is held to. Results go to docs/benchmarks.md ("VAR teacher").
+student built on this backbone is held to. The forwards are timed as one block, then the
+sampling runs as another (consecutive passes, not alternated round by round): load that changes
+between the blocks moves their ratio. Results go to docs/benchmarks.md ("VAR teacher").
 
     python3 benchmarks/bench_var.py --preset d16 --batch-size 4
 """

@@ -16,7 +16,9 @@ FID in the digits classifier's features against the train split on the first
 ``--fid-per-class`` of every class (the protocol of ``benchmarks/eval_students.py``); class
 accuracy over all samples; within-class spread (mean over classes of the RMS distance of the
 FID subset's classifier features to their class mean: diversity, which FID alone can hide);
-seconds per image = wall time of sampling + decoding / images (1 thread recommended). Printed
+seconds per image = wall time of sampling + decoding / images (1 thread recommended; each
+method timed in its own pass, one after another per seed, not alternated round by round, so
+ratios between rows are rough on a loaded machine). Printed
 as mean (min..max) over the seeds, with the gap rule of the stage-2 issue:
 ``gap = FID(onestep*) - FID(teacher)``, DD 1-step <= teacher + 0.25 gap, 2-step + 0.15 gap.
 """

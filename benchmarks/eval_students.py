@@ -12,7 +12,10 @@ digits classifier's features against the train split on the first 36 per class (
 of docs/embedded_default.md); recall (improved precision/recall, k = 3) on the same images in
 the same features: the share of the train split covered by the samples, low for a
 mode-seeking sampler; class accuracy over all samples. Printed as mean (min..max) with
-the gap rule of the stage-2 issue: ``gap = FID(onestep*) - FID(teacher)``.
+the gap rule of the stage-2 issue: ``gap = FID(onestep*) - FID(teacher)``. Seconds per image
+(sampling and decoding): each method timed in its own pass, one after another per seed, not
+alternated round by round, so ratios between rows are rough on a loaded machine
+(``dd eval`` and ``benchmarks/timing_rounds.py`` alternate).
 """
 
 from __future__ import annotations

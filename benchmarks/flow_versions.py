@@ -33,12 +33,13 @@ def load_flow_at(commit: str):
     source = subprocess.run(
         ["git", "show", f"{commit}:dd/flow.py"], check=True, capture_output=True, text=True
     ).stdout
-    path = Path(tempfile.mkdtemp()) / "flow_at_commit.py"
-    path.write_text(source)
-    spec = importlib.util.spec_from_file_location("flow_at_commit", path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["flow_at_commit"] = module
-    spec.loader.exec_module(module)
+    with tempfile.TemporaryDirectory(prefix="flow_versions_") as folder:
+        path = Path(folder) / "flow_at_commit.py"
+        path.write_text(source)
+        spec = importlib.util.spec_from_file_location("flow_at_commit", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["flow_at_commit"] = module
+        spec.loader.exec_module(module)  # the code is compiled now: the file can go
     return module
 
 

@@ -9,7 +9,9 @@ and everything on the CPU run in float32. Printed, on llamagen-digits' pairs (CF
 default flow map): the session's log-probs against teacher forcing's in float32 and under
 bf16, the pair tokens mapped under bf16 against float32's, and how many tokens
 ``dd verify-shards`` would flag when it re-maps bf16-made pairs in float32 (teacher-forced on
-the stored tokens, as it does).
+the stored tokens, as it does). The CPU's bf16 kernels decide the bf16 figures: the script
+prints the CPU model, torch's kernel ISA level and the CPU's bf16 flags (``avx512_bf16``,
+``amx_bf16``), and runs on different CPUs can differ.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import machine_description
+from common import cpu_kernels, machine_description
 
 import teachers.llamagen.session as llamagen_session
 from data_gen.config import FlowSettings
@@ -68,6 +70,7 @@ def main() -> None:
 
     finite = torch.isfinite(forced)
     print(machine_description(args.threads))
+    print(cpu_kernels())
     print(f"llamagen-digits, {args.num_pairs} pairs of {n} tokens, CFG 2.0")
     for name, log_probs in (("float32", float_session), ("bf16", bf16_session)):
         gap = (log_probs - forced)[finite].abs()

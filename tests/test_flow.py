@@ -140,7 +140,8 @@ def test_solver_converges_at_its_order(order):
 def test_the_official_third_order_coefficient_is_second_order(monkeypatch):
     """The official DPM-Solver code's order-3 update subtracts alpha' phi3 D2, half the exact
     term (dd/solver.py, docs/flow_matching.md): on the problem above its error falls by ~2^2
-    per halving of h, not 2^3 (measured 4.46 and 4.21 at 80 -> 160 -> 320 steps)."""
+    per halving of h, not 2^3 (4.46 and 4.21 at 80 -> 160 -> 320 steps, printed by
+    benchmarks/solver_order.py)."""
     monkeypatch.setattr(solver, "THIRD_ORDER_D2_FACTOR", 1.0)
 
     def data_prediction(x, t):

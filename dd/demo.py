@@ -208,9 +208,9 @@ class DemoRecipe:
     teachers: list[str] = field(default_factory=lambda: list(DEMO_TEACHERS))
     """The tiny teachers to run, distinct, among llamagen-digits, var-digits and far-digits."""
     num_threads: int | None = 1
-    """Intra-op threads per process (null: torch's default). 1 by default: on a shared or busy
-    2-core CPU, 2 threads per process were measured 7-10x slower for pair generation (threads
-    wait for a busy core)."""
+    """Intra-op threads per process (null: torch's default). 1 by default: 2 workers of 2
+    threads oversubscribe a 2-core CPU, and threads waiting for a busy core made pair
+    generation several times slower (docs/evaluation.md, "`dd demo`")."""
     workers: int = 2
     """Processes running stages side by side (``run_stages``), >= 1; 1: one after another in
     this process. 2 fills a 2-core laptop with one thread each."""

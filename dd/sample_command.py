@@ -60,6 +60,10 @@ class SampleRecipe:
     overwrite: bool = False
     """Replace an earlier dd sample's files in output (those its samples.json names; nothing
     else). Without it such a folder is refused; a folder holding anything else always is."""
+    image_size: int | None = None
+    """Pixels (square) every PNG and the grid are resized to, as ``dd eval --image_size`` scores
+    them (``dd.metrics.spaces.resize_for_scoring``: LlamaGen's official sampler saves its 384 px
+    models' samples at 256 for the ImageNet 256 reference); null: as generated."""
     batch_size: int = 100
     """Images per batch, >= 1; the images are the same whatever it is (per-sample streams)."""
     num_threads: int | None = None
@@ -80,6 +84,11 @@ class SampleRecipe:
             raise ValueError("labels: give at least one class label")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.image_size is not None and self.image_size < 1:
+            raise ValueError(
+                f"image_size must be null (PNGs as generated) or a size in pixels >= 1, got "
+                f"{self.image_size}"
+            )
         check_num_threads(self.num_threads, "num_threads")
 
 
@@ -183,6 +192,7 @@ def sample_record(recipe: SampleRecipe, setup, specs, methods, device, *, comple
         "labels": list(recipe.labels),
         "images": png_names(recipe.labels),
         "seed": recipe.seed,
+        "image_size": recipe.image_size,
         "batch_size": recipe.batch_size,
         "device": str(device),
         "precision": recipe.precision,
@@ -197,6 +207,7 @@ def run_sample(recipe: SampleRecipe) -> Path:
     from dd.eval_command import build_setup, method_specs
     from dd.evaluate import generate, parse_methods
     from dd.grids import labelled_grid, save_pngs
+    from dd.metrics.spaces import resize_for_scoring
 
     output = Path(recipe.output)
     # refused before anything is loaded: a file there failed after the first method's samples,
@@ -226,6 +237,8 @@ def run_sample(recipe: SampleRecipe) -> Path:
             method, setup.samplers, labels, seed=recipe.seed, batch_size=recipe.batch_size,
             progress=recipe.progress_bar,
         )  # fmt: skip
+        if recipe.image_size is not None:
+            images = resize_for_scoring(images, recipe.image_size)
         save_pngs(output / folder_name(method.name), images, recipe.labels)
         rows.append((f"{method.name} ({method.steps} st.)", images))
     grid = output / GRID_NAME

@@ -762,6 +762,40 @@ def test_dd_sample_writes_pngs_and_a_labelled_grid(tmp_path):
             assert png.read_bytes() == (again / name / png.name).read_bytes(), png
 
 
+def test_dd_sample_image_size_resizes_as_dd_eval_scores(tmp_path, capsys):
+    """dd sample wrote PNGs as generated only, while dd eval scores --image_size-resized images
+    (LlamaGen's official sampler saves its 384 px models' samples at 256 for the ImageNet 256
+    reference): --image_size resizes the PNGs and the grid with the same function, and is
+    recorded."""
+    import numpy as np
+    from PIL import Image
+
+    from dd.metrics.spaces import resize_for_scoring
+
+    base = ["sample", "--teacher.tiny", "var-digits", "--methods", "[teacher]", "--labels",
+            "[3, 7]", "--progress_bar", "false", "--output"]  # fmt: skip
+    assert dd_main([*base, str(tmp_path / "native")]) == 0
+    assert dd_main([*base, str(tmp_path / "resized"), "--image_size", "24"]) == 0
+    for png in sorted((tmp_path / "native" / "teacher").iterdir()):
+        native = np.asarray(Image.open(png), dtype=np.float32) / 255
+        resized = np.asarray(Image.open(tmp_path / "resized" / "teacher" / png.name))
+        assert resized.shape == (24, 24, 3)
+        # the resize of the native PNG (quantised before the bicubic kernel, not after it):
+        # within 2 of 255 levels of the resize of the float images
+        expected = resize_for_scoring(torch.from_numpy(native).permute(2, 0, 1)[None], 24)
+        expected = expected[0].permute(1, 2, 0).numpy() * 255
+        assert np.abs(resized - expected).max() <= 2.0, png
+    record = json.loads((tmp_path / "resized" / "samples.json").read_text())
+    assert record["image_size"] == 24
+    with Image.open(tmp_path / "resized" / "grid.png") as grid:
+        with Image.open(tmp_path / "native" / "grid.png") as native_grid:
+            assert grid.size != native_grid.size  # the grid shows the resized images
+    with pytest.raises(SystemExit):  # the recipe's own check, as every option's
+        dd_main([*base, str(tmp_path / "bad"), "--image_size", "0"])
+    assert "image_size must be null (PNGs as generated) or a size" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_dd_sample_refuses_a_file_as_output_before_any_model_loads(tmp_path, capsys, monkeypatch):
     """A file as --output was a NotADirectoryError traceback after the first method's samples:
     one line before anything loads; an OSError later (a full disk) is one line too."""

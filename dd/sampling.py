@@ -257,6 +257,21 @@ def sample_tokens_interleaved(
 
 
 @torch.no_grad()
+def check_float32_weights(student: torch.nn.Module) -> None:
+    """Sampling runs float32 weights; half precision is autocast's (``torch.autocast``, or
+    ``--precision bf16-mixed`` in dd sample / dd eval), which keeps the code choice, the noise
+    and the decoder in float32. A whole-model cast (``student.to(torch.bfloat16)``) failed
+    inside the VAR and FAR students with a dtype mismatch of two matrices, and gave bfloat16
+    images from the LlamaGen one."""
+    for name, tensor in [*student.named_parameters(), *student.named_buffers()]:
+        if tensor.is_floating_point() and tensor.dtype != torch.float32:
+            raise ValueError(
+                f"the student's weights are {tensor.dtype} ({name}): dd.sample runs float32 "
+                "weights; for half precision keep them float32 and sample under torch.autocast "
+                "(dd sample / dd eval: --precision bf16-mixed)"
+            )
+
+
 def sample(
     student: DDStudent,
     labels: torch.Tensor,
@@ -288,6 +303,7 @@ def sample(
         )
     if isinstance(labels, torch.Tensor) and labels.numel() == 0:  # the models' reshapes fail
         raise ValueError("labels is empty: give at least one class label to sample")
+    check_float32_weights(student)
     if sampling is None:  # the settings of the student's pairs (None: the teacher's default)
         sampling = student.teacher_sampling
     if isinstance(student.teacher, ContinuousTeacher):  # no codebook (#13): dd.continuous_sampling

@@ -319,3 +319,13 @@ def test_nearest_codes_under_bf16_autocast_are_the_float32_ones():
         half = embeddings_BNC.bfloat16()  # bf16 embeddings: searched in float32 too
         as_float = nearest_codes(half.float(), codebook_VC)
         assert torch.equal(nearest_codes(half, codebook_VC), as_float)
+
+
+@pytest.mark.parametrize("name", ["llamagen-digits", "var-digits", "far-digits"])
+def test_a_whole_model_half_cast_is_refused_in_one_line(name):
+    """``student.to(torch.bfloat16)`` failed inside the VAR and FAR students with a dtype
+    mismatch of two matrices, and gave bfloat16 images from the LlamaGen one: sampling runs
+    float32 weights, half precision is autocast's, and the error says so."""
+    student = dd.load_student(name).to(torch.bfloat16)
+    with pytest.raises(ValueError, match=r"weights are torch.bfloat16 .*torch.autocast"):
+        dd.sample(student, torch.arange(2), generator=torch.Generator().manual_seed(0))

@@ -204,7 +204,8 @@ def test_the_family_defaults_and_the_flags_reach_the_settings(tmp_path, capsys):
         dd_main(["train-teacher", "--help"])
     printed = " ".join(capsys.readouterr().out.split())
     assert "(default 64; var 32)" in printed
-    assert "No resume:" in printed and "a rerun starts over" in printed  # nothing saved midway
+    assert "Resume at stage boundaries" in printed and "<out>/.train-<entry>/" in printed
+    assert "a stage stopped midway is retrained from its start" in printed  # none within one
     base = ["train-teacher", "--out", str(tmp_path / "w"), "--family"]
     for family, batch in (("llamagen", 64), ("var", 32), ("far", 64)):
         assert _dry_run_settings([*base, family], capsys)["ar_batch_size"] == batch

@@ -9,7 +9,11 @@ Writes the weights as safetensors into ``--out`` and records configs, the comman
 the losses, the wall time, the peak RSS and each file's sha256 in ``<out>/tiny.json`` (the
 entry ``load_tiny_teacher`` reads, which checks the sha256). Nothing is written until the run
 has trained; the files then go through a staging folder and the entry comes last
-(``install``), so an interrupted run never leaves new files under the old entry.
+(``install``), so an interrupted run never leaves new files under the old entry. Meanwhile the
+run keeps each finished stage in ``<out>/.train-<entry>/`` (``teachers.tiny.resume``): the
+same command rerun loads them and continues (byte-identical files; a stage stopped midway
+starts over), other settings are refused naming the folder, and the folder goes after the
+install. The classifier (one short stage) keeps no progress.
 ``--data-dir`` trains on a class-folder data set instead (``root/<class>/<image>``; written
 under ``<family>-<folder name>``, the resolved folder's name). A run whose entry name or files
 belong to another entry of ``--out`` (another data set, family or head) is refused before it
@@ -77,10 +81,15 @@ def seed_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "No resume: a run writes nothing until it has trained, so a run stopped before its end "
-        "loses its work and a rerun starts over (the shipped var-digits run: 26 min wall on a "
-        "shared machine). Stopped at any point, it never leaves new weight files under the old "
-        "tiny.json entry."
+        "Resume at stage boundaries: each finished stage (tokenizer, AR model, LlamaGen's decoder "
+        "refit) is kept in <out>/.train-<entry>/, and rerunning the same command loads the "
+        "finished stages and continues, writing the files an uninterrupted run writes; a stage "
+        "stopped midway is retrained from its start (the shipped var-digits run: 26 min wall on "
+        "a shared machine, all stages). A rerun with other settings (seed, steps, "
+        "batch size, head, data, torch threads) is refused naming that folder: rerun the "
+        "stopped command, or delete the folder to start over. The classifier keeps no progress. "
+        "--dry-run says whether a run would resume. Stopped at any point, a run never leaves new "
+        "weight files under the old tiny.json entry; the folder is removed after the install."
     )
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--out", required=True, type=Path, help="folder for weights + tiny.json")

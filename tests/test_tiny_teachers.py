@@ -870,3 +870,27 @@ def test_a_stopped_var_run_resumes_after_its_tokenizer(own_teacher, tmp_path, mo
     record = _trained_record(out, "var-shapes")
     assert record == _trained_record(tmp_path / "whole", "var-shapes")
     assert not (out / ".train-var-shapes").exists()
+
+
+def test_a_stopped_far_run_resumes_after_its_autoencoder(own_teacher, tmp_path, monkeypatch):
+    """FAR (flow head) stopped in its model stage: the rerun does not retrain the autoencoder
+    (whose latent statistics are buffers, so they are kept too) and writes the files and
+    losses of an uninterrupted run."""
+    import teachers.tiny.train_far as far
+
+    argv = ["train-teacher", "--family", "far", "--head", "flow", *MINIMAL_STEPS, "--seed", "0"]
+    argv += ["--data-dir", str(own_teacher[0].parent / "shapes"), "--out"]
+    assert dd_main([*argv, str(tmp_path / "whole")]) == 0
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        _stop_in(patch, far, "train_far_model")
+        assert dd_main([*argv, str(out)]) == STOPPED
+    calls = []
+    for function in ("train_autoencoder", "train_far_model"):
+        _counting(monkeypatch, far, function, calls)
+    assert dd_main([*argv, str(out)]) == 0
+    assert calls == ["train_far_model"]
+    assert _sha256s(out) == _sha256s(tmp_path / "whole")
+    name = "far-shapes-flow"
+    assert _trained_record(out, name) == _trained_record(tmp_path / "whole", name)
+    assert not (out / f".train-{name}").exists()

@@ -204,7 +204,8 @@ def test_the_family_defaults_and_the_flags_reach_the_settings(tmp_path, capsys):
         dd_main(["train-teacher", "--help"])
     printed = " ".join(capsys.readouterr().out.split())
     assert "(default 64; var 32)" in printed
-    assert "No resume:" in printed and "a rerun starts over" in printed  # nothing saved midway
+    assert "Resume at stage boundaries" in printed and "<out>/.train-<entry>/" in printed
+    assert "a stage stopped midway is retrained from its start" in printed  # none within one
     base = ["train-teacher", "--out", str(tmp_path / "w"), "--family"]
     for family, batch in (("llamagen", 64), ("var", 32), ("far", 64)):
         assert _dry_run_settings([*base, family], capsys)["ar_batch_size"] == batch
@@ -717,3 +718,179 @@ def test_two_writers_of_one_tiny_json_keep_both_entries(tmp_path, monkeypatch):
     monkeypatch.undo()
     assert shipped.read_metadata(tmp_path) == {"far-a": {"n": 0}, "far-b": {"n": 1}}
     assert sorted(p.name for p in tmp_path.iterdir()) == [".tiny.json.lock", "tiny.json"]
+
+
+# sha256 of the files of minimal runs (``_train_shapes`` / ``_train_var_shapes``, seed 0, one
+# thread), written by the code before resume existed (commit 37f4001, torch 2.x on x86_64 CPU):
+# keeping stage checkpoints must not change one byte an uninterrupted run writes.
+BEFORE_RESUME_SHA256 = {
+    "llamagen_shapes_gpt.safetensors": "ab3985e70bea5f8dfa60fed472236d1d"
+    "55eb3afbaa82ff9ba36edcd03c66e19c",
+    "llamagen_shapes_vq.safetensors": "4d68b3433d407e02246327a8bf976264"
+    "66c8c0b290e97e1d9da1d84b492957ef",
+    "var_shapes_vae.safetensors": "04b67cb9cc5eeac4e59a253d655b4f99"
+    "df62afec5a1ee0a8f1cd980048b971dd",
+    "var_shapes_var.safetensors": "2fd971401b466a91ec29949b030c1350"
+    "c8d358c331994a453c39286f28d63395",
+}
+
+
+def _sha256s(out):
+    import hashlib
+
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in out.glob("*.safetensors")}
+
+
+def _trained_record(out, name):
+    """An entry's record without what differs between two runs of one command."""
+    record = read_metadata(out)[name]["record"]
+    return {k: v for k, v in record.items() if k not in ("wall_seconds", "peak_rss_mb")}
+
+
+def _stop_in(monkeypatch, module, function):
+    """Make ``module.function`` raise KeyboardInterrupt (Ctrl-C) when called."""
+
+    def stop(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(module, function, stop)
+
+
+def _counting(monkeypatch, module, function, calls):
+    """Wrap ``module.function`` to append its name to ``calls`` when called."""
+    original = getattr(module, function)
+
+    def counted(*args, **kwargs):
+        calls.append(function)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, function, counted)
+    return calls
+
+
+STOPPED = 128 + signal.SIGINT  # dd.cli's exit code for Ctrl-C
+
+
+def test_an_uninterrupted_llamagen_run_writes_the_files_it_wrote_before_resume(own_teacher):
+    out, name = own_teacher
+    assert _sha256s(out) == {
+        k: v for k, v in BEFORE_RESUME_SHA256.items() if k.startswith("llamagen")
+    }
+    assert not [p for p in out.iterdir() if p.name.startswith(".train-")]  # removed on success
+
+
+def test_a_stopped_llamagen_run_resumes_after_its_finished_stages(
+    own_teacher, tmp_path, capsys, monkeypatch
+):
+    """A run stopped in the GPT stage, then in the decoder refit, then rerun: each rerun loads
+    the stages finished before (their trainers are not called again) and the end result is
+    byte for byte the uninterrupted run's, with the same recorded losses. Before, every rerun
+    started over."""
+    import teachers.tiny.train_llamagen as llamagen
+
+    whole, name = own_teacher
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir"]
+    argv += [str(whole.parent / "shapes"), *MINIMAL_STEPS, "--decoder-steps", "2", "--seed", "0"]
+    progress = out / f".train-{name}"
+    with monkeypatch.context() as patch:
+        _stop_in(patch, llamagen, "train_gpt")
+        assert dd_main(argv) == STOPPED
+    assert sorted(p.name for p in progress.glob("*.safetensors")) == ["1-tokenizer.safetensors"]
+    assert not (out / "tiny.json").exists() or name not in read_metadata(out)
+    capsys.readouterr()
+    assert dd_main([*argv, "--dry-run"]) == 0
+    assert f'"resume": "yes: from {progress}, after 1-tokenizer"' in capsys.readouterr().out
+    with monkeypatch.context() as patch:
+        vq_calls = []
+        _counting(patch, llamagen, "train_vq", vq_calls)
+        _stop_in(patch, llamagen, "refit_decoder")
+        assert dd_main(argv) == STOPPED
+    assert vq_calls == []  # the tokenizer came from the progress folder
+    assert len(list(progress.glob("*.safetensors"))) == 2
+    with monkeypatch.context() as patch:
+        calls = []
+        for function in ("train_vq", "train_gpt", "refit_decoder"):
+            _counting(patch, llamagen, function, calls)
+        assert dd_main(argv) == 0
+    assert calls == ["refit_decoder"]
+    assert _sha256s(out) == _sha256s(whole)
+    assert _trained_record(out, name) == _trained_record(whole, name)
+    assert not progress.exists()  # removed after the install
+
+
+def test_a_rerun_with_other_settings_does_not_reuse_the_progress(own_teacher, tmp_path, capsys):
+    """The progress folder is keyed by every setting: another seed (or step count) is refused
+    in one line naming the folder, which is left as it was; the dry run says so too."""
+    import teachers.tiny.train_llamagen as llamagen
+
+    whole, name = own_teacher
+    out = tmp_path / "weights"
+    argv = ["train-teacher", "--family", "llamagen", "--out", str(out), "--data-dir"]
+    argv += [str(whole.parent / "shapes"), *MINIMAL_STEPS, "--decoder-steps", "2"]
+    with pytest.MonkeyPatch.context() as patch:
+        _stop_in(patch, llamagen, "train_gpt")
+        assert dd_main([*argv, "--seed", "0"]) == STOPPED
+    progress = out / f".train-{name}"
+    kept = _sha256s(progress)
+    capsys.readouterr()
+    for other in (["--seed", "1"], ["--seed", "0", "--ar-steps", "3"]):
+        for dry in ([], ["--dry-run"]):
+            assert dd_main([*argv, *other, *dry]) == 1
+            err = capsys.readouterr().err.strip()
+            assert "\n" not in err and f"{progress} holds a stopped run with other" in err
+    assert _sha256s(progress) == kept and name not in read_metadata(out)
+
+
+def _train_var_shapes(data, out):
+    argv = ["train-teacher", "--family", "var", "--out", str(out), "--data-dir", str(data)]
+    return dd_main([*argv, *MINIMAL_STEPS, "--seed", "0"])
+
+
+def test_a_stopped_var_run_resumes_after_its_tokenizer(own_teacher, tmp_path, monkeypatch):
+    """VAR stopped in its transformer stage: the rerun does not retrain the VQVAE and writes
+    the files of an uninterrupted run (which are those of the code before resume)."""
+    import teachers.tiny.train_var as var
+
+    data = own_teacher[0].parent / "shapes"
+    assert _train_var_shapes(data, tmp_path / "whole") == 0
+    whole = _sha256s(tmp_path / "whole")
+    assert whole == {k: v for k, v in BEFORE_RESUME_SHA256.items() if k.startswith("var")}
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        _stop_in(patch, var, "train_var_model")
+        assert _train_var_shapes(data, out) == STOPPED
+    assert (out / ".train-var-shapes" / "1-tokenizer.safetensors").exists()
+    calls = []
+    for function in ("train_vqvae", "train_var_model"):
+        _counting(monkeypatch, var, function, calls)
+    assert _train_var_shapes(data, out) == 0
+    assert calls == ["train_var_model"]
+    assert _sha256s(out) == whole
+    record = _trained_record(out, "var-shapes")
+    assert record == _trained_record(tmp_path / "whole", "var-shapes")
+    assert not (out / ".train-var-shapes").exists()
+
+
+def test_a_stopped_far_run_resumes_after_its_autoencoder(own_teacher, tmp_path, monkeypatch):
+    """FAR (flow head) stopped in its model stage: the rerun does not retrain the autoencoder
+    (whose latent statistics are buffers, so they are kept too) and writes the files and
+    losses of an uninterrupted run."""
+    import teachers.tiny.train_far as far
+
+    argv = ["train-teacher", "--family", "far", "--head", "flow", *MINIMAL_STEPS, "--seed", "0"]
+    argv += ["--data-dir", str(own_teacher[0].parent / "shapes"), "--out"]
+    assert dd_main([*argv, str(tmp_path / "whole")]) == 0
+    out = tmp_path / "stopped"
+    with monkeypatch.context() as patch:
+        _stop_in(patch, far, "train_far_model")
+        assert dd_main([*argv, str(out)]) == STOPPED
+    calls = []
+    for function in ("train_autoencoder", "train_far_model"):
+        _counting(monkeypatch, far, function, calls)
+    assert dd_main([*argv, str(out)]) == 0
+    assert calls == ["train_far_model"]
+    assert _sha256s(out) == _sha256s(tmp_path / "whole")
+    name = "far-shapes-flow"
+    assert _trained_record(out, name) == _trained_record(tmp_path / "whole", name)
+    assert not (out / f".train-{name}").exists()

@@ -9,7 +9,11 @@ Writes the weights as safetensors into ``--out`` and records configs, the comman
 the losses, the wall time, the peak RSS and each file's sha256 in ``<out>/tiny.json`` (the
 entry ``load_tiny_teacher`` reads, which checks the sha256). Nothing is written until the run
 has trained; the files then go through a staging folder and the entry comes last
-(``install``), so an interrupted run never leaves new files under the old entry.
+(``install``), so an interrupted run never leaves new files under the old entry. Meanwhile the
+run keeps each finished stage in ``<out>/.train-<entry>/`` (``teachers.tiny.resume``): the
+same command rerun loads them and continues (byte-identical files; a stage stopped midway
+starts over), other settings are refused naming the folder, and the folder goes after the
+install. The classifier (one short stage) keeps no progress.
 ``--data-dir`` trains on a class-folder data set instead (``root/<class>/<image>``; written
 under ``<family>-<folder name>``, the resolved folder's name). A run whose entry name or files
 belong to another entry of ``--out`` (another data set, family or head) is refused before it
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -45,6 +50,7 @@ from teachers.tiny.presets import (
     llamagen_tiny_configs,
     var_tiny_configs,
 )
+from teachers.tiny.resume import RunProgress, progress_folder
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +81,15 @@ def seed_int(text: str) -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = (
-        "No resume: a run writes nothing until it has trained, so a run stopped before its end "
-        "loses its work and a rerun starts over (the shipped var-digits run: 26 min wall on a "
-        "shared machine). Stopped at any point, it never leaves new weight files under the old "
-        "tiny.json entry."
+        "Resume at stage boundaries: each finished stage (tokenizer, AR model, LlamaGen's decoder "
+        "refit) is kept in <out>/.train-<entry>/, and rerunning the same command loads the "
+        "finished stages and continues, writing the files an uninterrupted run writes; a stage "
+        "stopped midway is retrained from its start (the shipped var-digits run: 26 min wall on "
+        "a shared machine, all stages). A rerun with other settings (seed, steps, "
+        "batch size, head, data, torch threads) is refused naming that folder: rerun the "
+        "stopped command, or delete the folder to start over. The classifier keeps no progress. "
+        "--dry-run says whether a run would resume. Stopped at any point, a run never leaves new "
+        "weight files under the old tiny.json entry; the folder is removed after the install."
     )
     parser.add_argument("--family", required=True, choices=FAMILIES)
     parser.add_argument("--out", required=True, type=Path, help="folder for weights + tiny.json")
@@ -322,7 +333,9 @@ def _environment(args: argparse.Namespace) -> dict:
     }
 
 
-def _train_far(args, settings, train, heldout, progress, entry) -> dict[str, torch.nn.Module]:
+def _train_far(
+    args, settings, train, heldout, progress, entry, stages
+) -> dict[str, torch.nn.Module]:
     """The FAR branch of ``run``: tokenizer + FAR-Causal with the ``--head`` head; the modules
     to save by file key."""
     from teachers.tiny.train_far import far_settings_record, train_far
@@ -330,7 +343,14 @@ def _train_far(args, settings, train, heldout, progress, entry) -> dict[str, tor
     far_config, ae_config = far_tiny_configs(train.num_classes, head_kind=args.head)
     shortcut = ShortcutSettings()
     model, autoencoder, record = train_far(
-        train, far_config, ae_config, settings, shortcut, heldout=heldout, progress=progress
+        train,
+        far_config,
+        ae_config,
+        settings,
+        shortcut,
+        heldout=heldout,
+        progress=progress,
+        stages=stages,
     )
     entry["configs"] = {
         "model": dataclasses.asdict(far_config),
@@ -370,6 +390,7 @@ def _dry_run(
     data_name: str,
     name: str,
     files: dict,
+    stages: RunProgress | None,
 ) -> int:
     """Print what ``run`` would train: the data, the settings the family uses (as its entry
     records them) and its configs for the data's classes (the classifier uses its step count
@@ -394,10 +415,43 @@ def _dry_run(
         }[args.family](num_classes)
     data = {"name": data_name, "images": len(train), "num_classes": num_classes}
     printed = {"command": command_line(args), "entry": name, "files": files, "data": data}
+    printed["resume"] = _resume_plan(stages)
     print(json.dumps({**printed, "settings": used}, indent=2))
     for config in configs:
         print(config)
     return 0
+
+
+def _resume_plan(stages: RunProgress | None) -> str:
+    """What the dry run says of resuming: from which folder, after which stages, or not."""
+    if stages is None:
+        return "no: the classifier keeps no progress"
+    if not stages.finished():
+        return f"no: {stages.folder} holds no finished stage, the run starts from the beginning"
+    return f"yes: from {stages.folder}, after {', '.join(stages.finished())}"
+
+
+def run_key(args: argparse.Namespace, settings: TrainSettings, train: ImageSet) -> dict:
+    """Everything a run's weights depend on (the data's content too, and the torch version
+    and thread count, which change float results): a rerun resumes a stopped run only if all
+    of it is equal."""
+    data = hashlib.sha256(train.images.contiguous().numpy().tobytes())
+    data.update(train.labels.contiguous().numpy().tobytes())
+    return {
+        "family": args.family,
+        "head": args.head,
+        "data_dir": None if args.data_dir is None else str(args.data_dir.resolve()),
+        "data_sha256": data.hexdigest(),
+        "class_names": list(train.class_names),
+        "settings": settings.to_dict(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def _open_progress(args, settings: TrainSettings, train: ImageSet) -> RunProgress:
+    name, _ = entry_and_files(args.family, data_name_of(args.data_dir), args.head)
+    return RunProgress(progress_folder(args.out, name), run_key(args, settings, train))
 
 
 def _refuse(error: Exception) -> int:
@@ -424,8 +478,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = _settings(args)
     progress = not args.no_progress
+    try:  # the classifier, one short stage, keeps no progress
+        stages = None if args.family == "classifier" else _open_progress(args, settings, train)
+    except ValueError as error:  # a stopped run of other settings: one line, exit code 1
+        return _refuse(error)
     if args.dry_run:
-        return _dry_run(args, settings, train, data_name, name, files)
+        return _dry_run(args, settings, train, data_name, name, files, stages)
+    if stages is not None and stages.finished():
+        log.info("%s: resuming after %s", stages.folder, ", ".join(stages.finished()))
     start = time.perf_counter()
     entry: dict = {
         "family": args.family,
@@ -448,14 +508,20 @@ def run(args: argparse.Namespace) -> int:
             )
         modules = {"classifier": model}
     elif args.family == "far":
-        modules = _train_far(args, settings, train, heldout, progress, entry)
+        modules = _train_far(args, settings, train, heldout, progress, entry, stages)
     else:
         if args.family == "llamagen":
             from teachers.tiny.train_llamagen import train_llamagen
 
             gpt_config, vq_config = llamagen_tiny_configs(train.num_classes)
             ar, tokenizer, record = train_llamagen(
-                train, gpt_config, vq_config, settings, heldout=heldout, progress=progress
+                train,
+                gpt_config,
+                vq_config,
+                settings,
+                heldout=heldout,
+                progress=progress,
+                stages=stages,
             )
             configs = {"gpt": dataclasses.asdict(gpt_config), "vq": dataclasses.asdict(vq_config)}
             modules = {"gpt": ar, "vq": tokenizer}
@@ -464,7 +530,13 @@ def run(args: argparse.Namespace) -> int:
 
             var_config, vae_config = var_tiny_configs(train.num_classes)
             ar, tokenizer, record = train_var(
-                train, var_config, vae_config, settings, heldout=heldout, progress=progress
+                train,
+                var_config,
+                vae_config,
+                settings,
+                heldout=heldout,
+                progress=progress,
+                stages=stages,
             )
             configs = {"var": dataclasses.asdict(var_config), "vae": dataclasses.asdict(vae_config)}
             modules = {"var": ar, "vae": tokenizer}
@@ -473,8 +545,11 @@ def run(args: argparse.Namespace) -> int:
         entry["record"] = {
             part: {"final_loss": _tail(rec.pop("losses")), **rec} for part, rec in record.items()
         }
-    entry["record"]["wall_seconds"] = round(time.perf_counter() - start, 1)
+    wall = time.perf_counter() - start if stages is None else stages.elapsed()
+    entry["record"]["wall_seconds"] = round(wall, 1)
     entry["record"]["peak_rss_mb"] = round(peak_rss_mb(), 1)
     path = install(out, name, files, modules, entry)
+    if stages is not None:  # installed: the progress is of no more use
+        shutil.rmtree(stages.folder, ignore_errors=True)
     log.info("%s: wrote %s (%s)", name, path, json.dumps(entry["record"]))
     return 0

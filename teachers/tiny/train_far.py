@@ -34,6 +34,7 @@ from teachers.tiny.common import (
     warmup_cosine_schedule,
 )
 from teachers.tiny.presets import TrainSettings
+from teachers.tiny.resume import NO_PROGRESS
 
 DECODER_LATENT_NOISE = 0.1  # relative to each latent channel's batch std
 ENCODE_BATCH = 512
@@ -204,10 +205,14 @@ def train_far(
     *,
     heldout: ImageSet | None = None,
     progress: bool = True,
+    stages=NO_PROGRESS,
 ) -> tuple[FARCausal, Autoencoder, dict]:
-    """Tokenizer, then FAR-Causal on the tokens of ``token_copies`` shifted copies."""
-    autoencoder, ae_record = train_autoencoder(
-        train, autoencoder_config, settings, progress=progress
+    """Tokenizer, then FAR-Causal on the tokens of ``token_copies`` shifted copies;
+    ``stages`` (a ``RunProgress``) keeps each trained stage and gives it back on a rerun."""
+    autoencoder, ae_record = stages.run(
+        "1-tokenizer",
+        lambda: train_autoencoder(train, autoencoder_config, settings, progress=progress),
+        lambda: Autoencoder(autoencoder_config),
     )
     generator = torch.Generator().manual_seed(settings.seed + 2)
     images, labels = augmented_copies(train, settings.token_copies, settings.max_shift, generator)
@@ -222,7 +227,11 @@ def train_far(
             ae_record["heldout_recon_mse"] = F.mse_loss(
                 autoencoder.decode(held[0]), heldout.images
             ).item()
-    model, far_record = train_far_model(
-        tokens, labels, far_config, settings, shortcut, heldout=held, progress=progress
+    model, far_record = stages.run(
+        "2-ar",
+        lambda: train_far_model(
+            tokens, labels, far_config, settings, shortcut, heldout=held, progress=progress
+        ),
+        lambda: FARCausal(far_config),
     )
     return model, autoencoder, {"tokenizer": ae_record, "ar": far_record}

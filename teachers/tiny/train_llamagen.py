@@ -39,6 +39,7 @@ from teachers.tiny.common import (
     warmup_cosine_schedule,
 )
 from teachers.tiny.presets import TrainSettings
+from teachers.tiny.resume import NO_PROGRESS
 
 ENCODE_BATCH = 512
 
@@ -187,13 +188,18 @@ def train_llamagen(
     *,
     heldout: ImageSet | None = None,
     progress: bool = True,
+    stages=NO_PROGRESS,
 ) -> tuple[GPT, VQModel, dict]:
     """Tokenizer (with an encoder-shaped decoder), GPT on the tokens of ``token_copies`` shifted
     copies of the train set, then, if ``vq_config``'s decoder is shaped otherwise, its refit.
     Reconstruction errors are recorded for the decoder trained with the tokenizer and, after
-    a refit, for the refitted one."""
-    vq, vq_record = train_vq(
-        train, vq_config.with_encoder_shaped_decoder(), settings, progress=progress
+    a refit, for the refitted one. ``stages`` (a ``RunProgress``) keeps each trained stage
+    and gives it back on a rerun; what runs between stages is recomputed from them."""
+    tokenizer_config = vq_config.with_encoder_shaped_decoder()
+    vq, vq_record = stages.run(
+        "1-tokenizer",
+        lambda: train_vq(train, tokenizer_config, settings, progress=progress),
+        lambda: VQModel(tokenizer_config),
     )
     generator = torch.Generator().manual_seed(settings.seed + 2)
     images, labels = augmented_copies(train, settings.token_copies, settings.max_shift, generator)
@@ -207,12 +213,18 @@ def train_llamagen(
     grid = (gpt_config.grid_size,) * 2
     vq_record.update(_recon_errors(vq, sets, grid))
     vq_record["train_code_perplexity"] = perplexity(code_usage(tokens, vq_config.codebook_size))
-    gpt, gpt_record = train_gpt(
-        tokens, labels, gpt_config, settings, heldout=held, progress=progress
+    gpt, gpt_record = stages.run(
+        "2-ar",
+        lambda: train_gpt(tokens, labels, gpt_config, settings, heldout=held, progress=progress),
+        lambda: GPT(gpt_config),
     )
     record = {"tokenizer": vq_record, "ar": gpt_record}
     if vq_config.has_own_decoder:
-        vq, record["decoder"] = refit_decoder(vq, vq_config, train, settings, progress=progress)
+        vq, record["decoder"] = stages.run(
+            "3-decoder",
+            lambda: refit_decoder(vq, vq_config, train, settings, progress=progress),
+            lambda: VQModel(vq_config),
+        )
         record["decoder"].update(_recon_errors(vq, sets, grid))
     return gpt, vq, record
 

@@ -31,6 +31,7 @@ from teachers.tiny.common import (
     train_tokenizer,
 )
 from teachers.tiny.presets import TrainSettings
+from teachers.tiny.resume import NO_PROGRESS
 from teachers.var import VAR, VQVAE, VARConfig, VQVAEConfig
 
 ENCODE_BATCH = 512
@@ -165,9 +166,15 @@ def train_var(
     *,
     heldout: ImageSet | None = None,
     progress: bool = True,
+    stages=NO_PROGRESS,
 ) -> tuple[VAR, VQVAE, dict]:
-    """VQVAE, then VAR on the tokens of ``token_copies`` shifted copies of the train set."""
-    vae, vae_record = train_vqvae(train, vae_config, settings, progress=progress)
+    """VQVAE, then VAR on the tokens of ``token_copies`` shifted copies of the train set;
+    ``stages`` (a ``RunProgress``) keeps each trained stage and gives it back on a rerun."""
+    vae, vae_record = stages.run(
+        "1-tokenizer",
+        lambda: train_vqvae(train, vae_config, settings, progress=progress),
+        lambda: VQVAE(vae_config),
+    )
     generator = torch.Generator().manual_seed(settings.seed + 2)
     images, labels = augmented_copies(train, settings.token_copies, settings.max_shift, generator)
     tokens = encode_tokens(vae, images)
@@ -180,7 +187,11 @@ def train_var(
     if heldout is not None:
         held_tokens = encode_tokens(vae, heldout.images)
         held = (held_tokens, teacher_forcing_inputs(vae, held_tokens), heldout.labels)
-    var, var_record = train_var_model(
-        tokens, inputs, labels, var_config, settings, heldout=held, progress=progress
+    var, var_record = stages.run(
+        "2-ar",
+        lambda: train_var_model(
+            tokens, inputs, labels, var_config, settings, heldout=held, progress=progress
+        ),
+        lambda: VAR(var_config),
     )
     return var, vae, {"tokenizer": vae_record, "ar": var_record}

@@ -50,7 +50,7 @@ from teachers.tiny.presets import (
     llamagen_tiny_configs,
     var_tiny_configs,
 )
-from teachers.tiny.resume import RunProgress, progress_folder
+from teachers.tiny.resume import NO_PROGRESS, RunProgress, progress_folder
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +350,7 @@ def _train_far(
         shortcut,
         heldout=heldout,
         progress=progress,
-        stages=stages,
+        stages=NO_PROGRESS if stages is None else stages,
     )
     entry["configs"] = {
         "model": dataclasses.asdict(far_config),
@@ -521,7 +521,7 @@ def run(args: argparse.Namespace) -> int:
                 settings,
                 heldout=heldout,
                 progress=progress,
-                stages=stages,
+                stages=NO_PROGRESS if stages is None else stages,
             )
             configs = {"gpt": dataclasses.asdict(gpt_config), "vq": dataclasses.asdict(vq_config)}
             modules = {"gpt": ar, "vq": tokenizer}
@@ -536,7 +536,7 @@ def run(args: argparse.Namespace) -> int:
                 settings,
                 heldout=heldout,
                 progress=progress,
-                stages=stages,
+                stages=NO_PROGRESS if stages is None else stages,
             )
             configs = {"var": dataclasses.asdict(var_config), "vae": dataclasses.asdict(vae_config)}
             modules = {"var": ar, "vae": tokenizer}

@@ -845,7 +845,8 @@ def test_dd_sample_never_mixes_two_runs_in_one_folder(tmp_path, capsys, monkeypa
         "methods": [{"name": "teacher", "steps": 64, "folder": "teacher"},
                     {"name": "skip-60", "steps": 4, "folder": "skip-60"}],
         "labels": [3, 7], "images": ["0000_class3.png", "0001_class7.png"], "seed": 0,
-        "batch_size": 100, "device": str(resolve_device("auto")), "precision": "32-true",
+        "image_size": None, "batch_size": 100, "device": str(resolve_device("auto")),
+        "precision": "32-true",
         "sampling": sampling, "grid": "grid.png", "complete": True,
     }  # fmt: skip
     for name in ("teacher", "skip-60"):

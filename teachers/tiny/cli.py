@@ -511,35 +511,29 @@ def run(args: argparse.Namespace) -> int:
         modules = _train_far(args, settings, train, heldout, progress, entry, stages)
     else:
         if args.family == "llamagen":
-            from teachers.tiny.train_llamagen import train_llamagen
+            from teachers.tiny.train_llamagen import train_llamagen as train_codebook_teacher
 
-            gpt_config, vq_config = llamagen_tiny_configs(train.num_classes)
-            ar, tokenizer, record = train_llamagen(
-                train,
-                gpt_config,
-                vq_config,
-                settings,
-                heldout=heldout,
-                progress=progress,
-                stages=NO_PROGRESS if stages is None else stages,
-            )
-            configs = {"gpt": dataclasses.asdict(gpt_config), "vq": dataclasses.asdict(vq_config)}
-            modules = {"gpt": ar, "vq": tokenizer}
+            ar_config, tokenizer_config = llamagen_tiny_configs(train.num_classes)
+            ar_key, tokenizer_key = "gpt", "vq"  # the file keys
         else:
-            from teachers.tiny.train_var import train_var
+            from teachers.tiny.train_var import train_var as train_codebook_teacher
 
-            var_config, vae_config = var_tiny_configs(train.num_classes)
-            ar, tokenizer, record = train_var(
-                train,
-                var_config,
-                vae_config,
-                settings,
-                heldout=heldout,
-                progress=progress,
-                stages=NO_PROGRESS if stages is None else stages,
-            )
-            configs = {"var": dataclasses.asdict(var_config), "vae": dataclasses.asdict(vae_config)}
-            modules = {"var": ar, "vae": tokenizer}
+            ar_config, tokenizer_config = var_tiny_configs(train.num_classes)
+            ar_key, tokenizer_key = "var", "vae"
+        ar, tokenizer, record = train_codebook_teacher(
+            train,
+            ar_config,
+            tokenizer_config,
+            settings,
+            heldout=heldout,
+            progress=progress,
+            stages=NO_PROGRESS if stages is None else stages,
+        )
+        configs = {
+            ar_key: dataclasses.asdict(ar_config),
+            tokenizer_key: dataclasses.asdict(tokenizer_config),
+        }
+        modules = {ar_key: ar, tokenizer_key: tokenizer}
         entry["configs"] = configs
         entry["settings"] = settings.record(args.family)
         entry["record"] = {

@@ -33,8 +33,9 @@ CARD_FILE = "student.json"
 CARD_FORMAT = 1
 
 
-def _write_atomically(path: Path, write) -> None:
-    """``write(temporary)`` then rename over ``path``; the temporary's name is this call's own.
+def write_atomically(path: Path, write) -> None:
+    """``write(temporary)``, synced, then renamed over ``path``: a crash leaves the old file or
+    the new one, never part of one; the temporary's name is this call's own.
     Its mode is that of a file opened under the umask: ``mkstemp`` and safetensors'
     ``save_file`` both create 0600 files, which left students unreadable to the rest of a
     team on shared storage."""
@@ -45,6 +46,8 @@ def _write_atomically(path: Path, write) -> None:
         mode = stat.S_IMODE(os.stat(temporary).st_mode)
         write(temporary)
         os.chmod(temporary, mode)
+        with open(temporary, "rb") as handle:  # on disk before the rename makes it the file
+            os.fsync(handle.fileno())
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
@@ -82,8 +85,8 @@ def save_student(
     # leaves a folder without a card (not a student, which dd train rebuilds from its last
     # checkpoint), never new weights under an old card.
     (folder / CARD_FILE).unlink(missing_ok=True)
-    _write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
-    _write_atomically(
+    write_atomically(folder / WEIGHTS_FILE, lambda tmp: save_file(state, tmp))
+    write_atomically(
         folder / CARD_FILE, lambda tmp: Path(tmp).write_text(json.dumps(card, indent=1) + "\n")
     )
     return folder

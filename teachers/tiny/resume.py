@@ -18,13 +18,14 @@ stage there is no checkpoint: a run stopped mid-stage retrains that stage from i
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from dd.checkpoint import write_atomically
 
 KEY_FILE = "run.json"
 STAGE_SUFFIX = ".safetensors"
@@ -35,16 +36,6 @@ RNG_KEY = "rng/torch"
 def progress_folder(out: Path, entry: str) -> Path:
     """The hidden folder of ``out`` that holds a run's progress."""
     return out / f".train-{entry}"
-
-
-def _write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(temporary path)``, synced to disk, then renamed onto ``path``: never half a file
-    under ``path`` (a crash leaves the temporary file, overwritten next time)."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    write(temporary)
-    with open(temporary, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
 
 
 def _differences(saved: dict, key: dict) -> list[str]:
@@ -115,13 +106,13 @@ class RunProgress:
         self.folder.mkdir(exist_ok=True)
         key_path = self.folder / KEY_FILE
         if not key_path.exists():
-            _write_atomically(key_path, lambda p: p.write_text(json.dumps(self.key, indent=1)))
+            write_atomically(key_path, lambda p: Path(p).write_text(json.dumps(self.key, indent=1)))
         # Full precision (the shipped files are float16): the next stages must see the very
         # weights an uninterrupted run hands on. clone(): safetensors refuses shared storage.
         tensors = {MODULE_PREFIX + k: v.detach().clone() for k, v in module.state_dict().items()}
         tensors[RNG_KEY] = torch.get_rng_state()
         metadata = {"record": json.dumps(record), "elapsed": json.dumps(self.elapsed())}
-        _write_atomically(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+        write_atomically(path, lambda p: save_file(tensors, p, metadata=metadata))
 
     def _metadata(self, stage: str) -> dict:
         from safetensors import safe_open

@@ -256,7 +256,6 @@ def sample_tokens_interleaved(
     return dd_step(student, labels, noise_BNC, tokens_BN, second)
 
 
-@torch.no_grad()
 def check_float32_weights(student: torch.nn.Module) -> None:
     """Sampling runs float32 weights; half precision is autocast's (``torch.autocast``, or
     ``--precision bf16-mixed`` in dd sample / dd eval), which keeps the code choice, the noise
@@ -272,6 +271,7 @@ def check_float32_weights(student: torch.nn.Module) -> None:
             )
 
 
+@torch.no_grad()
 def sample(
     student: DDStudent,
     labels: torch.Tensor,

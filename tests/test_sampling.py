@@ -329,4 +329,3 @@ def test_a_whole_model_half_cast_is_refused_in_one_line(name):
     student = dd.load_student(name).to(torch.bfloat16)
     with pytest.raises(ValueError, match=r"weights are torch.bfloat16 .*torch.autocast"):
         dd.sample(student, torch.arange(2), generator=torch.Generator().manual_seed(0))
-

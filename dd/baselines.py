@@ -139,9 +139,8 @@ def skip_tokens(
     if fill not in ("sample", "argmax"):
         raise ValueError(f"fill must be 'sample' or 'argmax', got {fill!r}")
     check_labels(labels, teacher.num_classes)
-    sampling = sampling or teacher.default_sampling()
-    # Before any forward: with skip_n = K - 1 no session (whose start checks them) is opened.
-    teacher.check_sampling(sampling)
+    sampling = sampling or teacher.default_sampling()  # checked before any forward: by the
+    # session's start, or by teacher_forcing_log_probs when no session opens (skip_n = K - 1)
     if skip_n == 0:
         return teacher_tokens(teacher, labels, uniforms_BN, sampling).cpu()
     incremental_steps = num_steps - skip_n - 1
